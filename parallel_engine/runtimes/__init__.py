@@ -1,0 +1,1 @@
+"""How the local backend runs one attempt: a process, or a container."""

@@ -1,0 +1,45 @@
+"""The runtime seam: start one attempt, wait for it, kill it. Nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class AttemptSpec:
+    """Everything a runtime needs to run one attempt of one task.
+
+    `argv` is the task's argument list (or its full command when `command_override`);
+    `env` holds only the PE_* variables: a runtime adds them to its own environment.
+    """
+
+    run_id: str
+    task_id: str
+    attempt: int
+    argv: tuple[str, ...]
+    command_override: bool
+    env: dict[str, str]
+    output_dir: Path
+    stdout_path: Path
+    stderr_path: Path
+    timeout_s: float | None
+
+
+class RunningAttempt(Protocol):
+    def wait(self, timeout: float | None) -> int | None:
+        """The exit code, or None if still running after `timeout` seconds."""
+
+    def kill(self) -> None:
+        """Stop the attempt and everything it started; idempotent; returns once they are gone."""
+
+
+class Runtime(Protocol):
+    name: str
+
+    def start(self, spec: AttemptSpec) -> RunningAttempt:
+        """Start the attempt; raise BackendError if it cannot start at all (an `infra` attempt)."""
+
+    def close(self) -> None:
+        """Release anything held (clients, connections)."""
