@@ -1,0 +1,1 @@
+"""Where workers come from: `local` (this machine) and, later, `gce`."""

@@ -1,0 +1,114 @@
+"""The only place that decides: what to start, what to retry, when the run is over."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from parallel_engine.model import AttemptState, AttemptStatus, Task, TaskState
+from parallel_engine.state import Budgets, retry_allowed, task_state
+
+ProgressFn = Callable[[Counter[str]], None]
+
+
+@dataclass
+class Outcome:
+    states: dict[str, TaskState]
+    attempts: dict[str, list[AttemptStatus]]
+    cancelled: bool
+
+    @property
+    def counts(self) -> Counter[str]:
+        return Counter(str(s) for s in self.states.values())
+
+    @property
+    def all_succeeded(self) -> bool:
+        return all(s is TaskState.SUCCEEDED for s in self.states.values())
+
+
+class Pool:
+    """What the scheduler needs from a backend's workers."""
+
+    def start(self) -> None: ...
+    def submit(self, task: Task, attempt: int) -> None: ...
+    def cancel(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Scheduler:
+    def __init__(
+        self,
+        tasks: tuple[Task, ...],
+        budgets: Budgets,
+        make_pool: Callable[[Callable[[str, AttemptStatus], None]], Pool],
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.tasks = {task.id: task for task in tasks}
+        self.budgets = budgets
+        self.progress = progress
+        self.events: "queue.SimpleQueue[tuple[str, AttemptStatus]]" = queue.SimpleQueue()
+        self.pool = make_pool(lambda kind, status: self.events.put((kind, status)))
+        self.attempts: dict[str, list[AttemptStatus]] = {task_id: [] for task_id in self.tasks}
+
+    def run(self, cancel: threading.Event) -> Outcome:
+        states = {task_id: TaskState.QUEUED for task_id in self.tasks}
+        self.pool.start()
+        for task in self.tasks.values():
+            self.pool.submit(task, 1)
+        self._report(states)
+        open_tasks = len(states)
+        cancelled = False
+        try:
+            while open_tasks:
+                if cancel.is_set() and not cancelled:
+                    cancelled = True
+                    self.pool.cancel()
+                    # Queued tasks never start now; running ones end as cancelled.
+                    open_tasks = sum(1 for s in states.values() if s is TaskState.RUNNING)
+                    for task_id, state in states.items():
+                        if state is TaskState.QUEUED:
+                            states[task_id] = TaskState.CANCELLED
+                    if not open_tasks:
+                        break
+                try:
+                    kind, status = self.events.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                open_tasks -= self._apply(kind, status, states, cancelled)
+                self._report(states)
+        finally:
+            if not cancelled and cancel.is_set():
+                self.pool.cancel()
+            self.pool.close()
+        # Events that raced with the end (a cancel) still belong in the record.
+        while True:
+            try:
+                kind, status = self.events.get_nowait()
+            except queue.Empty:
+                break
+            self._apply(kind, status, states, True)
+        self._report(states)
+        return Outcome(states, self.attempts, cancelled or cancel.is_set())
+
+    def _apply(self, kind: str, status: AttemptStatus, states: dict[str, TaskState], cancelled: bool) -> int:
+        """Fold one event into the run's state; returns how many tasks it closed."""
+        history = self.attempts[status.task_id]
+        if kind == "started":
+            history.append(status)
+            states[status.task_id] = TaskState.RUNNING
+            return 0
+        history[:] = [a for a in history if a.attempt != status.attempt] + [status]
+        history.sort(key=lambda a: a.attempt)
+        if not cancelled and status.state is not AttemptState.SUCCEEDED and retry_allowed(history, self.budgets):
+            states[status.task_id] = TaskState.QUEUED
+            self.pool.submit(self.tasks[status.task_id], status.attempt + 1)
+            return 0
+        states[status.task_id] = task_state(history, self.budgets, run_cancelled=cancelled)
+        return 1
+
+    def _report(self, states: dict[str, TaskState]) -> None:
+        if self.progress is not None:
+            self.progress(Counter(str(s) for s in states.values()))

@@ -1,0 +1,260 @@
+"""The run store: the single source of truth for a run, laid out as DESIGN.md says.
+
+The same layout serves a local folder and a bucket; `RunStore` speaks in runs, tasks
+and attempts and leaves bytes to a `Blobs` implementation. Every write is atomic
+(readers never see half-written JSON), and an attempt writes only under its own folder.
+A claimed attempt with no status.json yet is running: the record is written once, at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from parallel_engine.errors import RunNotFoundError, StoreError
+from parallel_engine.model import AttemptState, AttemptStatus, Task
+
+
+class Blobs(Protocol):
+    """Bytes under keys ('runs/<id>/run.json'), as in a bucket."""
+
+    def write(self, key: str, data: bytes) -> None:
+        """Replace `key` whole: readers see the old or the new bytes, never a mix."""
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Create `key` only if it does not exist; False if it did (the atomic claim)."""
+
+    def read(self, key: str) -> bytes | None: ...
+
+    def list(self, prefix: str, start_after: str = "") -> list[str]:
+        """Keys under `prefix`, sorted, strictly after `start_after` when given."""
+
+    def children(self, prefix: str) -> list[str]:
+        """Names directly under `prefix` (like a bucket listing with delimiter '/')."""
+
+    def local_path(self, key: str) -> Path | None:
+        """Where `key` lives on this machine, if it does (a local runtime writes logs there)."""
+
+
+class LocalBlobs:
+    """A folder as a bucket: atomic writes by rename, atomic create by O_CREAT|O_EXCL."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def write(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = path.with_name(f".tmp-{path.name}-{threading.get_ident()}")
+        try:
+            handle = open(tmp, "wb")
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(tmp, "wb")
+        try:
+            with handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def create(self, key: str, data: bytes) -> bool:
+        # O_CREAT|O_EXCL is the atomic part; the few bytes after it only say who holds the key.
+        path = self._path(key)
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, flags, 0o644)
+            except FileExistsError:
+                return False
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        return True
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    def list(self, prefix: str, start_after: str = "") -> list[str]:
+        base = self._path(prefix)
+        folder = base if prefix.endswith("/") else base.parent
+        if not folder.is_dir():
+            return []
+        keys: list[str] = []
+        for dirpath, _dirs, files in os.walk(folder):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    continue
+                key = os.path.relpath(os.path.join(dirpath, name), self.root)
+                if key.startswith(prefix) and key > start_after:
+                    keys.append(key)
+        keys.sort()
+        return keys
+
+    def children(self, prefix: str) -> list[str]:
+        folder = self._path(prefix)
+        if not folder.is_dir():
+            return []
+        return sorted(entry.name for entry in os.scandir(folder) if not entry.name.startswith("."))
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """run.json: what is needed to show, resume or collect a run (never secrets)."""
+
+    run_id: str
+    created: float
+    backend: str
+    source: str
+    columns: tuple[str, ...]
+    tasks: tuple[Task, ...]
+    spec: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "created": self.created,
+            "backend": self.backend,
+            "source": self.source,
+            "columns": list(self.columns),
+            "tasks": [task.to_json() for task in self.tasks],
+            "spec": self.spec,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRecord:
+        return cls(
+            run_id=data["run_id"],
+            created=float(data["created"]),
+            backend=data["backend"],
+            source=data.get("source", ""),
+            columns=tuple(data.get("columns", ())),
+            tasks=tuple(Task.from_json(t) for t in data["tasks"]),
+            spec=dict(data.get("spec", {})),
+        )
+
+
+def _dumps(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False).encode()
+
+
+class RunStore:
+    """Runs, claims, attempt records and events on top of `Blobs`."""
+
+    def __init__(self, blobs: Blobs, where: str) -> None:
+        self.blobs = blobs
+        self.where = where  # shown in messages: a folder or gs://bucket/prefix
+
+    @staticmethod
+    def attempt_prefix(run_id: str, task_id: str, attempt: int) -> str:
+        return f"runs/{run_id}/tasks/{task_id}/{attempt}/"
+
+    # -- runs -------------------------------------------------------------------------
+    def save_run(self, record: RunRecord) -> None:
+        self.blobs.write(f"runs/{record.run_id}/run.json", _dumps(record.to_json()))
+
+    def load_run(self, run_id: str) -> RunRecord:
+        raw = self.blobs.read(f"runs/{run_id}/run.json") if "/" not in run_id else None
+        if raw is None:
+            raise RunNotFoundError(
+                f"no run '{run_id}' in {self.where}",
+                hint="`parallel-engine runs` lists the runs this store holds",
+            )
+        try:
+            return RunRecord.from_json(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{self.where}: runs/{run_id}/run.json is unreadable ({exc})") from exc
+
+    def run_ids(self) -> list[str]:
+        """Every run in the store, newest first (run ids sort by time)."""
+        ids = [name for name in self.blobs.children("runs/") if self.blobs.read(f"runs/{name}/run.json") is not None]
+        return sorted(ids, reverse=True)
+
+    # -- attempts ---------------------------------------------------------------------
+    def claim(self, run_id: str, task_id: str, attempt: int, worker: str) -> bool:
+        """Atomically take an attempt; a second claimant (a duplicated worker) gets False."""
+        return self.blobs.create(f"runs/{run_id}/claims/{task_id}.{attempt}", worker.encode())
+
+    def write_status(self, run_id: str, status: AttemptStatus) -> None:
+        key = self.attempt_prefix(run_id, status.task_id, status.attempt) + "status.json"
+        self.blobs.write(key, _dumps(status.to_json()))
+
+    def add_event(self, run_id: str, status: AttemptStatus) -> None:
+        """A tiny marker per finished attempt, named so a listing returns them in time order."""
+        stamp = f"{time.time():017.6f}"
+        key = f"runs/{run_id}/events/{stamp}-{status.task_id}.{status.attempt}"
+        self.blobs.create(key, str(status.state).encode())
+
+    def read_status(self, run_id: str, task_id: str, attempt: int) -> AttemptStatus | None:
+        raw = self.blobs.read(self.attempt_prefix(run_id, task_id, attempt) + "status.json")
+        if raw is None:
+            return None
+        try:
+            return AttemptStatus.from_json(json.loads(raw))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def attempts(self, run_id: str) -> dict[str, list[AttemptStatus]]:
+        """Every attempt, by task, in attempt order: a claim without a record is running."""
+        found: dict[str, list[AttemptStatus]] = {}
+        prefix = f"runs/{run_id}/claims/"
+        for key in self.blobs.list(prefix):
+            task_id, _, number = key[len(prefix):].rpartition(".")
+            if not number.isdigit():
+                continue
+            status = self.read_status(run_id, task_id, int(number))
+            if status is None:
+                holder = (self.blobs.read(key) or b"").decode(errors="replace")
+                status = AttemptStatus(task_id, int(number), AttemptState.RUNNING, worker=holder)
+            found.setdefault(task_id, []).append(status)
+        for statuses in found.values():
+            statuses.sort(key=lambda s: s.attempt)
+        return found
+
+    def events_after(self, run_id: str, after: str = "") -> list[str]:
+        return self.blobs.list(f"runs/{run_id}/events/", start_after=after)
+
+    def read_log(self, run_id: str, task_id: str, attempt: int, stream: str) -> bytes | None:
+        return self.blobs.read(self.attempt_prefix(run_id, task_id, attempt) + f"{stream}.log")
+
+
+def local_store(root: Path) -> RunStore:
+    return RunStore(LocalBlobs(root), str(root))
+
+
+def copy_tree(blobs: Blobs, prefix: str, dest: Path) -> Iterator[Path]:
+    """Copy every key under `prefix` into `dest`, keeping relative paths."""
+    for key in blobs.list(prefix):
+        target = dest / key[len(prefix):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = blobs.local_path(key)
+        if source is not None and source.exists():
+            shutil.copyfile(source, target)
+        else:
+            data = blobs.read(key)
+            if data is None:
+                continue
+            target.write_bytes(data)
+        yield target
