@@ -1,0 +1,178 @@
+"""The plain Python API (achilles-style): everything the CLI does, importable.
+
+    import parallel_engine as pe
+    run = pe.run("code/params.csv", jobs=4, retries=1)
+    run.status().counts; run.collect("results")
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from parallel_engine.backends.local import LocalPool
+from parallel_engine.config import Config, load_config
+from parallel_engine.errors import ConfigError
+from parallel_engine.model import AttemptStatus
+from parallel_engine.names import new_run_id
+from parallel_engine.results import RunStatus, collect, read_log, run_status, write_end
+from parallel_engine.scheduler import Outcome, ProgressFn, Scheduler
+from parallel_engine.state import Budgets
+from parallel_engine.store import RunRecord, RunStore, local_store
+from parallel_engine.tasks import load_tasks
+
+InfoFn = Callable[[str], None]
+
+
+def open_store(config: Config) -> RunStore:
+    return local_store(Path(config.store).expanduser().resolve())
+
+
+@dataclass
+class Run:
+    """A handle on a run in a store: read its state, logs and results at any time."""
+
+    run_id: str
+    store: RunStore
+    outcome: Outcome | None = None
+
+    def status(self) -> RunStatus:
+        return run_status(self.store, self.run_id)
+
+    def logs(self, task_id: str, attempt: int | None = None, stderr: bool = False) -> str:
+        _, data = read_log(self.store, self.run_id, task_id, attempt, "stderr" if stderr else "stdout")
+        return data.decode("utf-8", errors="replace")
+
+    def collect(self, dest: str | Path) -> Path:
+        path, _ = collect(self.store, self.run_id, Path(dest))
+        return path
+
+    @property
+    def cancelled(self) -> bool:
+        return bool(self.outcome and self.outcome.cancelled)
+
+
+@contextmanager
+def _stop_on_signals(cancel: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set `cancel` instead of killing us: running attempts are cancelled cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: object) -> None:
+        cancel.set()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _select_runtime(config: Config, info: InfoFn) -> Any:
+    if config.runtime == "process" or (config.runtime == "auto" and not config.image):
+        from parallel_engine.runtimes.process import ProcessRuntime
+
+        reason = "process" if config.runtime == "process" else "process: IMAGE is not set"
+        info(f"runtime: {reason}")
+        return ProcessRuntime(config.command_argv())
+    from parallel_engine.runtimes.select import select_runtime  # needs the docker SDK
+
+    runtime, reason = select_runtime(
+        config.runtime, config.image, network=config.docker_network, cpus=config.cpus, memory=config.memory
+    )
+    if runtime.name == "process":
+        from parallel_engine.runtimes.process import ProcessRuntime
+
+        runtime = ProcessRuntime(config.command_argv())
+    info(f"runtime: {reason}")
+    return runtime
+
+
+def run(
+    source: str | Path,
+    *,
+    config: Config | None = None,
+    config_path: str | Path | None = None,
+    progress: ProgressFn | None = None,
+    info: InfoFn | None = None,
+    cancel: threading.Event | None = None,
+    **overrides: Any,
+) -> Run:
+    """Run one task per parameter set and wait for the end; returns the finished `Run`.
+
+    `overrides` are config keys in lower case (`jobs` is VM_QUOTAS), as flags are.
+    """
+    if config is None:
+        flags = {key.upper(): value for key, value in overrides.items() if key != "jobs"}
+        if "jobs" in overrides:
+            flags["VM_QUOTAS"] = overrides["jobs"]
+        config = load_config(config_path, flags=flags)
+    elif overrides:
+        raise ConfigError("pass either config= or keyword overrides, not both")
+    say = info or (lambda message: None)
+    if config.backend != "local":
+        raise ConfigError(
+            f"BACKEND '{config.backend}' cannot run yet in this version",
+            hint="use BACKEND: local (the gce backend lands with issue 6)",
+        )
+    task_list = load_tasks(source, args_template=config.args_template, arg_style=config.arg_style)
+    store = open_store(config)
+    runtime = _select_runtime(config, say)
+    run_id = new_run_id()
+    quota = config.effective_quota()
+    budgets = Budgets(retries=config.retries, infra_retries=config.preemption_retries)
+    record = RunRecord(
+        run_id=run_id,
+        created=time.time(),
+        backend="local",
+        source=str(Path(source)),
+        columns=task_list.columns,
+        tasks=task_list.tasks,
+        spec={
+            "runtime": runtime.name,
+            "command": config.command_argv() if runtime.name == "process" else None,
+            "image": config.image if runtime.name == "docker" else None,
+            "quota": quota,
+            "retries": budgets.retries,
+            "preemption_retries": budgets.infra_retries,
+            "task_timeout": config.task_timeout,
+            "orchestrator": {"host": socket.gethostname(), "pid": os.getpid()},
+        },
+    )
+    store.save_run(record)
+    say(f"run {run_id}: {len(task_list.tasks)} tasks, at most {quota} at once, store {store.where}")
+
+    def make_pool(on_event: Callable[[str, AttemptStatus], None]) -> LocalPool:
+        return LocalPool(store, run_id, runtime, quota, config.task_timeout, on_event)
+
+    cancel = cancel or threading.Event()
+    scheduler = Scheduler(task_list.tasks, budgets, make_pool, progress)
+    with _stop_on_signals(cancel):
+        outcome = scheduler.run(cancel)
+    write_end(store, run_id, "cancelled" if outcome.cancelled else "finished", time.time())
+    return Run(run_id, store, outcome)
+
+
+def get_run(run_id: str, config: Config | None = None) -> Run:
+    config = config or load_config()
+    store = open_store(config)
+    store.load_run(run_id)  # raises RunNotFoundError with a hint
+    return Run(run_id, store)
+
+
+def list_runs(config: Config | None = None) -> list[RunStatus]:
+    config = config or load_config()
+    store = open_store(config)
+    return [run_status(store, run_id) for run_id in store.run_ids()]

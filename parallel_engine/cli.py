@@ -1,0 +1,264 @@
+"""The command line: parses, calls the API, prints. No decisions live here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from parallel_engine import api
+from parallel_engine.config import load_config
+from parallel_engine.errors import EXIT_INTERRUPTED, EXIT_TASKS_FAILED, ParallelEngineError
+from parallel_engine.model import TaskState
+from parallel_engine.results import RunStatus, read_log
+
+app = typer.Typer(
+    help="Fan a batch job out: one task per parameter set, on local processes, containers or VMs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="config file (default: ./.config.yaml)")]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="any config key, KEY=VALUE (repeatable); beats environment and file"),
+]
+StoreOpt = Annotated[Optional[str], typer.Option("--store", help="run store folder (STORE)")]
+
+
+def friendly(func: F) -> F:
+    """One clear line and a hint instead of a traceback; the error's documented exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ParallelEngineError as exc:
+            err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False, soft_wrap=True)
+            if exc.hint:
+                err.print(f"hint: {exc.hint}", markup=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _flags(sets: list[str] | None, **named: Any) -> dict[str, Any]:
+    flags: dict[str, Any] = {}
+    for item in sets or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ParallelEngineError(f"--set {item!r}: expected KEY=VALUE", hint="e.g. --set RETRIES=2")
+        flags[key.strip()] = value
+    for key, value in named.items():
+        if value is not None:
+            flags[key] = value
+    return flags
+
+
+def _config(config: Path | None, flags: dict[str, Any]) -> Any:
+    return load_config(config, flags=flags)
+
+
+@app.command()
+@friendly
+def run(
+    source: Annotated[Path, typer.Argument(help="params.csv, a YAML task file, or a task list")],
+    jobs: Annotated[Optional[int], typer.Option("-j", "--jobs", help="tasks at once (VM_QUOTAS)")] = None,
+    retries: Annotated[Optional[int], typer.Option(help="retries of failed tasks (RETRIES)")] = None,
+    timeout: Annotated[Optional[str], typer.Option(help="per-task timeout, e.g. 90s, 10m (TASK_TIMEOUT)")] = None,
+    command: Annotated[Optional[str], typer.Option(help="program to run per task (COMMAND)")] = None,
+    image: Annotated[Optional[str], typer.Option(help="image to run per task (IMAGE)")] = None,
+    runtime: Annotated[Optional[str], typer.Option(help="auto, process or docker (RUNTIME)")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="local or gce (BACKEND)")] = None,
+    args_template: Annotated[Optional[str], typer.Option(help="e.g. '--dataset {dataset}' (ARGS_TEMPLATE)")] = None,
+    arg_style: Annotated[Optional[str], typer.Option(help="equals (--k=v) or space (--k v) (ARG_STYLE)")] = None,
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")] = False,
+) -> None:
+    """Run one task per row (or item, or line) of SOURCE and wait for them all."""
+    flags = _flags(
+        set_, VM_QUOTAS=jobs, RETRIES=retries, TASK_TIMEOUT=timeout, COMMAND=command, IMAGE=image,
+        RUNTIME=runtime, BACKEND=backend, ARGS_TEMPLATE=args_template, ARG_STYLE=arg_style, STORE=store,
+    )
+    cfg = _config(config, flags)
+    info = (lambda message: err.print(message, markup=False)) if not quiet else (lambda message: None)
+    with _progress(quiet) as update:
+        handle = api.run(source, config=cfg, progress=update, info=info)
+    status = handle.status()
+    _print_summary(status, handle)
+    if handle.cancelled:
+        err.print(f"interrupted: running tasks were cancelled; `parallel-engine status {handle.run_id}`")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if any(view.state is not TaskState.SUCCEEDED for view in status.tasks):
+        raise typer.Exit(EXIT_TASKS_FAILED)
+
+
+class _progress:
+    """A live bar with counts per state, or nothing when quiet or not on a terminal."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.enabled = not quiet and err.is_terminal
+        self.bar = Progress(
+            TextColumn("[bold]tasks"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(), console=err, transient=False,
+        )
+        self.task_id: Any = None
+
+    def __enter__(self) -> Callable[[Counter[str]], None]:
+        if self.enabled:
+            self.bar.start()
+        return self.update
+
+    def update(self, counts: Counter[str]) -> None:
+        if not self.enabled:
+            return
+        total = sum(counts.values())
+        done = sum(counts[s] for s in ("succeeded", "failed", "cancelled"))
+        text = "  ".join(f"{state} {counts[state]}" for state in ("queued", "running", "succeeded", "failed", "cancelled") if counts[state])
+        if self.task_id is None:
+            self.task_id = self.bar.add_task("tasks", total=total, counts=text)
+        self.bar.update(self.task_id, completed=done, total=total, counts=text)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+def _tail(text: bytes, lines: int = 3) -> str:
+    decoded = text.decode("utf-8", errors="replace").rstrip("\n").splitlines()
+    return "\n".join(decoded[-lines:])
+
+
+def _print_summary(status: RunStatus, handle: api.Run) -> None:
+    counts = status.counts
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    out.print(f"run {status.record.run_id}: {summary}", markup=False)
+    failed = [v for v in status.tasks if v.state is TaskState.FAILED]
+    if failed:
+        table = Table(title="failed tasks", show_lines=False)
+        for column in ("task", "state", "exit code", "attempts", "reason", "last stderr lines"):
+            table.add_column(column, overflow="fold")
+        for view in failed[:50]:
+            last = view.attempts[-1]
+            stderr = handle.store.read_log(status.record.run_id, view.task_id, last.attempt, "stderr") or b""
+            table.add_row(view.task_id, str(last.state), str(last.exit_code), str(len(view.attempts)),
+                          last.reason, _tail(stderr))
+        out.print(table)
+        if len(failed) > 50:
+            out.print(f"... and {len(failed) - 50} more: `parallel-engine status {status.record.run_id}`")
+    out.print(f"results: parallel-engine collect {status.record.run_id} --dest results", markup=False)
+
+
+@app.command()
+@friendly
+def status(
+    run_id: Annotated[str, typer.Argument(help="the run id (see `parallel-engine runs`)")],
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Show every task of a run: state, attempts, exit code, duration."""
+    handle = api.get_run(run_id, _config(config, _flags(set_, STORE=store)))
+    state = handle.status()
+    if as_json:
+        out.print_json(json.dumps(state.to_json()))
+        return
+    table = Table(title=f"run {run_id} ({state.run_state})")
+    for column in ("task", "state", "attempts", "exit code", "duration s", "reason"):
+        table.add_column(column, overflow="fold")
+    for view in state.tasks:
+        result = view.result
+        duration = view.duration_s
+        table.add_row(view.task_id, str(view.state), str(len(view.attempts)),
+                      "" if view.exit_code is None else str(view.exit_code),
+                      "" if duration is None else f"{duration:.2f}", result.reason if result else "")
+    out.print(table)
+    out.print(", ".join(f"{n} {s}" for s, n in sorted(state.counts.items())), markup=False)
+
+
+@app.command()
+@friendly
+def logs(
+    run_id: Annotated[str, typer.Argument(help="the run id")],
+    task_id: Annotated[str, typer.Argument(help="the task id")],
+    attempt: Annotated[Optional[int], typer.Option(help="attempt number (default: the latest)")] = None,
+    stderr: Annotated[bool, typer.Option("--stderr", help="show stderr instead of stdout")] = False,
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Print a task's stdout (or stderr) for one attempt."""
+    handle = api.get_run(run_id, _config(config, _flags(set_, STORE=store)))
+    chosen, data = read_log(handle.store, run_id, task_id, attempt, "stderr" if stderr else "stdout")
+    err.print(f"# run {run_id} task {task_id} attempt {chosen} {'stderr' if stderr else 'stdout'}", markup=False)
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+@app.command()
+@friendly
+def collect(
+    run_id: Annotated[str, typer.Argument(help="the run id")],
+    dest: Annotated[Path, typer.Option("--dest", help="folder for outputs and results.csv")] = Path("results"),
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Copy each task's outputs (from its winning attempt) and write results.csv."""
+    handle = api.get_run(run_id, _config(config, _flags(set_, STORE=store)))
+    path = handle.collect(dest)
+    counts = handle.status().counts
+    out.print(f"collected {counts.get('succeeded', 0)} task outputs into {dest}/ and {path}", markup=False)
+
+
+@app.command()
+@friendly
+def runs(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """List the runs in the store, newest first."""
+    import datetime as dt
+
+    found = api.list_runs(_config(config, _flags(set_, STORE=store)))
+    if as_json:
+        out.print_json(json.dumps([
+            {"run_id": s.record.run_id, "state": s.run_state, "created": s.record.created,
+             "source": s.record.source, "counts": s.counts} for s in found
+        ]))
+        return
+    table = Table()
+    for column in ("run", "state", "created", "source", "tasks"):
+        table.add_column(column)
+    for s in found:
+        created = dt.datetime.fromtimestamp(s.record.created).strftime("%Y-%m-%d %H:%M:%S")
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(s.counts.items()))
+        table.add_row(s.record.run_id, s.run_state, created, s.record.source, counts)
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

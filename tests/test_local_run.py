@@ -1,0 +1,206 @@
+"""End to end on the local backend with real processes, through the real command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+import parallel_engine as pe
+from tests.helpers import ROOT, cli, read_json, write_probe
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path) -> Path:
+    write_probe(tmp_path)
+    return tmp_path
+
+
+def probe_cmd(workdir: Path) -> str:
+    return f"{sys.executable} {workdir / 'probe.py'}"
+
+
+def only_run_id(workdir: Path) -> str:
+    runs = sorted((workdir / ".parallel-engine" / "runs").iterdir())
+    assert len(runs) == 1
+    return runs[0].name
+
+
+def test_example_job_runs_and_collects_outputs_and_results_csv(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "code", tmp_path / "code")
+    done = cli("run", "code/params.csv", "-j", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    run_id = only_run_id(tmp_path)
+    assert "12 succeeded" in done.stdout
+    collected = cli("collect", run_id, "--dest", "results", cwd=tmp_path)
+    assert collected.returncode == 0, collected.stderr
+    rows = list(csv.DictReader(open(tmp_path / "results" / "results.csv", newline="")))
+    assert len(rows) == 12
+    assert list(rows[0]) == ["dataset", "project", "var", "task_id", "state", "exit_code", "attempts", "duration_s"]
+    params = list(csv.DictReader(open(tmp_path / "code" / "params.csv", newline="")))
+    for row, param in zip(rows, params):
+        assert (row["dataset"], row["project"], row["var"]) == (param["dataset"], param["project"], param["var"])
+        assert row["state"] == "succeeded" and row["exit_code"] == "0" and row["attempts"] == "1"
+        summary = read_json(tmp_path / "results" / row["task_id"] / "summary.json")
+        assert summary["dataset"] == param["dataset"] and summary["var"] == int(param["var"])
+        assert len(summary["means"]) == int(param["var"])
+
+
+def test_failing_task_makes_run_exit_1_and_summary_names_it(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("x\nok\n--exit=7\n")
+    # The value "--exit=7" arrives as --x=--exit=7; use an args template to pass it bare.
+    done = cli("run", "params.csv", "--command", probe_cmd(workdir), "--args-template", "{x}", cwd=workdir)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "failed tasks" in done.stdout
+    assert "exiting with 7" in done.stdout  # last stderr lines in the summary
+    status = json.loads(cli("status", only_run_id(workdir), "--json", cwd=workdir).stdout)
+    by_id = {t["task_id"]: t for t in status["tasks"]}
+    assert by_id["1"]["state"] == "succeeded"
+    assert by_id["2"]["state"] == "failed" and by_id["2"]["exit_code"] == 7
+
+
+def test_task_over_timeout_is_killed_and_recorded_as_timeout(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("sleep\n30\n")
+    done = cli("run", "params.csv", "--command", probe_cmd(workdir), "--timeout", "1s", cwd=workdir)
+    assert done.returncode == 1
+    run_id = only_run_id(workdir)
+    status = read_json(workdir / ".parallel-engine" / "runs" / run_id / "tasks" / "1" / "1" / "status.json")
+    assert status["state"] == "timeout"
+    assert status["finished_at"] - status["started_at"] < 10
+    pids = (workdir / ".parallel-engine" / "runs" / run_id / "tasks" / "1" / "1" / "outputs" / "pids").read_text().split()
+    import psutil
+
+    for pid in map(int, pids):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_failed_attempt_is_retried_and_then_succeeds(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("fail-until\n3\n")
+    done = cli("run", "params.csv", "--command", probe_cmd(workdir), "--retries", "2", cwd=workdir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = only_run_id(workdir)
+    status = json.loads(cli("status", run_id, "--json", cwd=workdir).stdout)
+    task = status["tasks"][0]
+    assert task["state"] == "succeeded" and task["attempts"] == 3
+    attempts = workdir / ".parallel-engine" / "runs" / run_id / "tasks" / "1"
+    states = [read_json(attempts / str(n) / "status.json")["state"] for n in (1, 2, 3)]
+    assert states == ["failed", "failed", "succeeded"]
+    assert "flaky failure" in cli("logs", run_id, "1", "--attempt", "1", "--stderr", cwd=workdir).stdout
+    assert "attempt 3" in cli("logs", run_id, "1", cwd=workdir).stdout
+
+
+def test_retries_stop_when_the_budget_is_spent(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("fail-until\n9\n")
+    done = cli("run", "params.csv", "--command", probe_cmd(workdir), "--retries", "1", cwd=workdir)
+    assert done.returncode == 1
+    status = json.loads(cli("status", only_run_id(workdir), "--json", cwd=workdir).stdout)
+    assert status["tasks"][0]["state"] == "failed" and status["tasks"][0]["attempts"] == 2
+
+
+HOSTILE = [
+    "it's \"quoted\"",
+    "$(touch /tmp/pe-pwned)",
+    "a; rm -rf /",
+    "`id`",
+    "line1\nline2",
+    "ünïcödé ✓ 日本",
+    "-starts-with-dash",
+    "--looks=like-an-option",
+    "  spaces  ",
+    "back\\slash",
+    "{braces}",
+]
+
+
+def test_hostile_values_arrive_byte_exact_in_argv(workdir: Path) -> None:
+    with open(workdir / "params.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["value"])
+        for value in HOSTILE:
+            writer.writerow([value])
+    done = cli("run", "params.csv", "--command", probe_cmd(workdir), cwd=workdir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = only_run_id(workdir)
+    for index, value in enumerate(HOSTILE, start=1):
+        seen = read_json(workdir / ".parallel-engine" / "runs" / run_id / "tasks" / str(index) / "1" / "outputs" / "argv.json")
+        assert seen["argv"] == [f"--value={value}"]
+    assert not Path("/tmp/pe-pwned").exists()
+
+
+def test_each_task_gets_its_pe_environment(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("task_id,k\nalpha,1\nbeta,2\n")
+    handle = pe.run(workdir / "params.csv", command=probe_cmd(workdir), store=str(workdir / "store"))
+    for task_id in ("alpha", "beta"):
+        folder = workdir / "store" / "runs" / handle.run_id / "tasks" / task_id / "1"
+        env = read_json(folder / "outputs" / "argv.json")["env"]
+        assert env["PE_RUN_ID"] == handle.run_id
+        assert env["PE_TASK_ID"] == task_id
+        assert env["PE_ATTEMPT"] == "1"
+        assert Path(env["PE_OUTPUT_DIR"]) == (folder / "outputs").resolve()
+
+
+def test_no_more_than_quota_tasks_run_at_once(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("n\n" + "".join(f"{i}\n" for i in range(8)))
+    tracker = workdir / "tracker.py"
+    tracker.write_text(
+        "import os, sys, time, fcntl\n"
+        f"log = {str(workdir / 'spans')!r}\n"
+        "start = time.time(); time.sleep(0.3); end = time.time()\n"
+        "with open(log, 'a') as f:\n"
+        "    fcntl.flock(f, fcntl.LOCK_EX); f.write(f'{start} {end}\\n')\n"
+    )
+    handle = pe.run(workdir / "params.csv", command=f"{sys.executable} {tracker}", jobs=3, store=str(workdir / "s"))
+    assert handle.status().counts == {"succeeded": 8}
+    spans = [tuple(map(float, line.split())) for line in (workdir / "spans").read_text().splitlines()]
+    peak = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert peak <= 3
+    assert peak >= 2  # they did overlap: the quota is a cap, not a serialisation
+
+
+def test_program_that_cannot_start_is_an_infra_attempt(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("x\n1\n")
+    handle = pe.run(workdir / "params.csv", command="/nonexistent/program", store=str(workdir / "s"),
+                    preemption_retries=1)
+    view = handle.status().tasks[0]
+    assert str(view.state) == "failed"
+    assert [str(a.state) for a in view.attempts] == ["infra", "infra"]
+    assert "cannot start '/nonexistent/program'" in view.attempts[0].reason
+
+
+def test_runs_lists_newest_first_and_status_json_has_counts(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("x\n1\n2\n")
+    first = cli("run", "params.csv", "--command", probe_cmd(workdir), cwd=workdir)
+    second = cli("run", "params.csv", "--command", probe_cmd(workdir), cwd=workdir)
+    assert first.returncode == second.returncode == 0
+    listed = json.loads(cli("runs", "--json", cwd=workdir).stdout)
+    assert len(listed) == 2
+    assert listed[0]["run_id"] > listed[1]["run_id"]
+    assert all(item["counts"] == {"succeeded": 2} and item["state"] == "finished" for item in listed)
+
+
+def test_unknown_run_is_a_clear_error_not_a_traceback(workdir: Path) -> None:
+    done = cli("status", "no-such-run", cwd=workdir)
+    assert done.returncode == 2
+    assert "no run 'no-such-run'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_params_file_is_a_clear_error_and_writes_no_run(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("a,b\n1,2\n3\n")
+    done = cli("run", "params.csv", "--command", probe_cmd(workdir), cwd=workdir)
+    assert done.returncode == 2
+    assert "params.csv:3" in done.stderr and "Traceback" not in done.stderr
+    assert not (workdir / ".parallel-engine" / "runs").exists()
+
+
+def test_no_config_file_means_local_backend_with_defaults(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "code", tmp_path / "code")
+    (tmp_path / "code" / "params.csv").write_text("dataset\nsales\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARALLEL_ENGINE")}
+    done = cli("run", "code/params.csv", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"at most {os.cpu_count()} at once" in done.stderr
