@@ -24,6 +24,8 @@ from parallel_engine.errors import ConfigError
 from parallel_engine.model import AttemptStatus
 from parallel_engine.names import new_run_id
 from parallel_engine.results import RunStatus, collect, read_log, run_status, write_end
+from parallel_engine.runtimes.base import Runtime
+from parallel_engine.runtimes.select import select_runtime
 from parallel_engine.scheduler import Outcome, ProgressFn, Scheduler
 from parallel_engine.state import Budgets
 from parallel_engine.store import RunRecord, RunStore, local_store
@@ -80,24 +82,20 @@ def _stop_on_signals(cancel: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _select_runtime(config: Config, info: InfoFn) -> Any:
-    if config.runtime == "process" or (config.runtime == "auto" and not config.image):
-        from parallel_engine.runtimes.process import ProcessRuntime
-
-        reason = "process" if config.runtime == "process" else "process: IMAGE is not set"
-        info(f"runtime: {reason}")
-        return ProcessRuntime(config.command_argv())
-    from parallel_engine.runtimes.select import select_runtime  # needs the docker SDK
-
+def _select_runtime(config: Config, info: InfoFn) -> Runtime:
     runtime, reason = select_runtime(
-        config.runtime, config.image, network=config.docker_network, cpus=config.cpus, memory=config.memory
+        config.runtime, config.image, network=config.docker_network, cpus=config.cpus,
+        memory=config.memory, command=config.command_argv(),
     )
-    if runtime.name == "process":
-        from parallel_engine.runtimes.process import ProcessRuntime
-
-        runtime = ProcessRuntime(config.command_argv())
     info(f"runtime: {reason}")
     return runtime
+
+
+def _sweep_containers(run_id: str) -> None:
+    """A net under cancellation: no container of this run outlives it, whatever happened."""
+    from parallel_engine.runtimes.docker import remove_containers
+
+    remove_containers({"parallel-engine-run": run_id})
 
 
 def run(
@@ -160,9 +158,36 @@ def run(
     cancel = cancel or threading.Event()
     scheduler = Scheduler(task_list.tasks, budgets, make_pool, progress)
     with _stop_on_signals(cancel):
-        outcome = scheduler.run(cancel)
+        try:
+            outcome = scheduler.run(cancel)
+        finally:
+            if runtime.name == "docker":
+                _sweep_containers(run_id)
     write_end(store, run_id, "cancelled" if outcome.cancelled else "finished", time.time())
     return Run(run_id, store, outcome)
+
+
+def build(
+    context: str | Path = "code",
+    *,
+    config: Config | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> str:
+    """Build `context` (honouring .dockerignore) into IMAGE; returns the image id."""
+    config = config or load_config()
+    if config.backend != "local":
+        raise ConfigError(
+            f"`build` for BACKEND '{config.backend}' is not available in this version",
+            hint="build locally with BACKEND: local (Cloud Build for gce lands with issue 6)",
+        )
+    if not config.image:
+        raise ConfigError(
+            "IMAGE is not set: `build` needs the tag to build",
+            hint="set IMAGE in .config.yaml (e.g. IMAGE: my-job:latest), or pass --image",
+        )
+    from parallel_engine.build import build_local
+
+    return build_local(Path(context), config.image, on_line or (lambda line: None))
 
 
 def get_run(run_id: str, config: Config | None = None) -> Run:

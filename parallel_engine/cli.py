@@ -140,6 +140,9 @@ class _progress:
             self.bar.stop()
 
 
+SHOWN_FAILURES = 20
+
+
 def _tail(text: bytes, lines: int = 3) -> str:
     decoded = text.decode("utf-8", errors="replace").rstrip("\n").splitlines()
     return "\n".join(decoded[-lines:])
@@ -151,18 +154,40 @@ def _print_summary(status: RunStatus, handle: api.Run) -> None:
     out.print(f"run {status.record.run_id}: {summary}", markup=False)
     failed = [v for v in status.tasks if v.state is TaskState.FAILED]
     if failed:
-        table = Table(title="failed tasks", show_lines=False)
-        for column in ("task", "state", "exit code", "attempts", "reason", "last stderr lines"):
+        table = Table(title="failed tasks")
+        for column in ("task", "state", "exit code", "attempts", "reason"):
             table.add_column(column, overflow="fold")
-        for view in failed[:50]:
+        for view in failed[:SHOWN_FAILURES]:
+            last = view.attempts[-1]
+            table.add_row(view.task_id, str(last.state), str(last.exit_code), str(len(view.attempts)), last.reason)
+        out.print(table)
+        for view in failed[:SHOWN_FAILURES]:
             last = view.attempts[-1]
             stderr = handle.store.read_log(status.record.run_id, view.task_id, last.attempt, "stderr") or b""
-            table.add_row(view.task_id, str(last.state), str(last.exit_code), str(len(view.attempts)),
-                          last.reason, _tail(stderr))
-        out.print(table)
-        if len(failed) > 50:
-            out.print(f"... and {len(failed) - 50} more: `parallel-engine status {status.record.run_id}`")
+            tail = _tail(stderr)
+            if tail:
+                out.print(f"--- task {view.task_id}, attempt {last.attempt}: last stderr lines", markup=False)
+                out.print(tail, markup=False, highlight=False, soft_wrap=True)
+        if len(failed) > SHOWN_FAILURES:
+            out.print(f"... and {len(failed) - SHOWN_FAILURES} more: `parallel-engine status {status.record.run_id}`",
+                      markup=False)
     out.print(f"results: parallel-engine collect {status.record.run_id} --dest results", markup=False)
+
+
+@app.command()
+@friendly
+def build(
+    context: Annotated[Path, typer.Argument(help="folder with the Dockerfile")] = Path("code"),
+    image: Annotated[Optional[str], typer.Option(help="tag to build (IMAGE)")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no build log")] = False,
+) -> None:
+    """Build CONTEXT (default code/) into IMAGE with the local Docker engine, streaming the log."""
+    cfg = _config(config, _flags(set_, IMAGE=image))
+    show = (lambda line: None) if quiet else (lambda line: err.print(line, markup=False, highlight=False))
+    image_id = api.build(context, config=cfg, on_line=show)
+    out.print(f"built {cfg.image} ({image_id}); `parallel-engine run` now runs it in containers", markup=False)
 
 
 @app.command()

@@ -542,7 +542,7 @@ class Config:
         where = f"set {pronoun} in {self.path}" if self.path else (
             f"create {CONFIG_FILE_NAME} (see .config.example.yaml) and set {pronoun} there"
         )
-        others = ", ".join(f"{KEYS[k].flag_name} / {KEYS[k].env}" for k in missing)
+        others = ", ".join(f"--set {k}=... / {KEYS[k].env}" for k in missing)
         raise ConfigError(f"{names} {verb} required for {for_what}: {where}, or with {others}")
 
     def effective_quota(self) -> int:

@@ -431,7 +431,7 @@ def test_gce_backend_names_every_missing_key_and_where_to_set_it(tmp_path: Path)
     message = error(tmp_path, "BACKEND: gce\nZONE: europe-west1-b\n")
     assert "PROJECT_ID and BUCKET are required for the gce backend" in message
     assert f"set them in {(tmp_path / '.config.yaml').resolve()}" in message
-    assert "--project-id / PARALLEL_ENGINE_PROJECT_ID" in message and "--bucket / PARALLEL_ENGINE_BUCKET" in message
+    assert "--set PROJECT_ID=... / PARALLEL_ENGINE_PROJECT_ID" in message and "--set BUCKET=... / PARALLEL_ENGINE_BUCKET" in message
     assert "ZONE " not in message.replace("ZONE: ", "")  # ZONE is set, not named as missing
 
 
@@ -454,7 +454,7 @@ def test_require_names_one_missing_key_in_the_documented_form(tmp_path: Path) ->
         config.require("ZONE", "BUCKET", for_what="the gce backend")
     assert str(caught.value) == (
         f"BUCKET is required for the gce backend: set it in {config.path}, "
-        "or with --bucket / PARALLEL_ENGINE_BUCKET"
+        "or with --set BUCKET=... / PARALLEL_ENGINE_BUCKET"
     )
     config.require("ZONE", for_what="anything")  # present: no error
 

@@ -204,3 +204,22 @@ def test_no_config_file_means_local_backend_with_defaults(tmp_path: Path) -> Non
     done = cli("run", "code/params.csv", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert f"at most {os.cpu_count()} at once" in done.stderr
+
+
+def test_unknown_config_key_is_one_clear_line_and_exit_2(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("x\n1\n")
+    (workdir / ".config.yaml").write_text("VM_QUOTA: 3\n")
+    done = cli("run", "params.csv", cwd=workdir)
+    assert done.returncode == 2
+    assert "VM_QUOTA" in done.stderr and ".config.yaml" in done.stderr and "VM_QUOTAS" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (workdir / ".parallel-engine").exists()
+
+
+def test_gce_backend_without_its_keys_names_them_and_exits_2(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("x\n1\n")
+    done = cli("run", "params.csv", "--backend", "gce", cwd=workdir)
+    assert done.returncode == 2
+    for key in ("PROJECT_ID", "ZONE", "BUCKET"):
+        assert key in done.stderr
+    assert "Traceback" not in done.stderr
