@@ -1,0 +1,26 @@
+"""The emulated Google cloud: Compute, Storage and metadata servers on 127.0.0.1, no Google account.
+
+The real Google clients and a real VM startup script run against it unchanged. It imports nothing
+from the orchestrator: it only speaks HTTP, as Google does.
+
+    with Emulator(time_scale=0.01) as cloud:
+        compute_v1.InstancesClient(client_options=cloud.client_options(), credentials=AnonymousCredentials())
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from parallel_engine.emulator.clock import Durations
+from parallel_engine.emulator.cloud import Emulator
+from parallel_engine.emulator.control import ControlClient, ControlError
+
+__all__ = ["ControlClient", "ControlError", "Durations", "Emulator", "serve"]
+
+
+def serve(config_path: Path | None = None, time_scale: float = 1.0, **options: Any) -> int:
+    """Run the emulated cloud until Ctrl-C or SIGTERM (what `parallel-engine emulator` calls)."""
+    from parallel_engine.emulator.serve import serve as _serve
+
+    return _serve(config_path, time_scale, **options)

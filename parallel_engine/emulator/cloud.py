@@ -1,0 +1,207 @@
+"""`Emulator`: the emulated Google cloud (Compute, Storage, metadata servers) on loopback, in this process.
+
+It wires the pieces together: fake-gcs-server behind the counting Storage proxy, the Compute REST
+server with its engine and control API, the VMs' hypervisor (bin folder, metadata servers,
+container cleanup), one clock and one set of timers. `stop()` leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import secrets
+import shutil
+import tempfile
+import threading
+import urllib.request
+import zlib
+from pathlib import Path
+from typing import Any
+
+from parallel_engine.emulator.clock import Clock, Durations
+from parallel_engine.emulator.compute.catalog import region_of, zones_of
+from parallel_engine.emulator.compute.engine import ComputeEngine
+from parallel_engine.emulator.compute.quotas import QuotaLedger
+from parallel_engine.emulator.compute.ratelimit import RateLimiter
+from parallel_engine.emulator.compute.server import ComputeServer
+from parallel_engine.emulator.control import ControlClient
+from parallel_engine.emulator.control_api import ControlApi
+from parallel_engine.emulator.gcs import FakeGcs
+from parallel_engine.emulator.guest.hypervisor import Hypervisor
+from parallel_engine.emulator.identity import TokenRegistry
+from parallel_engine.emulator.storage_proxy import StorageProxy
+from parallel_engine.emulator.timers import Timers
+from parallel_engine.emulator.traffic import Traffic
+
+DEFAULT_PROJECT = "emulated-project"
+DEFAULT_ZONE = "us-central1-a"
+
+
+def project_number_of(project: str) -> int:
+    """A stable 12-digit project number for a project id (Google's are 12 digits too)."""
+    return 100000000000 + zlib.crc32(project.encode()) % 900000000000
+
+
+class Emulator:
+    """The emulated cloud. Use as a context manager, or call `start()` and `stop()`."""
+
+    def __init__(
+        self,
+        project: str = DEFAULT_PROJECT,
+        zone: str = DEFAULT_ZONE,
+        bucket: str | None = None,
+        time_scale: float = 1.0,
+        workdir: Path | None = None,
+        storage_dir: Path | None = None,
+        quotas: dict[str, float] | None = None,
+        durations: Durations | None = None,
+        docker_host: str | None = None,
+    ) -> None:
+        self.project = project
+        self.project_number = project_number_of(project)
+        self.zone = zone
+        self.region = region_of(zone)
+        self.bucket = bucket or f"{project}-bucket"
+        self.clock = Clock(time_scale, durations)
+        self.emulator_id = secrets.token_hex(6)
+        self._workdir_arg = workdir
+        self._storage_dir = storage_dir
+        self._quota_limits = quotas
+        self._docker_host = docker_host
+        self._lock = threading.Lock()
+        self._running = False
+        self.workdir: Path | None = None
+        self.compute_endpoint = ""
+        self.storage_endpoint = ""
+        self.control: ControlClient | None = None
+        self.tokens = TokenRegistry()
+        self.traffic = {"compute": Traffic("compute"), "storage": Traffic("storage")}
+        self._timers: Timers | None = None
+        self._gcs: FakeGcs | None = None
+        self._proxy: StorageProxy | None = None
+        self._compute: ComputeServer | None = None
+        self._hypervisor: Hypervisor | None = None
+
+    # -- life -----------------------------------------------------------------------------
+    def start(self) -> Emulator:
+        with self._lock:
+            if self._running:
+                return self
+            self._running = True
+        atexit.register(self.stop)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        if self._workdir_arg is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="pe-emulator-"))
+        else:
+            self.workdir = self._workdir_arg
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        self._timers = Timers()
+        self._proxy = StorageProxy(self.traffic["storage"], self.tokens)
+        self._gcs = FakeGcs(self._proxy.url, self.workdir / "fake-gcs-server.log", self._storage_dir)
+        self._gcs.start()
+        self._proxy.start(self._gcs.port)
+        self.storage_endpoint = self._proxy.url
+        self._hypervisor = Hypervisor(self.workdir, self.emulator_id, self._docker_host)
+        limiter = RateLimiter(self.clock)
+        zones = zones_of(self.region)
+        timers, hypervisor = self._timers, self._hypervisor
+
+        def engine(base_url: str) -> ComputeEngine:
+            return ComputeEngine(
+                self.project, self.project_number, base_url, self.clock, timers,
+                QuotaLedger(self._quota_limits), hypervisor, self.tokens, zones,
+            )  # fmt: skip
+
+        self._compute = ComputeServer(engine, self.traffic["compute"], self.tokens, limiter)
+        self._compute.control = ControlApi(self._compute.engine, self.clock, self.traffic, limiter, self.describe)
+        self._compute.start()
+        self.compute_endpoint = self._compute.url
+        self.control = ControlClient(self.compute_endpoint, self.zone)
+        self._create_bucket(self.bucket)
+
+    def _create_bucket(self, name: str) -> None:
+        """Create a bucket directly on fake-gcs-server (not a counted call)."""
+        assert self._gcs is not None
+        request = urllib.request.Request(
+            f"{self._gcs.url}/storage/v1/b?project={self.project}",
+            data=json.dumps({"name": name}).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:
+                raise
+
+    def stop(self) -> None:
+        """Kill every VM (process trees and containers), then every server; idempotent."""
+        with self._lock:
+            if not self._running:
+                return
+            self._running = False
+        atexit.unregister(self.stop)
+        if self._compute is not None:
+            self._compute.engine.shutdown()
+        if self._timers is not None:
+            self._timers.stop()
+        if self._compute is not None:
+            self._compute.engine.shutdown()  # VMs a late timer booted while stopping
+            self._compute.stop()
+        if self._hypervisor is not None:
+            self._hypervisor.stop()
+        if self._proxy is not None:
+            self._proxy.stop()
+        if self._gcs is not None:
+            self._gcs.stop()
+        if self._workdir_arg is None and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- what clients need ----------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def time_scale(self) -> float:
+        return self.clock.time_scale
+
+    @property
+    def engine(self) -> ComputeEngine:
+        """The compute engine (for in-process tests that need more than HTTP shows)."""
+        assert self._compute is not None, "emulator not started"
+        return self._compute.engine
+
+    @property
+    def fake_gcs_pid(self) -> int | None:
+        return self._gcs.pid if self._gcs else None
+
+    def client_options(self, service: str = "compute") -> dict[str, str]:
+        """`client_options` for google-cloud clients: {"api_endpoint": ...}."""
+        return {"api_endpoint": self.compute_endpoint if service == "compute" else self.storage_endpoint}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "project": self.project,
+            "projectNumber": self.project_number,
+            "zone": self.zone,
+            "region": self.region,
+            "bucket": self.bucket,
+            "computeEndpoint": self.compute_endpoint,
+            "storageEndpoint": self.storage_endpoint,
+            "workdir": str(self.workdir) if self.workdir else None,
+            "binDir": str(self._hypervisor.bin_dir) if self._hypervisor else None,
+        }

@@ -1,0 +1,230 @@
+"""The Compute Engine v1 REST endpoint: routes Google's paths to the engine, counts and faults calls.
+
+Paths outside `/compute/v1/` under `/emulator/v1/` are the control API (not counted, never faulted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from parallel_engine.emulator.compute import filters
+from parallel_engine.emulator.compute.engine import ComputeEngine
+from parallel_engine.emulator.compute.errors import ApiError, insufficient_scopes, not_found, rate_limit_exceeded
+from parallel_engine.emulator.compute.ratelimit import MUTATION, READ, RateLimiter
+from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer
+from parallel_engine.emulator.identity import COMPUTE_READ_SCOPES, COMPUTE_SCOPES, VM, Caller, TokenRegistry
+from parallel_engine.emulator.traffic import Traffic, google_error
+
+log = logging.getLogger(__name__)
+ORCHESTRATOR_USER = "user@example.com"
+_P = r"^/compute/v1/projects/(?P<project>[^/]+)"
+_Z = _P + r"/zones/(?P<zone>[^/]+)"
+Action = Callable[["Call"], Any]
+
+
+@dataclass
+class Call:
+    """One routed request, as the actions see it."""
+
+    params: dict[str, str]
+    query: dict[str, list[str]]
+    body: Any
+    caller: Caller
+    user: str
+
+    def q(self, key: str) -> str | None:
+        values = self.query.get(key)
+        return values[0] if values else None
+
+
+def _routes(engine: ComputeEngine, wait_timeout: Callable[[], float]) -> list[tuple[str, re.Pattern[str], str, Action]]:
+    e = engine
+    ops = engine.operations
+
+    def op_zone(c: Call) -> str:
+        e.check_zone(c.params["project"], c.params["zone"])
+        return c.params["zone"]
+
+    def list_ops(c: Call) -> dict[str, Any]:
+        zone = op_zone(c)
+        match = filters.parse(c.q("filter"))
+        items = [op for op in ops.in_zone(zone) if match(op)]
+        chunk, token = filters.page(items, c.q("maxResults"), c.q("pageToken"))
+        body: dict[str, Any] = {"kind": "compute#operationList", "items": chunk}
+        if token:
+            body["nextPageToken"] = token
+        return body
+
+    def delete_op(c: Call) -> dict[str, Any]:
+        ops.delete(op_zone(c), c.params["op"])
+        return {}
+
+    table: list[tuple[str, str, str, Action]] = [
+        ("POST", _Z + r"/instances/bulkInsert$", "compute.instances.bulkInsert",
+         lambda c: e.bulk_insert(c.params["project"], c.params["zone"], c.body, c.user)),
+        ("GET", _Z + r"/instances$", "compute.instances.list",
+         lambda c: e.list(c.params["project"], c.params["zone"], c.q("filter"), c.q("maxResults"), c.q("pageToken"))),
+        ("POST", _Z + r"/instances$", "compute.instances.insert",
+         lambda c: e.insert(c.params["project"], c.params["zone"], c.body, c.user)),
+        ("GET", _Z + r"/instances/(?P<name>[^/]+)$", "compute.instances.get",
+         lambda c: e.get(c.params["project"], c.params["zone"], c.params["name"])),
+        ("DELETE", _Z + r"/instances/(?P<name>[^/]+)$", "compute.instances.delete",
+         lambda c: e.delete(c.params["project"], c.params["zone"], c.params["name"], c.user)),
+        ("POST", _Z + r"/instances/(?P<name>[^/]+)/stop$", "compute.instances.stop",
+         lambda c: e.stop(c.params["project"], c.params["zone"], c.params["name"], c.user)),
+        ("POST", _Z + r"/instances/(?P<name>[^/]+)/start$", "compute.instances.start",
+         lambda c: e.start(c.params["project"], c.params["zone"], c.params["name"], c.user)),
+        ("GET", _Z + r"/instances/(?P<name>[^/]+)/serialPort$", "compute.instances.getSerialPortOutput",
+         lambda c: e.serial_port_output(c.params["project"], c.params["zone"], c.params["name"], c.q("start"))),
+        ("GET", _P + r"/aggregated/instances$", "compute.instances.aggregatedList",
+         lambda c: e.aggregated_list(c.params["project"], c.q("filter"), c.q("maxResults"), c.q("pageToken"))),
+        ("GET", _Z + r"/operations$", "compute.zoneOperations.list", list_ops),
+        ("GET", _Z + r"/operations/(?P<op>[^/]+)$", "compute.zoneOperations.get",
+         lambda c: ops.get(op_zone(c), c.params["op"])),
+        ("POST", _Z + r"/operations/(?P<op>[^/]+)/wait$", "compute.zoneOperations.wait",
+         lambda c: ops.wait(op_zone(c), c.params["op"], wait_timeout())),
+        ("DELETE", _Z + r"/operations/(?P<op>[^/]+)$", "compute.zoneOperations.delete", delete_op),
+        ("GET", _Z + r"/machineTypes$", "compute.machineTypes.list",
+         lambda c: e.machine_types(c.params["project"], c.params["zone"], c.q("filter"), c.q("maxResults"),
+                                   c.q("pageToken"))),
+        ("GET", _Z + r"/machineTypes/(?P<name>[^/]+)$", "compute.machineTypes.get",
+         lambda c: e.machine_type(c.params["project"], c.params["zone"], c.params["name"])),
+        ("GET", _Z + r"$", "compute.zones.get", lambda c: e.zone(c.params["project"], c.params["zone"])),
+        ("GET", _P + r"/zones$", "compute.zones.list", lambda c: e.zones(c.params["project"])),
+        ("GET", _P + r"/regions/(?P<region>[^/]+)$", "compute.regions.get",
+         lambda c: e.region(c.params["project"], c.params["region"])),
+    ]  # fmt: skip
+    return [(method, re.compile(pattern), name, action) for method, pattern, name, action in table]
+
+
+ControlHandler = Callable[[str, str, dict[str, list[str]], Any], tuple[int, Any]]
+
+
+class ComputeServer:
+    """The HTTP server; `control` answers `/emulator/v1/...`."""
+
+    def __init__(
+        self,
+        engine_factory: Callable[[str], ComputeEngine],
+        traffic: Traffic,
+        tokens: TokenRegistry,
+        limiter: RateLimiter,
+    ) -> None:
+        self.traffic = traffic
+        self.tokens = tokens
+        self.limiter = limiter
+        self.control: ControlHandler | None = None
+        self._request_ids: dict[tuple[str, str], tuple[str, str]] = {}
+        self._request_lock = threading.Lock()
+        self._server = LoopbackServer(_make_handler(self))
+        self.engine = engine_factory(f"{self._server.url}/compute/v1")
+        clock = self.engine.clock
+        self.routes = _routes(
+            self.engine, lambda: min(120.0, max(0.5, clock.real(clock.durations.operation_wait_seconds)))
+        )
+
+    @property
+    def url(self) -> str:
+        return self._server.url
+
+    def start(self) -> None:
+        self._server.start("emulator-compute")
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def replay(self, method_name: str, request_id: str | None) -> dict[str, Any] | None:
+        """The operation an earlier call with the same `requestId` returned (Google's idempotent retry)."""
+        if not request_id:
+            return None
+        with self._request_lock:
+            known = self._request_ids.get((method_name, request_id))
+        return self.engine.operations.get(*known) if known else None
+
+    def remember(self, method_name: str, request_id: str | None, result: Any) -> None:
+        if request_id and isinstance(result, dict) and result.get("kind") == "compute#operation":
+            zone = str(result["zone"]).rsplit("/", 1)[-1]
+            with self._request_lock:
+                self._request_ids[(method_name, request_id)] = (zone, result["name"])
+
+    def route(self, method: str, path: str) -> tuple[str, Action, dict[str, str]] | None:
+        for route_method, pattern, name, action in self.routes:
+            if route_method == method and (match := pattern.match(path)):
+                return name, action, match.groupdict()
+        return None
+
+
+def _make_handler(server: ComputeServer) -> type[JsonHandler]:
+    class Handler(JsonHandler):
+        def _handle(self) -> None:
+            raw = self.read_body()
+            path = self.path_only
+            if path.startswith("/emulator/v1/"):
+                self._control(path, raw)
+                return
+            if not path.startswith("/compute/v1/"):
+                self.send_json(404, not_found(path).body())
+                return
+            routed = server.route(self.command, path)
+            if routed is None:
+                self.send_json(404, google_error(404, "notFound", f"No such method: {self.command} {path}"))
+                return
+            name, action, params = routed
+            caller = server.tokens.caller(self.headers.get("Authorization"))
+            fault = server.traffic.admit(self.command, self.path, caller, name)
+            if fault is not None and not fault.after:
+                self.send_json(fault.status, fault.body())
+                return
+            read_only = self.command == "GET" or name == "compute.zoneOperations.wait"
+            if not server.limiter.take(READ if read_only else MUTATION):
+                error = rate_limit_exceeded(server.engine.project_number, "Read" if read_only else "Write")
+                self.send_json(error.status, error.body())
+                return
+            if caller.kind == VM and not caller.scopes & (COMPUTE_READ_SCOPES if read_only else COMPUTE_SCOPES):
+                error = insufficient_scopes()
+                self.send_json(error.status, error.body())
+                return
+            try:
+                body = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                self.send_json(400, google_error(400, "parseError", "Parse Error"))
+                return
+            user = caller.email if caller.kind == VM and caller.email else ORCHESTRATOR_USER
+            request_id = self.query_one("requestId") if not read_only else None
+            try:
+                result = server.replay(name, request_id)
+                if result is None:
+                    result = action(Call(params, self.query, body, caller, user))
+                    server.remember(name, request_id, result)
+            except ApiError as error:
+                self.send_json(error.status, error.body())
+                return
+            except Exception:  # a bug here must look like a Google 500, not a hung client
+                log.exception("emulated compute failed on %s %s", self.command, self.path)
+                self.send_json(500, google_error(500, "backendError", "Internal Error"))
+                return
+            if fault is not None:  # carried out, but the caller never hears so
+                self.send_json(fault.status, fault.body())
+                return
+            self.send_json(200, result)
+
+        def _control(self, path: str, raw: bytes) -> None:
+            if server.control is None:
+                self.send_json(404, {"error": "no control API"})
+                return
+            try:
+                body = json.loads(raw) if raw.strip() else {}
+                status, payload = server.control(self.command, path, self.query, body)
+            except Exception as exc:  # noqa: BLE001 - reported to the test as a 400
+                status, payload = 400, {"error": f"{type(exc).__name__}: {exc}"}
+            self.send_json(status, payload)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+    return Handler

@@ -1,0 +1,143 @@
+"""A Python client for the emulator's control API (for tests, and for the orchestrator's tests).
+
+It speaks plain HTTP to `/emulator/v1/...` on the Compute endpoint, so it works against an
+emulator started in this process or by `parallel-engine emulator` in another.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import quote
+
+from parallel_engine.emulator.netutil import LOOPBACK
+
+
+class ControlError(RuntimeError):
+    """The control API refused a request."""
+
+
+class ControlClient:
+    def __init__(self, compute_endpoint: str, zone: str | None = None) -> None:
+        if not compute_endpoint.startswith(f"http://{LOOPBACK}:"):
+            raise ValueError(f"the emulator's endpoint must be on loopback, got {compute_endpoint}")
+        self.base = compute_endpoint.rstrip("/") + "/emulator/v1"
+        self.zone = zone
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise ControlError(f"{method} {path}: {exc.code} {detail}") from None
+
+    def _zone(self, zone: str | None) -> str:
+        zone = zone or self.zone
+        if not zone:
+            raise ValueError("no zone given and no default zone")
+        return zone
+
+    # -- time -----------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        return self._call("GET", "/info")
+
+    def clock(self) -> dict[str, float]:
+        """{timeScale, insertSeconds, bootSeconds, stopSeconds, preemptionNoticeSeconds, ...}."""
+        return self._call("GET", "/clock")
+
+    @property
+    def time_scale(self) -> float:
+        return float(self.clock()["timeScale"])
+
+    def set_clock(self, time_scale: float | None = None, **durations: float) -> dict[str, float]:
+        """Change the scale and/or Google-second durations (boot_seconds=..., preemption_notice_seconds=...)."""
+        body: dict[str, Any] = {_camel(k): v for k, v in durations.items()}
+        if time_scale is not None:
+            body["timeScale"] = time_scale
+        return self._call("PUT", "/clock", body)
+
+    # -- faults ---------------------------------------------------------------------------
+    def fail_next(
+        self,
+        count: int,
+        status: int = 503,
+        method: str = "*",
+        path: str = "",
+        service: str = "compute",
+        reason: str | None = None,
+        caller: str | None = None,
+        after: bool = False,
+    ) -> None:
+        """Answer the next `count` calls matching `method` and the `path` regex (searched in path?query) with `status`.
+
+        `caller` limits it to "orchestrator" or "vm" calls; `after` carries the call out first and
+        then answers with the error, as when a response is lost on the way back.
+        """
+        body: dict[str, Any] = {"service": service, "status": status, "count": count, "method": method,
+                                "path": path, "after": after}  # fmt: skip
+        if reason:
+            body["reason"] = reason
+        if caller:
+            body["caller"] = caller
+        self._call("POST", "/faults", body)
+
+    def clear_faults(self, service: str | None = None) -> None:
+        self._call("DELETE", "/faults" + (f"?service={service}" if service else ""))
+
+    def pending_faults(self) -> dict[str, int]:
+        return self._call("GET", "/faults")["pending"]
+
+    def set_latency(self, seconds: float, service: str = "compute", method: str = "*", path: str = "") -> None:
+        """Every matching call waits `seconds` (real) before it is answered; 0 removes the rule."""
+        self._call("PUT", "/latency", {"service": service, "seconds": seconds, "method": method, "path": path})
+
+    def clear_latency(self, service: str | None = None) -> None:
+        self._call("DELETE", "/latency" + (f"?service={service}" if service else ""))
+
+    def exhaust(self, kind: str = "zone", seconds: float | None = None, count: int | None = None) -> None:
+        """Refuse creations: kind "zone" (ZONE_RESOURCE_POOL_EXHAUSTED) or "quota" (QUOTA_EXCEEDED).
+
+        For `seconds` (real), for `count` creations, or until `clear_exhaustion`.
+        """
+        self._call("POST", "/exhaustion", {"kind": kind, "seconds": seconds, "count": count})
+
+    def clear_exhaustion(self, kind: str | None = None) -> None:
+        self._call("DELETE", "/exhaustion" + (f"?kind={kind}" if kind else ""))
+
+    def set_quota(self, metric: str, limit: float, region: str | None = None) -> None:
+        self._call("PUT", "/quotas", {"metric": metric, "limit": limit, "region": region})
+
+    def set_rate_limits(self, reads: int | None = None, mutations: int | None = None) -> None:
+        self._call("PUT", "/rateLimits", {"reads": reads, "mutations": mutations})
+
+    def preempt(self, name: str, zone: str | None = None) -> dict[str, Any]:
+        """Preempt a Spot VM; returns the `compute.instances.preempted` operation."""
+        return self._call("POST", f"/zones/{self._zone(zone)}/instances/{quote(name)}/preempt")
+
+    # -- observation ----------------------------------------------------------------------
+    def calls(self) -> dict[str, Any]:
+        """{"compute": counts, "storage": counts}; counts = {total, byCaller, byVm, byMethod, injected}."""
+        return self._call("GET", "/calls")
+
+    def reset_calls(self) -> None:
+        self._call("DELETE", "/calls")
+
+    def vms(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/vms")["vms"]
+
+    def pids(self, name: str, zone: str | None = None) -> list[int]:
+        return self._call("GET", f"/zones/{self._zone(zone)}/instances/{quote(name)}/pids")["pids"]
+
+    def console(self, name: str, zone: str | None = None) -> str:
+        return self._call("GET", f"/zones/{self._zone(zone)}/instances/{quote(name)}/console")["console"]
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)

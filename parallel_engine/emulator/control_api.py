@@ -1,0 +1,146 @@
+"""The emulator's control API (`/emulator/v1/...` on the Compute endpoint): what no Google API offers.
+
+Tests and the orchestrator's own test suite use it to read the time scale, preempt a VM, fail or
+slow the next calls, exhaust a zone or the quota, change quota limits and read call counts.
+Its calls are neither counted nor faulted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from parallel_engine.emulator.clock import Clock
+from parallel_engine.emulator.compute.engine import ComputeEngine
+from parallel_engine.emulator.compute.errors import ApiError
+from parallel_engine.emulator.compute.exhaustion import ControlError
+from parallel_engine.emulator.compute.ratelimit import RateLimiter
+from parallel_engine.emulator.traffic import Traffic
+
+_VM_PATH = re.compile(r"^/emulator/v1/zones/(?P<zone>[^/]+)/instances/(?P<name>[^/]+)/(?P<verb>preempt|pids|console)$")
+Reply = tuple[int, Any]
+
+
+class ControlApi:
+    def __init__(
+        self,
+        engine: ComputeEngine,
+        clock: Clock,
+        traffic: dict[str, Traffic],
+        limiter: RateLimiter,
+        info: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.traffic = traffic
+        self.limiter = limiter
+        self.info = info
+
+    def __call__(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> Reply:
+        try:
+            return self._dispatch(method, path, query, body or {})
+        except (ControlError, ValueError, KeyError) as exc:
+            return 400, {"error": str(exc)}
+
+    def _services(self, body: dict[str, Any], query: dict[str, list[str]]) -> list[Traffic]:
+        service = body.get("service") or (query.get("service") or [None])[0]
+        if service is None:
+            return list(self.traffic.values())
+        if service not in self.traffic:
+            raise ValueError(f"unknown service {service!r}: one of {sorted(self.traffic)}")
+        return [self.traffic[service]]
+
+    def _dispatch(self, method: str, path: str, query: dict[str, list[str]], body: dict[str, Any]) -> Reply:
+        route = (method, path.rstrip("/"))
+        if route == ("GET", "/emulator/v1/info"):
+            return 200, {**self.info(), "clock": self.clock.describe(), "exhaustion": self.engine.exhaustion.describe(),
+                         "rateLimits": dict(self.limiter.limits)}  # fmt: skip
+        if route in (("GET", "/emulator/v1/clock"), ("PUT", "/emulator/v1/clock")):
+            if method == "PUT":
+                durations = {_snake(k): float(v) for k, v in body.items() if k != "timeScale"}
+                scale = body.get("timeScale")
+                self.clock.configure(float(scale) if scale is not None else None, **durations)
+            return 200, self.clock.describe()
+        if route == ("POST", "/emulator/v1/faults"):
+            for traffic in self._services(body, query):
+                traffic.add_fault(
+                    status=int(body["status"]),
+                    count=int(body.get("count", 1)),
+                    method=body.get("method", "*"),
+                    path=body.get("path", ""),
+                    reason=body.get("reason"),
+                    message=body.get("message"),
+                    caller=body.get("caller"),
+                    after=bool(body.get("after", False)),
+                )
+            return 200, {"pending": {t.service: t.pending_faults() for t in self.traffic.values()}}
+        if route == ("GET", "/emulator/v1/faults"):
+            return 200, {"pending": {t.service: t.pending_faults() for t in self.traffic.values()}}
+        if route == ("DELETE", "/emulator/v1/faults"):
+            for traffic in self._services(body, query):
+                traffic.clear_faults()
+            return 200, {}
+        if route == ("PUT", "/emulator/v1/latency"):
+            for traffic in self._services(body, query):
+                traffic.set_latency(float(body["seconds"]), body.get("method", "*"), body.get("path", ""))
+            return 200, {}
+        if route == ("DELETE", "/emulator/v1/latency"):
+            for traffic in self._services(body, query):
+                traffic.clear_latency()
+            return 200, {}
+        if route == ("POST", "/emulator/v1/exhaustion"):
+            seconds = body.get("seconds")
+            count = body.get("count")
+            self.engine.exhaustion.set(
+                body["kind"], float(seconds) if seconds is not None else None, int(count) if count is not None else None
+            )
+            return 200, self.engine.exhaustion.describe()
+        if route == ("DELETE", "/emulator/v1/exhaustion"):
+            self.engine.exhaustion.clear(body.get("kind") or (query.get("kind") or [None])[0])
+            return 200, self.engine.exhaustion.describe()
+        if route == ("PUT", "/emulator/v1/quotas"):
+            self.engine.quotas.set_limit(str(body["metric"]), float(body["limit"]), body.get("region"))
+            return 200, {}
+        if route == ("PUT", "/emulator/v1/rateLimits"):
+            self.limiter.set_limits(body.get("reads"), body.get("mutations"))
+            return 200, dict(self.limiter.limits)
+        if route == ("GET", "/emulator/v1/calls"):
+            return 200, {name: t.counts() for name, t in self.traffic.items()}
+        if route == ("DELETE", "/emulator/v1/calls"):
+            for traffic in self.traffic.values():
+                traffic.reset_counts()
+            return 200, {}
+        if route == ("GET", "/emulator/v1/vms"):
+            vms = []
+            for zone, name in self.engine.vm_names():
+                machine = self.engine.machine(zone, name)
+                vms.append(
+                    {
+                        "zone": zone,
+                        "name": name,
+                        "status": self.engine.get(self.engine.project, zone, name)["status"],
+                        "metadataHost": machine.metadata_host if machine and machine.port else None,
+                        "pids": machine.pids() if machine else [],
+                    }
+                )
+            return 200, {"vms": vms}
+        match = _VM_PATH.match(path)
+        if match:
+            zone, name, verb = match.group("zone", "name", "verb")
+            if verb == "preempt" and method == "POST":
+                return 200, self.engine.preempt(zone, name)
+            try:
+                machine = self.engine.machine(zone, name)
+            except ApiError as exc:
+                return 404, {"error": exc.message}
+            if verb == "pids" and method == "GET":
+                return 200, {"pids": machine.pids() if machine else []}
+            if verb == "console" and method == "GET":
+                text = machine.console.read_text(errors="replace") if machine else ""
+                return 200, {"console": text}
+        return 404, {"error": f"no control route {method} {path}"}
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)

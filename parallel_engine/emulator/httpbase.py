@@ -1,0 +1,117 @@
+"""A small threaded HTTP server on loopback, and a handler with JSON helpers.
+
+Every emulated service (Compute, the Storage proxy, metadata) builds on these so that they bind the
+same way (127.0.0.1, a port chosen by the kernel), speak HTTP/1.1 with keep-alive like Google's
+front ends, and stop cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from parallel_engine.emulator.netutil import LOOPBACK
+
+
+class LoopbackServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer bound to 127.0.0.1 that runs itself in a daemon thread."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0) -> None:
+        super().__init__((LOOPBACK, port), handler)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self, name: str) -> None:
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.1}, name=name, daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self.server_close()
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """Request handler with the few helpers every emulated API needs."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "parallel-engine-emulator"
+    sys_version = ""
+    timeout = 120  # an idle keep-alive connection does not hold a thread forever
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """Silence the default per-request stderr log (call counts are kept elsewhere)."""
+
+    # -- request --------------------------------------------------------------------------
+    @property
+    def path_only(self) -> str:
+        return urlsplit(self.path).path
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        return parse_qs(urlsplit(self.path).query, keep_blank_values=True)
+
+    def query_one(self, key: str, default: str | None = None) -> str | None:
+        values = self.query.get(key)
+        return values[0] if values else default
+
+    def read_body(self) -> bytes:
+        """The whole request body, plain or chunked (curl -T - sends chunked)."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def read_json(self) -> Any:
+        body = self.read_body()
+        return json.loads(body) if body.strip() else {}
+
+    # -- response -------------------------------------------------------------------------
+    def send_bytes(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json; charset=UTF-8",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        self.send_bytes(status, json.dumps(payload).encode(), headers=headers)
+
+    def send_text(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
+        self.send_bytes(status, text.encode(), "text/plain; charset=utf-8", headers)

@@ -1,0 +1,233 @@
+"""The emulator's Storage endpoint: a reverse proxy in front of fake-gcs-server.
+
+It exists so that Storage calls can be counted per caller (orchestrator or VM), slowed down and
+failed on demand, and so that VM tokens are checked for Storage scopes as Google would.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import threading
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer
+from parallel_engine.emulator.identity import STORAGE_READ_SCOPES, STORAGE_WRITE_SCOPES, VM, TokenRegistry
+from parallel_engine.emulator.netutil import LOOPBACK
+from parallel_engine.emulator.traffic import Traffic, google_error
+
+_HOP_BY_HOP = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "content-length",
+}  # fmt: skip
+
+_ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    ("GET", re.compile(r"^/storage/v1/b/?$"), "storage.buckets.list"),
+    ("POST", re.compile(r"^/storage/v1/b/?$"), "storage.buckets.insert"),
+    ("GET", re.compile(r"^/storage/v1/b/[^/]+/?$"), "storage.buckets.get"),
+    ("DELETE", re.compile(r"^/storage/v1/b/[^/]+/?$"), "storage.buckets.delete"),
+    ("PATCH", re.compile(r"^/storage/v1/b/[^/]+/?$"), "storage.buckets.patch"),
+    ("GET", re.compile(r"^/storage/v1/b/[^/]+/o/?$"), "storage.objects.list"),
+    ("POST", re.compile(r"^/storage/v1/b/[^/]+/o/.+/compose$"), "storage.objects.compose"),
+    ("POST", re.compile(r"^/storage/v1/b/[^/]+/o/.+/(copyTo|rewriteTo)/"), "storage.objects.rewrite"),
+    ("GET", re.compile(r"^/storage/v1/b/[^/]+/o/.+"), "storage.objects.get"),
+    ("DELETE", re.compile(r"^/storage/v1/b/[^/]+/o/.+"), "storage.objects.delete"),
+    ("PATCH", re.compile(r"^/storage/v1/b/[^/]+/o/.+"), "storage.objects.patch"),
+    ("*", re.compile(r"^/upload/storage/v1/b/[^/]+/o"), "storage.objects.insert"),
+    ("GET", re.compile(r"^/download/storage/v1/b/[^/]+/o/.+"), "storage.objects.get"),
+    ("POST", re.compile(r"^/batch/storage/v1"), "storage.batch"),
+]
+_WRITES = {"POST", "PUT", "PATCH", "DELETE"}
+_OBJECT_PATH = re.compile(r"^/storage/v1/b/([^/]+)/o/([^/]+)$")
+_UPLOAD_PATH = re.compile(r"^/upload/storage/v1/b/([^/]+)/o/?$")
+
+#: fake-gcs-server puts the HTTP status text where Google puts a reason code.
+_REASONS = {400: "invalid", 401: "required", 403: "forbidden", 404: "notFound", 409: "conflict",
+            412: "conditionNotMet", 429: "rateLimitExceeded", 503: "backendError"}  # fmt: skip
+LIST_PAGE = 1000
+_PRECONDITION_MESSAGE = "At least one of the pre-conditions you specified did not hold."
+
+
+def google_shaped(status: int, body: bytes) -> bytes:
+    """Rewrite fake-gcs-server's error body so `errors[0].reason` is Google's code (e.g. conditionNotMet)."""
+    try:
+        payload = json.loads(body)
+        error = payload["error"]
+    except (ValueError, KeyError, TypeError):
+        reason = _REASONS.get(status, "backendError")
+        return json.dumps(google_error(status, reason, body.decode(errors="replace").strip() or reason)).encode()
+    reason = _REASONS.get(status)
+    if reason is None:
+        return body
+    if status == 412:
+        error["message"] = _PRECONDITION_MESSAGE
+    for item in error.get("errors") or [{}]:
+        if " " in str(item.get("reason", " ")):
+            item["reason"] = reason
+            if status == 412:
+                item["message"] = _PRECONDITION_MESSAGE
+    error.setdefault("errors", [{"message": error.get("message", reason), "domain": "global", "reason": reason}])
+    return json.dumps(payload).encode()
+
+
+def capped_list(target: str, page_size: int = LIST_PAGE) -> str:
+    """An objects.list target with `maxResults` at most 1,000, as Google pages (fake-gcs-server does not)."""
+    parts = urlsplit(target)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    try:
+        asked = int(query.get("maxResults", [page_size])[0])
+    except ValueError:
+        asked = page_size
+    query["maxResults"] = [str(min(max(asked, 1), page_size))]
+    return parts._replace(query=urlencode(query, doseq=True)).geturl()
+
+
+def precondition_target(method: str, target: str) -> tuple[str, str, str] | None:
+    """(bucket, object, ifGenerationMatch) for the calls whose precondition fake-gcs-server ignores.
+
+    fake-gcs-server honours `ifGenerationMatch` on multipart uploads but not on media uploads or
+    deletes; Google honours it everywhere, so the proxy checks those two itself.
+    """
+    parts = urlsplit(target)
+    query = parse_qs(parts.query)
+    wanted = query.get("ifGenerationMatch", [None])[0]
+    if wanted is None:
+        return None
+    if method == "DELETE" and (m := _OBJECT_PATH.match(parts.path)):
+        return m.group(1), unquote(m.group(2)), wanted
+    if method == "POST" and (m := _UPLOAD_PATH.match(parts.path)) and query.get("uploadType") == ["media"]:
+        name = query.get("name", [None])[0]
+        if name is not None:
+            return m.group(1), name, wanted
+    return None
+
+
+def classify(method: str, path: str) -> str:
+    """Google's method name for a Storage JSON API call (for call counts)."""
+    for route_method, pattern, name in _ROUTES:
+        if route_method in ("*", method) and pattern.search(path):
+            return name
+    return f"storage.other.{method.lower()}"
+
+
+class StorageProxy:
+    """Counting, fault-injecting reverse proxy on 127.0.0.1 in front of one upstream Storage server."""
+
+    def __init__(self, traffic: Traffic, tokens: TokenRegistry) -> None:
+        self.traffic = traffic
+        self.tokens = tokens
+        self.upstream_port = 0
+        self._server = LoopbackServer(_make_handler(self))
+
+    @property
+    def url(self) -> str:
+        return self._server.url
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    def start(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self._server.start("emulator-storage-proxy")
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+def _make_handler(proxy: StorageProxy) -> type[JsonHandler]:
+    local = threading.local()
+    object_locks: dict[tuple[str, str], threading.Lock] = {}
+    locks_guard = threading.Lock()
+
+    def object_lock(bucket: str, name: str) -> threading.Lock:
+        with locks_guard:
+            return object_locks.setdefault((bucket, name), threading.Lock())
+
+    def upstream() -> http.client.HTTPConnection:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(LOOPBACK, proxy.upstream_port, timeout=300)
+            local.conn = conn
+        return conn
+
+    class Handler(JsonHandler):
+        def _forward(self) -> None:
+            body = self.read_body()
+            caller = proxy.tokens.caller(self.headers.get("Authorization"))
+            operation = classify(self.command, self.path_only)
+            fault = proxy.traffic.admit(self.command, self.path, caller, operation)
+            if fault is not None and not fault.after:
+                self.send_json(fault.status, fault.body())
+                return
+            if caller.kind == VM:
+                needed = STORAGE_WRITE_SCOPES if self.command in _WRITES else STORAGE_READ_SCOPES
+                if not caller.scopes & needed:
+                    message = "Provided scope(s) are not authorized"
+                    self.send_json(403, google_error(403, "forbidden", message))
+                    return
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            headers["Content-Length"] = str(len(body))
+            try:
+                checked = precondition_target(self.command, self.path)
+                target = capped_list(self.path) if operation == "storage.objects.list" else self.path
+                if checked is None:
+                    status, reply_headers, reply = self._relay(self.command, target, body, headers)
+                else:
+                    bucket, name, wanted = checked
+                    with object_lock(bucket, name):
+                        if self._generation(bucket, name, headers) != wanted:
+                            error = google_error(412, "conditionNotMet", _PRECONDITION_MESSAGE)
+                            self.send_json(412, error)
+                            return
+                        status, reply_headers, reply = self._relay(self.command, self.path, body, headers)
+            except (http.client.HTTPException, OSError):
+                self.send_json(503, google_error(503, "backendError", "Backend Error"))
+                return
+            if fault is not None:  # carried out, but the caller never hears so
+                self.send_json(fault.status, fault.body())
+                return
+            if status >= 400:
+                reply = google_shaped(status, reply)
+                reply_headers = [(k, v) for k, v in reply_headers if k.lower() != "content-type"]
+                reply_headers.append(("Content-Type", "application/json; charset=UTF-8"))
+            out: dict[str, str] = {}
+            for key, value in reply_headers:
+                if key.lower() in _HOP_BY_HOP or key.lower() == "content-type":
+                    continue
+                if key.lower() == "location":
+                    value = value.replace(f"http://{LOOPBACK}:{proxy.upstream_port}", proxy.url)
+                out[key] = value
+            content_type = dict((k.lower(), v) for k, v in reply_headers).get("content-type", "")
+            self.send_bytes(status, reply, content_type or "application/octet-stream", out)
+
+        def _generation(self, bucket: str, name: str, headers: dict[str, str]) -> str:
+            """The live generation of an object as a string, "0" when it does not exist."""
+            path = f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}"
+            probe = {k: v for k, v in headers.items() if k.lower() in ("host", "authorization")}
+            status, _, reply = self._relay("GET", path, b"", probe)
+            if status == 404:
+                return "0"
+            return str(json.loads(reply).get("generation", "0"))
+
+        def _relay(
+            self, method: str, target: str, body: bytes, headers: dict[str, str]
+        ) -> tuple[int, list[tuple[str, str]], Any]:
+            for attempt in (0, 1):  # a kept-alive upstream connection may have been closed meanwhile
+                conn = upstream()
+                try:
+                    conn.request(method, target, body=body, headers=headers)
+                    response = conn.getresponse()
+                    return response.status, response.getheaders(), response.read()
+                except (http.client.HTTPException, ConnectionError, OSError):
+                    conn.close()
+                    local.conn = None
+                    if attempt:
+                        raise
+            raise AssertionError("unreachable")
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
+
+    return Handler

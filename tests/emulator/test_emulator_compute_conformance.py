@@ -1,0 +1,217 @@
+"""Every rule of DESIGN.md's "The real Google constraints", walked with the real compute client.
+
+Each refusal is asserted by HTTP status and Google's `reason`, as the orchestrator will see it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from emulator_helpers import Clients, make_instance
+from google.api_core import exceptions as gexc
+from google.cloud import compute_v1
+
+
+def refused(call: Callable[[], Any]) -> tuple[int, str]:
+    with pytest.raises(gexc.GoogleAPICallError) as info:
+        call()
+    return info.value.code, info.value.errors[0]["reason"]
+
+
+def _insert(shared: Clients, instance: compute_v1.Instance) -> Callable[[], Any]:
+    return lambda: shared.insert(instance)
+
+
+def _with(mutate: Callable[[compute_v1.Instance], None], name: str = "ok-name") -> compute_v1.Instance:
+    instance = make_instance(name)
+    mutate(instance)
+    return instance
+
+
+def _scheduling(**fields: Any) -> Callable[[compute_v1.Instance], None]:
+    def mutate(instance: compute_v1.Instance) -> None:
+        scheduling = compute_v1.Scheduling()
+        for key, value in fields.items():
+            setattr(scheduling, key, value)
+        instance.scheduling = scheduling
+
+    return mutate
+
+
+def _metadata(items: dict[str, str]) -> Callable[[compute_v1.Instance], None]:
+    def mutate(instance: compute_v1.Instance) -> None:
+        instance.metadata = compute_v1.Metadata(items=[compute_v1.Items(key=k, value=v) for k, v in items.items()])
+
+    return mutate
+
+
+def _labels(labels: dict[str, str]) -> Callable[[compute_v1.Instance], None]:
+    def mutate(instance: compute_v1.Instance) -> None:
+        instance.labels = labels
+
+    return mutate
+
+
+BAD_INSTANCES: dict[str, tuple[compute_v1.Instance, int, str]] = {
+    "name starts with a digit": (make_instance("1vm"), 400, "invalid"),
+    "name has uppercase": (make_instance("Vm-a"), 400, "invalid"),
+    "name ends with a dash": (make_instance("vm-"), 400, "invalid"),
+    "name has 64 characters": (make_instance("a" * 64), 400, "invalid"),
+    "name has an underscore": (make_instance("vm_a"), 400, "invalid"),
+    "65 labels": (_with(_labels({f"k{i}": "v" for i in range(65)})), 400, "invalid"),
+    "label key starts with a digit": (_with(_labels({"1k": "v"})), 400, "invalid"),
+    "label key has uppercase": (_with(_labels({"Key": "v"})), 400, "invalid"),
+    "label key of 64 characters": (_with(_labels({"k" * 64: "v"})), 400, "invalid"),
+    "label value with a dot": (_with(_labels({"k": "v.1"})), 400, "invalid"),
+    "label value of 64 characters": (_with(_labels({"k": "v" * 64})), 400, "invalid"),
+    "metadata value over 256 KiB": (_with(_metadata({"startup-script": "x" * 262145})), 400, "invalid"),
+    "metadata over 512 KB in total": (
+        _with(_metadata({f"k{i}": "x" * 200000 for i in range(3)})), 400, "invalid"),
+    "metadata key with a dot": (_with(_metadata({"bad.key": "v"})), 400, "invalid"),
+    "maxRunDuration under 30 s": (
+        _with(_scheduling(max_run_duration=compute_v1.Duration(seconds=29), instance_termination_action="DELETE")),
+        400, "invalid"),
+    "maxRunDuration over 120 days": (
+        _with(_scheduling(max_run_duration=compute_v1.Duration(seconds=120 * 86400 + 1),
+                          instance_termination_action="DELETE")), 400, "invalid"),
+    "termination action on STANDARD without a time limit": (
+        _with(_scheduling(instance_termination_action="DELETE")), 400, "invalid"),
+    "termination action that is neither STOP nor DELETE": (
+        _with(_scheduling(provisioning_model="SPOT", automatic_restart=False, instance_termination_action="REBOOT")),
+        400, "invalid"),
+    "SPOT with automaticRestart true": (
+        _with(_scheduling(provisioning_model="SPOT", automatic_restart=True)), 400, "invalid"),
+    "SPOT with live migration": (
+        _with(_scheduling(provisioning_model="SPOT", automatic_restart=False, on_host_maintenance="MIGRATE")),
+        400, "invalid"),
+    "unknown machine type": (make_instance("ok-name", machine_type="e2-galactic-9"), 400, "invalid"),
+    "GPU machine that would live-migrate": (make_instance("ok-name", machine_type="g2-standard-4"), 400, "invalid"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_INSTANCES), ids=list(BAD_INSTANCES))
+def test_insert_refuses_what_google_refuses(shared: Clients, case: str) -> None:
+    instance, status, reason = BAD_INSTANCES[case]
+    assert refused(_insert(shared, instance)) == (status, reason)
+
+
+GOOD_SCHEDULING: dict[str, compute_v1.Scheduling] = {
+    "standard with a time limit and DELETE": compute_v1.Scheduling(
+        max_run_duration=compute_v1.Duration(seconds=30), instance_termination_action="DELETE"),
+    "standard with 120 days and STOP": compute_v1.Scheduling(
+        max_run_duration=compute_v1.Duration(seconds=120 * 86400), instance_termination_action="STOP"),
+    "spot with DELETE and no time limit": compute_v1.Scheduling(
+        provisioning_model="SPOT", automatic_restart=False, instance_termination_action="DELETE"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(GOOD_SCHEDULING), ids=list(GOOD_SCHEDULING))
+def test_insert_accepts_the_limits_themselves(clients: Clients, case: str) -> None:
+    instance = make_instance("edge-ok")
+    instance.scheduling = GOOD_SCHEDULING[case]
+    instance.labels = {f"k{i}": "v" * 63 for i in range(64)}
+    instance.metadata = compute_v1.Metadata(items=[compute_v1.Items(key="startup-script", value="#" * 262144)])
+    done = clients.wait(clients.insert(instance))
+    assert not done.error.errors
+
+
+def test_duplicate_name_is_409_already_exists(clients: Clients) -> None:
+    clients.wait(clients.insert(make_instance("twice")))
+    assert refused(lambda: clients.insert(make_instance("twice"))) == (409, "alreadyExists")
+
+
+def test_missing_instance_is_404_not_found(shared: Clients) -> None:
+    assert refused(lambda: shared.get("nowhere")) == (404, "notFound")
+    assert refused(lambda: shared.instances.delete(project=shared.project, zone=shared.zone, instance="nowhere")) == (
+        404,
+        "notFound",
+    )
+
+
+def test_unknown_project_is_404(shared: Clients) -> None:
+    call = lambda: shared.instances.get(project="someone-else", zone=shared.zone, instance="x")  # noqa: E731
+    assert refused(call) == (404, "notFound")
+
+
+def _bulk(shared: Clients, **fields: Any) -> Callable[[], Any]:
+    resource = compute_v1.BulkInsertInstanceResource(
+        instance_properties=compute_v1.InstanceProperties(
+            machine_type="e2-standard-2",
+            disks=[compute_v1.AttachedDisk(boot=True, auto_delete=True,
+                                           initialize_params=compute_v1.AttachedDiskInitializeParams(disk_size_gb=10))],
+        ),
+        **fields,
+    )  # fmt: skip
+    return lambda: shared.instances.bulk_insert(
+        project=shared.project, zone=shared.zone, bulk_insert_instance_resource_resource=resource
+    )
+
+
+BAD_BULK: dict[str, dict[str, Any]] = {
+    "count of zero": {"count": 0, "name_pattern": "w-###"},
+    "count over 5000": {"count": 5001, "name_pattern": "w-####"},
+    "minCount above count": {"count": 2, "min_count": 3, "name_pattern": "w-###"},
+    "neither namePattern nor perInstanceProperties": {"count": 2},
+    "two runs of #": {"count": 2, "name_pattern": "w-##-##"},
+    "pattern too short for the count": {"count": 11, "name_pattern": "w-#"},
+    "invalid per-instance name": {
+        "count": 1,
+        "per_instance_properties": {"Bad_Name": compute_v1.BulkInsertInstanceResourcePerInstanceProperties()},
+    },
+    "more names than count": {
+        "count": 1, "per_instance_properties": {n: compute_v1.BulkInsertInstanceResourcePerInstanceProperties()
+                                                for n in ("a-1", "a-2")}},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_BULK), ids=list(BAD_BULK))
+def test_bulk_insert_refuses_what_google_refuses(shared: Clients, case: str) -> None:
+    status, reason = refused(_bulk(shared, **BAD_BULK[case]))
+    assert status == 400 and reason in ("invalid", "required")
+
+
+def test_bulk_insert_duplicate_name_is_409(clients: Clients) -> None:
+    clients.wait(clients.insert(make_instance("taken")))
+    props = {"taken": compute_v1.BulkInsertInstanceResourcePerInstanceProperties()}
+    assert refused(_bulk(clients, count=1, per_instance_properties=props)) == (409, "alreadyExists")
+
+
+def test_bulk_insert_pattern_numbers_after_the_highest_existing(clients: Clients) -> None:
+    clients.wait(clients.insert(make_instance("w-050")))
+    done = clients.wait(_bulk(clients, count=2, name_pattern="w-###")())
+    assert not done.error.errors
+    names = sorted(i.name for i in clients.instances.list(project=clients.project, zone=clients.zone))
+    assert names == ["w-050", "w-051", "w-052"]
+
+
+def test_bulk_insert_is_one_call_for_rate_limits(clients: Clients) -> None:
+    clients.cloud.control.set_rate_limits(mutations=2)
+    clients.wait(_bulk(clients, count=10, name_pattern="r-##")())
+    clients.insert(make_instance("one-more"))
+    assert refused(lambda: clients.insert(make_instance("too-many"))) == (403, "rateLimitExceeded")
+
+
+def test_read_rate_limit_is_403_rate_limit_exceeded(clients: Clients) -> None:
+    clients.cloud.control.set_rate_limits(reads=3)
+    for _ in range(3):
+        list(clients.instances.list(project=clients.project, zone=clients.zone))
+    assert refused(lambda: list(clients.instances.list(project=clients.project, zone=clients.zone))) == (
+        403,
+        "rateLimitExceeded",
+    )
+
+
+def test_machine_types_and_regions_read_like_google(shared: Clients) -> None:
+    expected = {"n1-standard-1": 1, "e2-standard-2": 2, "n1-standard-4": 4}
+    for name, cpus in expected.items():
+        machine = shared.machine_types.get(project=shared.project, zone=shared.zone, machine_type=name)
+        assert machine.guest_cpus == cpus
+    assert refused(lambda: shared.machine_types.get(project=shared.project, zone=shared.zone, machine_type="zz-1")) == (
+        404,
+        "notFound",
+    )
+    region = shared.regions.get(project=shared.project, region="us-central1")
+    metrics = {q.metric for q in region.quotas}
+    assert {"CPUS", "INSTANCES", "IN_USE_ADDRESSES", "NVIDIA_T4_GPUS"} <= metrics

@@ -1,0 +1,150 @@
+"""The control API's faults, each seen through the real Google clients as the orchestrator sees it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from emulator_helpers import Clients, claim_script, console, make_instance, wait_for
+from google.api_core import exceptions as gexc
+from google.cloud import compute_v1
+
+
+def test_429_burst_on_insert_is_not_retried_by_the_client(clients: Clients) -> None:
+    clients.cloud.control.fail_next(3, status=429, method="POST", path=r"/instances$")
+    for _ in range(3):
+        with pytest.raises(gexc.TooManyRequests) as info:
+            clients.insert(make_instance("burst"))
+        assert info.value.errors[0]["reason"] == "rateLimitExceeded"
+    assert not clients.wait(clients.insert(make_instance("burst"))).error.errors
+    counts = clients.cloud.control.calls()["compute"]
+    assert counts["byMethod"]["compute.instances.insert"] == {"orchestrator": 4}
+    assert counts["injected"] == {"compute.instances.insert": 3}
+
+
+def test_zone_exhaustion_fails_creations_until_it_clears(clients: Clients) -> None:
+    clients.cloud.control.exhaust("zone", seconds=0.5)
+    failed = clients.wait(clients.insert(make_instance("unlucky")))
+    assert failed.error.errors[0].code == "ZONE_RESOURCE_POOL_EXHAUSTED"
+    assert failed.http_error_status_code == 503
+    with pytest.raises(gexc.NotFound):
+        clients.get("unlucky")
+    time.sleep(0.6)
+    assert not clients.wait(clients.insert(make_instance("unlucky"))).error.errors
+
+
+def test_quota_exhaustion_for_a_count_then_cleared(clients: Clients) -> None:
+    clients.cloud.control.exhaust("quota", count=2)
+    for name in ("q-1", "q-2"):
+        failed = clients.wait(clients.insert(make_instance(name)))
+        assert failed.error.errors[0].code == "QUOTA_EXCEEDED" and failed.http_error_status_code == 403
+    assert not clients.wait(clients.insert(make_instance("q-3"))).error.errors
+    clients.cloud.control.exhaust("zone")
+    assert clients.wait(clients.insert(make_instance("q-4"))).error.errors
+    clients.cloud.control.clear_exhaustion()
+    assert not clients.wait(clients.insert(make_instance("q-4"))).error.errors
+
+
+PREEMPTION_WATCH = r"""
+MD="http://${GCE_METADATA_HOST}/computeMetadata/v1"
+trap 'echo got-sigterm' TERM
+echo "preempted-before: $(curl -sf -H 'Metadata-Flavor: Google' "$MD/instance/preempted")"
+value=$(curl -sf -H 'Metadata-Flavor: Google' "$MD/instance/preempted?wait_for_change=true")
+echo "preempted-after: $value"
+sleep 300 & wait
+"""
+
+
+@pytest.mark.parametrize("action,final", [("DELETE", None), ("STOP", "TERMINATED")])
+def test_preemption_soft_shutdown_then_operation_listed(clients: Clients, action: str, final: str | None) -> None:
+    clients.cloud.control.set_clock(preemption_notice_seconds=150)  # 1.5 s here: room to watch the shutdown
+    clients.wait(clients.insert(make_instance("spot-1", script=PREEMPTION_WATCH, spot=True, action=action)))
+    wait_for(lambda: "preempted-before: FALSE" in console(clients, "spot-1"), what="the watcher")
+    operation = clients.cloud.control.preempt("spot-1")
+    assert operation["operationType"] == "compute.instances.preempted" and operation["user"] == "system"
+    text = wait_for(lambda: (t := console(clients, "spot-1")) and "preempted-after: TRUE" in t and t, what="notice")
+    assert clients.get("spot-1").status == "STOPPING"  # the ~30 s (scaled) soft shutdown
+    wait_for(lambda: "got-sigterm" in console(clients, "spot-1"), what="SIGTERM to the startup script")
+    if final is None:
+        clients.wait_gone("spot-1", timeout=10)
+    else:
+        clients.wait_status("spot-1", final, timeout=10)
+    request = compute_v1.ListZoneOperationsRequest(
+        project=clients.project, zone=clients.zone, filter='operationType="compute.instances.preempted"'
+    )
+    ops = list(clients.operations.list(request=request))
+    assert len(ops) == 1
+    assert ops[0].user == "system" and ops[0].target_link.endswith("/instances/spot-1")
+    assert ops[0].status == compute_v1.Operation.Status.DONE
+    assert "preempted-after: TRUE" in text
+
+
+def test_only_spot_vms_can_be_preempted(clients: Clients) -> None:
+    from parallel_engine.emulator import ControlError
+
+    clients.wait(clients.insert(make_instance("standard")))
+    with pytest.raises(ControlError):
+        clients.cloud.control.preempt("standard")
+
+
+def test_latency_slows_every_matching_call(clients: Clients) -> None:
+    clients.cloud.control.set_latency(0.3, service="compute", method="GET")
+    started = time.monotonic()
+    list(clients.instances.list(project=clients.project, zone=clients.zone))
+    assert time.monotonic() - started >= 0.3
+    clients.cloud.control.set_latency(0.2, service="storage")
+    started = time.monotonic()
+    clients.storage.bucket(clients.cloud.bucket).blob("slow").upload_from_string("x")
+    assert time.monotonic() - started >= 0.2
+    clients.cloud.control.clear_latency()
+    started = time.monotonic()
+    list(clients.instances.list(project=clients.project, zone=clients.zone))
+    assert time.monotonic() - started < 0.3
+
+
+def test_call_counts_tell_the_orchestrator_from_the_vms(clients: Clients) -> None:
+    clients.cloud.control.reset_calls()
+    clients.wait(clients.insert(make_instance("counted", script=claim_script(clients))))
+    wait_for(lambda: "upload 2:" in console(clients, "counted"), what="uploads")
+    clients.storage.bucket(clients.cloud.bucket).blob("claims/counted").download_as_bytes()
+    calls = clients.cloud.control.calls()
+    storage = calls["storage"]
+    assert storage["byVm"] == {"counted": 2}
+    assert storage["byMethod"]["storage.objects.insert"] == {"vm": 2}
+    assert storage["byMethod"]["storage.objects.get"] == {"orchestrator": 1}
+    compute = calls["compute"]
+    assert compute["byCaller"].get("vm", 0) == 0
+    assert compute["byMethod"]["compute.instances.insert"] == {"orchestrator": 1}
+
+
+def test_time_scale_is_readable_and_changeable(clients: Clients) -> None:
+    clock = clients.cloud.control.clock()
+    assert clock["timeScale"] == 0.01 and clock["preemptionNoticeSeconds"] == 30
+    clients.cloud.control.set_clock(boot_seconds=100)
+    started = time.monotonic()
+    clients.wait(clients.insert(make_instance("slow-boot")))
+    clients.wait_status("slow-boot", "RUNNING")
+    assert time.monotonic() - started >= 0.9
+
+
+def test_lost_response_then_retry_with_request_id_returns_the_same_operation(clients: Clients) -> None:
+    clients.cloud.control.fail_next(1, status=503, method="POST", path=r"/instances\?", after=True)
+    request = compute_v1.InsertInstanceRequest(
+        project=clients.project, zone=clients.zone, instance_resource=make_instance("lost"),
+        request_id="5f1c1d6e-1111-4222-8333-444455556666",
+    )  # fmt: skip
+    with pytest.raises(gexc.ServiceUnavailable):
+        clients.instances.insert(request=request)
+    assert clients.get("lost").name == "lost"  # the insert happened although its answer was lost
+    retried = clients.instances.insert(request=request)  # same requestId: the same operation, no 409
+    assert not clients.wait(retried).error.errors
+    with pytest.raises(gexc.Conflict):
+        clients.insert(make_instance("lost"))  # without a requestId the retry is a duplicate
+
+
+def test_faults_can_target_only_the_vms_calls(clients: Clients) -> None:
+    clients.cloud.control.fail_next(1, status=503, path="/upload/", service="storage", caller="vm")
+    clients.storage.bucket(clients.cloud.bucket).blob("from-orchestrator").upload_from_string("x")
+    clients.wait(clients.insert(make_instance("target", script=claim_script(clients))))
+    text = wait_for(lambda: (t := console(clients, "target")) and "upload 2:" in t and t, what="uploads")
+    assert "upload 1: 503" in text and "upload 2: 200" in text

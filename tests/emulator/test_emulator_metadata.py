@@ -1,0 +1,76 @@
+"""The per-VM metadata server, read from inside a VM with curl as a startup script would."""
+
+from __future__ import annotations
+
+import json
+
+from emulator_helpers import Clients, console, make_instance, wait_for
+
+PROBE = r"""
+MD="http://${GCE_METADATA_HOST}/computeMetadata/v1"
+H='Metadata-Flavor: Google'
+for path in instance/name instance/zone instance/id project/project-id project/numeric-project-id \
+    instance/attributes/ instance/attributes/task-id instance/preempted \
+    instance/service-accounts/default/email; do
+  echo "$path=$(curl -sf -H "$H" "$MD/$path" | tr '\n' ',')"
+done
+echo "no-header=$(curl -s -o /dev/null -w '%{http_code}' "$MD/instance/name")"
+echo "forwarded=$(curl -s -o /dev/null -w '%{http_code}' -H "$H" -H 'X-Forwarded-For: 1.2.3.4' "$MD/instance/name")"
+echo "missing=$(curl -s -o /dev/null -w '%{http_code}' -H "$H" "$MD/instance/attributes/nope")"
+echo "token=$(curl -sf -H "$H" "$MD/instance/service-accounts/default/token")"
+echo "account=$(curl -sf -H "$H" "$MD/instance/service-accounts/default/?recursive=true")"
+echo "ping=$(curl -s -D - -o /dev/null "http://${GCE_METADATA_IP}/" | grep -i '^metadata-flavor' | tr -d '\r')"
+echo probe-done
+"""
+
+
+def _values(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("PATH"))
+
+
+def test_metadata_server_answers_what_a_startup_script_asks(clients: Clients) -> None:
+    clients.wait(clients.insert(make_instance("probe", script=PROBE, metadata={"task-id": "t-7"})))
+    text = wait_for(lambda: (t := console(clients, "probe")) and "probe-done" in t and t, what="probe")
+    values = _values(text)
+    cloud = clients.cloud
+    instance = clients.get("probe")
+    email = f"{cloud.project_number}-compute@developer.gserviceaccount.com"
+    assert values["instance/name"] == "probe"
+    assert values["instance/zone"] == f"projects/{cloud.project_number}/zones/{cloud.zone}"
+    assert values["instance/id"] == str(instance.id)
+    assert values["project/project-id"] == cloud.project
+    assert values["project/numeric-project-id"] == str(cloud.project_number)
+    assert values["instance/attributes/"] == "startup-script,task-id,"
+    assert values["instance/attributes/task-id"] == "t-7"
+    assert values["instance/preempted"] == "FALSE"
+    assert values["instance/service-accounts/default/email"] == email
+    assert (values["no-header"], values["forwarded"], values["missing"]) == ("403", "403", "404")
+    token = json.loads(values["token"])
+    assert set(token) == {"access_token", "expires_in", "token_type"} and token["token_type"] == "Bearer"
+    account = json.loads(values["account"])
+    assert account["email"] == email and account["scopes"] == ["https://www.googleapis.com/auth/cloud-platform"]
+    assert values["ping"].lower() == "metadata-flavor: google"
+
+
+def test_vm_without_service_account_gets_no_token(clients: Clients) -> None:
+    instance = make_instance("no-sa", script=PROBE)
+    del instance.service_accounts[:]
+    clients.wait(clients.insert(instance))
+    text = wait_for(lambda: (t := console(clients, "no-sa")) and "probe-done" in t and t, what="probe")
+    assert _values(text)["token"] == ""
+
+
+def test_docker_credential_helper_stand_in_needs_a_writable_docker_config(clients: Clients) -> None:
+    script = r"""
+docker-credential-gcr configure-docker --registries=us-docker.pkg.dev && echo unexpected
+export DOCKER_CONFIG=$(mktemp -d)
+docker-credential-gcr configure-docker --registries=us-docker.pkg.dev,127.0.0.1:5000
+cat "$DOCKER_CONFIG/config.json"
+echo us-docker.pkg.dev | docker-credential-gcr get
+echo helper-done
+"""
+    clients.wait(clients.insert(make_instance("creds", script=script)))
+    text = wait_for(lambda: (t := console(clients, "creds")) and "helper-done" in t and t, what="helper")
+    assert "unexpected" not in text and "read-only" in text
+    assert '"us-docker.pkg.dev": "gcr"' in text and '"127.0.0.1:5000": "gcr"' in text
+    assert '"Secret":"ya29.' in text

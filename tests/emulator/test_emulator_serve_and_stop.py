@@ -1,0 +1,128 @@
+"""Starting and stopping the whole emulated cloud: nothing may outlive it."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from emulator_helpers import TIME_SCALE, Clients, make_instance, wait_for
+
+from parallel_engine.emulator import Emulator, serve
+
+ESCAPING_SCRIPT = "sleep 300 &\nsetsid sleep 300 &\nnohup sleep 300 >/dev/null 2>&1 &\nsleep 300\n"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_stop_kills_every_vm_process_and_server() -> None:
+    cloud = Emulator(time_scale=TIME_SCALE).start()
+    clients = Clients(cloud)
+    for n in range(3):
+        clients.wait(clients.insert(make_instance(f"vm-{n}", script=ESCAPING_SCRIPT)))
+    pids = []
+    for n in range(3):
+        pids += wait_for(lambda n=n: len(p := cloud.control.pids(f"vm-{n}")) >= 4 and p, what="VM processes")
+    servers = [cloud.fake_gcs_pid]
+    endpoints = [cloud.compute_endpoint, cloud.storage_endpoint]
+    workdir = cloud.workdir
+    cloud.stop()
+    assert [pid for pid in pids + servers if pid and _alive(pid)] == []
+    for endpoint in endpoints:
+        port = int(endpoint.rsplit(":", 1)[1])
+        assert all(c.laddr.port != port for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN)
+    assert workdir is not None and not workdir.exists()
+    cloud.stop()  # idempotent
+
+
+def _serve_in_thread(tmp_path: Path) -> tuple[threading.Thread, threading.Event, io.StringIO, list[int]]:
+    stop = threading.Event()
+    out = io.StringIO()
+    result: list[int] = []
+    thread = threading.Thread(
+        target=lambda: result.append(serve(None, TIME_SCALE, cwd=tmp_path, out=out, stop_event=stop)), daemon=True
+    )
+    thread.start()
+    return thread, stop, out, result
+
+
+def test_serve_writes_a_config_pointing_every_client_at_the_emulator(tmp_path: Path) -> None:
+    thread, stop, out, result = _serve_in_thread(tmp_path)
+    config = tmp_path / ".config.yaml"
+    wait_for(lambda: config.exists() and "Ctrl-C" in out.getvalue(), what="the config")
+    values = yaml.safe_load(config.read_text())
+    assert values["BACKEND"] == "gce"
+    assert set(values) >= {"PROJECT_ID", "ZONE", "BUCKET", "COMPUTE_ENDPOINT", "STORAGE_ENDPOINT"}
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(
+        project=values["PROJECT_ID"], credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": values["STORAGE_ENDPOINT"]},
+    )  # fmt: skip
+    assert client.bucket(values["BUCKET"]).exists()
+    stop.set()
+    thread.join(timeout=30)
+    assert result == [0] and "stopped" in out.getvalue()
+
+
+def test_serve_never_overwrites_an_existing_config(tmp_path: Path) -> None:
+    (tmp_path / ".config.yaml").write_text("PROJECT_ID: mine\n")
+    thread, stop, out, result = _serve_in_thread(tmp_path)
+    fallback = tmp_path / ".config.emulator.yaml"
+    wait_for(lambda: fallback.exists() and "Ctrl-C" in out.getvalue(), what="the fallback config")
+    assert (tmp_path / ".config.yaml").read_text() == "PROJECT_ID: mine\n"
+    assert ".config.emulator.yaml" in out.getvalue()
+    stop.set()
+    thread.join(timeout=30)
+    assert result == [0]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_python_m_emulator_stops_everything_on_signal(tmp_path: Path, signum: int) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "parallel_engine.emulator", "--time-scale", str(TIME_SCALE)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        config = tmp_path / ".config.yaml"
+        wait_for(lambda: config.exists(), timeout=30, what="the config")
+        values = yaml.safe_load(config.read_text())
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import compute_v1
+
+        instances = compute_v1.InstancesClient(
+            client_options={"api_endpoint": values["COMPUTE_ENDPOINT"]}, credentials=AnonymousCredentials()
+        )
+        instances.insert(project=values["PROJECT_ID"], zone=values["ZONE"],
+                         instance_resource=make_instance("lingering", script=ESCAPING_SCRIPT))  # fmt: skip
+        parent = psutil.Process(process.pid)
+        wait_for(lambda: sum(p.name() == "sleep" for p in parent.children(recursive=True)) >= 2, timeout=30,
+                 what="the VM's processes")  # fmt: skip
+        descendants = parent.children(recursive=True)
+        time.sleep(0.1)
+        process.send_signal(signum)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert "stopped" in output
+    assert [p.pid for p in descendants if _alive(p.pid)] == []
