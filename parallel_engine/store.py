@@ -33,6 +33,9 @@ class Blobs(Protocol):
 
     def read(self, key: str) -> bytes | None: ...
 
+    def delete(self, key: str) -> None:
+        """Remove `key`; no error if it is already gone."""
+
     def list(self, prefix: str, start_after: str = "") -> list[str]:
         """Keys under `prefix`, sorted, strictly after `start_after` when given."""
 
@@ -93,6 +96,9 @@ class LocalBlobs:
             return self._path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def list(self, prefix: str, start_after: str = "") -> list[str]:
         base = self._path(prefix)

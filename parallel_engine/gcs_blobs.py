@@ -1,0 +1,70 @@
+"""The run store in a bucket: the same keys as on local disk, under gs://BUCKET/PREFIX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from google.cloud import storage
+
+
+class GCSBlobs:
+    """`Blobs` over Google Cloud Storage; a claim is an upload with ifGenerationMatch=0."""
+
+    def __init__(self, client: storage.Client, bucket: str, prefix: str = "") -> None:
+        from google.api_core import exceptions
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        self.bucket = client.bucket(bucket)
+        self.client = client
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self._exceptions = exceptions
+        # Our writes replace whole objects with the same bytes: safe to retry.
+        self._retry = DEFAULT_RETRY
+
+    def _name(self, key: str) -> str:
+        return self.prefix + key
+
+    def write(self, key: str, data: bytes) -> None:
+        self.bucket.blob(self._name(key)).upload_from_string(data, retry=self._retry)
+
+    def create(self, key: str, data: bytes) -> bool:
+        blob = self.bucket.blob(self._name(key))
+        try:
+            blob.upload_from_string(data, if_generation_match=0, retry=self._retry)
+            return True
+        except self._exceptions.PreconditionFailed:
+            # A retried create whose first try landed also gets 412: it is ours if the bytes are
+            # (claims hold the claimant's unique name).
+            return self.read(key) == data
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            return self.bucket.blob(self._name(key)).download_as_bytes(retry=self._retry)
+        except self._exceptions.NotFound:
+            return None
+
+    def delete(self, key: str) -> None:
+        try:
+            self.bucket.blob(self._name(key)).delete(retry=self._retry)
+        except self._exceptions.NotFound:
+            pass
+
+    def list(self, prefix: str, start_after: str = "") -> list[str]:
+        name = self._name(prefix)
+        offset = {"start_offset": self._name(start_after)} if start_after else {}
+        keys = [
+            blob.name[len(self.prefix):]
+            for blob in self.client.list_blobs(self.bucket, prefix=name, retry=self._retry, **offset)
+        ]
+        return sorted(key for key in keys if key > start_after)
+
+    def children(self, prefix: str) -> list[str]:
+        iterator = self.client.list_blobs(self.bucket, prefix=self._name(prefix), delimiter="/", retry=self._retry)
+        names = {blob.name.rsplit("/", 1)[-1] for blob in iterator}
+        names |= {p.rstrip("/").rsplit("/", 1)[-1] for p in iterator.prefixes}
+        return sorted(names)
+
+    def local_path(self, key: str) -> Path | None:
+        return None

@@ -1,0 +1,55 @@
+"""The run store in a bucket (emulated Storage): same keys and guarantees as on local disk."""
+
+from __future__ import annotations
+
+import threading
+
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+from parallel_engine.emulator import Emulator
+from parallel_engine.gcs_blobs import GCSBlobs
+from parallel_engine.model import AttemptState, AttemptStatus, Task
+from parallel_engine.store import RunRecord, RunStore
+
+
+def bucket_store(cloud: Emulator, prefix: str = "pe") -> RunStore:
+    client = storage.Client(project=cloud.project, credentials=AnonymousCredentials(),
+                            client_options={"api_endpoint": cloud.storage_endpoint})
+    return RunStore(GCSBlobs(client, cloud.bucket, prefix), f"gs://{cloud.bucket}/{prefix}")
+
+
+def test_only_one_of_racing_claimants_gets_a_bucket_claim(cloud: Emulator) -> None:
+    store = bucket_store(cloud)
+    winners: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def claim(name: str) -> None:
+        barrier.wait()
+        if store.claim("r1", "t1", 1, name):
+            winners.append(name)
+
+    threads = [threading.Thread(target=claim, args=(f"vm-{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(winners) == 1
+
+
+def test_bucket_store_keeps_the_local_layout_and_reads_back(cloud: Emulator) -> None:
+    store = bucket_store(cloud)
+    record = RunRecord("r1", 1.0, "gce", "p.csv", ("x",), (Task("t1", ("--x=1",), {"x": "1"}),), {"retries": 0})
+    store.save_run(record)
+    assert store.load_run("r1") == record
+    assert store.claim("r1", "t1", 1, "vm-a")
+    assert store.attempts("r1")["t1"][0].state is AttemptState.RUNNING
+    status = AttemptStatus("t1", 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, "vm-a", "")
+    store.write_status("r1", status)
+    store.add_event("r1", status)
+    assert store.attempts("r1") == {"t1": [status]}
+    (event,) = store.events_after("r1")
+    assert event.startswith("runs/r1/events/") and store.events_after("r1", after=event) == []
+    assert store.run_ids() == ["r1"]
+    names = [b.name for b in store.blobs.client.list_blobs(cloud.bucket, prefix="pe/runs/r1/")]  # type: ignore[attr-defined]
+    assert "pe/runs/r1/tasks/t1/1/status.json" in names and "pe/runs/r1/claims/t1.1" in names
