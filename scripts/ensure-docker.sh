@@ -238,6 +238,21 @@ ensure_base_image() {
     say "base image $BASE_IMAGE ready in $(elapsed "$started"): $(docker run --rm --network none "$BASE_IMAGE" python --version 2>&1)"
 }
 
+ensure_registry() {
+    # The emulated cloud's image registry is Debian's docker-registry (distribution 2.8), run by
+    # the emulator itself on 127.0.0.1; the package's own service is never started (policy-rc.d).
+    if command -v docker-registry >/dev/null 2>&1 || [[ -x /usr/bin/docker-registry ]]; then
+        return 0
+    fi
+    if ! may_change_machine; then
+        loud "docker-registry is not installed: the emulated cloud runs without an image registry" \
+            "(tests that build and pull images through it fail). As root: apt-get install docker-registry"
+        return 0
+    fi
+    apt_install docker-registry
+    CHANGES+=("installed docker-registry (its service is not started)")
+}
+
 main() {
     local started
     started=$(now)
@@ -250,6 +265,7 @@ main() {
     fi
     ensure_engine
     ensure_base_image
+    ensure_registry
     say "done in $(elapsed "$started"); engine: $(describe_engine)"
     summary
 }

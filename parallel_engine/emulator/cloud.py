@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from parallel_engine.emulator.clock import Clock, Durations
+from parallel_engine.emulator.cloudbuild import CloudBuildServer
 from parallel_engine.emulator.compute.catalog import region_of, zones_of
 from parallel_engine.emulator.compute.engine import ComputeEngine
 from parallel_engine.emulator.compute.quotas import QuotaLedger
@@ -29,6 +30,7 @@ from parallel_engine.emulator.control_api import ControlApi
 from parallel_engine.emulator.gcs import FakeGcs
 from parallel_engine.emulator.guest.hypervisor import Hypervisor
 from parallel_engine.emulator.identity import TokenRegistry
+from parallel_engine.emulator.registry import Registry, RegistryUnavailable
 from parallel_engine.emulator.storage_proxy import StorageProxy
 from parallel_engine.emulator.timers import Timers
 from parallel_engine.emulator.traffic import Traffic
@@ -75,7 +77,12 @@ class Emulator:
         self.storage_endpoint = ""
         self.control: ControlClient | None = None
         self.tokens = TokenRegistry()
-        self.traffic = {"compute": Traffic("compute"), "storage": Traffic("storage")}
+        self.traffic = {"compute": Traffic("compute"), "storage": Traffic("storage"),
+                        "cloudbuild": Traffic("cloudbuild")}  # fmt: skip
+        self.cloudbuild_endpoint = ""
+        self.registry_host = ""
+        self._registry: Registry | None = None
+        self._cloudbuild: CloudBuildServer | None = None
         self._timers: Timers | None = None
         self._gcs: FakeGcs | None = None
         self._proxy: StorageProxy | None = None
@@ -125,6 +132,17 @@ class Emulator:
         self.compute_endpoint = self._compute.url
         self.control = ControlClient(self.compute_endpoint, self.zone)
         self._create_bucket(self.bucket)
+        self._registry = Registry(self.workdir / "registry")
+        try:
+            self.registry_host = self._registry.start().host
+        except RegistryUnavailable:  # builds still run; pushes fail saying where to push
+            self._registry = None
+        self._cloudbuild = CloudBuildServer(
+            self._gcs.url, self.registry_host or None, project=self.project, project_number=self.project_number,
+            workdir=self.workdir / "cloudbuild", docker_host=self._docker_host,
+            traffic=self.traffic["cloudbuild"], tokens=self.tokens,
+        ).start()
+        self.cloudbuild_endpoint = self._cloudbuild.url
 
     def _create_bucket(self, name: str) -> None:
         """Create a bucket directly on fake-gcs-server (not a counted call)."""
@@ -155,6 +173,10 @@ class Emulator:
         if self._compute is not None:
             self._compute.engine.shutdown()  # VMs a late timer booted while stopping
             self._compute.stop()
+        if self._cloudbuild is not None:  # before Storage goes: it uploads its logs there
+            self._cloudbuild.stop()
+        if self._registry is not None:
+            self._registry.stop()
         if self._hypervisor is not None:
             self._hypervisor.stop()
         if self._proxy is not None:
@@ -191,7 +213,9 @@ class Emulator:
 
     def client_options(self, service: str = "compute") -> dict[str, str]:
         """`client_options` for google-cloud clients: {"api_endpoint": ...}."""
-        return {"api_endpoint": self.compute_endpoint if service == "compute" else self.storage_endpoint}
+        endpoints = {"compute": self.compute_endpoint, "storage": self.storage_endpoint,
+                     "cloudbuild": self.cloudbuild_endpoint}  # fmt: skip
+        return {"api_endpoint": endpoints[service]}
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -202,6 +226,8 @@ class Emulator:
             "bucket": self.bucket,
             "computeEndpoint": self.compute_endpoint,
             "storageEndpoint": self.storage_endpoint,
+            "cloudbuildEndpoint": self.cloudbuild_endpoint,
+            "registryHost": self.registry_host,
             "workdir": str(self.workdir) if self.workdir else None,
             "binDir": str(self._hypervisor.bin_dir) if self._hypervisor else None,
         }

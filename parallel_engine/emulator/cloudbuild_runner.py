@@ -30,7 +30,7 @@ import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -63,7 +63,7 @@ _SUBCOMMANDS = {
 
 def now_rfc3339() -> str:
     """A protobuf Timestamp in JSON: RFC 3339, UTC, microseconds."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def is_loopback_registry(host: str | None) -> bool:
@@ -166,8 +166,9 @@ class BuildRecord:
             proc, container = self._proc, self._container
         if not cancelled:
             return False
-        _kill_group(proc)
+        # The container first: a step's PID 1 may ignore the SIGTERM the CLI forwards to it.
         remove_containers(docker_env, f"{LABEL_BUILD}={self.id}", container)
+        _kill_group(proc)
         return True
 
     def set_running(self, proc: subprocess.Popen[bytes] | None, container: str | None = None) -> None:
@@ -197,11 +198,11 @@ def remove_containers(docker_env: dict[str, str], label: str, name: str | None =
     try:
         listed = subprocess.run(
             ["docker", "ps", "-aq", "--filter", f"label={label}"],
-            env=docker_env, capture_output=True, text=True, timeout=30,
+            check=False, env=docker_env, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         ids = listed.stdout.split() + ([name] if name else [])
         if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], env=docker_env, capture_output=True, timeout=60)
+            subprocess.run(["docker", "rm", "-f", *ids], check=False, env=docker_env, capture_output=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         pass
 
@@ -210,7 +211,9 @@ def remove_containers(docker_env: dict[str, str], label: str, name: str | None =
 class BuildRunner:
     """Runs one BuildRecord to its end (in the server's worker thread)."""
 
-    def __init__(self, record: BuildRecord, settings: RunnerSettings, upload_log: Callable[[BuildRecord], None]) -> None:
+    def __init__(
+        self, record: BuildRecord, settings: RunnerSettings, upload_log: Callable[[BuildRecord], None]
+    ) -> None:
         self.record = record
         self.settings = settings
         self.upload_log = upload_log
@@ -380,7 +383,9 @@ class BuildRunner:
                 )
             if isinstance(outcome, str):  # refused before it ran
                 raise BuildEnded(
-                    FAILURE, f'Build step failure: build step {index} "{step["name"]}" failed: {outcome}', "USER_BUILD_STEP"
+                    FAILURE,
+                    f'Build step failure: build step {index} "{step["name"]}" failed: {outcome}',
+                    "USER_BUILD_STEP",
                 )
             if not allowed:
                 raise BuildEnded(
@@ -392,7 +397,11 @@ class BuildRunner:
             record.resource.setdefault("results", {})["buildStepImages"] = ["" for _ in steps]
 
     def _step_env(self, step: dict[str, Any]) -> list[str]:
-        env = [f"{k}={v}" for k, v in self.record.built_ins.items() if k in ("PROJECT_ID", "PROJECT_NUMBER", "BUILD_ID", "LOCATION")]
+        env = [
+            f"{k}={v}"
+            for k, v in self.record.built_ins.items()
+            if k in ("PROJECT_ID", "PROJECT_NUMBER", "BUILD_ID", "LOCATION")
+        ]
         env += list((self.record.resource.get("options") or {}).get("env") or [])
         env += list(step.get("env") or [])
         return env
@@ -421,7 +430,9 @@ class BuildRunner:
         if not cwd.is_dir():
             return f"dir {step.get('dir')!r} does not exist in the workspace"
         try:
-            argv = docker_cli_args(list(step.get("args") or []), self.workspace, self.settings.server_id, self.record.id)
+            argv = docker_cli_args(
+                list(step.get("args") or []), self.workspace, self.settings.server_id, self.record.id
+            )
         except ValueError as refused:
             self.record.log(prefix + str(refused))
             return str(refused)
@@ -458,7 +469,9 @@ class BuildRunner:
             argv += ["--entrypoint", step["entrypoint"]]
         argv += [image, *(step.get("args") or [])]
         if pull == "never":
-            self.record.log(prefix + f"Using local image {image} (the emulated Cloud Build pulls only from loopback registries)")
+            self.record.log(
+                prefix + f"Using local image {image} (the emulated Cloud Build pulls only from loopback registries)"
+            )
         return self._execute(argv, prefix, timeout, cwd=self.workspace, env=self.docker_env, container=container)
 
     def _execute(
@@ -505,9 +518,9 @@ class BuildRunner:
                 break
             time.sleep(0.05)
         if not isinstance(outcome, int):
-            _kill_group(proc)
             if container:
                 remove_containers(self.docker_env, f"{LABEL_BUILD}={record.id}", container)
+            _kill_group(proc)
         reader.join(timeout=10)
         record.set_running(None)
         return outcome
@@ -528,7 +541,11 @@ class BuildRunner:
             self._check_cancel()
             host = registry_of(image)
             if not is_loopback_registry(host):
-                where = f"{self.settings.registry_host}/PROJECT/REPO/NAME:TAG" if self.settings.registry_host else "127.0.0.1:PORT/..."
+                where = (
+                    f"{self.settings.registry_host}/PROJECT/REPO/NAME:TAG"
+                    if self.settings.registry_host
+                    else "127.0.0.1:PORT/..."
+                )
                 raise BuildEnded(
                     FAILURE,
                     f'failed to push "{image}": the emulated Cloud Build pushes only to the emulator\'s registry '
@@ -545,7 +562,9 @@ class BuildRunner:
             digest = digest or self._repo_digest(image)
             if not digest:
                 raise BuildEnded(FAILURE, f'failed to push "{image}": no digest reported', "PUSH_FAILED")
-            results.append({"name": image, "digest": digest, "pushTiming": {"startTime": started, "endTime": now_rfc3339()}})
+            results.append(
+                {"name": image, "digest": digest, "pushTiming": {"startTime": started, "endTime": now_rfc3339()}}
+            )
         with record.lock:
             record.resource.setdefault("results", {})["images"] = results
             record.resource.setdefault("artifacts", {})["images"] = images
@@ -557,13 +576,15 @@ class BuildRunner:
         return outcome
 
     def _image_exists(self, image: str) -> bool:
-        result = subprocess.run(["docker", "image", "inspect", image], env=self.docker_env, capture_output=True, timeout=60)
+        result = subprocess.run(
+            ["docker", "image", "inspect", image], check=False, env=self.docker_env, capture_output=True, timeout=60
+        )
         return result.returncode == 0
 
     def _repo_digest(self, image: str) -> str | None:
         result = subprocess.run(
             ["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", image],
-            env=self.docker_env, capture_output=True, text=True, timeout=60,
+            check=False, env=self.docker_env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         repository = image.split("@", 1)[0]
         if repository.rfind(":") > repository.rfind("/"):
@@ -590,7 +611,9 @@ def docker_cli_args(args: list[str], workspace: Path, server_id: str, build_id: 
         return args
     for flag in args[:first]:
         if flag.split("=", 1)[0] in _REFUSED_GLOBAL_FLAGS:
-            raise ValueError(f"the emulated docker builder does not take {flag.split('=', 1)[0]}: it uses this machine's engine")
+            raise ValueError(
+                f"the emulated docker builder does not take {flag.split('=', 1)[0]}: it uses this machine's engine"
+            )
     kind, width = None, 1
     for words, name in _SUBCOMMANDS.items():
         if tuple(args[first : first + len(words)]) == words and len(words) >= width:

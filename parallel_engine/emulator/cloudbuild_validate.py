@@ -66,7 +66,9 @@ _DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?"
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-REFERENCE = re.compile(rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$")
+REFERENCE = re.compile(
+    rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$"
+)
 _BUILD_TAG = re.compile(rf"^{_TAG}$")
 _DURATION = re.compile(r"^(-?\d+)(?:\.(\d{1,9}))?s$")
 
@@ -282,14 +284,18 @@ def _check_substitution_keys(substitutions: dict[str, str]) -> None:
         )
     for key, value in sorted(substitutions.items()):
         if len(key) > MAX_SUBST_KEY:
-            raise InvalidBuild(f"invalid build: invalid .substitutions field: substitution key {_quote(key)} too long (max: {MAX_SUBST_KEY})")
+            raise InvalidBuild(
+                f"invalid build: invalid .substitutions field: substitution key {_quote(key)} too long (max: {MAX_SUBST_KEY})"
+            )
         if not USER_KEY.match(key) and not BUILT_INS.get(key, False):
             raise InvalidBuild(
                 f"invalid build: invalid .substitutions field: substitution key {_quote(key)} does not respect format "
                 f"{_quote(USER_KEY_TEXT)} and is not an overridable built-in substitutions"
             )
         if len(value) > MAX_SUBST_VALUE:
-            raise InvalidBuild(f"invalid build: invalid .substitutions field: substitution value {_quote(value)} too long (max: {MAX_SUBST_VALUE})")
+            raise InvalidBuild(
+                f"invalid build: invalid .substitutions field: substitution value {_quote(value)} too long (max: {MAX_SUBST_VALUE})"
+            )
 
 
 def _check_template(build: dict[str, Any], loose: bool) -> None:
@@ -351,10 +357,14 @@ def check_build(raw: Any) -> dict[str, Any]:
     _check_substitution_keys(substitutions)
     images = build.get("images") or []
     if len(images) > MAX_IMAGES:
-        raise InvalidBuild(f"invalid build: invalid .artifacts field: cannot specify more than {MAX_IMAGES} images to build")
+        raise InvalidBuild(
+            f"invalid build: invalid .artifacts field: cannot specify more than {MAX_IMAGES} images to build"
+        )
     for index, image in enumerate(images):
         if len(image) > MAX_IMAGE_LENGTH:
-            raise InvalidBuild(f"invalid build: invalid .artifacts field: image {index} too long (max: {MAX_IMAGE_LENGTH})")
+            raise InvalidBuild(
+                f"invalid build: invalid .artifacts field: image {index} too long (max: {MAX_IMAGE_LENGTH})"
+            )
     _check_steps(build.get("steps") or [], build_timeout)
     if len(build.get("tags") or []) > MAX_TAGS:
         raise InvalidBuild(f"invalid build: cannot specify more than {MAX_TAGS} tags")
@@ -389,11 +399,14 @@ def _check_steps(steps: list[dict[str, Any]], build_timeout: float) -> None:
         for dependency in step.get("waitFor") or []:
             if dependency not in known:
                 who = f"#{i} - {_quote(step_id)}" if step_id else f"#{i}"
-                raise InvalidBuild(prefix + f"build step {who} depends on {_quote(dependency)}, which has not been defined")
+                raise InvalidBuild(
+                    prefix + f"build step {who} depends on {_quote(dependency)}, which has not been defined"
+                )
         if step_id:
             if step_id == START_STEP:
                 raise InvalidBuild(
-                    prefix + f"build step #{i} - {_quote(step_id)}: the ID cannot be {_quote(START_STEP)} which is reserved "
+                    prefix
+                    + f"build step #{i} - {_quote(step_id)}: the ID cannot be {_quote(START_STEP)} which is reserved "
                     "as a dependency for build steps that should run first"
                 )
             if step_id in known:
@@ -405,7 +418,8 @@ def _check_steps(steps: list[dict[str, Any]], build_timeout: float) -> None:
         for env in envs:
             if "=" not in env:
                 raise InvalidBuild(
-                    prefix + f'build step #{i} - {_quote(step_id)}: the Env entry {_quote(env)} must be of the form "KEY=VALUE"'
+                    prefix
+                    + f'build step #{i} - {_quote(step_id)}: the Env entry {_quote(env)} must be of the form "KEY=VALUE"'
                 )
         if step.get("timeout") is not None:
             timeout = parse_duration(f"build.steps[{i}].timeout", step["timeout"])
@@ -432,7 +446,7 @@ def built_in_values(
         SERVICE_ACCOUNT_EMAIL=service_account,
         SERVICE_ACCOUNT=f"projects/{project}/serviceAccounts/{service_account}",
     )
-    values.update({k: v for k, v in overrides.items() if k in BUILT_INS and BUILT_INS[k]})
+    values.update({k: v for k, v in overrides.items() if BUILT_INS.get(k)})
     return values
 
 
@@ -468,7 +482,9 @@ def apply_substitutions(build: dict[str, Any], built_ins: dict[str, str]) -> dic
             )
     for tag in out.get("tags") or []:
         if not _BUILD_TAG.match(tag):
-            raise InvalidBuild(f"invalid build: invalid build tag {_quote(tag)}: must match format {_quote('^' + _TAG + '$')}")
+            raise InvalidBuild(
+                f"invalid build: invalid build tag {_quote(tag)}: must match format {_quote('^' + _TAG + '$')}"
+            )
     for image in out.get("images") or []:
         if not REFERENCE.match(image):
             raise InvalidBuild(f"invalid build: invalid image name {_quote(image)}: could not parse reference: {image}")

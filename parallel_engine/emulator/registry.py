@@ -6,7 +6,9 @@ setting is needed. Images are named `127.0.0.1:PORT/PROJECT/REPO/NAME:TAG`, the 
 `REGION-docker.pkg.dev/PROJECT/REPO/NAME:TAG`.
 
 The binary is not vendored: install it with `apt-get install -y docker-registry` (CI's setup script
-does). `ensure_registry_binary()` says so when it is missing.
+does) and keep the package's own service stopped (`systemctl disable --now docker-registry` where
+systemd runs; it would listen on :5000 on every interface). `ensure_registry_binary()` says so when
+the binary is missing.
 """
 
 from __future__ import annotations
@@ -29,13 +31,10 @@ APT_PACKAGE = "docker-registry"
 BINARY_NAMES = ("docker-registry", "registry")
 #: Set to a path to use another distribution 2.x binary.
 BINARY_ENV = "PE_REGISTRY_BINARY"
-_MANIFEST_TYPES = ", ".join(
-    [
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.oci.image.index.v1+json",
-    ]
+_MANIFEST_TYPES = (
+    "application/vnd.docker.distribution.manifest.v2+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
 )
 
 
@@ -57,8 +56,9 @@ def ensure_registry_binary() -> Path:
             return Path(found)
     raise RegistryUnavailable(
         "the emulated image registry needs Debian's docker-registry package (distribution 2.8): "
-        f"run `apt-get install -y {APT_PACKAGE}` as root (it installs /usr/bin/docker-registry; "
-        "the package's own service stays stopped in containers), "
+        f"run `apt-get install -y {APT_PACKAGE}` as root (it installs /usr/bin/docker-registry), then "
+        f"`systemctl disable --now {APT_PACKAGE}` where systemd runs: the emulator starts its own registry on "
+        "127.0.0.1, the package's service would listen on port 5000 of every interface; "
         f"or set {BINARY_ENV} to a distribution 2.x `registry` binary"
     )
 
@@ -167,9 +167,8 @@ class Registry:
                 )
             finally:
                 log.close()
-            process = self._process
             try:
-                wait_http(f"{self.url}/v2/", timeout=20, alive=lambda: process.poll() is None)
+                wait_http(f"{self.url}/v2/", timeout=20, alive=self._alive)
                 return self
             except (RuntimeError, TimeoutError) as exc:
                 last_error = exc
@@ -180,6 +179,9 @@ class Registry:
             tail = (self.workdir / "registry.log").read_text(errors="replace")[-2000:]
         self.stop()
         raise RegistryUnavailable(f"the image registry did not start: {last_error}\n{tail}")
+
+    def _alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
 
     def _kill(self) -> None:
         process, self._process = self._process, None

@@ -20,14 +20,19 @@ FALLBACK_NAME = ".config.emulator.yaml"
 
 
 def config_values(cloud: Emulator) -> dict[str, str]:
-    return {
+    values = {
         "BACKEND": "gce",
         "PROJECT_ID": cloud.project,
         "ZONE": cloud.zone,
         "BUCKET": cloud.bucket,
         "COMPUTE_ENDPOINT": cloud.compute_endpoint,
         "STORAGE_ENDPOINT": cloud.storage_endpoint,
+        "CLOUDBUILD_ENDPOINT": cloud.cloudbuild_endpoint,
     }
+    if cloud.registry_host:  # `build` pushes here and VMs pull from here, by digest
+        values["REGISTRY"] = f"{cloud.registry_host}/{cloud.project}/parallel-engine"
+        values["IMAGE"] = f"{cloud.registry_host}/{cloud.project}/parallel-engine/app:latest"
+    return values
 
 
 def render_config(values: dict[str, str]) -> str:
@@ -86,6 +91,8 @@ def serve(
             f"  Project      {cloud.project} (number {cloud.project_number}), zone {cloud.zone}, bucket {cloud.bucket}",
             file=out,
         )
+        print(f"  Cloud Build  {cloud.cloudbuild_endpoint}/v1", file=out)
+        print(f"  Registry     {cloud.registry_host or 'unavailable (apt-get install docker-registry)'}", file=out)
         print("  Metadata     one server per VM on 127.0.0.1 (GCE_METADATA_HOST inside each VM)", file=out)
         print(f"  Work folder  {cloud.workdir} (VM consoles under vms/)", file=out)
         if target != requested:

@@ -1,0 +1,447 @@
+"""The emulated image registry and Cloud Build, driven by the real google-cloud-build and -storage clients.
+
+The repository's own cloudbuild.yaml builds code/ from a .tgz in Storage; the image lands in the
+registry on 127.0.0.1 with its real digest and pulls back by that digest. Invalid builds are refused
+as Google refuses them, a failing step names itself, a running build can be cancelled.
+
+The registry keeps its blobs in the pytest cache (.pytest_cache/d/emulator-registry), so only the
+first run on a machine pays for pushing the base layers (about 15 s); later pushes send nothing new.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from google.cloud.devtools import cloudbuild_v1
+
+from parallel_engine.emulator.cloudbuild import CloudBuildServer
+from parallel_engine.emulator.cloudbuild_runner import LABEL_BUILD, docker_cli_args
+from parallel_engine.emulator.cloudbuild_validate import substitute, template_parameters
+from parallel_engine.emulator.gcs import FakeGcs
+from parallel_engine.emulator.identity import TokenRegistry
+from parallel_engine.emulator.registry import Registry, RegistryUnavailable, ensure_registry_binary
+from parallel_engine.emulator.storage_proxy import StorageProxy
+from parallel_engine.emulator.traffic import Traffic
+
+pytestmark = [pytest.mark.emulator, pytest.mark.docker]
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = "emulated-project"
+BUCKET = f"{PROJECT}_cloudbuild"
+BASE_IMAGE = "python:3.11-slim"  # made offline by scripts/ensure-docker.sh
+Status = cloudbuild_v1.Build.Status
+DONE = {Status.SUCCESS, Status.FAILURE, Status.INTERNAL_ERROR, Status.TIMEOUT, Status.CANCELLED, Status.EXPIRED}
+
+
+# -- the emulated pieces, once per module ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def storage_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """fake-gcs-server behind the counting proxy, wired as the Emulator wires them."""
+    proxy = StorageProxy(Traffic("storage"), TokenRegistry())
+    gcs = FakeGcs(proxy.url, tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log")
+    gcs.start()
+    try:
+        proxy.start(gcs.port)
+        yield proxy.url
+    finally:
+        proxy.stop()
+        gcs.stop()
+
+
+@pytest.fixture(scope="module")
+def registry(docker_engine: Any, request: pytest.FixtureRequest) -> Iterator[Registry]:
+    try:
+        ensure_registry_binary()
+    except RegistryUnavailable as missing:
+        pytest.skip(str(missing))
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider: then a fresh store
+    store = cache.mkdir("emulator-registry") if cache is not None else None
+    with Registry(storage_dir=store) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def cloudbuild(storage_endpoint: str, registry: Registry) -> Iterator[CloudBuildServer]:
+    with CloudBuildServer(storage_endpoint, registry.host, project=PROJECT) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def builds(cloudbuild: CloudBuildServer) -> cloudbuild_v1.CloudBuildClient:
+    return cloudbuild_v1.CloudBuildClient(
+        transport="rest", client_options={"api_endpoint": cloudbuild.url}, credentials=AnonymousCredentials()
+    )
+
+
+@pytest.fixture(scope="module")
+def gcs_client(storage_endpoint: str) -> storage.Client:
+    client = storage.Client(
+        project=PROJECT, credentials=AnonymousCredentials(), client_options={"api_endpoint": storage_endpoint}
+    )
+    client.create_bucket(BUCKET)
+    return client
+
+
+@pytest.fixture(scope="module")
+def source(gcs_client: storage.Client) -> dict[str, str]:
+    """code/ and cloudbuild.yaml as a .tgz in the bucket, as `gcloud builds submit` uploads them."""
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz") as tar:
+        tar.add(ROOT / "code", arcname="code")
+        tar.add(ROOT / "cloudbuild.yaml", arcname="cloudbuild.yaml")
+    name = f"source/{uuid.uuid4().hex}.tgz"
+    gcs_client.bucket(BUCKET).blob(name).upload_from_string(packed.getvalue(), content_type="application/gzip")
+    return {"bucket": BUCKET, "object": name}
+
+
+def repo_build(source: dict[str, str], image: str) -> cloudbuild_v1.Build:
+    """The Build `gcloud builds submit --config cloudbuild.yaml --substitutions _IMAGE=...` sends."""
+    config = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
+    return cloudbuild_v1.Build(
+        steps=config["steps"],
+        images=config["images"],
+        substitutions={**config.get("substitutions", {}), "_IMAGE": image},
+        source=cloudbuild_v1.Source(storage_source=cloudbuild_v1.StorageSource(**source)),
+    )
+
+
+def wait_done(builds: cloudbuild_v1.CloudBuildClient, build_id: str, timeout: float = 240) -> cloudbuild_v1.Build:
+    """Poll get_build until the build has ended (never `.result()`, which may poll Google's host)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        build = builds.get_build(project_id=PROJECT, id=build_id)
+        if build.status in DONE:
+            return build
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"build {build_id} still {build.status.name} after {timeout} s")
+        time.sleep(0.2)
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=300, check=check)
+
+
+@pytest.fixture(scope="module")
+def pushed(
+    builds: cloudbuild_v1.CloudBuildClient, registry: Registry, source: dict[str, str]
+) -> Iterator[tuple[Any, cloudbuild_v1.Build, str]]:
+    """The repository's cloudbuild.yaml run once: (operation, finished build, image)."""
+    image = f"{registry.repository(PROJECT, 'parallel-engine')}/app:{uuid.uuid4().hex[:12]}"
+    operation = builds.create_build(project_id=PROJECT, build=repo_build(source, image))
+    build = wait_done(builds, operation.metadata.build.id)
+    yield operation, build, image
+    pulled = [f"{image.rsplit(':', 1)[0]}@{i.digest}" for i in build.results.images]
+    docker("rmi", image, *pulled, check=False)
+
+
+# -- the happy path ------------------------------------------------------------------------------
+def test_cloudbuild_yaml_builds_and_pushes_the_image_with_its_registry_digest(pushed: Any, registry: Registry) -> None:
+    _, build, image = pushed
+    assert build.status == Status.SUCCESS, build.status_detail
+    assert [i.name for i in build.results.images] == [image]
+    digest = build.results.images[0].digest
+    assert digest.startswith("sha256:") and len(digest) == len("sha256:") + 64
+    repository, tag = image[len(registry.host) + 1 :].rsplit(":", 1)
+    assert registry.manifest_digest(repository, tag) == digest
+    assert build.steps[0].args == ["build", "-t", image, "code"]  # ${_IMAGE} substituted
+    assert build.steps[0].status == Status.SUCCESS and build.steps[0].exit_code == 0
+    assert build.source_provenance.resolved_storage_source.bucket == BUCKET
+    assert build.start_time and build.finish_time and build.create_time <= build.start_time <= build.finish_time
+    assert set(build.timing) >= {"FETCHSOURCE", "BUILD", "PUSH"}
+
+
+def test_the_pushed_image_pulls_by_digest_after_the_local_tag_is_gone(pushed: Any) -> None:
+    _, build, image = pushed
+    digest = build.results.images[0].digest
+    repository = image.rsplit(":", 1)[0]
+    docker("rmi", image)
+    pulled = docker("pull", f"{repository}@{digest}")
+    assert digest in pulled.stdout
+    assert (
+        f"{repository}@{digest}"
+        in docker("image", "inspect", "--format", "{{json .RepoDigests}}", f"{repository}@{digest}").stdout
+    )
+
+
+def test_the_operation_carries_the_build_and_resolves_to_it(
+    pushed: Any, builds: cloudbuild_v1.CloudBuildClient
+) -> None:
+    operation, build, _ = pushed
+    assert operation.operation.name == f"operations/build/{PROJECT}/{build.id}"
+    assert operation.metadata.build.id == build.id
+    # The REST transport's operations client talks to the same endpoint, so .result() works here too.
+    assert operation.result(timeout=30).id == build.id
+    listed = builds.list_builds(project_id=PROJECT, filter='status="SUCCESS"')
+    assert build.id in [b.id for b in listed]
+
+
+def test_log_url_serves_the_build_log(pushed: Any) -> None:
+    _, build, _ = pushed
+    log = fetch(build.log_url)
+    for marker in (
+        "FETCHSOURCE",
+        f"gs://{BUCKET}/",
+        "BUILD",
+        "Starting Step #0",
+        "Step #0: Successfully tagged",
+        "PUSH",
+        "DONE",
+    ):
+        assert marker in log
+    assert f"digest: {build.results.images[0].digest}" in log
+
+
+# -- refused as Google refuses ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"steps": []}, "invalid build: invalid .steps field: no build steps are specified"),
+        ({"steps": [{"args": ["echo"]}]}, "invalid .steps field: build step 0 must specify name"),
+        (
+            {"steps": [{"name": "busybox", "args": ["${IMAGE}"]}], "substitutions": {"IMAGE": "x"}},
+            'substitution key "IMAGE" does not respect format "^_[A-Z0-9_]+$" and is not an overridable built-in',
+        ),
+        (
+            {"steps": [{"name": "busybox", "args": ["echo"]}], "substitutions": {"_UNUSED": "x"}},
+            'key "_UNUSED" in the substitution data is not matched in the template',
+        ),
+        (
+            {"steps": [{"name": "busybox", "args": ["${_MISSING}"]}]},
+            'key in the template "_MISSING" is not matched in the substitution data',
+        ),
+        (
+            {"steps": [{"name": "busybox", "args": ["$TAG"]}]},
+            'key in the template "TAG" is not a valid built-in substitution',
+        ),
+        (
+            {"steps": [{"name": "busybox"}], "images": ["127.0.0.1:5000/Upper/App"]},
+            'invalid image name "127.0.0.1:5000/Upper/App"',
+        ),
+    ],
+    ids=[
+        "no-steps",
+        "step-without-name",
+        "bad-substitution-key",
+        "unused-substitution",
+        "undefined-substitution",
+        "unknown-built-in",
+        "bad-image-name",
+    ],
+)
+def test_invalid_build_is_refused_with_400(
+    builds: cloudbuild_v1.CloudBuildClient, body: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(gexc.BadRequest) as refused:  # google-api-core maps HTTP 400 to BadRequest, as from Google
+        builds.create_build(project_id=PROJECT, build=cloudbuild_v1.Build(body))
+    assert refused.value.response.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert message in refused.value.message
+
+
+def test_allow_loose_accepts_unused_substitutions(builds: cloudbuild_v1.CloudBuildClient, docker_engine: Any) -> None:
+    build = cloudbuild_v1.Build(
+        steps=[{"name": BASE_IMAGE, "entrypoint": "python", "args": ["-c", "print('loose')"]}],
+        substitutions={"_UNUSED": "x"},
+        options={"substitution_option": cloudbuild_v1.BuildOptions.SubstitutionOption.ALLOW_LOOSE},
+    )
+    operation = builds.create_build(project_id=PROJECT, build=build)
+    assert wait_done(builds, operation.metadata.build.id).status == Status.SUCCESS
+
+
+def test_unknown_field_is_refused_as_invalid_json(cloudbuild: CloudBuildServer) -> None:
+    """The client cannot send an unknown field; a raw caller can, and Google says which one."""
+    request = urllib.request.Request(
+        f"{cloudbuild.url}/v1/projects/{PROJECT}/builds",
+        data=json.dumps({"steps": [{"name": "busybox", "argz": ["x"]}]}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    error = json.load(refused.value)["error"]
+    assert (refused.value.code, error["status"]) == (400, "INVALID_ARGUMENT")
+    assert (
+        error["message"]
+        == "Invalid JSON payload received. Unknown name \"argz\" at 'build.steps[0]': Cannot find field."
+    )
+
+
+# -- steps, failures, cancel ------------------------------------------------------------------------
+def test_container_steps_share_the_workspace_and_see_substitutions(
+    builds: cloudbuild_v1.CloudBuildClient, docker_engine: Any
+) -> None:
+    write = "import os; open('out/msg', 'w').write(os.environ['GREETING'] + ' $$HOME')"
+    build = cloudbuild_v1.Build(
+        steps=[
+            {"name": BASE_IMAGE, "entrypoint": "bash", "args": ["-c", "mkdir -p out"]},
+            {
+                "name": BASE_IMAGE,
+                "entrypoint": "python",
+                "args": ["-c", write],
+                "env": ["GREETING=${_WHO} on $PROJECT_ID"],
+            },
+            {"name": BASE_IMAGE, "entrypoint": "cat", "args": ["msg"], "dir": "out", "id": "show"},
+        ],
+        substitutions={"_WHO": "hello"},
+    )
+    operation = builds.create_build(project_id=PROJECT, build=build)
+    done = wait_done(builds, operation.metadata.build.id)
+    assert done.status == Status.SUCCESS, done.status_detail
+    assert f'Step #2 - "show": hello on {PROJECT} $HOME' in fetch(done.log_url)
+
+
+def test_failing_step_fails_the_build_naming_the_step(
+    builds: cloudbuild_v1.CloudBuildClient, docker_engine: Any
+) -> None:
+    build = cloudbuild_v1.Build(
+        steps=[
+            {"name": BASE_IMAGE, "entrypoint": "python", "args": ["-c", "print('fine')"]},
+            {
+                "name": BASE_IMAGE,
+                "entrypoint": "python",
+                "args": ["-c", "import sys; print('about to fail'); sys.exit(3)"],
+            },
+            {"name": BASE_IMAGE, "entrypoint": "python", "args": ["-c", "print('never runs')"]},
+        ]
+    )
+    operation = builds.create_build(project_id=PROJECT, build=build)
+    done = wait_done(builds, operation.metadata.build.id)
+    assert done.status == Status.FAILURE
+    assert done.status_detail == (
+        f'Build step failure: build step 1 "{BASE_IMAGE}" failed: step exited with non-zero status: 3'
+    )
+    assert done.failure_info.type_ == cloudbuild_v1.Build.FailureInfo.FailureType.USER_BUILD_STEP
+    assert [s.status for s in done.steps][:2] == [Status.SUCCESS, Status.FAILURE]
+    assert done.steps[1].exit_code == 3
+    log = fetch(done.log_url)
+    assert "Step #1: about to fail" in log and "never runs" not in log
+    assert log.rstrip().endswith(f"ERROR: {done.status_detail}")
+
+
+def test_push_outside_the_emulator_registry_fails_clearly(
+    builds: cloudbuild_v1.CloudBuildClient, registry: Registry, source: dict[str, str]
+) -> None:
+    """The repository's default _IMAGE names Artifact Registry: the emulator says where to push instead."""
+    image = "europe-west1-docker.pkg.dev/my-project/parallel-engine/app:emulator-test"
+    operation = builds.create_build(project_id=PROJECT, build=repo_build(source, image))
+    done = wait_done(builds, operation.metadata.build.id)
+    docker("rmi", image, check=False)
+    assert done.status == Status.FAILURE
+    assert done.failure_info.type_ == cloudbuild_v1.Build.FailureInfo.FailureType.PUSH_FAILED
+    assert registry.host in done.status_detail
+
+
+def test_cancel_stops_a_running_build_and_its_container(
+    builds: cloudbuild_v1.CloudBuildClient, docker_engine: Any
+) -> None:
+    sleeper = "import time; print('sleeping', flush=True); time.sleep(120)"
+    operation = builds.create_build(
+        project_id=PROJECT,
+        build=cloudbuild_v1.Build(steps=[{"name": BASE_IMAGE, "entrypoint": "python", "args": ["-c", sleeper]}]),
+    )
+    build_id = operation.metadata.build.id
+    assert operation.metadata.build.status == Status.QUEUED
+    deadline = time.monotonic() + 60
+    while "Step #0: sleeping" not in fetch(builds.get_build(project_id=PROJECT, id=build_id).log_url):
+        assert time.monotonic() < deadline, "the step never started"
+        time.sleep(0.1)
+    cancelled = builds.cancel_build(project_id=PROJECT, id=build_id)
+    assert cancelled.status == Status.CANCELLED
+    done = wait_done(builds, build_id, timeout=30)
+    assert done.status == Status.CANCELLED and done.finish_time
+    deadline = time.monotonic() + 20
+    while docker("ps", "-aq", "--filter", f"label={LABEL_BUILD}={build_id}").stdout.strip():
+        assert time.monotonic() < deadline, "the step's container outlived the cancel"
+        time.sleep(0.2)
+    # Cancelling an ended build changes nothing.
+    assert builds.cancel_build(project_id=PROJECT, id=build_id).status == Status.CANCELLED
+
+
+def test_build_past_its_timeout_ends_as_timeout(builds: cloudbuild_v1.CloudBuildClient, docker_engine: Any) -> None:
+    sleeper = "import time; time.sleep(120)"
+    build = cloudbuild_v1.Build(
+        steps=[{"name": BASE_IMAGE, "entrypoint": "python", "args": ["-c", sleeper]}], timeout={"seconds": 2}
+    )
+    started = time.monotonic()
+    done = wait_done(builds, builds.create_build(project_id=PROJECT, build=build).metadata.build.id, timeout=60)
+    assert done.status == Status.TIMEOUT and done.steps[0].status == Status.TIMEOUT
+    assert time.monotonic() - started < 20
+
+
+def test_log_is_written_to_the_logs_bucket(
+    builds: cloudbuild_v1.CloudBuildClient, gcs_client: storage.Client, docker_engine: Any
+) -> None:
+    build = cloudbuild_v1.Build(
+        steps=[{"name": BASE_IMAGE, "entrypoint": "python", "args": ["-c", "print('to the bucket')"]}],
+        logs_bucket=f"gs://{BUCKET}/build-logs",
+    )
+    done = wait_done(builds, builds.create_build(project_id=PROJECT, build=build).metadata.build.id)
+    assert done.status == Status.SUCCESS
+    log = gcs_client.bucket(BUCKET).blob(f"build-logs/log-{done.id}.txt").download_as_text()
+    assert "Step #0: to the bucket" in log and log == fetch(done.log_url)
+
+
+def test_regional_build_lives_under_its_location(builds: cloudbuild_v1.CloudBuildClient, docker_engine: Any) -> None:
+    parent = f"projects/{PROJECT}/locations/us-central1"
+    build = cloudbuild_v1.Build(steps=[{"name": BASE_IMAGE, "entrypoint": "python", "args": ["-c", "print(1)"]}])
+    operation = builds.create_build(request={"parent": parent, "project_id": PROJECT, "build": build})
+    assert operation.metadata.build.name == f"{parent}/builds/{operation.metadata.build.id}"
+    assert operation.result(timeout=60).status == Status.SUCCESS
+    assert [b.id for b in builds.list_builds(request={"parent": parent, "project_id": PROJECT})] == [
+        operation.metadata.build.id
+    ]
+
+
+def test_unknown_build_is_404(builds: cloudbuild_v1.CloudBuildClient) -> None:
+    with pytest.raises(gexc.NotFound):
+        builds.get_build(project_id=PROJECT, id=str(uuid.uuid4()))
+
+
+# -- substitutions, without Docker ----------------------------------------------------------------
+def test_substitution_follows_cloud_build_rules() -> None:
+    values = {"PROJECT_ID": "p", "_IMAGE": "img", "_A": "a"}
+    assert substitute("${_IMAGE}:$PROJECT_ID", values) == "img:p"
+    assert substitute("$$HOME $${_IMAGE} $_A_B", values) == "$HOME ${_IMAGE} "  # $$ escapes; $_A_B is its own key
+    assert substitute("${VAR:-x} $lower", values) == "${VAR:-x} $lower"  # not parameters at all
+    assert [key for _, _, key in template_parameters("$$ $X ${_Y}")] == [None, "X", "_Y"]
+
+
+def test_docker_builder_args_stay_on_this_machine(tmp_path: Path) -> None:
+    """`docker build` gets the host network (`cloudbuild` means the host), /workspace is the local
+    workspace, and pushes reach only loopback registries."""
+    args = docker_cli_args(
+        ["build", "-t", "x", "-f", "/workspace/code/Dockerfile", "/workspace/code"], tmp_path, "s", "b"
+    )
+    assert args == ["build", "--network", "host", "-t", "x", "-f", f"{tmp_path}/code/Dockerfile", f"{tmp_path}/code"]
+    assert docker_cli_args(["build", "--network=cloudbuild", "."], tmp_path, "s", "b") == [
+        "build",
+        "--network=host",
+        ".",
+    ]
+    assert docker_cli_args(["push", "127.0.0.1:5000/p/r/app:1"], tmp_path, "s", "b") == [
+        "push",
+        "127.0.0.1:5000/p/r/app:1",
+    ]
+    with pytest.raises(ValueError, match="only registries on 127.0.0.1"):
+        docker_cli_args(["push", "europe-west1-docker.pkg.dev/p/r/app:1"], tmp_path, "s", "b")
+    with pytest.raises(ValueError, match="does not take -H"):
+        docker_cli_args(["-H", "tcp://10.0.0.1:2375", "ps"], tmp_path, "s", "b")
