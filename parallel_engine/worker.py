@@ -1,0 +1,292 @@
+"""The VM worker: the startup script a Container-Optimized OS VM boots with, and its settings.
+
+One template (`templates/startup-script.sh.j2`) serves both worker modes: attempts rendered into
+the script (`--tasks-per-vm 1`: claim exactly these, run them) or claim-by-listing (reuse: claim
+what `runs/<run>/open/` offers until nothing is left). The protocol between the orchestrator and
+the script is docs/worker-protocol.md; this module renders the script and names the objects the
+orchestrator writes for it (argv, command, open markers).
+
+Every value that lands in the script goes through `shlex.quote` (the `q` filter), and the
+template is rendered with `StrictUndefined`, so a setting missing from the context is an error,
+never an empty string in a shell script.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from parallel_engine.errors import ConfigError, TaskSourceError
+from parallel_engine.tasks import TASK_ID_RE
+
+TEMPLATE_NAME = "startup-script.sh.j2"
+STORAGE_ENDPOINT = "https://storage.googleapis.com"
+COMPUTE_ENDPOINT = "https://compute.googleapis.com"
+#: COS: /var is writable (noexec, which the worker never needs); HOME and / are read-only.
+DEFAULT_WORK_DIR = "/var/lib/parallel-engine-worker"
+PULL_POLICIES = ("always", "if-missing", "never")
+CONTAINER_OUTPUT_DIR = "/pe/output"
+
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+_REGISTRY_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?")
+_NETWORK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_ENDPOINT_RE = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_PREFIX_RE = re.compile(r"([A-Za-z0-9._~-]+/)+")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything rendered into one worker's startup script (never a secret: the VM's token
+    comes from its metadata server at run time).
+
+    Durations are seconds (floats allowed, so the emulator can run at 1/100 time).
+    `tasks` set means rendered mode (exactly these (task_id, attempt) pairs); None means the
+    worker claims from `runs/<run>/open/` until nothing is claimable for `idle_s`.
+    """
+
+    run_id: str
+    bucket: str
+    image: str
+    prefix: str = ""  # store root inside the bucket: keys are <prefix>/runs/<run_id>/...
+    registry: str | None = None  # e.g. "us-docker.pkg.dev": docker-credential-gcr configures it
+    pull_policy: str = "always"  # always | if-missing | never ("if-missing" until the registry step)
+    storage_endpoint: str = STORAGE_ENDPOINT
+    compute_endpoint: str = COMPUTE_ENDPOINT
+    heartbeat_s: float = 30.0
+    log_interval_s: float = 30.0
+    task_timeout_s: float | None = None
+    tasks: tuple[tuple[str, int], ...] | None = None
+    docker_network: str = "host"  # host: tasks reach the metadata server (the VM's service account)
+    work_dir: str = DEFAULT_WORK_DIR  # base of a private folder; "" or unwritable: `mktemp -d`
+    self_delete: bool = True
+    poll_s: float = 10.0  # claim mode: how often open/ is listed again while nothing is claimable
+    idle_s: float = 60.0  # claim mode: how long nothing claimable is tolerated before leaving
+    stop_grace_s: int = 10  # `docker stop -t` on preemption (Google gives ~30 s in all)
+    pull_tries: int = 5
+    http_tries: int = 8  # the script's own tries per Storage/Compute call (429, 5xx, network)
+    curl_retries: int = 3  # curl --retry inside each of those tries
+    retry_base_s: float = 1.0  # backoff: base * 2^n with 50-100 % jitter, capped at retry_max_s
+    retry_max_s: float = 30.0
+    docker_args: tuple[str, ...] = field(default=())  # extra `docker run` options (--gpus all, ...)
+    list_page_size: int = 1000  # claim mode: maxResults per open/ listing page (Storage's maximum)
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    @property
+    def root(self) -> str:
+        """The store root inside the bucket: "" or "<prefix>/"."""
+        return store_root(self.prefix)
+
+
+def store_root(prefix: str) -> str:
+    """"" for no prefix, else the prefix without surrounding slashes plus one "/"."""
+    cleaned = prefix.strip("/")
+    return f"{cleaned}/" if cleaned else ""
+
+
+def _fail(message: str, hint: str | None = None) -> None:
+    raise ConfigError(f"worker settings: {message}", hint=hint)
+
+
+def _check_seconds(name: str, value: float | None, minimum: float = 0.01, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < minimum:
+        _fail(f"{name} must be a number of seconds >= {minimum:g}, got {value!r}")
+
+
+def _check(s: WorkerSettings) -> None:
+    if not _RUN_ID_RE.fullmatch(s.run_id) or s.run_id in (".", ".."):
+        _fail(f"run_id {s.run_id!r} is not a valid run id")
+    if not _BUCKET_RE.fullmatch(s.bucket):
+        _fail(f"bucket {s.bucket!r} is not a valid bucket name", hint="give the name only, without gs://")
+    root = store_root(s.prefix)
+    if root and (not _PREFIX_RE.fullmatch(root) or len(root) > 512):
+        # The worker finds names in a listing with grep: only characters JSON never escapes.
+        _fail(f"prefix {s.prefix!r} must be folder names of A-Z a-z 0-9 . _ ~ - joined by '/' (at most 512)")
+    if any(part in (".", "..") for part in root.split("/")[:-1]):
+        _fail(f"prefix {s.prefix!r} has a '.' or '..' segment")
+    if not s.image or s.image.startswith("-") or any(ch.isspace() for ch in s.image) or _CONTROL_RE.search(s.image):
+        _fail(f"image {s.image!r} is not an image reference")
+    if s.registry is not None and not _REGISTRY_RE.fullmatch(s.registry):
+        _fail(f"registry {s.registry!r} is not a registry host (e.g. us-docker.pkg.dev)")
+    if s.pull_policy not in PULL_POLICIES:
+        _fail(f"pull_policy {s.pull_policy!r} is not one of {', '.join(PULL_POLICIES)}")
+    for name, url in (("storage_endpoint", s.storage_endpoint), ("compute_endpoint", s.compute_endpoint)):
+        if not _ENDPOINT_RE.fullmatch(url):
+            _fail(f"{name} {url!r} must be scheme://host[:port] with no path")
+    for name in ("heartbeat_s", "log_interval_s", "poll_s", "retry_base_s", "retry_max_s"):
+        _check_seconds(name, getattr(s, name))
+    _check_seconds("idle_s", s.idle_s, minimum=0)
+    _check_seconds("task_timeout_s", s.task_timeout_s, optional=True)
+    if not isinstance(s.list_page_size, int) or isinstance(s.list_page_size, bool) or not 1 <= s.list_page_size <= 1000:
+        _fail(f"list_page_size must be an integer from 1 to 1000, got {s.list_page_size!r}")
+    for name in ("stop_grace_s", "pull_tries", "http_tries", "curl_retries"):
+        value = getattr(s, name)
+        low = 0 if name in ("stop_grace_s", "curl_retries") else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            _fail(f"{name} must be an integer >= {low}, got {value!r}")
+    if s.tasks is not None:
+        if not s.tasks:
+            _fail("tasks is empty: give None (claim mode) or at least one (task_id, attempt)")
+        for item in s.tasks:
+            if not (isinstance(item, tuple) and len(item) == 2):
+                _fail(f"tasks items are (task_id, attempt) pairs, got {item!r}")
+            task_id, attempt = item
+            if not isinstance(task_id, str) or not TASK_ID_RE.fullmatch(task_id):
+                _fail(f"task id {task_id!r} is not a valid task id")
+            if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+                _fail(f"attempt {attempt!r} of task {task_id!r} must be an integer >= 1")
+    if not _NETWORK_RE.fullmatch(s.docker_network):
+        _fail(f"docker_network {s.docker_network!r} is not a network name")
+    if s.work_dir and (not s.work_dir.startswith("/") or ":" in s.work_dir or _CONTROL_RE.search(s.work_dir)):
+        _fail(f"work_dir {s.work_dir!r} must be an absolute path without ':' (docker -v splits on it)")
+    if not isinstance(s.docker_args, tuple) or not all(isinstance(a, str) for a in s.docker_args):
+        _fail("docker_args must be a tuple of strings")
+    if any("\x00" in a for a in s.docker_args):
+        _fail("docker_args cannot hold a NUL byte")
+
+
+# -- objects the orchestrator writes for the workers ------------------------------------------
+def argv_key(run_id: str, task_id: str) -> str:
+    """NUL-separated argv appended to the image's entrypoint (store key, without the prefix)."""
+    return f"runs/{run_id}/argv/{task_id}"
+
+
+def command_key(run_id: str, task_id: str) -> str:
+    """NUL-separated full command: item 0 replaces the image's entrypoint."""
+    return f"runs/{run_id}/command/{task_id}"
+
+
+def open_key(run_id: str, task_id: str, attempt: int) -> str:
+    """Published while the attempt is claimable; deleted by the orchestrator once it finished."""
+    return f"runs/{run_id}/open/{task_id}.{attempt}"
+
+
+def heartbeat_key(run_id: str, task_id: str, attempt: int) -> str:
+    return f"runs/{run_id}/tasks/{task_id}/{attempt}/heartbeat"
+
+
+def encode_argv(items: Sequence[str]) -> bytes:
+    """Items as UTF-8, each followed by a NUL byte (read by the worker with `mapfile -d ''`).
+
+    NUL cannot travel in argv, so an item holding one is refused; so is text that is not
+    valid Unicode (a lone surrogate).
+    """
+    if isinstance(items, (str, bytes)):
+        raise TypeError("encode_argv takes a sequence of strings, not one string")
+    out = bytearray()
+    for index, item in enumerate(items):
+        if not isinstance(item, str):
+            raise TypeError(f"argv item {index} is {type(item).__name__}, not str")
+        if "\x00" in item:
+            raise TaskSourceError(f"argv item {index} holds a NUL byte, which cannot be passed to a program")
+        try:
+            out += item.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise TaskSourceError(f"argv item {index} is not valid Unicode text ({exc.reason})") from exc
+        out += b"\x00"
+    return bytes(out)
+
+
+def decode_argv(data: bytes) -> list[str]:
+    """The inverse of `encode_argv` (what `mapfile -d ''` reads)."""
+    if not data:
+        return []
+    parts = data.split(b"\x00")
+    if parts[-1] == b"":
+        parts.pop()
+    return [part.decode("utf-8") for part in parts]
+
+
+def registry_host(image: str) -> str | None:
+    """The registry host of an image reference ("us-docker.pkg.dev/p/r/i@sha256:..."), or None
+    for Docker Hub names ("python:3.11-slim")."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return None
+
+
+# -- rendering --------------------------------------------------------------------------------
+def template_dir() -> Path:
+    """The templates folder: inside the package in a wheel, at the repository root in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if (candidate / TEMPLATE_NAME).is_file():
+            return candidate
+    raise ConfigError(
+        f"cannot find {TEMPLATE_NAME} (looked in {here / 'templates'} and {here.parent / 'templates'})",
+        hint="reinstall parallel-engine: the wheel ships it as parallel_engine/templates/",
+    )
+
+
+def _seconds_text(value: Any) -> str:
+    """A duration for `sleep`: plain decimal, no exponent ("0.05", "30")."""
+    text = f"{float(value):.6f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def _microseconds(value: Any) -> int:
+    return round(float(value) * 1_000_000)
+
+
+def _quote(value: Any) -> str:
+    return shlex.quote(str(value))
+
+
+@lru_cache(maxsize=4)
+def environment(folder: str | None = None) -> jinja2.Environment:
+    """The Jinja2 environment for worker templates.
+
+    Comments use `{## ##}` because bash itself writes `{#` (`${#array[@]}`).
+    """
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folder or str(template_dir())),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        comment_start_string="{##",
+        comment_end_string="##}",
+    )
+    env.filters["q"] = _quote
+    env.filters["us"] = _microseconds
+    env.filters["secs"] = _seconds_text
+    return env
+
+
+def template_context(settings: WorkerSettings) -> dict[str, Any]:
+    """What the template sees: the settings and the few values derived from them."""
+    tick = min(settings.heartbeat_s, settings.log_interval_s, 1.0)
+    if settings.task_timeout_s is not None:
+        tick = min(tick, max(settings.task_timeout_s / 4, 0.05))
+    return {"s": settings, "root": settings.root, "tick": max(tick, 0.02)}
+
+
+def render_template(context: dict[str, Any], name: str = TEMPLATE_NAME) -> str:
+    return environment().get_template(name).render(**context)
+
+
+def render_startup_script(settings: WorkerSettings) -> str:
+    """The startup script for one worker VM (what `parallel-engine render` prints)."""
+    script = render_template(template_context(settings))
+    size = len(script.encode())
+    if size > 256 * 1024:
+        raise ConfigError(
+            f"the rendered startup script is {size} bytes; a metadata value holds at most 262144",
+            hint="render fewer tasks per VM",
+        )
+    return script

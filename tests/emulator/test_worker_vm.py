@@ -1,0 +1,453 @@
+"""The VM worker (templates/startup-script.sh.j2) booted by emulated VMs, end to end.
+
+Each test plays the orchestrator's part of docs/worker-protocol.md with the real Google clients
+(google-cloud-storage writes argv/, command/ and open/; google-cloud-compute creates the VMs),
+lets the emulated VMs run the rendered script under the COS-like PATH, and reads back what the
+workers wrote: claims, status.json, logs, outputs, events. Containers run on the local Docker
+engine from a tiny probe image; the emulator has no registry yet, so the image is only tagged
+locally and the script runs with `pull_policy="if-missing"` (by-digest pulls come with the
+registry step).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from emulator_helpers import Clients, make_instance, wait_for
+from google.api_core.exceptions import NotFound
+
+from parallel_engine.model import AttemptState, AttemptStatus
+from parallel_engine.worker import (
+    WorkerSettings,
+    argv_key,
+    command_key,
+    encode_argv,
+    heartbeat_key,
+    open_key,
+    render_startup_script,
+)
+
+pytestmark = [pytest.mark.emulator, pytest.mark.docker]
+
+PROBE_IMAGE = "parallel-engine-worker-probe:test"
+BASE_IMAGE = "python:3.11-slim"
+RUN = "20250101-000000-wrkr1"
+UNPULLABLE = "127.0.0.1:1/pe/missing@sha256:" + "0" * 64  # nothing listens there: the pull fails
+
+# Writes its argv and PE_* environment to $PE_OUTPUT_DIR/argv.json (plus a file in a folder with
+# a space and an accent), prints to both streams, then acts on --print=/--sleep=/--exit= items.
+PROBE = r'''
+import json, os, sys, time
+out = os.environ["PE_OUTPUT_DIR"]
+args = sys.argv[1:]
+with open(os.path.join(out, "argv.json"), "w", encoding="utf-8") as f:
+    json.dump({"argv": args, "env": {k: v for k, v in os.environ.items() if k.startswith(("PE_", "GCE_"))}}, f)
+os.makedirs(os.path.join(out, "sub dir"), exist_ok=True)
+with open(os.path.join(out, "sub dir", "r\u00e9sult.txt"), "w", encoding="utf-8") as f:
+    f.write("ok\n")
+print("probe started", os.environ["PE_TASK_ID"], os.environ["PE_ATTEMPT"], flush=True)
+print("probe stderr line", file=sys.stderr, flush=True)
+for a in args:
+    if a.startswith("--print="):
+        print(a[len("--print="):], flush=True)
+    elif a.startswith("--sleep="):
+        time.sleep(float(a[len("--sleep="):]))
+    elif a.startswith("--exit="):
+        print("exiting with", a[len("--exit="):], file=sys.stderr, flush=True)
+        sys.exit(int(a[len("--exit="):]))
+print("probe done", flush=True)
+'''
+
+HOSTILE_ARGV = [
+    "plain",
+    "with space",
+    "\"double\" and 'single' quotes",
+    "$(touch /tmp/pe-worker-pwned)",
+    "${HOME}",
+    "a; rm -rf / ; echo b",
+    "`id`",
+    "pipe | and && or ||",
+    "line1\nline2",
+    "cr\r\nlf",
+    "tab\there",
+    "back\\slash\\",
+    "ünïcødé ✓ 日本語 🚀",
+    "-leading-dash",
+    "--flag=value",
+    "-",
+    "--",
+    "",
+    "  ",
+    "*",
+    "%s %d",
+    ">redirect",
+    "=",
+]
+
+
+@pytest.fixture(scope="module")
+def probe_image(docker_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The probe image, built offline from python:3.11-slim (made by scripts/ensure-docker.sh)."""
+    folder = tmp_path_factory.mktemp("probe-image")
+    (folder / "probe.py").write_text(PROBE)
+    (folder / "Dockerfile").write_text(f'FROM {BASE_IMAGE}\nCOPY probe.py /probe.py\nENTRYPOINT ["python", "/probe.py"]\n')
+    built = subprocess.run(
+        ["docker", "build", "-q", "--network", "none", "-t", PROBE_IMAGE, str(folder)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    if built.returncode != 0:
+        pytest.fail(
+            f"building the probe image failed (does {BASE_IMAGE} exist? scripts/ensure-docker.sh makes it):\n"
+            f"{built.stderr}"
+        )
+    return PROBE_IMAGE
+
+
+class Run:
+    """The orchestrator's side of the protocol for one run, through the real Google clients."""
+
+    def __init__(self, clients: Clients, image: str, work_dir: Path) -> None:
+        self.clients = clients
+        self.cloud = clients.cloud
+        self.bucket = clients.storage.bucket(clients.cloud.bucket)
+        self.vms: list[str] = []
+        self.settings = WorkerSettings(
+            run_id=RUN,
+            bucket=clients.cloud.bucket,
+            image=image,
+            pull_policy="if-missing",
+            storage_endpoint=clients.cloud.storage_endpoint,
+            compute_endpoint=clients.cloud.compute_endpoint,
+            heartbeat_s=0.2,
+            log_interval_s=0.2,
+            work_dir=str(work_dir),
+            poll_s=0.1,
+            idle_s=0.4,
+            stop_grace_s=1,
+            pull_tries=2,
+            curl_retries=0,
+            retry_base_s=0.05,
+            retry_max_s=0.4,
+        )
+
+    # -- writing what the orchestrator writes ------------------------------------------------
+    def publish(self, task_id: str, argv: list[str], attempt: int = 1, command: list[str] | None = None) -> None:
+        if command is not None:
+            self.bucket.blob(command_key(RUN, task_id)).upload_from_string(encode_argv(command))
+        else:
+            self.bucket.blob(argv_key(RUN, task_id)).upload_from_string(encode_argv(argv))
+        self.bucket.blob(open_key(RUN, task_id, attempt)).upload_from_string(b"")
+
+    def start_vms(self, *names: str, spot: bool = False, **overrides: Any) -> None:
+        """Insert VMs concurrently (as the GCE backend does), each booting the rendered script."""
+        settings = replace(self.settings, **overrides)
+        script = render_startup_script(settings)
+        operations = [
+            self.clients.insert(make_instance(name, script=script, spot=spot, action="DELETE" if spot else None))
+            for name in names
+        ]
+        for operation in operations:
+            assert not self.clients.wait(operation).error.errors
+        self.vms.extend(names)
+
+    # -- reading what the workers wrote -------------------------------------------------------
+    def read(self, key: str) -> bytes | None:
+        try:
+            return self.bucket.blob(key).download_as_bytes()
+        except NotFound:
+            return None
+
+    def names(self, under: str) -> list[str]:
+        prefix = f"runs/{RUN}/{under}"
+        return sorted(b.name[len(prefix):] for b in self.clients.storage.list_blobs(self.bucket, prefix=prefix))
+
+    def status(self, task_id: str, attempt: int = 1) -> AttemptStatus | None:
+        raw = self.read(f"runs/{RUN}/tasks/{task_id}/{attempt}/status.json")
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        assert set(data) == {"task_id", "attempt", "state", "exit_code", "started_at", "finished_at", "worker", "reason"}
+        return AttemptStatus.from_json(data)
+
+    def wait_status(self, task_id: str, attempt: int = 1, timeout: float = 60) -> AttemptStatus:
+        return wait_for(lambda: self.status(task_id, attempt), timeout=timeout, what=f"status of {task_id}.{attempt}")
+
+    def outputs(self, task_id: str, attempt: int = 1) -> dict[str, bytes]:
+        prefix = f"runs/{RUN}/tasks/{task_id}/{attempt}/outputs/"
+        return {
+            b.name[len(prefix):]: b.download_as_bytes()
+            for b in self.clients.storage.list_blobs(self.bucket, prefix=prefix)
+        }
+
+    def argv_seen(self, task_id: str, attempt: int = 1) -> dict[str, Any]:
+        raw = self.read(f"runs/{RUN}/tasks/{task_id}/{attempt}/outputs/argv.json")
+        assert raw is not None, f"{task_id}.{attempt} wrote no argv.json"
+        return json.loads(raw)
+
+    def log(self, task_id: str, stream: str, attempt: int = 1) -> str:
+        return (self.read(f"runs/{RUN}/tasks/{task_id}/{attempt}/{stream}.log") or b"").decode()
+
+    def events(self) -> list[tuple[str, str]]:
+        """(task.attempt, state) per event, in name (time) order."""
+        found = []
+        for name in self.names("events/"):
+            stamp, _, attempt = name.partition("-")
+            assert len(stamp) == 17 and float(stamp) > 0
+            found.append((attempt, (self.read(f"runs/{RUN}/events/{name}") or b"").decode()))
+        return found
+
+    def console(self, name: str) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.cloud.workdir.glob(f"vms/{name}-*/console.log"))
+
+    def wait_all_gone(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        for name in self.vms:
+            while True:
+                try:
+                    self.clients.get(name)
+                except NotFound:
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"VM {name} still exists; its console:\n{self.console(name)}")
+                time.sleep(0.05)
+
+    def self_deletions(self) -> int:
+        counts = self.cloud.control.calls()["compute"]["byMethod"]
+        return counts.get("compute.instances.delete", {}).get("vm", 0)
+
+
+@pytest.fixture
+def run(clients: Clients, probe_image: str, tmp_path: Path) -> Iterator[Run]:
+    started = Run(clients, probe_image, tmp_path / "vm-work")
+    yield started
+    for name in started.vms:  # a failing test must not leave a worker running
+        try:
+            clients.instances.delete(project=clients.project, zone=clients.zone, instance=name)
+        except NotFound:
+            pass
+
+
+def _ok(status: AttemptStatus, worker: str | Callable[[str], bool]) -> None:
+    assert status.state == AttemptState.SUCCEEDED, status
+    assert status.exit_code == 0 and status.reason == ""
+    assert status.started_at is not None and status.finished_at is not None
+    assert status.started_at <= status.finished_at
+    assert worker(status.worker) if callable(worker) else status.worker == worker
+
+
+def test_one_vm_claims_and_runs_five_tasks_one_after_another(run: Run) -> None:
+    tasks = [f"t{i}" for i in range(1, 6)]
+    for task in tasks:
+        run.publish(task, [f"--print=hello from {task}", "--sleep=0.1"])
+    run.start_vms("pe-worker-1", list_page_size=2)  # open/ comes in 3 pages
+    run.wait_all_gone()
+
+    statuses = [run.status(task) for task in tasks]
+    for task, status in zip(tasks, statuses, strict=True):
+        assert status is not None, f"{task} has no status; console:\n{run.console('pe-worker-1')}"
+        _ok(status, "pe-worker-1")
+        assert status.task_id == task and status.attempt == 1
+        assert run.read(f"runs/{RUN}/claims/{task}.1") == b"pe-worker-1"
+        assert f"hello from {task}" in run.log(task, "stdout")
+        assert run.log(task, "stderr") == "probe stderr line\n"
+        seen = run.argv_seen(task)
+        assert seen["argv"] == [f"--print=hello from {task}", "--sleep=0.1"]
+        assert {k: v for k, v in seen["env"].items() if k.startswith("PE_")} == {
+            "PE_RUN_ID": RUN, "PE_TASK_ID": task, "PE_ATTEMPT": "1", "PE_OUTPUT_DIR": "/pe/output"}  # fmt: skip
+        assert run.outputs(task)["sub dir/résult.txt"] == b"ok\n"
+        assert float(run.read(heartbeat_key(RUN, task, 1)) or b"0") >= status.started_at
+    ordered = sorted(statuses, key=lambda s: s.started_at or 0)
+    for earlier, later in itertools.pairwise(ordered):
+        assert earlier.finished_at <= later.started_at  # one after another, never two at once
+    assert sorted(run.events()) == [(f"{task}.1", "succeeded") for task in tasks]
+    assert run.self_deletions() == 1
+
+
+def test_two_vms_racing_for_claims_run_each_attempt_exactly_once(run: Run) -> None:
+    tasks = [f"race-{i}" for i in range(6)]
+    for task in tasks:
+        run.publish(task, ["--sleep=0.2"])
+    # Two identical workers; one falls back to a temporary work folder (its base is unwritable).
+    run.start_vms("pe-racer-a")
+    run.start_vms("pe-racer-b", work_dir="/proc/parallel-engine-worker")
+    run.wait_all_gone()
+
+    events = run.events()
+    assert sorted(attempt for attempt, _ in events) == sorted(f"{task}.1" for task in tasks)  # once each
+    holders = {}
+    for task in tasks:
+        status = run.status(task)
+        assert status is not None, f"no status for {task}"
+        holder = (run.read(f"runs/{RUN}/claims/{task}.1") or b"").decode()
+        _ok(status, holder)
+        holders[task] = holder
+    assert set(holders.values()) <= {"pe-racer-a", "pe-racer-b"}
+    assert run.self_deletions() == 2  # every VM deleted itself
+
+
+def test_rendered_tasks_one_vm_per_task_and_a_duplicate_worker_runs_nothing_twice(run: Run) -> None:
+    tasks = ["alpha", "beta", "gamma.2"]
+    for task in tasks:  # rendered mode reads no open/ marker: publish only the argv
+        run.bucket.blob(argv_key(RUN, task)).upload_from_string(encode_argv([f"--print={task}"]))
+    for task in tasks:
+        run.start_vms(f"pe-one-{task.replace('.', '-')}", tasks=((task, 1),))
+    run.start_vms("pe-one-alpha-duplicate", tasks=(("alpha", 1),))
+    run.wait_all_gone()
+
+    assert run.names("open/") == []
+    assert sorted(run.events()) == [(f"{task}.1", "succeeded") for task in tasks]
+    for task in tasks:
+        status = run.status(task)
+        assert status is not None
+        _ok(status, (run.read(f"runs/{RUN}/claims/{task}.1") or b"").decode())
+        assert run.log(task, "stdout").splitlines()[1] == task
+    assert run.status("alpha").worker in ("pe-one-alpha", "pe-one-alpha-duplicate")
+    assert run.self_deletions() == 4
+
+
+def test_a_failing_task_is_recorded_failed_with_its_exit_code(run: Run) -> None:
+    run.publish("bad", ["--exit=3"])
+    run.start_vms("pe-failing", docker_args=("--user", "65534:65534"))  # not root: outputs still writable
+    run.wait_all_gone()
+    status = run.status("bad")
+    assert status is not None
+    assert (status.state, status.exit_code, status.reason) == (AttemptState.FAILED, 3, "exit code 3")
+    assert "exiting with 3" in run.log("bad", "stderr")
+    assert run.argv_seen("bad")["argv"] == ["--exit=3"]
+    assert run.events() == [("bad.1", "failed")]
+
+
+def test_a_task_over_its_timeout_is_killed_and_recorded_timeout(run: Run) -> None:
+    run.publish("slow", ["--sleep=60"])
+    run.start_vms("pe-timeout", task_timeout_s=1.0)
+    status = run.wait_status("slow", timeout=30)
+    assert status.state == AttemptState.TIMEOUT
+    assert status.reason == "timed out after 1 s"
+    assert status.exit_code == 137  # SIGKILL
+    assert status.duration_s is not None and 1.0 <= status.duration_s < 10
+    run.wait_all_gone()
+    assert "probe started" in run.log("slow", "stdout")
+    assert run.events() == [("slow.1", "timeout")]
+
+
+def test_transient_storage_errors_during_upload_are_retried(run: Run) -> None:
+    run.publish("flaky-store", ["--print=survived"])
+    control = run.cloud.control
+    # 3 failures: curl's own retry takes the first two, the script's backoff loop the third.
+    control.fail_next(3, status=503, method="POST", path=r"status\.json", service="storage", caller="vm")
+    # A token refused once (401): the script fetches a token again and retries.
+    control.fail_next(1, status=401, method="POST", path=r"stderr\.log", service="storage", caller="vm")
+    run.start_vms("pe-flaky", curl_retries=1)
+    run.wait_all_gone()
+    status = run.status("flaky-store")
+    assert status is not None
+    _ok(status, "pe-flaky")
+    assert run.log("flaky-store", "stderr") == "probe stderr line\n"
+    assert control.calls()["storage"]["injected"] == {"storage.objects.insert": 4}
+    assert control.pending_faults()["storage"] == 0
+
+
+def test_a_claim_whose_answer_was_lost_is_recognised_as_ours_under_a_prefix(run: Run) -> None:
+    # The claim is created, but the VM hears 503: its retry gets 412, reads its own name back, runs it.
+    run.cloud.control.fail_next(
+        1, status=503, method="POST", path=r"uploadType=multipart", service="storage", caller="vm", after=True
+    )
+    for key, data in ((argv_key(RUN, "lost"), encode_argv(["--print=mine"])), (open_key(RUN, "lost", 1), b"")):
+        run.bucket.blob(f"team/pe-store/{key}").upload_from_string(data)
+    run.start_vms("pe-lost-answer", prefix="/team/pe-store/")
+    run.wait_all_gone()
+    assert run.cloud.control.calls()["storage"]["injected"] == {"storage.objects.insert": 1}
+    root = f"team/pe-store/runs/{RUN}/"
+    assert run.read(f"{root}claims/lost.1") == b"pe-lost-answer"
+    status = AttemptStatus.from_json(json.loads(run.read(f"{root}tasks/lost/1/status.json") or b"{}"))
+    _ok(status, "pe-lost-answer")
+    assert (run.read(f"{root}tasks/lost/1/stdout.log") or b"").decode().splitlines()[1] == "mine"
+    assert run.names("") == []  # nothing outside the prefix
+
+
+def test_an_image_that_cannot_be_pulled_is_recorded_infra_with_the_registry_message(run: Run) -> None:
+    for task in ("p1", "p2"):
+        run.publish(task, [])
+    run.start_vms("pe-no-image", image=UNPULLABLE, pull_policy="always", registry="127.0.0.1:1")
+    run.wait_all_gone()
+    recorded = [s for s in (run.status("p1"), run.status("p2")) if s is not None]
+    assert len(recorded) == 1  # the first claimed attempt is recorded; no other is claimed
+    status = recorded[0]
+    assert status.state == AttemptState.INFRA and status.exit_code is None
+    assert status.reason.startswith("image pull failed: ")
+    assert "127.0.0.1:1" in status.reason  # docker's own message about the registry
+    assert run.names("claims/") == [f"{status.task_id}.1"]
+    assert run.log(status.task_id, "stderr").strip()  # the pull's error output is kept
+    assert run.console("pe-no-image").count("pulling ") == 2  # pull_tries
+    assert run.self_deletions() == 1
+
+
+def test_a_preemption_mid_task_stops_the_container_and_records_preempted(run: Run) -> None:
+    run.cloud.control.set_clock(preemption_notice_seconds=500)  # 5 s here, for the worker's ~2 s of work
+    run.publish("long", ["--sleep=120"])
+    run.start_vms("pe-spot", spot=True)
+    wait_for(lambda: "probe started" in run.log("long", "stdout"), timeout=30, what="the task to start")
+    preempted_at = time.time()
+    run.cloud.control.preempt("pe-spot")
+    status = run.wait_status("long", timeout=30)
+    assert status.state == AttemptState.PREEMPTED and status.reason == "the VM was preempted"
+    assert status.finished_at is not None and status.finished_at - preempted_at < 5
+    run.wait_all_gone()
+    assert run.events() == [("long.1", "preempted")]
+    assert run.self_deletions() == 0  # Google deletes a preempted Spot VM (terminationAction DELETE)
+
+
+def test_a_vm_deleted_mid_task_keeps_the_logs_and_writes_no_status(run: Run) -> None:
+    run.cloud.control.set_clock(stop_seconds=300)  # 3 s here between SIGTERM and power-off
+    run.publish("doomed", ["--sleep=120"])
+    run.start_vms("pe-doomed")
+    wait_for(lambda: "probe started" in run.log("doomed", "stdout"), timeout=30, what="the task to start")
+    run.clients.instances.delete(project=run.clients.project, zone=run.clients.zone, instance="pe-doomed")
+    wait_for(lambda: "no status written" in run.console("pe-doomed"), timeout=30, what="the worker to stop")
+    run.wait_all_gone()
+    assert run.status("doomed") is None and run.events() == []  # the orchestrator calls it lost or cancelled
+    assert run.names("claims/") == ["doomed.1"]
+    assert "probe started doomed 1" in run.log("doomed", "stdout")
+    assert run.self_deletions() == 0
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=parallel-engine-run={RUN}"], capture_output=True, text=True, check=False
+    )
+    assert left.stdout.split() == []
+
+
+def test_live_logs_and_heartbeat_are_in_the_bucket_before_the_task_ends(run: Run) -> None:
+    run.publish("chatty", ["--print=first line", "--sleep=3", "--print=last line"])
+    run.start_vms("pe-live")
+    stdout = wait_for(
+        lambda: (text := run.log("chatty", "stdout")) and "first line" in text and text, timeout=30, what="live stdout"
+    )
+    assert run.status("chatty") is None  # still running
+    assert "last line" not in stdout
+    beats = {run.read(heartbeat_key(RUN, "chatty", 1))}
+    wait_for(lambda: beats | {run.read(heartbeat_key(RUN, "chatty", 1))} != beats, timeout=5, what="a new heartbeat")
+    status = run.wait_status("chatty", timeout=30)
+    _ok(status, "pe-live")
+    assert run.log("chatty", "stdout").splitlines() == ["probe started chatty 1", "first line", "last line", "probe done"]
+    run.wait_all_gone()
+
+
+def test_hostile_argv_reaches_the_container_byte_exact(run: Run) -> None:
+    run.publish("hostile", HOSTILE_ARGV)
+    # A full command: item 0 replaces the image's entrypoint, the rest are its arguments.
+    run.publish("hostile-command", [], command=["python", "/probe.py", *HOSTILE_ARGV])
+    run.start_vms("pe-hostile")
+    run.wait_all_gone()
+    for task in ("hostile", "hostile-command"):
+        status = run.status(task)
+        assert status is not None, run.console("pe-hostile")
+        _ok(status, "pe-hostile")
+        assert run.argv_seen(task)["argv"] == HOSTILE_ARGV
+    assert not Path("/tmp/pe-worker-pwned").exists()

