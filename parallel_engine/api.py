@@ -35,6 +35,14 @@ InfoFn = Callable[[str], None]
 
 
 def open_store(config: Config) -> RunStore:
+    """The run store: a local folder, or gs://BUCKET/BUCKET_PREFIX on the gce backend."""
+    if config.backend == "gce":
+        from parallel_engine.gcs_blobs import GCSBlobs
+        from parallel_engine.google_clients import storage_client
+
+        assert config.bucket is not None
+        blobs = GCSBlobs(storage_client(config), config.bucket, config.bucket_prefix)
+        return RunStore(blobs, f"gs://{config.bucket}/{config.bucket_prefix}")
     return local_store(Path(config.store).expanduser().resolve())
 
 
@@ -63,7 +71,7 @@ class Run:
 
 
 @contextmanager
-def _stop_on_signals(cancel: threading.Event) -> Iterator[None]:
+def stop_on_signals(cancel: threading.Event) -> Iterator[None]:
     """SIGINT/SIGTERM set `cancel` instead of killing us: running attempts are cancelled cleanly."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -120,12 +128,12 @@ def run(
     elif overrides:
         raise ConfigError("pass either config= or keyword overrides, not both")
     say = info or (lambda message: None)
-    if config.backend != "local":
-        raise ConfigError(
-            f"BACKEND '{config.backend}' cannot run yet in this version",
-            hint="use BACKEND: local (the gce backend lands with issue 6)",
-        )
     task_list = load_tasks(source, args_template=config.args_template, arg_style=config.arg_style)
+    cancel = cancel or threading.Event()
+    if config.backend == "gce":
+        from parallel_engine.gce_run import run_gce
+
+        return run_gce(config, task_list, str(Path(source)), open_store(config), progress, say, cancel)
     store = open_store(config)
     runtime = _select_runtime(config, say)
     run_id = new_run_id()
@@ -155,9 +163,8 @@ def run(
     def make_pool(on_event: Callable[[str, AttemptStatus], None]) -> LocalPool:
         return LocalPool(store, run_id, runtime, quota, config.task_timeout, on_event)
 
-    cancel = cancel or threading.Event()
     scheduler = Scheduler(task_list.tasks, budgets, make_pool, progress)
-    with _stop_on_signals(cancel):
+    with stop_on_signals(cancel):
         try:
             outcome = scheduler.run(cancel)
         finally:
@@ -173,13 +180,15 @@ def build(
     config: Config | None = None,
     on_line: Callable[[str], None] | None = None,
 ) -> str:
-    """Build `context` (honouring .dockerignore) into IMAGE; returns the image id."""
+    """Build `context` (honouring .dockerignore) into IMAGE: with the local Docker engine (returns
+    the image id), or on gce with Cloud Build (returns the pushed digest, recorded for `run`)."""
     config = config or load_config()
-    if config.backend != "local":
-        raise ConfigError(
-            f"`build` for BACKEND '{config.backend}' is not available in this version",
-            hint="build locally with BACKEND: local (Cloud Build for gce lands with issue 6)",
-        )
+    say = on_line or (lambda line: None)
+    if config.backend == "gce":
+        from parallel_engine.cloud_build import build_gce
+
+        cloudbuild = Path(context).resolve().parent / "cloudbuild.yaml"
+        return build_gce(config, open_store(config), Path(context), cloudbuild, say)
     if not config.image:
         raise ConfigError(
             "IMAGE is not set: `build` needs the tag to build",
@@ -187,7 +196,7 @@ def build(
         )
     from parallel_engine.build import build_local
 
-    return build_local(Path(context), config.image, on_line or (lambda line: None))
+    return build_local(Path(context), config.image, say)
 
 
 def get_run(run_id: str, config: Config | None = None) -> Run:

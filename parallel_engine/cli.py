@@ -186,8 +186,11 @@ def build(
     """Build CONTEXT (default code/) into IMAGE with the local Docker engine, streaming the log."""
     cfg = _config(config, _flags(set_, IMAGE=image))
     show = (lambda line: None) if quiet else (lambda line: err.print(line, markup=False, highlight=False))
-    image_id = api.build(context, config=cfg, on_line=show)
-    out.print(f"built {cfg.image} ({image_id}); `parallel-engine run` now runs it in containers", markup=False)
+    built = api.build(context, config=cfg, on_line=show)
+    if cfg.backend == "gce":
+        out.print(f"built and pushed {cfg.image}@{built}; `parallel-engine run` uses this digest", markup=False)
+    else:
+        out.print(f"built {cfg.image} ({built}); `parallel-engine run` now runs it in containers", markup=False)
 
 
 @app.command()
@@ -279,6 +282,74 @@ def runs(
         counts = ", ".join(f"{n} {state}" for state, n in sorted(s.counts.items()))
         table.add_row(s.record.run_id, s.run_state, created, s.record.source, counts)
     out.print(table)
+
+
+@app.command()
+@friendly
+def down(
+    run_id: Annotated[str, typer.Argument(help="the run id")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Delete every VM of a run (by its label), from any machine, and check none is left."""
+    cfg = _config(config, _flags(set_))
+    if cfg.backend != "gce":
+        out.print("nothing to tear down: BACKEND is local (local workers end with their run)", markup=False)
+        return
+    from parallel_engine.gce_run import down as down_run
+
+    deleted = down_run(cfg, run_id)
+    out.print(f"run {run_id}: deleted {deleted} VM(s); none left", markup=False)
+
+
+@app.command()
+@friendly
+def render(
+    source: Annotated[Optional[Path], typer.Argument(help="task file, to check --task exists")] = None,
+    task: Annotated[Optional[str], typer.Option(help="render the one-VM-per-task script for this task")] = None,
+    worker: Annotated[bool, typer.Option("--worker", help="render the reuse worker's script (the default)")] = False,
+    vm_request: Annotated[bool, typer.Option("--vm-request", help="print the whole VM request as JSON")] = False,
+    run_id: Annotated[Optional[str], typer.Option(help="run id to render for (default: a new one)")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Print the exact startup script (or VM request) a gce run gives its VMs: the backend's own rendering."""
+    from parallel_engine.gce_run import render as render_script
+    from parallel_engine.names import new_run_id
+    from parallel_engine.tasks import load_tasks
+
+    cfg = _config(config, _flags(set_))
+    if cfg.backend != "gce":
+        raise ParallelEngineError(
+            "render shows what a gce VM runs, but BACKEND is local",
+            hint="set BACKEND: gce (with PROJECT_ID, ZONE, BUCKET, IMAGE), or pass --set BACKEND=gce ...",
+        )
+    if task is not None and worker:
+        raise ParallelEngineError("--task and --worker are two different scripts: choose one")
+    if task is not None and source is not None:
+        known = {t.id for t in load_tasks(source, args_template=cfg.args_template, arg_style=cfg.arg_style).tasks}
+        if task not in known:
+            raise ParallelEngineError(f"{source} has no task '{task}'", hint=f"ids look like: {', '.join(sorted(known)[:10])}")
+    chosen = run_id or new_run_id()
+    if run_id is None:
+        err.print(f"# rendered for a new run id {chosen}", markup=False)
+    sys.stdout.write(render_script(cfg, chosen, (task, 1) if task is not None else None, vm_request) + "\n")
+
+
+@app.command()
+@friendly
+def emulator(
+    time_scale: Annotated[float, typer.Option(help="emulated seconds x scale = real seconds (boots, heartbeats)")] = 1.0,
+    config_out: Annotated[Optional[Path], typer.Option("--config", help="config file to write (never overwritten)")] = None,
+    project: Annotated[str, typer.Option(help="emulated project id")] = "emulated-project",
+    zone: Annotated[str, typer.Option(help="emulated zone")] = "us-central1-a",
+    bucket: Annotated[Optional[str], typer.Option(help="bucket to create (default: PROJECT-bucket)")] = None,
+    workdir: Annotated[Optional[Path], typer.Option(help="keep VM consoles and scripts here")] = None,
+) -> None:
+    """Run the emulated Google cloud (Compute, Storage, metadata) here until Ctrl-C; writes a config pointing at it."""
+    from parallel_engine.emulator import serve
+
+    raise typer.Exit(serve(config_out, time_scale, project=project, zone=zone, bucket=bucket, workdir=workdir))
 
 
 def main() -> None:

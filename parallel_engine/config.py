@@ -397,6 +397,13 @@ class Key:
         return str(self.default)
 
 
+#: The narrowest scopes a worker needs: the run store and image pulls (devstorage), and deleting
+#: its own VM (compute). Tasks that call other Google APIs need more (e.g. cloud-platform).
+DEFAULT_SCOPES = (
+    "https://www.googleapis.com/auth/devstorage.read_write",
+    "https://www.googleapis.com/auth/compute",
+)
+
 _POSITIVE = Int(1)
 _COUNT = Int(0)
 
@@ -444,6 +451,11 @@ _KEY_TABLE: tuple[Key, ...] = (
     Key("METADATA_HOST", HostPort(), None, "metadata server host:port (set by the emulator; unset: Google)"),
     Key("REGISTRY", Str(), None, "image registry, e.g. europe-west1-docker.pkg.dev/PROJECT/REPO or 127.0.0.1:5000"),
     Key("POLL_INTERVAL", Duration(), 2.0, "how often the orchestrator looks at the store"),
+    Key("PULL_POLICY", Choice("always", "if-missing", "never"), "always",
+        "when a VM pulls IMAGE: always (by digest after `build`), if-missing (images already on the host), never"),
+    Key("BUCKET_PREFIX", Str(), "parallel-engine", "folder inside BUCKET that holds the run store"),
+    Key("SCOPES", StrList(Str(), "OAuth scope URLs"), list(DEFAULT_SCOPES),
+        "OAuth scopes of the VMs' service account (the default: bucket read/write and self-delete)"),
 )
 
 #: Every key by name, in the table's order (the seed's six first).
@@ -516,6 +528,9 @@ class Config:
     metadata_host: str | None = _default("METADATA_HOST")
     registry: str | None = _default("REGISTRY")
     poll_interval: float = _default("POLL_INTERVAL")
+    pull_policy: str = _default("PULL_POLICY")
+    bucket_prefix: str = _default("BUCKET_PREFIX")
+    scopes: list[str] = _default("SCOPES")
 
     origins: dict[str, str] = field(default_factory=dict)
     path: Path | None = None

@@ -66,5 +66,16 @@ class GCSBlobs:
         names |= {p.rstrip("/").rsplit("/", 1)[-1] for p in iterator.prefixes}
         return sorted(names)
 
+    def fetch(self, pairs: list[tuple[str, Path]]) -> None:
+        """Concurrent downloads with transfer_manager (threads: the work is network-bound)."""
+        from google.cloud.storage import transfer_manager
+
+        if not pairs:
+            return
+        transfer_manager.download_many(
+            [(self.bucket.blob(self._name(key)), str(target)) for key, target in pairs],
+            max_workers=8, worker_type=transfer_manager.THREAD, raise_exception=True,
+        )
+
     def local_path(self, key: str) -> Path | None:
         return None

@@ -15,7 +15,7 @@ import psutil
 from parallel_engine.errors import StoreError
 from parallel_engine.model import AttemptStatus, TaskState
 from parallel_engine.state import Budgets, task_state, winning_attempt
-from parallel_engine.store import RunRecord, RunStore, copy_tree
+from parallel_engine.store import RunRecord, RunStore
 
 
 @dataclass(frozen=True)
@@ -144,19 +144,29 @@ def collect(store: RunStore, run_id: str, dest: Path) -> tuple[Path, RunStatus]:
     """
     status = run_status(store, run_id)
     dest.mkdir(parents=True, exist_ok=True)
-    for view in status.tasks:
-        result = view.result
-        if view.state is not TaskState.SUCCEEDED or result is None:
+    winners = {view.task_id: view.result.attempt for view in status.tasks
+               if view.state is TaskState.SUCCEEDED and view.result is not None}
+    tasks_prefix = f"runs/{run_id}/tasks/"
+    pairs: list[tuple[str, Path]] = []
+    staged: dict[str, Path] = {}
+    for key in store.blobs.list(tasks_prefix):  # one listing for the whole run
+        task_id, attempt, kind, *rest = key[len(tasks_prefix):].split("/")
+        if kind != "outputs" or not rest or winners.get(task_id) != int(attempt):
             continue
-        staging = dest / f".collecting-{view.task_id}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        prefix = store.attempt_prefix(run_id, view.task_id, result.attempt) + "outputs/"
-        for _ in copy_tree(store.blobs, prefix, staging):
-            pass
-        final = dest / view.task_id
+        if task_id not in staged:
+            staged[task_id] = dest / f".collecting-{task_id}"
+            shutil.rmtree(staged[task_id], ignore_errors=True)
+        target = staged[task_id].joinpath(*rest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pairs.append((key, target))
+    store.blobs.fetch(pairs)
+    for task_id in winners:
+        final = dest / task_id
         shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
+        if task_id in staged:
+            os.replace(staged[task_id], final)
+        else:
+            final.mkdir()  # it succeeded and wrote nothing: an empty folder says so
     columns = result_columns(status.record)
     extra = [c for c in ("task_id",) if c not in columns]
     header = columns + extra + ["state", "exit_code", "attempts", "duration_s"]

@@ -77,6 +77,9 @@ class Scheduler:
                     kind, status = self.events.get(timeout=0.1)
                 except queue.Empty:
                     continue
+                if kind == "fatal":  # the pool cannot go on (e.g. every VM refused for good)
+                    self.pool.cancel()
+                    raise status  # type: ignore[misc]
                 open_tasks -= self._apply(kind, status, states, cancelled)
                 self._report(states)
         finally:
@@ -95,6 +98,8 @@ class Scheduler:
 
     def _apply(self, kind: str, status: AttemptStatus, states: dict[str, TaskState], cancelled: bool) -> int:
         """Fold one event into the run's state; returns how many tasks it closed."""
+        if kind == "fatal":
+            return 0
         history = self.attempts[status.task_id]
         if kind == "started":
             history.append(status)

@@ -13,7 +13,6 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +40,9 @@ class Blobs(Protocol):
 
     def children(self, prefix: str) -> list[str]:
         """Names directly under `prefix` (like a bucket listing with delimiter '/')."""
+
+    def fetch(self, pairs: list[tuple[str, Path]]) -> None:
+        """Copy each key to its local path (folders must exist), as fast as the medium allows."""
 
     def local_path(self, key: str) -> Path | None:
         """Where `key` lives on this machine, if it does (a local runtime writes logs there)."""
@@ -121,6 +123,10 @@ class LocalBlobs:
         if not folder.is_dir():
             return []
         return sorted(entry.name for entry in os.scandir(folder) if not entry.name.startswith("."))
+
+    def fetch(self, pairs: list[tuple[str, Path]]) -> None:
+        for key, target in pairs:
+            shutil.copyfile(self._path(key), target)
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
@@ -248,19 +254,3 @@ class RunStore:
 
 def local_store(root: Path) -> RunStore:
     return RunStore(LocalBlobs(root), str(root))
-
-
-def copy_tree(blobs: Blobs, prefix: str, dest: Path) -> Iterator[Path]:
-    """Copy every key under `prefix` into `dest`, keeping relative paths."""
-    for key in blobs.list(prefix):
-        target = dest / key[len(prefix):]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        source = blobs.local_path(key)
-        if source is not None and source.exists():
-            shutil.copyfile(source, target)
-        else:
-            data = blobs.read(key)
-            if data is None:
-                continue
-            target.write_bytes(data)
-        yield target

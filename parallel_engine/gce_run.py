@@ -1,0 +1,159 @@
+"""Running on Compute Engine: the run record in the bucket, the worker script, the pool, teardown."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from parallel_engine.backends.gce import Compute, GcePool, delete_run_vms
+from parallel_engine.config import Config
+from parallel_engine.errors import ConfigError
+from parallel_engine.google_clients import is_emulated
+from parallel_engine.model import AttemptStatus, TaskList
+from parallel_engine.names import new_run_id
+from parallel_engine.results import write_end
+from parallel_engine.scheduler import ProgressFn, Scheduler
+from parallel_engine.state import Budgets
+from parallel_engine.store import RunRecord, RunStore
+
+DEFAULT_STORAGE = "https://storage.googleapis.com"
+DEFAULT_COMPUTE = "https://compute.googleapis.com"
+BUILD_RECORD = "builds/latest.json"
+
+
+def resolve_image(config: Config, store: RunStore) -> str:
+    """IMAGE pinned to the digest `parallel-engine build` recorded for it, else IMAGE as given."""
+    import json
+
+    if not config.image:
+        raise ConfigError("IMAGE is not set: the VMs need an image to run",
+                          hint="set IMAGE (e.g. REGION-docker.pkg.dev/PROJECT/REPO/app:latest) and run `parallel-engine build`")
+    raw = store.blobs.read(BUILD_RECORD)
+    if raw:
+        built = json.loads(raw)
+        if built.get("image") == config.image and built.get("digest"):
+            return f"{without_tag(config.image)}@{built['digest']}"
+    return config.image
+
+
+def without_tag(image: str) -> str:
+    """`host:5000/repo/app:tag` → `host:5000/repo/app` (a registry port is not a tag)."""
+    head, _, last = image.rpartition("/")
+    name = last.split("@", 1)[0].split(":", 1)[0]
+    return f"{head}/{name}" if head else name
+
+
+def script_for(
+    config: Config, run_id: str, image: str, self_delete: bool = True
+) -> Callable[[tuple[tuple[str, int], ...] | None], str]:
+    from parallel_engine.worker import WorkerSettings, render_startup_script
+
+    def render(tasks: tuple[tuple[str, int], ...] | None) -> str:
+        assert config.bucket is not None
+        return render_startup_script(WorkerSettings(
+            run_id=run_id,
+            bucket=config.bucket,
+            prefix=config.bucket_prefix,
+            image=image,
+            registry=config.registry,
+            storage_endpoint=config.storage_endpoint or DEFAULT_STORAGE,
+            compute_endpoint=config.compute_endpoint or DEFAULT_COMPUTE,
+            pull_policy=config.pull_policy,
+            heartbeat_s=config.heartbeat,
+            log_interval_s=config.heartbeat,
+            task_timeout_s=config.task_timeout,
+            tasks=tasks,
+            poll_s=config.poll_interval,
+            idle_s=3 * config.poll_interval,
+            self_delete=self_delete,
+            # Emulated VMs share this machine's filesystem: a private temp folder, not /var/lib.
+            **({"work_dir": ""} if is_emulated(config.compute_endpoint) else {}),
+        ))
+
+    return render
+
+
+def run_gce(
+    config: Config,
+    task_list: TaskList,
+    source: str,
+    store: RunStore,
+    progress: ProgressFn | None,
+    say: Callable[[str], None],
+    cancel: threading.Event,
+) -> object:
+    from parallel_engine.api import Run, stop_on_signals
+
+    image = resolve_image(config, store)
+    run_id = new_run_id()
+    quota = config.effective_quota()
+    budgets = Budgets(retries=config.retries, infra_retries=config.preemption_retries)
+    record = RunRecord(
+        run_id=run_id,
+        created=time.time(),
+        backend="gce",
+        source=source,
+        columns=task_list.columns,
+        tasks=task_list.tasks,
+        spec={
+            "runtime": "gce",
+            "image": image,
+            "quota": quota,
+            "retries": budgets.retries,
+            "preemption_retries": budgets.infra_retries,
+            "task_timeout": config.task_timeout,
+            "tasks_per_vm": config.tasks_per_vm,
+            "project": config.project_id,
+            "zones": [config.zone, *config.fallback_zones],
+            "orchestrator": {"host": socket.gethostname(), "pid": os.getpid()},
+        },
+    )
+    store.save_run(record)
+    say(f"run {run_id}: {len(task_list.tasks)} tasks on gce, at most {quota} VMs at once, store {store.where}")
+    compute = Compute(config)
+    render = script_for(config, run_id, image)
+
+    def make_pool(on_event: Callable[[str, AttemptStatus], None]) -> GcePool:
+        return GcePool(config, store, run_id, compute, render, on_event, say, quota)  # type: ignore[arg-type]
+
+    scheduler = Scheduler(task_list.tasks, budgets, make_pool, progress)
+    with stop_on_signals(cancel):
+        try:
+            outcome = scheduler.run(cancel)  # the pool deletes every VM of the run on the way out
+        except BaseException:
+            write_end(store, run_id, "failed", time.time())
+            raise
+    write_end(store, run_id, "cancelled" if outcome.cancelled else "finished", time.time())
+    return Run(run_id, store, outcome)
+
+
+def render(config: Config, run_id: str, task: tuple[str, int] | None, vm_request: bool) -> str:
+    """Exactly what `run` would give a VM: the startup script, or the whole VM request as JSON."""
+    import json
+
+    from parallel_engine.gce_vm import bulk_body, instance_body, instance_properties
+    from parallel_engine.names import gce_name, label_value
+
+    assert config.zone is not None
+    store_image = config.image or ""
+    if not store_image:
+        raise ConfigError("IMAGE is not set: the script names the image it runs", hint="set IMAGE")
+    script = script_for(config, run_id, store_image)((task,) if task else None)
+    if not vm_request:
+        return script
+    worker = label_value(task[0]) if task else "reuse"
+    properties = instance_properties(config, config.zone, script, run_id, worker)
+    if task:
+        body = instance_body(properties, gce_name("pe", run_id, task[0], str(task[1])), config.zone)
+    else:
+        body = bulk_body(properties, gce_name("pe", run_id, "b1") + "-###", config.effective_quota())
+    return json.dumps(body, indent=2, ensure_ascii=False)
+
+
+def down(config: Config, run_id: str) -> int:
+    """Delete every VM of a run, by label, from any machine; returns how many were deleted."""
+    assert config.zone is not None
+    return delete_run_vms(Compute(config), [config.zone, *config.fallback_zones], run_id)

@@ -1,0 +1,266 @@
+"""The gce backend end to end against the emulated cloud, with the real Google clients and real VMs' scripts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import parallel_engine as pe
+from parallel_engine.api import open_store
+from parallel_engine.backends.gce import Compute, GcePool
+from parallel_engine.config import Config, load_config
+from parallel_engine.emulator import Emulator
+from parallel_engine.gce_run import script_for
+from parallel_engine.model import AttemptState, AttemptStatus, Task
+from tests.helpers import ROOT, cli
+from tests.test_local_run import HOSTILE
+
+pytestmark = [pytest.mark.emulator, pytest.mark.docker]
+
+
+def settings(cloud: Emulator, image: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "BACKEND": "gce", "PROJECT_ID": cloud.project, "ZONE": cloud.zone, "BUCKET": cloud.bucket,
+        "COMPUTE_ENDPOINT": cloud.compute_endpoint, "STORAGE_ENDPOINT": cloud.storage_endpoint,
+        "IMAGE": image, "PULL_POLICY": "if-missing", "HEARTBEAT": 0.5, "POLL_INTERVAL": 0.2, **extra,
+    }
+
+
+def config_for(cloud: Emulator, image: str, **extra: Any) -> Config:
+    return load_config(None, flags=settings(cloud, image, **extra), environ={})
+
+
+def run_vms(cloud: Emulator, run_id: str) -> list[str]:
+    config = config_for(cloud, "x")
+    return list(Compute(config).list_run(cloud.zone, run_id))
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    shutil.copytree(ROOT / "code", tmp_path / "code")
+    return tmp_path
+
+
+@pytest.mark.parametrize("per_task", [False, True], ids=["reuse-workers", "one-vm-per-task"])
+def test_example_params_run_on_vms_and_collect_with_no_vm_left(
+    cloud: Emulator, example_image: str, workdir: Path, per_task: bool
+) -> None:
+    extra = {"TASKS_PER_VM": 1} if per_task else {}
+    run = pe.run(workdir / "code" / "params.csv", config=config_for(cloud, example_image, VM_QUOTAS=3, **extra))
+    assert run.status().counts == {"succeeded": 12}
+    results = run.collect(workdir / "results")
+    rows = list(csv.DictReader(open(results, newline="")))
+    assert len(rows) == 12 and {r["state"] for r in rows} == {"succeeded"}
+    for row in rows:
+        summary = json.loads((workdir / "results" / row["task_id"] / "summary.json").read_text())
+        assert summary["dataset"] == row["dataset"] and summary["var"] == int(row["var"])
+    assert run_vms(cloud, run.run_id) == []
+
+
+def test_failing_task_is_failed_with_its_exit_code_and_logs(cloud: Emulator, example_image: str, workdir: Path) -> None:
+    (workdir / "fail.yaml").write_text(yaml.safe_dump({"tasks": [
+        {"id": "bad", "argv": ["--dataset", "broken", "--fail"]},
+        {"id": "good", "argv": ["--dataset", "fine"]},
+    ]}))
+    run = pe.run(workdir / "fail.yaml", config=config_for(cloud, example_image, RETRIES=1))
+    views = {v.task_id: v for v in run.status().tasks}
+    assert str(views["good"].state) == "succeeded"
+    assert str(views["bad"].state) == "failed" and views["bad"].exit_code == 1
+    assert [str(a.state) for a in views["bad"].attempts] == ["failed", "failed"]
+    assert "failing on purpose" in run.logs("bad", stderr=True)
+    assert run_vms(cloud, run.run_id) == []
+
+
+def test_hostile_values_arrive_byte_exact_in_the_vm_container(cloud: Emulator, example_image: str, workdir: Path) -> None:
+    dump = "import json,os,sys; json.dump(sys.argv[1:], open(os.environ['PE_OUTPUT_DIR']+'/argv.json','w'))"
+    (workdir / "hostile.yaml").write_text(yaml.safe_dump(
+        {"tasks": [{"id": "h", "command": ["python", "-c", dump, *HOSTILE, ""]}]}, allow_unicode=True), encoding="utf-8")
+    run = pe.run(workdir / "hostile.yaml", config=config_for(cloud, example_image))
+    assert run.status().counts == {"succeeded": 1}
+    run.collect(workdir / "out")
+    assert json.loads((workdir / "out" / "h" / "argv.json").read_text()) == [*HOSTILE, ""]
+
+
+def test_429_burst_on_instance_creation_is_retried(cloud: Emulator, example_image: str, workdir: Path) -> None:
+    (workdir / "two.csv").write_text("dataset\na\nb\n")
+    cloud.control.fail_next(3, 429, method="POST", path="instances", caller="orchestrator")
+    run = pe.run(workdir / "two.csv", config=config_for(cloud, example_image, VM_QUOTAS=2))
+    assert run.status().counts == {"succeeded": 2}
+    assert cloud.control.pending_faults().get("compute", 0) == 0
+    assert sum(cloud.control.calls()["compute"]["injected"].values()) >= 3
+
+
+def test_quota_refusal_waits_for_capacity_then_runs(cloud: Emulator, example_image: str, workdir: Path) -> None:
+    (workdir / "two.csv").write_text("dataset\na\nb\n")
+    cloud.control.exhaust("quota", count=2)
+    said: list[str] = []
+    run = pe.run(workdir / "two.csv", config=config_for(cloud, example_image, VM_QUOTAS=2), info=said.append)
+    assert run.status().counts == {"succeeded": 2}
+    assert any(line.startswith("queued (quota)") for line in said)
+
+
+def test_preempted_vm_task_is_redone_and_not_counted_as_failure(
+    cloud: Emulator, example_image: str, workdir: Path
+) -> None:
+    wait_first = "import os,time; time.sleep(60 if os.environ['PE_ATTEMPT'] == '1' else 0)"
+    (workdir / "slow.yaml").write_text(yaml.safe_dump({"tasks": [{"id": "slow", "command": ["python", "-c", wait_first]}]}))
+    config = config_for(cloud, example_image, SPOT=True, RETRIES=0)
+    store = open_store(config)
+    box: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: box.update(run=pe.run(workdir / "slow.yaml", config=config)))
+    runner.start()
+    deadline = time.monotonic() + 60
+    holder = b""
+    while time.monotonic() < deadline and not holder:
+        run_ids = store.run_ids()
+        if run_ids:
+            holder = store.blobs.read(f"runs/{run_ids[0]}/claims/slow.1") or b""
+        time.sleep(0.1)
+    assert holder, "the first attempt was never claimed"
+    cloud.control.preempt(holder.decode())
+    runner.join(timeout=120)
+    run = box["run"]
+    (view,) = run.status().tasks
+    assert str(view.state) == "succeeded"
+    assert [str(a.state) for a in view.attempts] == ["preempted", "succeeded"]
+    assert view.attempts[1].worker != holder.decode()
+    assert run_vms(cloud, run.run_id) == []
+
+
+def test_sigterm_to_a_real_gce_run_deletes_every_vm(cloud: Emulator, example_image: str, workdir: Path) -> None:
+    (workdir / ".config.yaml").write_text(yaml.safe_dump(settings(cloud, example_image, VM_QUOTAS=2)))
+    (workdir / "long.yaml").write_text(yaml.safe_dump({"tasks": [
+        {"id": f"t{i}", "command": ["python", "-c", "import time; time.sleep(120)"]} for i in range(3)]}))
+    proc = subprocess.Popen([sys.executable, "-m", "parallel_engine", "run", "long.yaml"], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    config = config_for(cloud, example_image)
+    store, compute = open_store(config), Compute(config)
+    deadline = time.monotonic() + 60
+    run_id = ""
+    while time.monotonic() < deadline:
+        run_id = run_id or next(iter(store.run_ids()), "")
+        if run_id and list(compute.list_run(cloud.zone, run_id).values()).count("RUNNING") == 2:
+            break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        raise AssertionError(f"two worker VMs never ran (run {run_id!r})")
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout + stderr
+    assert run_vms(cloud, run_id) == []
+
+
+def test_down_deletes_a_runs_vms_from_another_process(cloud: Emulator, example_image: str, workdir: Path) -> None:
+    config = config_for(cloud, example_image)
+    compute = Compute(config)
+    from parallel_engine.gce_vm import instance_body, instance_properties
+
+    for name in ("pe-leaked-1", "pe-leaked-2"):
+        props = instance_properties(config, cloud.zone, "sleep 600", "leaky-run", "reuse")
+        compute.insert(cloud.zone, instance_body(props, name, cloud.zone))
+    other = instance_properties(config, cloud.zone, "sleep 600", "other-run", "reuse")
+    compute.insert(cloud.zone, instance_body(other, "pe-other", cloud.zone))
+    (workdir / ".config.yaml").write_text(yaml.safe_dump(settings(cloud, example_image)))
+    done = cli("down", "leaky-run", cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert "deleted 2 VM(s)" in done.stdout
+    assert compute.list_run(cloud.zone, "leaky-run") == {}
+    assert list(compute.list_run(cloud.zone, "other-run")) == ["pe-other"]
+
+
+@pytest.mark.parametrize("tasks", [10, 200])
+def test_one_poll_costs_the_same_at_10_and_200_tasks(cloud: Emulator, tasks: int, request: pytest.FixtureRequest) -> None:
+    config = config_for(cloud, "img")
+    store = open_store(config)
+    events: list[tuple[str, Any]] = []
+    pool = GcePool(config, store, f"poll-{tasks}", Compute(config), script_for(config, f"poll-{tasks}", "img"),
+                   lambda kind, s: events.append((kind, s)), lambda m: None, quota=1)
+    pool._create_workers = lambda alive: None  # type: ignore[method-assign]  # monitoring cost only
+    for index in range(tasks):
+        pool.submit(Task(str(index), ("--i", str(index))), 1)
+    pool._poll()
+    for index in range(2):  # two attempts finished since the last look
+        status = AttemptStatus(str(index), 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, "vm", "")
+        store.write_status(pool.run_id, status)
+        store.add_event(pool.run_id, status)
+    cloud.control.reset_calls()
+    pool._poll()
+    calls = cloud.control.calls()
+    cost = (calls["compute"]["byCaller"].get("orchestrator", 0), calls["storage"]["byCaller"].get("orchestrator", 0))
+    assert [kind for kind, _ in events] == ["finished", "finished"]
+    # 1 instances list; 1 events list + per new event: 1 status read and 1 open-marker delete.
+    assert cost == (1, 1 + 2 * 2), cost
+
+
+def test_one_task_vm_that_does_not_delete_itself_is_deleted(
+    cloud: Emulator, example_image: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+
+    import parallel_engine.gce_run as gce_run
+
+    monkeypatch.setattr(gce_run, "script_for", functools.partial(gce_run.script_for, self_delete=False))
+    (workdir / "one.csv").write_text("dataset\na\nb\n")
+    said: list[str] = []
+    config = config_for(cloud, example_image, TASKS_PER_VM=1, VM_QUOTAS=1)
+    # Two tasks, one VM at a time: the second VM can only start once the first is gone.
+    run = pe.run(workdir / "one.csv", config=config, info=said.append)
+    assert run.status().counts == {"succeeded": 2}
+    assert any("did not delete itself" in line for line in said)
+    assert run_vms(cloud, run.run_id) == []
+
+
+def test_cloud_build_then_run_pulls_the_image_by_digest(cloud: Emulator, docker_engine: Any, workdir: Path) -> None:
+    assert cloud.registry_host, "the emulated cloud has no registry (apt-get install docker-registry)"
+    image = f"{cloud.registry_host}/{cloud.project}/parallel-engine/app:e2e"
+    shutil.copy(ROOT / "cloudbuild.yaml", workdir / "cloudbuild.yaml")
+    config = settings(cloud, image, PULL_POLICY="always", VM_QUOTAS=3, CLOUDBUILD_ENDPOINT=cloud.cloudbuild_endpoint)
+    (workdir / ".config.yaml").write_text(yaml.safe_dump(config))
+    built = cli("build", cwd=workdir, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert f"built and pushed {image}@sha256:" in built.stdout
+    assert "log: http://127.0.0.1" in built.stderr  # the build's log URL is shown
+    digest = built.stdout.split("@", 1)[1].split(";")[0]
+    docker_engine.images.remove(image, force=True)  # the VMs must pull it from the registry
+    done = cli("run", "code/params.csv", cwd=workdir, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = done.stdout.split()[1].rstrip(":")
+    store = open_store(config_for(cloud, image))
+    assert store.load_run(run_id).spec["image"] == image.rsplit(":", 1)[0] + "@" + digest
+    collected = cli("collect", run_id, "--dest", "results", cwd=workdir)
+    assert collected.returncode == 0, collected.stderr
+    rows = list(csv.DictReader(open(workdir / "results" / "results.csv", newline="")))
+    assert len(rows) == 12 and {r["state"] for r in rows} == {"succeeded"}
+    assert run_vms(cloud, run_id) == []
+
+
+def test_an_event_that_lands_after_a_newer_one_is_still_seen(cloud: Emulator) -> None:
+    config = config_for(cloud, "img")
+    store = open_store(config)
+    events: list[AttemptStatus] = []
+    pool = GcePool(config, store, "late-event", Compute(config), script_for(config, "late-event", "img"),
+                   lambda kind, s: events.append(s), lambda m: None, quota=1)
+    pool._create_workers = lambda alive: None  # type: ignore[method-assign]
+    for task_id in ("early", "late"):
+        pool.submit(Task(task_id, ()), 1)
+    now = time.time()
+    for task_id, stamp in (("late", now), ("early", now - 5)):  # "early" was stamped first, uploaded last
+        status = AttemptStatus(task_id, 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, "vm", "")
+        store.write_status(pool.run_id, status)
+        store.blobs.create(f"runs/{pool.run_id}/events/{stamp:017.6f}-{task_id}.1", b"succeeded")
+        pool._poll()
+    assert [s.task_id for s in events] == ["late", "early"]
+    pool._poll()
+    assert len(events) == 2  # nothing handled twice
