@@ -26,7 +26,7 @@ from parallel_engine.names import new_run_id
 from parallel_engine.results import RunStatus, collect, read_log, run_status, write_end
 from parallel_engine.runtimes.base import Runtime
 from parallel_engine.runtimes.select import select_runtime
-from parallel_engine.scheduler import Outcome, ProgressFn, Scheduler
+from parallel_engine.scheduler import Outcome, Pool, ProgressFn, Scheduler
 from parallel_engine.state import Budgets
 from parallel_engine.store import RunRecord, RunStore, local_store
 from parallel_engine.tasks import load_tasks
@@ -130,26 +130,25 @@ def run(
     say = info or (lambda message: None)
     task_list = load_tasks(source, args_template=config.args_template, arg_style=config.arg_style)
     cancel = cancel or threading.Event()
-    if config.backend == "gce":
-        from parallel_engine.gce_run import run_gce
-
-        return run_gce(config, task_list, str(Path(source)), open_store(config), progress, say, cancel)
     store = open_store(config)
-    runtime = _select_runtime(config, say)
     run_id = new_run_id()
     quota = config.effective_quota()
+    if config.backend == "gce":
+        from parallel_engine.gce_run import gce_plan
+
+        plan = gce_plan(config, store, run_id, quota, say)
+    else:
+        plan = _local_plan(config, store, run_id, quota, say)
     budgets = Budgets(retries=config.retries, infra_retries=config.preemption_retries)
     record = RunRecord(
         run_id=run_id,
         created=time.time(),
-        backend="local",
+        backend=config.backend,
         source=str(Path(source)),
         columns=task_list.columns,
         tasks=task_list.tasks,
         spec={
-            "runtime": runtime.name,
-            "command": config.command_argv() if runtime.name == "process" else None,
-            "image": config.image if runtime.name == "docker" else None,
+            **plan.spec,
             "quota": quota,
             "retries": budgets.retries,
             "preemption_retries": budgets.infra_retries,
@@ -158,20 +157,43 @@ def run(
         },
     )
     store.save_run(record)
-    say(f"run {run_id}: {len(task_list.tasks)} tasks, at most {quota} at once, store {store.where}")
+    say(f"run {run_id}: {len(task_list.tasks)} tasks on {config.backend}, at most {quota} at once, "
+        f"store {store.where}")
+    scheduler = Scheduler(task_list.tasks, budgets, plan.make_pool, progress)
+    with stop_on_signals(cancel):
+        try:
+            outcome = scheduler.run(cancel)  # a pool stops all its workers on the way out
+        except BaseException:
+            write_end(store, run_id, "failed", time.time())
+            raise
+        finally:
+            plan.cleanup()
+    write_end(store, run_id, "cancelled" if outcome.cancelled else "finished", time.time())
+    return Run(run_id, store, outcome)
+
+
+@dataclass
+class Plan:
+    """What a backend contributes to a run: its part of run.json, its pool, a last net."""
+
+    spec: dict[str, Any]
+    make_pool: Callable[[Callable[[str, AttemptStatus], None]], Pool]
+    cleanup: Callable[[], None] = lambda: None
+
+
+def _local_plan(config: Config, store: RunStore, run_id: str, quota: int, say: InfoFn) -> Plan:
+    runtime = _select_runtime(config, say)
+    spec = {
+        "runtime": runtime.name,
+        "command": config.command_argv() if runtime.name == "process" else None,
+        "image": config.image if runtime.name == "docker" else None,
+    }
 
     def make_pool(on_event: Callable[[str, AttemptStatus], None]) -> LocalPool:
         return LocalPool(store, run_id, runtime, quota, config.task_timeout, on_event)
 
-    scheduler = Scheduler(task_list.tasks, budgets, make_pool, progress)
-    with stop_on_signals(cancel):
-        try:
-            outcome = scheduler.run(cancel)
-        finally:
-            if runtime.name == "docker":
-                _sweep_containers(run_id)
-    write_end(store, run_id, "cancelled" if outcome.cancelled else "finished", time.time())
-    return Run(run_id, store, outcome)
+    cleanup = (lambda: _sweep_containers(run_id)) if runtime.name == "docker" else (lambda: None)
+    return Plan(spec, make_pool, cleanup)
 
 
 def build(

@@ -1,23 +1,19 @@
-"""Running on Compute Engine: the run record in the bucket, the worker script, the pool, teardown."""
+"""Running on Compute Engine: the image by digest, the worker script, the VM pool, render and down."""
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
-import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from parallel_engine.backends.gce import Compute, GcePool, delete_run_vms
 from parallel_engine.config import Config
 from parallel_engine.errors import ConfigError
 from parallel_engine.google_clients import is_emulated
-from parallel_engine.model import AttemptStatus, TaskList
-from parallel_engine.names import new_run_id
-from parallel_engine.results import write_end
-from parallel_engine.scheduler import ProgressFn, Scheduler
-from parallel_engine.state import Budgets
-from parallel_engine.store import RunRecord, RunStore
+from parallel_engine.model import AttemptStatus
+from parallel_engine.store import RunStore
+
+if TYPE_CHECKING:
+    from parallel_engine.api import Plan
 
 DEFAULT_STORAGE = "https://storage.googleapis.com"
 DEFAULT_COMPUTE = "https://compute.googleapis.com"
@@ -76,58 +72,25 @@ def script_for(
     return render
 
 
-def run_gce(
-    config: Config,
-    task_list: TaskList,
-    source: str,
-    store: RunStore,
-    progress: ProgressFn | None,
-    say: Callable[[str], None],
-    cancel: threading.Event,
-) -> object:
-    from parallel_engine.api import Run, stop_on_signals
+def gce_plan(config: Config, store: RunStore, run_id: str, quota: int, say: Callable[[str], None]) -> Plan:
+    """The gce part of a run: the image pinned by digest, and the VM pool (which deletes its VMs)."""
+    from parallel_engine.api import Plan
 
     image = resolve_image(config, store)
-    run_id = new_run_id()
-    quota = config.effective_quota()
-    budgets = Budgets(retries=config.retries, infra_retries=config.preemption_retries)
-    record = RunRecord(
-        run_id=run_id,
-        created=time.time(),
-        backend="gce",
-        source=source,
-        columns=task_list.columns,
-        tasks=task_list.tasks,
-        spec={
-            "runtime": "gce",
-            "image": image,
-            "quota": quota,
-            "retries": budgets.retries,
-            "preemption_retries": budgets.infra_retries,
-            "task_timeout": config.task_timeout,
-            "tasks_per_vm": config.tasks_per_vm,
-            "project": config.project_id,
-            "zones": [config.zone, *config.fallback_zones],
-            "orchestrator": {"host": socket.gethostname(), "pid": os.getpid()},
-        },
-    )
-    store.save_run(record)
-    say(f"run {run_id}: {len(task_list.tasks)} tasks on gce, at most {quota} VMs at once, store {store.where}")
     compute = Compute(config)
-    render = script_for(config, run_id, image)
+    render_script = script_for(config, run_id, image)
+    spec = {
+        "runtime": "gce",
+        "image": image,
+        "tasks_per_vm": config.tasks_per_vm,
+        "project": config.project_id,
+        "zones": [config.zone, *config.fallback_zones],
+    }
 
     def make_pool(on_event: Callable[[str, AttemptStatus], None]) -> GcePool:
-        return GcePool(config, store, run_id, compute, render, on_event, say, quota)  # type: ignore[arg-type]
+        return GcePool(config, store, run_id, compute, render_script, on_event, say, quota)
 
-    scheduler = Scheduler(task_list.tasks, budgets, make_pool, progress)
-    with stop_on_signals(cancel):
-        try:
-            outcome = scheduler.run(cancel)  # the pool deletes every VM of the run on the way out
-        except BaseException:
-            write_end(store, run_id, "failed", time.time())
-            raise
-    write_end(store, run_id, "cancelled" if outcome.cancelled else "finished", time.time())
-    return Run(run_id, store, outcome)
+    return Plan(spec, make_pool)
 
 
 def render(config: Config, run_id: str, task: tuple[str, int] | None, vm_request: bool) -> str:
