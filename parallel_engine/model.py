@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -96,9 +96,12 @@ class AttemptStatus:
         return self.finished_at - self.started_at
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["state"] = str(self.state)
-        return data
+        # Spelled out rather than dataclasses.asdict: written once per attempt, asdict's deep copy shows.
+        return {
+            "task_id": self.task_id, "attempt": self.attempt, "state": str(self.state),
+            "exit_code": self.exit_code, "started_at": self.started_at, "finished_at": self.finished_at,
+            "worker": self.worker, "reason": self.reason,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "AttemptStatus":

@@ -100,9 +100,12 @@ def _run_state(store: RunStore, record: RunRecord) -> str:
 
 def run_status(store: RunStore, run_id: str) -> RunStatus:
     record = store.load_run(run_id)
+    return status_of(record, _run_state(store, record), store.attempts(run_id))
+
+
+def status_of(record: RunRecord, run_state: str, attempts: dict[str, list[AttemptStatus]]) -> RunStatus:
+    """A run's status from its attempts, wherever they were read (the store, or a finished scheduler)."""
     budgets = budgets_of(record)
-    run_state = _run_state(store, record)
-    attempts = store.attempts(run_id)
     views = []
     for task in record.tasks:
         history = attempts.get(task.id, [])

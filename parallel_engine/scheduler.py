@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,9 @@ from parallel_engine.model import AttemptState, AttemptStatus, Task, TaskState
 from parallel_engine.state import Budgets, retry_allowed, task_state
 
 ProgressFn = Callable[[Counter[str]], None]
+
+# A progress callback at most this often: counting is O(1) per event, drawing is not free.
+PROGRESS_INTERVAL_S = 0.1
 
 
 @dataclass
@@ -38,6 +42,23 @@ class Pool:
     def close(self) -> None: ...
 
 
+class _States(dict[str, TaskState]):
+    """Task states that keep their own counts, so a progress report costs O(1) per event, not O(tasks)."""
+
+    def __init__(self, task_ids: list[str]) -> None:
+        super().__init__((task_id, TaskState.QUEUED) for task_id in task_ids)
+        self.counts: Counter[str] = Counter({str(TaskState.QUEUED): len(task_ids)} if task_ids else {})
+
+    def __setitem__(self, task_id: str, state: TaskState) -> None:
+        old = self.get(task_id)
+        if old is not None:
+            self.counts[str(old)] -= 1
+            if not self.counts[str(old)]:
+                del self.counts[str(old)]
+        self.counts[str(state)] += 1
+        super().__setitem__(task_id, state)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -54,7 +75,8 @@ class Scheduler:
         self.attempts: dict[str, list[AttemptStatus]] = {task_id: [] for task_id in self.tasks}
 
     def run(self, cancel: threading.Event) -> Outcome:
-        states = {task_id: TaskState.QUEUED for task_id in self.tasks}
+        states = _States(list(self.tasks))
+        self._reported_at = 0.0
         self.pool.start()
         for task in self.tasks.values():
             self.pool.submit(task, 1)
@@ -81,7 +103,7 @@ class Scheduler:
                     self.pool.cancel()
                     raise status  # type: ignore[misc]
                 open_tasks -= self._apply(kind, status, states, cancelled)
-                self._report(states)
+                self._report(states, final=False)
         finally:
             if not cancelled and cancel.is_set():
                 self.pool.cancel()
@@ -96,7 +118,7 @@ class Scheduler:
         self._report(states)
         return Outcome(states, self.attempts, cancelled or cancel.is_set())
 
-    def _apply(self, kind: str, status: AttemptStatus, states: dict[str, TaskState], cancelled: bool) -> int:
+    def _apply(self, kind: str, status: AttemptStatus, states: _States, cancelled: bool) -> int:
         """Fold one event into the run's state; returns how many tasks it closed."""
         if kind == "fatal":
             return 0
@@ -114,6 +136,10 @@ class Scheduler:
         states[status.task_id] = task_state(history, self.budgets, run_cancelled=cancelled)
         return 1
 
-    def _report(self, states: dict[str, TaskState]) -> None:
-        if self.progress is not None:
-            self.progress(Counter(str(s) for s in states.values()))
+    def _report(self, states: _States, final: bool = True) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if final or now - self._reported_at >= PROGRESS_INTERVAL_S:
+            self._reported_at = now
+            self.progress(Counter(states.counts))
