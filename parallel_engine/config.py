@@ -47,7 +47,17 @@ GCE_DEFAULT_QUOTA = 8
 
 
 class _Invalid(ValueError):
-    """Raised by a value type: the value is not what the key takes (the type says what is)."""
+    """Raised by a value type: the value is not what the key takes (the type says what is,
+    unless the exception carries a more precise reason)."""
+
+
+_NUL = "contains a NUL character (e.g. a \\0 escape in YAML), which no argv item or name can carry"
+
+
+def _no_nul(text: str) -> str:
+    if "\0" in text:
+        raise _Invalid(_NUL)
+    return text
 
 
 # --------------------------------------------------------------------------- value types
@@ -71,7 +81,7 @@ class Str(_Type):
     def __call__(self, value: Any) -> str:
         if not isinstance(value, str) or not value.strip():
             raise _Invalid
-        return value.strip()
+        return _no_nul(value.strip())
 
 
 class Choice(_Type):
@@ -210,13 +220,16 @@ class Command(_Type):
     def __call__(self, value: Any) -> str | list[str]:
         if isinstance(value, str):
             try:
-                if shlex.split(value):
-                    return value.strip()
+                words = shlex.split(_no_nul(value))
+            except _Invalid:
+                raise
             except ValueError:  # unbalanced quotes
-                pass
-            raise _Invalid
+                words = []
+            if not words:
+                raise _Invalid
+            return value.strip()
         if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-            return list(value)
+            return [_no_nul(v) for v in value]
         raise _Invalid
 
 
@@ -761,8 +774,9 @@ def load_config(
             elif _given(raw):  # `KEY:` with no value, a blank variable, a None flag: not set here
                 try:
                     values[name], origins[name] = KEYS[name].type(raw), origin
-                except _Invalid:
-                    problems.append(f"{name} {where} must be {KEYS[name].type.expected}, got {_show(raw)}")
+                except _Invalid as exc:
+                    why = str(exc) or f"must be {KEYS[name].type.expected}"
+                    problems.append(f"{name} {where} {why}, got {_show(raw)}")
 
     if not problems:  # checks between keys only make sense once each key is right
         problems.extend(_cross_checks(values, origins))

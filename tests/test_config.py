@@ -380,6 +380,24 @@ def test_invalid_file_value_names_key_file_line_and_expectation(
     assert "line 2" in message and expected in message
 
 
+@pytest.mark.parametrize("line", [
+    'COMMAND: "python \\0x"',
+    'COMMAND: [python, "a\\x00b"]',
+    'ARGS_TEMPLATE: "--x \\0{x}"',
+])
+def test_nul_escape_in_a_config_value_is_refused_naming_key_file_and_line(tmp_path: Path, line: str) -> None:
+    assert "\0" not in line  # only the YAML escape makes the NUL
+    key = line.split(":")[0]
+    message = error(tmp_path, "NETWORK: default\n" + line + "\n")
+    assert key in message and str((tmp_path / ".config.yaml").resolve()) in message
+    assert "line 2" in message and "NUL" in message
+
+
+def test_nul_in_a_command_flag_is_refused_naming_the_flag(tmp_path: Path) -> None:
+    message = error(tmp_path, COMMAND=["python", "a\0b"])
+    assert "COMMAND from flag --command" in message and "NUL" in message
+
+
 def test_invalid_value_in_a_lower_layer_is_reported_even_when_overridden(tmp_path: Path) -> None:
     message = error(tmp_path, "RETRIES: lots\n", RETRIES=1)
     assert "RETRIES" in message and ".config.yaml" in message

@@ -197,6 +197,14 @@ def test_bad_params_file_is_a_clear_error_and_writes_no_run(workdir: Path) -> No
     assert not (workdir / ".parallel-engine" / "runs").exists()
 
 
+def test_nul_written_as_a_yaml_escape_is_refused_before_anything_runs(workdir: Path) -> None:
+    (workdir / "tasks.yaml").write_text('tasks:\n  - id: a\n    command: "echo \\0x"\n')
+    done = cli("run", "tasks.yaml", cwd=workdir, timeout=60)  # it used to hang, deaf to signals
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "tasks.yaml:3" in done.stderr and "NUL" in done.stderr and "Traceback" not in done.stderr
+    assert not (workdir / ".parallel-engine" / "runs").exists()
+
+
 def test_no_config_file_means_local_backend_with_defaults(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "code", tmp_path / "code")
     (tmp_path / "code" / "params.csv").write_text("dataset\nsales\n")

@@ -515,6 +515,27 @@ def test_yaml_nul_and_bad_bytes_are_refused(tmp_path: Path) -> None:
     refused(write(tmp_path / "b.yaml", b"- id: a\n\n  argv: [\xfe]\n"), 3, "not UTF-8")
 
 
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ('- id: a\n  command: "echo \\0x"\n', 2, "`command`"),
+        ('- id: a\n  launch_cmd: "echo \\x00"\n', 2, "`launch_cmd`"),
+        ('- id: a\n  command: [echo, "\\u0000"]\n', 2, "`command` item 2"),
+        ('- id: a\n  args: {x: "a\\0b"}\n', 2, "argument 'x'"),
+        ('- id: a\n  args:\n    ok: 1\n    x: "a\\0b"\n', 4, "argument 'x'"),
+        ('- id: a\n  argv: ["a\\0b"]\n', 2, "`argv` item 1"),
+        ('- id: a\n  argv:\n    - fine\n    - "a\\0b"\n', 4, "`argv` item 2"),
+    ],
+    ids=["command", "launch_cmd", "command-list", "args", "args-multiline", "argv", "argv-multiline"],
+)
+def test_yaml_nul_written_as_an_escape_is_refused_at_its_line(
+    tmp_path: Path, text: str, line: int, fragment: str
+) -> None:
+    path = write(tmp_path / "tasks.yaml", text)
+    assert b"\0" not in path.read_bytes()  # no raw NUL: only the YAML escape makes one
+    refused(path, line, fragment, "NUL cannot travel in argv")
+
+
 # --------------------------------------------------------------------------- plain task list
 
 

@@ -95,9 +95,10 @@ class ProcessRuntime:
                     cwd=self.cwd,
                     start_new_session=True,
                 )
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in an argv item or the env
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 raise BackendError(
-                    f"task {spec.task_id}: cannot start {argv[0]!r}: {exc.strerror or exc}",
+                    f"task {spec.task_id}: cannot start {argv[0]!r}: {why}",
                     hint="check COMMAND (or the task's command) and that the program exists",
                 ) from exc
         return ProcessAttempt(proc)
