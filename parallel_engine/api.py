@@ -13,14 +13,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from parallel_engine.backends.local import LocalPool
 from parallel_engine.config import Config, load_config
-from parallel_engine.errors import ConfigError
+from parallel_engine.errors import ConfigError, ParallelEngineError
 from parallel_engine.model import AttemptStatus
 from parallel_engine.names import new_run_id
 from parallel_engine.results import RunStatus, collect, read_log, run_status, write_end
@@ -164,7 +164,8 @@ def run(
         try:
             outcome = scheduler.run(cancel)  # a pool stops all its workers on the way out
         except BaseException:
-            write_end(store, run_id, "failed", time.time())
+            with suppress(ParallelEngineError):  # a broken store must not hide the first error
+                write_end(store, run_id, "failed", time.time())
             raise
         finally:
             plan.cleanup()

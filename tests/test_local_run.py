@@ -205,6 +205,64 @@ def test_nul_written_as_a_yaml_escape_is_refused_before_anything_runs(workdir: P
     assert not (workdir / ".parallel-engine" / "runs").exists()
 
 
+def error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_store_that_cannot_be_a_folder_is_one_clear_error_and_exit_2(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("x\n1\n")
+    done = cli("run", "params.csv", "--command", probe_cmd(workdir), "--store", "/dev/null/x", cwd=workdir)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = error_lines(done.stderr)
+    assert "cannot write /dev/null/x/runs/" in line and "Not a directory" in line
+
+
+def test_collect_into_an_existing_file_is_one_clear_error_and_exit_2(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("x\n1\n")
+    assert cli("run", "params.csv", "--command", probe_cmd(workdir), cwd=workdir).returncode == 0
+    (workdir / "taken").write_text("mine")
+    done = cli("collect", only_run_id(workdir), "--dest", "taken", cwd=workdir)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = error_lines(done.stderr)
+    assert "taken is a file, not a folder" in line
+    assert (workdir / "taken").read_text() == "mine"
+
+
+def test_collect_never_replaces_a_folder_it_did_not_write(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("task_id,x\ncode,1\nother,2\n")
+    (workdir / "code").mkdir()
+    (workdir / "code" / "main.py").write_text("precious")
+    assert cli("run", "params.csv", "--command", probe_cmd(workdir), cwd=workdir).returncode == 0
+    done = cli("collect", only_run_id(workdir), "--dest", ".", cwd=workdir)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = error_lines(done.stderr)
+    assert "code already exists and was not written by `parallel-engine collect`" in line
+    assert (workdir / "code" / "main.py").read_text() == "precious"
+    assert not (workdir / "other").exists() and not (workdir / "results.csv").exists()  # refused before writing
+
+
+def test_collect_again_into_the_same_folder_replaces_what_it_wrote(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("x\n1\n")
+    assert cli("run", "params.csv", "--command", probe_cmd(workdir), cwd=workdir).returncode == 0
+    run_id = only_run_id(workdir)
+    assert cli("collect", run_id, "--dest", "out", cwd=workdir).returncode == 0
+    (workdir / "out" / "1" / "stale").write_text("from before")
+    again = cli("collect", run_id, "--dest", "out", cwd=workdir)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in (workdir / "out" / "1").iterdir()) == ["argv.json"]
+
+
+def test_collect_refuses_to_overwrite_a_results_csv_it_did_not_write(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("x\n1\n")
+    assert cli("run", "params.csv", "--command", probe_cmd(workdir), cwd=workdir).returncode == 0
+    (workdir / "out").mkdir()
+    (workdir / "out" / "results.csv").write_text("my own\n")
+    done = cli("collect", only_run_id(workdir), "--dest", "out", cwd=workdir)
+    assert done.returncode == 2 and "results.csv already exists" in done.stderr
+    assert (workdir / "out" / "results.csv").read_text() == "my own\n"
+
+
 def test_no_config_file_means_local_backend_with_defaults(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "code", tmp_path / "code")
     (tmp_path / "code" / "params.csv").write_text("dataset\nsales\n")
