@@ -230,6 +230,8 @@ def get_run(run_id: str, config: Config | None = None) -> Run:
 
 
 def list_runs(config: Config | None = None) -> list[RunStatus]:
+    """Every run in the store, newest first by creation time (ids tell only the second)."""
     config = config or load_config()
     store = open_store(config)
-    return [run_status(store, run_id) for run_id in store.run_ids()]
+    found = [run_status(store, run_id) for run_id in store.run_ids()]
+    return sorted(found, key=lambda s: (s.record.created, s.record.run_id), reverse=True)

@@ -275,8 +275,11 @@ def runs(
         ]))
         return
     table = Table()
-    for column in ("run", "state", "created", "source", "tasks"):
-        table.add_column(column)
+    table.add_column("run", no_wrap=True, min_width=len("20260101-120000-abcde"))  # ids are for copying: whole
+    table.add_column("state")
+    table.add_column("created")
+    table.add_column("source", overflow="fold")
+    table.add_column("tasks")
     for s in found:
         created = dt.datetime.fromtimestamp(s.record.created).strftime("%Y-%m-%d %H:%M:%S")
         counts = ", ".join(f"{n} {state}" for state, n in sorted(s.counts.items()))

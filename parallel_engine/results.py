@@ -7,13 +7,13 @@ import json
 import os
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
 
 from parallel_engine.errors import StoreError
-from parallel_engine.model import AttemptStatus, TaskState
+from parallel_engine.model import AttemptState, AttemptStatus, TaskState
 from parallel_engine.state import Budgets, task_state, winning_attempt
 from parallel_engine.store import RunRecord, RunStore
 
@@ -98,6 +98,17 @@ def _run_state(store: RunStore, record: RunRecord) -> str:
     return "running"
 
 
+def _lost(history: list[AttemptStatus], record: RunRecord) -> list[AttemptStatus]:
+    """Local workers are threads of the orchestrator: once it is gone, a claimed attempt without
+    a record will never get one, so it is `lost` (worker gone, no status), not running."""
+    pid = record.spec.get("orchestrator", {}).get("pid")
+    return [
+        replace(a, state=AttemptState.LOST, reason=f"its orchestrator (pid {pid}) is gone")
+        if a.state is AttemptState.RUNNING else a
+        for a in history
+    ]
+
+
 def run_status(store: RunStore, run_id: str) -> RunStatus:
     record = store.load_run(run_id)
     budgets = budgets_of(record)
@@ -106,6 +117,8 @@ def run_status(store: RunStore, run_id: str) -> RunStatus:
     views = []
     for task in record.tasks:
         history = attempts.get(task.id, [])
+        if run_state == "interrupted" and record.backend == "local":
+            history = _lost(history, record)
         state = task_state(history, budgets, run_cancelled=run_state in ("cancelled", "interrupted"))
         views.append(TaskView(task.id, state, tuple(history), dict(task.params)))
     return RunStatus(record, run_state, tuple(views))

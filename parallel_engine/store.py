@@ -231,7 +231,8 @@ class RunStore:
             raise StoreError(f"{self.where}: runs/{run_id}/run.json is unreadable ({exc})") from exc
 
     def run_ids(self) -> list[str]:
-        """Every run in the store, newest first (run ids sort by time)."""
+        """Every run in the store, by id descending: newest second first, but runs started in the
+        same second in random order (`api.list_runs` sorts by `created`)."""
         ids = [name for name in self.blobs.children("runs/") if self.blobs.read(f"runs/{name}/run.json") is not None]
         return sorted(ids, reverse=True)
 
