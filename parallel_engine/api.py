@@ -121,10 +121,10 @@ def run(
     `overrides` are config keys in lower case (`jobs` is VM_QUOTAS), as flags are.
     """
     if config is None:
-        flags = {key.upper(): value for key, value in overrides.items() if key != "jobs"}
-        if "jobs" in overrides:
-            flags["VM_QUOTAS"] = overrides["jobs"]
-        config = load_config(config_path, flags=flags)
+        keys = {key: "VM_QUOTAS" if key == "jobs" else key.upper() for key in overrides}
+        flags = {keys[key]: value for key, value in overrides.items()}
+        names = {keys[key]: f"run({key}=...)" for key in overrides}
+        config = load_config(config_path, flags=flags, flag_names=names)
     elif overrides:
         raise ConfigError("pass either config= or keyword overrides, not both")
     say = info or (lambda message: None)

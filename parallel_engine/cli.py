@@ -56,21 +56,28 @@ def friendly(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _flags(sets: list[str] | None, **named: Any) -> dict[str, Any]:
+Flags = tuple[dict[str, Any], dict[str, str]]  # values by key, and how each was given
+
+
+def _flags(sets: list[str] | None, **named: Any) -> Flags:
     flags: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for item in sets or []:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ParallelEngineError(f"--set {item!r}: expected KEY=VALUE", hint="e.g. --set RETRIES=2")
-        flags[key.strip()] = value
+        flags[key], spelled[key] = value, f"--set {key}"
     for key, value in named.items():
         if value is not None:
             flags[key] = value
-    return flags
+            spelled.pop(key, None)  # named by its own flag
+    return flags, spelled
 
 
-def _config(config: Path | None, flags: dict[str, Any]) -> Any:
-    return load_config(config, flags=flags)
+def _config(config: Path | None, flags: Flags) -> Any:
+    values, spelled = flags
+    return load_config(config, flags=values, flag_names=spelled)
 
 
 @app.command()

@@ -733,11 +733,11 @@ def _env_entries(environ: Mapping[str, str]) -> list[_Entry]:
     ]
 
 
-def _flag_entries(flags: Mapping[str, Any]) -> list[_Entry]:
+def _flag_entries(flags: Mapping[str, Any], spelled: Mapping[str, str]) -> list[_Entry]:
     entries: list[_Entry] = []
     for name, raw in flags.items():
-        flag = KEYS[name].flag_name if name in KEYS else None
-        entries.append((name, raw, f"from flag {flag}" if flag else "given as a flag", f"flag {flag}"))
+        how = spelled.get(name) or (f"flag {KEYS[name].flag_name}" if name in KEYS else "a flag")
+        entries.append((name, raw, f"from {how}", how))
     return entries
 
 
@@ -746,8 +746,12 @@ def load_config(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> Config:
     """Merge flags > environment (PARALLEL_ENGINE_<KEY>) > file > defaults into a checked Config.
+
+    `flag_names` says how a flag was given, for messages and origins (e.g. RETRIES: "--set
+    RETRIES"); a flag not in it is named by its key's own flag ("flag --retries").
 
     The file is `path`, else $PARALLEL_ENGINE_CONFIG, else <cwd>/.config.yaml when it exists,
     else none (all defaults: the local backend). Every value given anywhere is checked, even one
@@ -765,7 +769,7 @@ def load_config(
     layers = [  # lowest first: each later layer overrides the ones before
         _file_entries(file_path) if file_path else [],
         _env_entries(environ),
-        _flag_entries(flags or {}),
+        _flag_entries(flags or {}, flag_names or {}),
     ]
     for entries in layers:
         for name, raw, where, origin in entries:

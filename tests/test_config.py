@@ -546,3 +546,23 @@ def test_example_file_states_each_default() -> None:
     for key in KEYS:
         block = next(b for b in blocks if re.search(rf"^# ?{key}:", b, re.MULTILINE))
         assert "Default" in block, key
+
+
+def test_every_flag_the_example_file_names_exists_on_run() -> None:
+    import typer.main
+
+    from parallel_engine.cli import app
+
+    run = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
+    options = {opt for param in run.params for opt in param.opts}
+    header = EXAMPLE.read_text(encoding="utf-8").split("\n\n")[0]
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", header))
+    assert named and named <= options, f"not flags of `run`: {sorted(named - options)}"
+    assert KEYS["VM_QUOTAS"].flag_name in options and KEYS["TASK_TIMEOUT"].flag_name in options
+
+
+def test_value_given_with_set_is_named_as_set_key_in_errors_and_origins(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"RETRIES from --set RETRIES must be an integer >= 0, got '-1'"):
+        load_config(flags={"RETRIES": "-1"}, flag_names={"RETRIES": "--set RETRIES"}, environ={}, cwd=tmp_path)
+    config = load_config(flags={"ZONE": "europe-west1-b"}, flag_names={"ZONE": "--set ZONE"}, environ={}, cwd=tmp_path)
+    assert config.origins["ZONE"] == "--set ZONE"

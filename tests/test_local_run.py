@@ -365,6 +365,15 @@ def test_unknown_config_key_is_one_clear_line_and_exit_2(workdir: Path) -> None:
     assert not (workdir / ".parallel-engine").exists()
 
 
+@pytest.mark.parametrize(("flag", "named"), [(["--set", "RETRIES=-1"], "--set RETRIES"), (["--retries", "-1"], "flag --retries")])
+def test_bad_flag_value_names_the_flag_as_it_was_given(workdir: Path, flag: list[str], named: str) -> None:
+    (workdir / "params.csv").write_text("x\n1\n")
+    done = cli("run", "params.csv", *flag, cwd=workdir)
+    assert done.returncode == 2
+    (line,) = error_lines(done.stderr)
+    assert f"RETRIES from {named} must be an integer >= 0" in line
+
+
 def test_gce_backend_without_its_keys_names_them_and_exits_2(workdir: Path) -> None:
     (workdir / "params.csv").write_text("x\n1\n")
     done = cli("run", "params.csv", "--backend", "gce", cwd=workdir)
