@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 
 from parallel_engine.errors import StoreError
-from parallel_engine.model import AttemptState, AttemptStatus, TaskState
+from parallel_engine.model import RESULT_COLUMNS, AttemptState, AttemptStatus, TaskState
 from parallel_engine.state import Budgets, task_state, winning_attempt
 from parallel_engine.store import RunRecord, RunStore
 
@@ -234,7 +234,7 @@ def _collect(store: RunStore, status: RunStatus, dest: Path) -> None:
         _replace(dest / task_id, staged.get(task_id))
     columns = result_columns(status.record)
     extra = [c for c in ("task_id",) if c not in columns]
-    header = columns + extra + ["state", "exit_code", "attempts", "duration_s"]
+    header = columns + extra + list(RESULT_COLUMNS)
     tmp = dest / f".{RESULTS_CSV}.tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

@@ -20,6 +20,8 @@ params.csv
 - Blank lines are skipped and do not count as rows.
 - A `task_id` column gives the task id and is not passed as an argument; otherwise the id is
   the 1-based data-row number. `Task.params` is the whole row, `task_id` included.
+- Columns named `state`, `exit_code`, `attempts` or `duration_s` are refused: results.csv adds
+  columns of those names after the parameters (a YAML `args` name `task_id` likewise).
 - An args template (`--dataset {dataset} --var={var}`) replaces the `--name=value` items. It is
   split once, like a POSIX shell would split it, and `{column}` is then substituted inside each
   word, so a value never creates or merges words; `{{` and `}}` are literal braces. Here an
@@ -66,7 +68,7 @@ from typing import Any
 import yaml
 
 from parallel_engine.errors import ConfigError, TaskSourceError
-from parallel_engine.model import Task, TaskList
+from parallel_engine.model import RESULT_COLUMNS, Task, TaskList
 
 ARG_STYLES = ("equals", "space")
 TASK_ID_COLUMN = "task_id"
@@ -206,6 +208,16 @@ def _check_option_name(src: _Source, line: int, name: str, what: str) -> None:
     raise src.error(line, f"{what} {name!r} cannot be an option name", hint=hint)
 
 
+def _check_not_reserved(src: _Source, line: int, name: str, what: str, reserved: tuple[str, ...]) -> None:
+    if name in reserved:
+        raise src.error(
+            line,
+            f"{what} {name!r} is taken: results.csv adds its own columns "
+            f"{', '.join(reserved)} after the parameters",
+            hint=f"rename {name!r} (e.g. to 'my_{name}') and the option your program reads",
+        )
+
+
 def _option_argv(values: Iterable[tuple[str, str]], arg_style: str) -> tuple[str, ...]:
     """`--name=value` (or `--name`, `value`) items; an empty value omits the argument."""
     argv: list[str] = []
@@ -326,6 +338,7 @@ def _check_header(src: _Source, line: int, header: list[str]) -> None:
                 hint="name every column (or remove the empty column)",
             )
         _check_option_name(src, line, name, "column name")
+        _check_not_reserved(src, line, name, "column name", RESULT_COLUMNS)
         if name in first:
             raise src.error(
                 line,
@@ -569,6 +582,7 @@ def _yaml_args(src: _Source, line: int, item_node: yaml.MappingNode, value: Any)
                 name_line, f"argument name {name!r} is not a string", hint="quote the name"
             )
         _check_option_name(src, name_line, name, "argument name")
+        _check_not_reserved(src, name_line, name, "argument name", (TASK_ID_COLUMN, *RESULT_COLUMNS))
         text = "" if raw is None else _scalar(raw)
         if text is None:
             raise src.error(

@@ -299,6 +299,19 @@ def test_usable_header_names_are_accepted(tmp_path: Path, name: str) -> None:
     assert load_tasks(path).tasks[0].argv == (f"--{name}=1",)
 
 
+@pytest.mark.parametrize("name", ["state", "exit_code", "attempts", "duration_s"])
+def test_column_named_like_a_results_csv_column_is_refused(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path / "params.csv", f"x,{name}\n1,2\n")
+    err = refused(path, 1, f"column name {name!r}", "results.csv")
+    assert f"my_{name}" in (err.hint or "")
+
+
+@pytest.mark.parametrize("name", ["task_id", "state", "duration_s"])
+def test_yaml_arg_named_like_a_results_csv_column_is_refused(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path / "tasks.yaml", f"- id: a\n  args:\n    x: 1\n    {name}: 2\n")
+    refused(path, 4, f"argument name {name!r}", "results.csv")
+
+
 def test_non_utf8_byte_is_refused_at_its_line(tmp_path: Path) -> None:
     path = write(tmp_path / "params.csv", b"a\nok\n\xe9t\xe9\n")
     refused(path, 3, "not UTF-8", "0xe9")
