@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import socket
 import threading
@@ -21,7 +23,7 @@ from typing import Any
 from parallel_engine.backends.local import LocalPool
 from parallel_engine.config import Config, load_config
 from parallel_engine.errors import ConfigError, ParallelEngineError
-from parallel_engine.model import AttemptStatus
+from parallel_engine.model import AttemptStatus, Task
 from parallel_engine.names import new_run_id
 from parallel_engine.results import RunStatus, collect, read_log, run_status, write_end
 from parallel_engine.runtimes.base import Runtime
@@ -139,6 +141,8 @@ def run(
         plan = gce_plan(config, store, run_id, quota, say)
     else:
         plan = _local_plan(config, store, run_id, quota, say)
+        if plan.spec["runtime"] == "process":
+            check_script(config, task_list.tasks, Path.cwd())
     budgets = Budgets(retries=config.retries, infra_retries=config.preemption_retries)
     record = RunRecord(
         run_id=run_id,
@@ -180,6 +184,26 @@ class Plan:
     spec: dict[str, Any]
     make_pool: Callable[[Callable[[str, AttemptStatus], None]], Pool]
     cleanup: Callable[[], None] = lambda: None
+
+
+_PYTHON = re.compile(r"python[0-9.]*")
+
+
+def check_script(config: Config, tasks: tuple[Task, ...], cwd: Path) -> None:
+    """Refuse a run whose COMMAND is `python <script>.py` with no such script: otherwise every
+    task fails alike with "can't open file" (e.g. the default code/main.py, run from elsewhere)."""
+    argv = config.command_argv()
+    if len(argv) < 2 or not _PYTHON.fullmatch(Path(argv[0]).name) or not argv[1].endswith(".py"):
+        return
+    if all(task.command is not None for task in tasks) or (cwd / argv[1]).is_file():
+        return  # no task runs COMMAND, or the script is there
+    where = "" if Path(argv[1]).is_absolute() else f" in the working directory {cwd}"
+    raise ConfigError(
+        f"COMMAND ({config.origin('COMMAND')}: {shlex.join(argv)}) runs {argv[1]}, "
+        f"but there is no such file{where}",
+        hint="run from the folder that holds it (the repository root for code/main.py), "
+        "or set COMMAND with the script's full path (--command, or COMMAND in .config.yaml)",
+    )
 
 
 def _local_plan(config: Config, store: RunStore, run_id: str, quota: int, say: InfoFn) -> Plan:

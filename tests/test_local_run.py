@@ -355,6 +355,21 @@ def test_no_config_file_means_local_backend_with_defaults(tmp_path: Path) -> Non
     assert f"at most {os.cpu_count()} at once" in done.stderr
 
 
+def test_default_command_outside_the_repository_root_is_one_clear_error(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "code" / "params.csv", tmp_path / "params.csv")  # no code/main.py here
+    done = cli("run", "params.csv", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = error_lines(done.stderr)
+    assert "COMMAND (default" in line and "code/main.py" in line and str(tmp_path) in line
+    assert not (tmp_path / ".parallel-engine").exists()
+
+
+def test_missing_script_does_not_matter_when_every_task_brings_its_own_command(tmp_path: Path) -> None:
+    (tmp_path / "tasks.txt").write_text(f"{sys.executable} -c pass\n")
+    done = cli("run", "tasks.txt", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_unknown_config_key_is_one_clear_line_and_exit_2(workdir: Path) -> None:
     (workdir / "params.csv").write_text("x\n1\n")
     (workdir / ".config.yaml").write_text("VM_QUOTA: 3\n")
