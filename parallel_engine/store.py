@@ -159,7 +159,8 @@ class LocalBlobs:
 def _disk_error(doing: str, path: Path, exc: OSError) -> StoreError:
     return StoreError(
         f"cannot {doing} {path}: {exc.strerror or exc}",
-        hint="check that the folders on that path exist (or can be made), that you may write there, and free space",
+        hint="check that the folders on that path exist (or can be made), that you may write there, "
+        "and free space",
     )
 
 

@@ -564,5 +564,6 @@ def test_every_flag_the_example_file_names_exists_on_run() -> None:
 def test_value_given_with_set_is_named_as_set_key_in_errors_and_origins(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"RETRIES from --set RETRIES must be an integer >= 0, got '-1'"):
         load_config(flags={"RETRIES": "-1"}, flag_names={"RETRIES": "--set RETRIES"}, environ={}, cwd=tmp_path)
-    config = load_config(flags={"ZONE": "europe-west1-b"}, flag_names={"ZONE": "--set ZONE"}, environ={}, cwd=tmp_path)
+    config = load_config(flags={"ZONE": "europe-west1-b"}, flag_names={"ZONE": "--set ZONE"},
+                         environ={}, cwd=tmp_path)
     assert config.origins["ZONE"] == "--set ZONE"

@@ -243,7 +243,10 @@ def test_summary_lists_failed_tasks_with_their_exit_codes(workdir: Path) -> None
     assert done.returncode == 1
     rows = table_rows(done.stdout)
     assert rows[0] == ["task", "state", "exit code", "attempts", "reason"]
-    assert sorted(rows[1:]) == [["bad", "failed", "7", "1", "exit code 7"], ["worse", "failed", "9", "1", "exit code 9"]]
+    assert sorted(rows[1:]) == [
+        ["bad", "failed", "7", "1", "exit code 7"],
+        ["worse", "failed", "9", "1", "exit code 9"],
+    ]
     assert "--- task bad, attempt 1: last stderr lines\nexiting with 7" in done.stdout
 
 
@@ -303,7 +306,8 @@ def test_collect_takes_the_winning_attempt_not_an_earlier_failed_one(workdir: Pa
         "sys.exit(1 if n == '1' else 0)\n"
     )
     (workdir / "params.csv").write_text("x\n1\n")
-    handle = pe.run(workdir / "params.csv", command=f"{sys.executable} {flaky}", retries=1, store=str(workdir / "s"))
+    handle = pe.run(workdir / "params.csv", command=f"{sys.executable} {flaky}", retries=1,
+                    store=str(workdir / "s"))
     assert [str(a.state) for a in handle.status().tasks[0].attempts] == ["failed", "succeeded"]
     handle.collect(workdir / "out")
     assert sorted(p.name for p in (workdir / "out" / "1").iterdir()) == ["attempt-2.txt", "result.txt"]
@@ -380,7 +384,10 @@ def test_unknown_config_key_is_one_clear_line_and_exit_2(workdir: Path) -> None:
     assert not (workdir / ".parallel-engine").exists()
 
 
-@pytest.mark.parametrize(("flag", "named"), [(["--set", "RETRIES=-1"], "--set RETRIES"), (["--retries", "-1"], "flag --retries")])
+@pytest.mark.parametrize(("flag", "named"), [
+    (["--set", "RETRIES=-1"], "--set RETRIES"),
+    (["--retries", "-1"], "flag --retries"),
+])
 def test_bad_flag_value_names_the_flag_as_it_was_given(workdir: Path, flag: list[str], named: str) -> None:
     (workdir / "params.csv").write_text("x\n1\n")
     done = cli("run", "params.csv", *flag, cwd=workdir)
