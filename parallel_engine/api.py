@@ -8,20 +8,22 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from parallel_engine.backends.local import LocalPool
 from parallel_engine.config import Config, load_config
-from parallel_engine.errors import ConfigError
-from parallel_engine.model import AttemptStatus
+from parallel_engine.errors import ConfigError, ParallelEngineError
+from parallel_engine.model import AttemptStatus, Task
 from parallel_engine.names import new_run_id
 from parallel_engine.results import RunStatus, collect, read_log, run_status, status_of, write_end
 from parallel_engine.runtimes.base import Runtime
@@ -127,10 +129,10 @@ def run(
     `overrides` are config keys in lower case (`jobs` is VM_QUOTAS), as flags are.
     """
     if config is None:
-        flags = {key.upper(): value for key, value in overrides.items() if key != "jobs"}
-        if "jobs" in overrides:
-            flags["VM_QUOTAS"] = overrides["jobs"]
-        config = load_config(config_path, flags=flags)
+        keys = {key: "VM_QUOTAS" if key == "jobs" else key.upper() for key in overrides}
+        flags = {keys[key]: value for key, value in overrides.items()}
+        names = {keys[key]: f"run({key}=...)" for key in overrides}
+        config = load_config(config_path, flags=flags, flag_names=names)
     elif overrides:
         raise ConfigError("pass either config= or keyword overrides, not both")
     say = info or (lambda message: None)
@@ -145,6 +147,8 @@ def run(
         plan = gce_plan(config, store, run_id, quota, say)
     else:
         plan = _local_plan(config, store, run_id, quota, say)
+        if plan.spec["runtime"] == "process":
+            check_script(config, task_list.tasks, Path.cwd())
     budgets = Budgets(retries=config.retries, infra_retries=config.preemption_retries)
     record = RunRecord(
         run_id=run_id,
@@ -170,7 +174,8 @@ def run(
         try:
             outcome = scheduler.run(cancel)  # a pool stops all its workers on the way out
         except BaseException:
-            write_end(store, run_id, "failed", time.time())
+            with suppress(ParallelEngineError):  # a broken store must not hide the first error
+                write_end(store, run_id, "failed", time.time())
             raise
         finally:
             plan.cleanup()
@@ -185,6 +190,26 @@ class Plan:
     spec: dict[str, Any]
     make_pool: Callable[[Callable[[str, AttemptStatus], None]], Pool]
     cleanup: Callable[[], None] = lambda: None
+
+
+_PYTHON = re.compile(r"python[0-9.]*")
+
+
+def check_script(config: Config, tasks: tuple[Task, ...], cwd: Path) -> None:
+    """Refuse a run whose COMMAND is `python <script>.py` with no such script: otherwise every
+    task fails alike with "can't open file" (e.g. the default code/main.py, run from elsewhere)."""
+    argv = config.command_argv()
+    if len(argv) < 2 or not _PYTHON.fullmatch(Path(argv[0]).name) or not argv[1].endswith(".py"):
+        return
+    if all(task.command is not None for task in tasks) or (cwd / argv[1]).is_file():
+        return  # no task runs COMMAND, or the script is there
+    where = "" if Path(argv[1]).is_absolute() else f" in the working directory {cwd}"
+    raise ConfigError(
+        f"COMMAND ({config.origin('COMMAND')}: {shlex.join(argv)}) runs {argv[1]}, "
+        f"but there is no such file{where}",
+        hint="run from the folder that holds it (the repository root for code/main.py), "
+        "or set COMMAND with the script's full path (--command, or COMMAND in .config.yaml)",
+    )
 
 
 def _local_plan(config: Config, store: RunStore, run_id: str, quota: int, say: InfoFn) -> Plan:
@@ -235,6 +260,8 @@ def get_run(run_id: str, config: Config | None = None) -> Run:
 
 
 def list_runs(config: Config | None = None) -> list[RunStatus]:
+    """Every run in the store, newest first by creation time (ids tell only the second)."""
     config = config or load_config()
     store = open_store(config)
-    return [run_status(store, run_id) for run_id in store.run_ids()]
+    found = [run_status(store, run_id) for run_id in store.run_ids()]
+    return sorted(found, key=lambda s: (s.record.created, s.record.run_id), reverse=True)

@@ -56,21 +56,28 @@ def friendly(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _flags(sets: list[str] | None, **named: Any) -> dict[str, Any]:
+Flags = tuple[dict[str, Any], dict[str, str]]  # values by key, and how each was given
+
+
+def _flags(sets: list[str] | None, **named: Any) -> Flags:
     flags: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for item in sets or []:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ParallelEngineError(f"--set {item!r}: expected KEY=VALUE", hint="e.g. --set RETRIES=2")
-        flags[key.strip()] = value
+        flags[key], spelled[key] = value, f"--set {key}"
     for key, value in named.items():
         if value is not None:
             flags[key] = value
-    return flags
+            spelled.pop(key, None)  # named by its own flag
+    return flags, spelled
 
 
-def _config(config: Path | None, flags: dict[str, Any]) -> Any:
-    return load_config(config, flags=flags)
+def _config(config: Path | None, flags: Flags) -> Any:
+    values, spelled = flags
+    return load_config(config, flags=values, flag_names=spelled)
 
 
 @app.command()
@@ -275,8 +282,11 @@ def runs(
         ]))
         return
     table = Table()
-    for column in ("run", "state", "created", "source", "tasks"):
-        table.add_column(column)
+    table.add_column("run", no_wrap=True, min_width=len("20260101-120000-abcde"))  # ids are for copying: whole
+    table.add_column("state")
+    table.add_column("created")
+    table.add_column("source", overflow="fold")
+    table.add_column("tasks")
     for s in found:
         created = dt.datetime.fromtimestamp(s.record.created).strftime("%Y-%m-%d %H:%M:%S")
         counts = ", ".join(f"{n} {state}" for state, n in sorted(s.counts.items()))

@@ -47,7 +47,17 @@ GCE_DEFAULT_QUOTA = 8
 
 
 class _Invalid(ValueError):
-    """Raised by a value type: the value is not what the key takes (the type says what is)."""
+    """Raised by a value type: the value is not what the key takes (the type says what is,
+    unless the exception carries a more precise reason)."""
+
+
+_NUL = "contains a NUL character (e.g. a \\0 escape in YAML), which no argv item or name can carry"
+
+
+def _no_nul(text: str) -> str:
+    if "\0" in text:
+        raise _Invalid(_NUL)
+    return text
 
 
 # --------------------------------------------------------------------------- value types
@@ -71,7 +81,7 @@ class Str(_Type):
     def __call__(self, value: Any) -> str:
         if not isinstance(value, str) or not value.strip():
             raise _Invalid
-        return value.strip()
+        return _no_nul(value.strip())
 
 
 class Choice(_Type):
@@ -210,13 +220,16 @@ class Command(_Type):
     def __call__(self, value: Any) -> str | list[str]:
         if isinstance(value, str):
             try:
-                if shlex.split(value):
-                    return value.strip()
+                words = shlex.split(_no_nul(value))
+            except _Invalid:
+                raise
             except ValueError:  # unbalanced quotes
-                pass
-            raise _Invalid
+                words = []
+            if not words:
+                raise _Invalid
+            return value.strip()
         if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-            return list(value)
+            return [_no_nul(v) for v in value]
         raise _Invalid
 
 
@@ -720,11 +733,11 @@ def _env_entries(environ: Mapping[str, str]) -> list[_Entry]:
     ]
 
 
-def _flag_entries(flags: Mapping[str, Any]) -> list[_Entry]:
+def _flag_entries(flags: Mapping[str, Any], spelled: Mapping[str, str]) -> list[_Entry]:
     entries: list[_Entry] = []
     for name, raw in flags.items():
-        flag = KEYS[name].flag_name if name in KEYS else None
-        entries.append((name, raw, f"from flag {flag}" if flag else "given as a flag", f"flag {flag}"))
+        how = spelled.get(name) or (f"flag {KEYS[name].flag_name}" if name in KEYS else "a flag")
+        entries.append((name, raw, f"from {how}", how))
     return entries
 
 
@@ -733,8 +746,12 @@ def load_config(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    flag_names: Mapping[str, str] | None = None,
 ) -> Config:
     """Merge flags > environment (PARALLEL_ENGINE_<KEY>) > file > defaults into a checked Config.
+
+    `flag_names` says how a flag was given, for messages and origins (e.g. RETRIES: "--set
+    RETRIES"); a flag not in it is named by its key's own flag ("flag --retries").
 
     The file is `path`, else $PARALLEL_ENGINE_CONFIG, else <cwd>/.config.yaml when it exists,
     else none (all defaults: the local backend). Every value given anywhere is checked, even one
@@ -752,7 +769,7 @@ def load_config(
     layers = [  # lowest first: each later layer overrides the ones before
         _file_entries(file_path) if file_path else [],
         _env_entries(environ),
-        _flag_entries(flags or {}),
+        _flag_entries(flags or {}, flag_names or {}),
     ]
     for entries in layers:
         for name, raw, where, origin in entries:
@@ -761,8 +778,9 @@ def load_config(
             elif _given(raw):  # `KEY:` with no value, a blank variable, a None flag: not set here
                 try:
                     values[name], origins[name] = KEYS[name].type(raw), origin
-                except _Invalid:
-                    problems.append(f"{name} {where} must be {KEYS[name].type.expected}, got {_show(raw)}")
+                except _Invalid as exc:
+                    why = str(exc) or f"must be {KEYS[name].type.expected}"
+                    problems.append(f"{name} {where} {why}, got {_show(raw)}")
 
     if not problems:  # checks between keys only make sense once each key is right
         problems.extend(_cross_checks(values, origins))

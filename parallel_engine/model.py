@@ -43,6 +43,11 @@ class Task:
         )
 
 
+#: The columns results.csv adds after the params columns (and task_id): a params column or a
+#: YAML argument cannot take one of these names, or results.csv would have two of them.
+RESULT_COLUMNS = ("state", "exit_code", "attempts", "duration_s")
+
+
 @dataclass(frozen=True)
 class TaskList:
     """What a task source yields: the tasks and, for tables, the parameter columns in order."""

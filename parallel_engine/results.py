@@ -7,13 +7,13 @@ import json
 import os
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
 
 from parallel_engine.errors import StoreError
-from parallel_engine.model import AttemptStatus, TaskState
+from parallel_engine.model import RESULT_COLUMNS, AttemptState, AttemptStatus, TaskState
 from parallel_engine.state import Budgets, task_state, winning_attempt
 from parallel_engine.store import RunRecord, RunStore
 
@@ -98,6 +98,17 @@ def _run_state(store: RunStore, record: RunRecord) -> str:
     return "running"
 
 
+def _lost(history: list[AttemptStatus], record: RunRecord) -> list[AttemptStatus]:
+    """Local workers are threads of the orchestrator: once it is gone, a claimed attempt without
+    a record will never get one, so it is `lost` (worker gone, no status), not running."""
+    pid = record.spec.get("orchestrator", {}).get("pid")
+    return [
+        replace(a, state=AttemptState.LOST, reason=f"its orchestrator (pid {pid}) is gone")
+        if a.state is AttemptState.RUNNING else a
+        for a in history
+    ]
+
+
 def run_status(store: RunStore, run_id: str) -> RunStatus:
     record = store.load_run(run_id)
     return status_of(record, _run_state(store, record), store.attempts(run_id))
@@ -109,6 +120,8 @@ def status_of(record: RunRecord, run_state: str, attempts: dict[str, list[Attemp
     views = []
     for task in record.tasks:
         history = attempts.get(task.id, [])
+        if run_state == "interrupted" and record.backend == "local":
+            history = _lost(history, record)
         state = task_state(history, budgets, run_cancelled=run_state in ("cancelled", "interrupted"))
         views.append(TaskView(task.id, state, tuple(history), dict(task.params)))
     return RunStatus(record, run_state, tuple(views))
@@ -139,16 +152,73 @@ def result_columns(record: RunRecord) -> list[str]:
     return list(seen)
 
 
+#: In a --dest folder: the names (task folders, results.csv) that `collect` wrote and may replace.
+COLLECTED_MARKER = ".parallel-engine-collected"
+RESULTS_CSV = "results.csv"
+
+
 def collect(store: RunStore, run_id: str, dest: Path) -> tuple[Path, RunStatus]:
     """Outputs of each task's winning attempt under dest/<task_id>/, and dest/results.csv.
 
     Written to a staging folder beside `dest` and moved in per task, so an interrupted
-    collect never leaves a half-copied task folder.
+    collect never leaves a half-copied task folder. Only what an earlier collect wrote is
+    ever replaced (COLLECTED_MARKER lists it): `--dest .` never deletes a folder of yours
+    that happens to share a task's name. Disk errors become a StoreError naming the path.
     """
     status = run_status(store, run_id)
+    if dest.exists() and not dest.is_dir():
+        raise StoreError(f"{dest} is a file, not a folder: cannot collect into it",
+                         hint="give --dest a folder (a missing one is created)")
+    try:
+        _collect(store, status, dest)
+    except OSError as exc:
+        raise StoreError(f"cannot collect into {dest}: {exc.filename or dest}: {exc.strerror or exc}",
+                         hint="check that you may write there, and free space") from None
+    return dest / RESULTS_CSV, status
+
+
+def _owned(dest: Path) -> set[str]:
+    """What earlier collects wrote into `dest` (nothing, if the marker is missing or unreadable)."""
+    try:
+        names = json.loads((dest / COLLECTED_MARKER).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return set()
+    return {name for name in names if isinstance(name, str)} if isinstance(names, list) else set()
+
+
+def _claim_names(dest: Path, names: list[str]) -> None:
+    """Refuse to touch what collect did not write; then record what it is about to write."""
+    owned = _owned(dest)
+    foreign = [name for name in names if name not in owned and os.path.lexists(dest / name)]
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise StoreError(
+            f"{dest / foreign[0]} already exists and was not written by `parallel-engine collect`{more}: "
+            "refusing to replace it",
+            hint="collect into a new or empty folder (e.g. --dest results), or move it out of the way",
+        )
+    tmp = dest / f".{COLLECTED_MARKER}.tmp"
+    tmp.write_text(json.dumps(sorted(owned | set(names))), encoding="utf-8")
+    os.replace(tmp, dest / COLLECTED_MARKER)
+
+
+def _replace(final: Path, staged: Path | None) -> None:
+    if final.is_symlink() or final.is_file():
+        final.unlink()
+    elif final.exists():
+        shutil.rmtree(final)
+    if staged is not None:
+        os.replace(staged, final)
+    else:
+        final.mkdir()  # it succeeded and wrote nothing: an empty folder says so
+
+
+def _collect(store: RunStore, status: RunStatus, dest: Path) -> None:
+    run_id = status.record.run_id
     dest.mkdir(parents=True, exist_ok=True)
     winners = {view.task_id: view.result.attempt for view in status.tasks
                if view.state is TaskState.SUCCEEDED and view.result is not None}
+    _claim_names(dest, [*winners, RESULTS_CSV])
     tasks_prefix = f"runs/{run_id}/tasks/"
     pairs: list[tuple[str, Path]] = []
     staged: dict[str, Path] = {}
@@ -164,16 +234,11 @@ def collect(store: RunStore, run_id: str, dest: Path) -> tuple[Path, RunStatus]:
         pairs.append((key, target))
     store.blobs.fetch(pairs)
     for task_id in winners:
-        final = dest / task_id
-        shutil.rmtree(final, ignore_errors=True)
-        if task_id in staged:
-            os.replace(staged[task_id], final)
-        else:
-            final.mkdir()  # it succeeded and wrote nothing: an empty folder says so
+        _replace(dest / task_id, staged.get(task_id))
     columns = result_columns(status.record)
     extra = [c for c in ("task_id",) if c not in columns]
-    header = columns + extra + ["state", "exit_code", "attempts", "duration_s"]
-    tmp = dest / ".results.csv.tmp"
+    header = columns + extra + list(RESULT_COLUMNS)
+    tmp = dest / f".{RESULTS_CSV}.tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
@@ -188,5 +253,4 @@ def collect(store: RunStore, run_id: str, dest: Path) -> tuple[Path, RunStatus]:
                 "" if duration is None else f"{duration:.3f}",
             ]
             writer.writerow(row)
-    os.replace(tmp, dest / "results.csv")
-    return dest / "results.csv", status
+    os.replace(tmp, dest / RESULTS_CSV)

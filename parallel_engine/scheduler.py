@@ -41,6 +41,9 @@ class Pool:
     def cancel(self) -> None: ...
     def close(self) -> None: ...
 
+    def check(self) -> None:
+        """Raise if the pool can no longer report (e.g. a worker died); optional for a backend."""
+
 
 class _States(dict[str, TaskState]):
     """Task states that keep their own counts, so a progress report costs O(1) per event, not O(tasks)."""
@@ -72,6 +75,7 @@ class Scheduler:
         self.progress = progress
         self.events: "queue.SimpleQueue[tuple[str, AttemptStatus]]" = queue.SimpleQueue()
         self.pool = make_pool(lambda kind, status: self.events.put((kind, status)))
+        self._check_pool: Callable[[], None] = getattr(self.pool, "check", lambda: None)
         self.attempts: dict[str, list[AttemptStatus]] = {task_id: [] for task_id in self.tasks}
 
     def run(self, cancel: threading.Event) -> Outcome:
@@ -98,12 +102,17 @@ class Scheduler:
                 try:
                     kind, status = self.events.get(timeout=0.1)
                 except queue.Empty:
+                    self._check_pool()  # a dead worker sends nothing: never wait on it forever
                     continue
                 if kind == "fatal":  # the pool cannot go on (e.g. every VM refused for good)
-                    self.pool.cancel()
                     raise status  # type: ignore[misc]
                 open_tasks -= self._apply(kind, status, states, cancelled)
                 self._report(states, final=False)
+        except BaseException:
+            if not cancelled:  # whatever went wrong, no attempt outlives the run
+                cancelled = True
+                self.pool.cancel()
+            raise
         finally:
             if not cancelled and cancel.is_set():
                 self.pool.cancel()

@@ -49,7 +49,13 @@ class Blobs(Protocol):
 
 
 class LocalBlobs:
-    """A folder as a bucket: atomic writes by rename, atomic create by O_CREAT|O_EXCL."""
+    """A folder as a bucket: atomic writes by rename, atomic create by O_CREAT|O_EXCL.
+
+    Disk errors (not a folder, no space, no permission) become a StoreError naming the path,
+    here at the boundary, so no caller sees a bare OSError. Writes are atomic, not durable:
+    no fsync before the rename (it would cost a disk flush per attempt record); a crash of
+    this process never leaves half a file, a power cut may leave an empty one.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -59,48 +65,60 @@ class LocalBlobs:
 
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        tmp = path.with_name(f".tmp-{path.name}-{threading.get_ident()}")
+        # pid and thread: unique among writers of this folder, even across processes (a forked
+        # child keeps its parent's thread id).
+        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{threading.get_ident()}")
         try:
-            handle = open(tmp, "wb")
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(tmp, "wb")
-        try:
-            with handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            try:
+                handle = open(tmp, "wb")
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handle = open(tmp, "wb")
+            try:
+                with handle:
+                    handle.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise _disk_error("write", path, exc) from None
 
     def create(self, key: str, data: bytes) -> bool:
         # O_CREAT|O_EXCL is the atomic part; the few bytes after it only say who holds the key.
         path = self._path(key)
         flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
         try:
-            fd = os.open(path, flags, 0o644)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 fd = os.open(path, flags, 0o644)
-            except FileExistsError:
-                return False
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, flags, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
         except FileExistsError:
             return False
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        except OSError as exc:
+            raise _disk_error("write", path, exc) from None
         return True
 
     def read(self, key: str) -> bytes | None:
+        path = self._path(key)
         try:
-            return self._path(key).read_bytes()
+            return path.read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
+        except OSError as exc:
+            raise _disk_error("read", path, exc) from None
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _disk_error("delete", path, exc) from None
 
     def list(self, prefix: str, start_after: str = "") -> list[str]:
         base = self._path(prefix)
@@ -122,14 +140,28 @@ class LocalBlobs:
         folder = self._path(prefix)
         if not folder.is_dir():
             return []
-        return sorted(entry.name for entry in os.scandir(folder) if not entry.name.startswith("."))
+        try:
+            return sorted(entry.name for entry in os.scandir(folder) if not entry.name.startswith("."))
+        except OSError as exc:
+            raise _disk_error("list", folder, exc) from None
 
     def fetch(self, pairs: list[tuple[str, Path]]) -> None:
         for key, target in pairs:
-            shutil.copyfile(self._path(key), target)
+            try:
+                shutil.copyfile(self._path(key), target)
+            except OSError as exc:
+                raise _disk_error(f"copy {self._path(key)} to", target, exc) from None
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+
+def _disk_error(doing: str, path: Path, exc: OSError) -> StoreError:
+    return StoreError(
+        f"cannot {doing} {path}: {exc.strerror or exc}",
+        hint="check that the folders on that path exist (or can be made), that you may write there, "
+        "and free space",
+    )
 
 
 @dataclass(frozen=True)
@@ -200,7 +232,8 @@ class RunStore:
             raise StoreError(f"{self.where}: runs/{run_id}/run.json is unreadable ({exc})") from exc
 
     def run_ids(self) -> list[str]:
-        """Every run in the store, newest first (run ids sort by time)."""
+        """Every run in the store, by id descending: newest second first, but runs started in the
+        same second in random order (`api.list_runs` sorts by `created`)."""
         ids = [name for name in self.blobs.children("runs/") if self.blobs.read(f"runs/{name}/run.json") is not None]
         return sorted(ids, reverse=True)
 

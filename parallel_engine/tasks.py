@@ -20,6 +20,8 @@ params.csv
 - Blank lines are skipped and do not count as rows.
 - A `task_id` column gives the task id and is not passed as an argument; otherwise the id is
   the 1-based data-row number. `Task.params` is the whole row, `task_id` included.
+- Columns named `state`, `exit_code`, `attempts` or `duration_s` are refused: results.csv adds
+  columns of those names after the parameters (a YAML `args` name `task_id` likewise).
 - An args template (`--dataset {dataset} --var={var}`) replaces the `--name=value` items. It is
   split once, like a POSIX shell would split it, and `{column}` is then substituted inside each
   word, so a value never creates or merges words; `{{` and `}}` are literal braces. Here an
@@ -45,7 +47,8 @@ Plain task list
 All formats
 - A UTF-8 byte order mark at the start is dropped; CRLF line endings are fine. Anything not
   UTF-8 is refused at the line of the first bad byte, and a NUL anywhere is refused because
-  NUL cannot travel in argv.
+  NUL cannot travel in argv: a raw NUL byte, and in YAML one written as an escape (`"\\0"`,
+  `"\\x00"`, `"\\u0000"`) at the line of the value that holds it.
 - Task ids match `[A-Za-z0-9][A-Za-z0-9._-]{0,99}` (they name folders in the store and claims).
   Two ids that differ only in case are refused as duplicates, because some filesystems fold
   case and the store keeps one folder per task.
@@ -65,7 +68,7 @@ from typing import Any
 import yaml
 
 from parallel_engine.errors import ConfigError, TaskSourceError
-from parallel_engine.model import Task, TaskList
+from parallel_engine.model import RESULT_COLUMNS, Task, TaskList
 
 ARG_STYLES = ("equals", "space")
 TASK_ID_COLUMN = "task_id"
@@ -161,6 +164,17 @@ def _read_text(src: _Source) -> str:
     return text
 
 
+def _check_no_nul(src: _Source, line: int, text: str, what: str) -> None:
+    """YAML escapes can make a NUL the raw-byte check never saw; Popen would refuse it later."""
+    if "\0" in text:
+        raise src.error(
+            line,
+            f"{what} contains a NUL character (written as an escape such as \\0): "
+            "NUL cannot travel in argv",
+            hint="remove the NUL escape (\\0, \\x00 or \\u0000) from the value",
+        )
+
+
 def _check_id(src: _Source, line: int, task_id: str) -> None:
     if not TASK_ID_RE.fullmatch(task_id):
         raise src.error(
@@ -192,6 +206,16 @@ def _check_option_name(src: _Source, line: int, name: str, what: str) -> None:
     if name != name.strip():
         hint += "; remove the spaces around it"
     raise src.error(line, f"{what} {name!r} cannot be an option name", hint=hint)
+
+
+def _check_not_reserved(src: _Source, line: int, name: str, what: str, reserved: tuple[str, ...]) -> None:
+    if name in reserved:
+        raise src.error(
+            line,
+            f"{what} {name!r} is taken: results.csv adds its own columns "
+            f"{', '.join(reserved)} after the parameters",
+            hint=f"rename {name!r} (e.g. to 'my_{name}') and the option your program reads",
+        )
 
 
 def _option_argv(values: Iterable[tuple[str, str]], arg_style: str) -> tuple[str, ...]:
@@ -314,6 +338,7 @@ def _check_header(src: _Source, line: int, header: list[str]) -> None:
                 hint="name every column (or remove the empty column)",
             )
         _check_option_name(src, line, name, "column name")
+        _check_not_reserved(src, line, name, "column name", RESULT_COLUMNS)
         if name in first:
             raise src.error(
                 line,
@@ -504,9 +529,10 @@ def _yaml_task(src: _Source, node: yaml.Node, item: Any, arg_style: str) -> tupl
         argv = _option_argv(params.items(), arg_style)
         return line, Task(id=task_id, argv=argv, params=params, source=source)
     if kind == "argv":
-        words = _yaml_words(src, where, kind, value)
+        words = _yaml_words(src, where, kind, value, _child(node, kind))
         return line, Task(id=task_id, argv=tuple(words), source=source)
     if isinstance(value, str):
+        _check_no_nul(src, where, value, f"`{kind}`")
         try:
             words = shell_split(value)
         except ValueError as exc:
@@ -514,7 +540,7 @@ def _yaml_task(src: _Source, node: yaml.Node, item: Any, arg_style: str) -> tupl
                 where, f"`{kind}` cannot be split into words: {exc}", hint="balance the quotes"
             ) from None
     elif kind == "command" and isinstance(value, list):
-        words = _yaml_words(src, where, kind, value)
+        words = _yaml_words(src, where, kind, value, _child(node, kind))
     else:
         what = "a string or a list of strings" if kind == "command" else "a string"
         raise src.error(where, f"`{kind}` must be {what}", hint=f"write `{kind}:` as {what}")
@@ -556,6 +582,7 @@ def _yaml_args(src: _Source, line: int, item_node: yaml.MappingNode, value: Any)
                 name_line, f"argument name {name!r} is not a string", hint="quote the name"
             )
         _check_option_name(src, name_line, name, "argument name")
+        _check_not_reserved(src, name_line, name, "argument name", (TASK_ID_COLUMN, *RESULT_COLUMNS))
         text = "" if raw is None else _scalar(raw)
         if text is None:
             raise src.error(
@@ -563,15 +590,19 @@ def _yaml_args(src: _Source, line: int, item_node: yaml.MappingNode, value: Any)
                 f"argument {name!r} has a {type(raw).__name__} value; it needs a single value",
                 hint="give a string or a number (one task per parameter set)",
             )
+        _check_no_nul(src, name_line, text, f"argument {name!r}")
         params[name] = text
     return params
 
 
-def _yaml_words(src: _Source, line: int, kind: str, value: Any) -> list[str]:
+def _yaml_words(
+    src: _Source, line: int, kind: str, value: Any, node: yaml.Node | None
+) -> list[str]:
     if not isinstance(value, list):
         raise src.error(line, f"`{kind}` must be a list of strings", hint=f"write `{kind}: [a, b]`")
+    lines = [_line(n) for n in node.value] if isinstance(node, yaml.SequenceNode) else []
     words: list[str] = []
-    for word in value:
+    for index, word in enumerate(value):
         text = _scalar(word)
         if text is None:
             raise src.error(
@@ -579,6 +610,8 @@ def _yaml_words(src: _Source, line: int, kind: str, value: Any) -> list[str]:
                 f"`{kind}` item {word!r} is not a string",
                 hint="every item must be a single string (quote it)",
             )
+        at = lines[index] if index < len(lines) else line
+        _check_no_nul(src, at, text, f"`{kind}` item {index + 1}")
         words.append(text)
     return words
 

@@ -3,8 +3,11 @@
 # where allowed (root with CI=true or PE_START_DOCKER=1; never silently on a laptop), runs pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# In its own virtual environment (.venv, reused): a system Python such as Debian's refuses a
+# `pip install` outside one (PEP 668).
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 if [ -f scripts/ensure-docker.sh ]; then
   bash scripts/ensure-docker.sh
 fi
-exec python3 -m pytest "$@"
+exec .venv/bin/python -m pytest "$@"

@@ -380,6 +380,24 @@ def test_invalid_file_value_names_key_file_line_and_expectation(
     assert "line 2" in message and expected in message
 
 
+@pytest.mark.parametrize("line", [
+    'COMMAND: "python \\0x"',
+    'COMMAND: [python, "a\\x00b"]',
+    'ARGS_TEMPLATE: "--x \\0{x}"',
+])
+def test_nul_escape_in_a_config_value_is_refused_naming_key_file_and_line(tmp_path: Path, line: str) -> None:
+    assert "\0" not in line  # only the YAML escape makes the NUL
+    key = line.split(":")[0]
+    message = error(tmp_path, "NETWORK: default\n" + line + "\n")
+    assert key in message and str((tmp_path / ".config.yaml").resolve()) in message
+    assert "line 2" in message and "NUL" in message
+
+
+def test_nul_in_a_command_flag_is_refused_naming_the_flag(tmp_path: Path) -> None:
+    message = error(tmp_path, COMMAND=["python", "a\0b"])
+    assert "COMMAND from flag --command" in message and "NUL" in message
+
+
 def test_invalid_value_in_a_lower_layer_is_reported_even_when_overridden(tmp_path: Path) -> None:
     message = error(tmp_path, "RETRIES: lots\n", RETRIES=1)
     assert "RETRIES" in message and ".config.yaml" in message
@@ -528,3 +546,24 @@ def test_example_file_states_each_default() -> None:
     for key in KEYS:
         block = next(b for b in blocks if re.search(rf"^# ?{key}:", b, re.MULTILINE))
         assert "Default" in block, key
+
+
+def test_every_flag_the_example_file_names_exists_on_run() -> None:
+    import typer.main
+
+    from parallel_engine.cli import app
+
+    run = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
+    options = {opt for param in run.params for opt in param.opts}
+    header = EXAMPLE.read_text(encoding="utf-8").split("\n\n")[0]
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", header))
+    assert named and named <= options, f"not flags of `run`: {sorted(named - options)}"
+    assert KEYS["VM_QUOTAS"].flag_name in options and KEYS["TASK_TIMEOUT"].flag_name in options
+
+
+def test_value_given_with_set_is_named_as_set_key_in_errors_and_origins(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"RETRIES from --set RETRIES must be an integer >= 0, got '-1'"):
+        load_config(flags={"RETRIES": "-1"}, flag_names={"RETRIES": "--set RETRIES"}, environ={}, cwd=tmp_path)
+    config = load_config(flags={"ZONE": "europe-west1-b"}, flag_names={"ZONE": "--set ZONE"},
+                         environ={}, cwd=tmp_path)
+    assert config.origins["ZONE"] == "--set ZONE"

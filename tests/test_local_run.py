@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 import parallel_engine as pe
+from parallel_engine.store import local_store
 from tests.helpers import ROOT, cli, read_json, write_probe
 
 
@@ -172,15 +176,78 @@ def test_program_that_cannot_start_is_an_infra_attempt(workdir: Path) -> None:
     assert "cannot start '/nonexistent/program'" in view.attempts[0].reason
 
 
+def run_id_of(done: subprocess.CompletedProcess[str]) -> str:
+    match = re.search(r"^run (\S+):", done.stdout, re.MULTILINE)
+    assert match, done.stdout
+    return match.group(1)
+
+
 def test_runs_lists_newest_first_and_status_json_has_counts(workdir: Path) -> None:
     (workdir / "params.csv").write_text("x\n1\n2\n")
     first = cli("run", "params.csv", "--command", probe_cmd(workdir), cwd=workdir)
     second = cli("run", "params.csv", "--command", probe_cmd(workdir), cwd=workdir)
     assert first.returncode == second.returncode == 0
     listed = json.loads(cli("runs", "--json", cwd=workdir).stdout)
-    assert len(listed) == 2
-    assert listed[0]["run_id"] > listed[1]["run_id"]
+    assert [item["run_id"] for item in listed] == [run_id_of(second), run_id_of(first)]
     assert all(item["counts"] == {"succeeded": 2} and item["state"] == "finished" for item in listed)
+
+
+def test_runs_started_in_the_same_second_are_listed_newest_first(workdir: Path) -> None:
+    # Ids carry the second only; the random suffix must not decide. A real run's record, stored
+    # twice as two runs of the same second, the later one with the smaller suffix.
+    (workdir / "params.csv").write_text("x\n1\n")
+    record = pe.run(workdir / "params.csv", command=probe_cmd(workdir), store=str(workdir / "s")).status().record
+    store = local_store(workdir / ".parallel-engine")
+    earlier, later = "20260101-120000-zzzzz", "20260101-120000-aaaaa"
+    store.save_run(dataclasses.replace(record, run_id=earlier, created=1767268800.2))
+    store.save_run(dataclasses.replace(record, run_id=later, created=1767268800.7))
+    listed = json.loads(cli("runs", "--json", cwd=workdir).stdout)
+    assert [item["run_id"] for item in listed] == [later, earlier]
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of each row of a rich table printed as text."""
+    return [[cell.strip() for cell in line.strip("│┃").split("│" if "│" in line else "┃")]
+            for line in text.splitlines() if line.startswith(("│", "┃"))]
+
+
+def test_runs_table_at_80_columns_shows_whole_run_ids(workdir: Path) -> None:
+    deep = workdir / "a-rather-long-folder-name" / "and-another-one-below-it"
+    deep.mkdir(parents=True)
+    (deep / "params-with-a-long-name.csv").write_text("x\n1\n")
+    done = cli("run", str(deep / "params-with-a-long-name.csv"), "--command", probe_cmd(workdir), cwd=workdir)
+    listed = cli("runs", cwd=workdir, env={"COLUMNS": "80"})
+    assert listed.returncode == 0, listed.stderr
+    assert max(len(line) for line in listed.stdout.splitlines()) <= 80
+    (row,) = [r for r in table_rows(listed.stdout) if r[0] and r[0] != "run"]
+    assert row[0] == run_id_of(done) and row[1] == "finished"
+
+
+def test_status_table_shows_state_attempts_and_exit_code_per_task(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("task_id,x\ngood,ok\nbad,--exit=7\n")
+    done = cli("run", "params.csv", "--command", probe_cmd(workdir), "--args-template", "{x}", cwd=workdir)
+    shown = cli("status", run_id_of(done), cwd=workdir, env={"COLUMNS": "120"})
+    assert shown.returncode == 0, shown.stderr
+    rows = table_rows(shown.stdout)
+    assert rows[0] == ["task", "state", "attempts", "exit code", "duration s", "reason"]
+    by_task = {row[0]: row for row in rows[1:]}
+    assert by_task["good"][1:4] == ["succeeded", "1", "0"]
+    assert by_task["bad"][1:4] == ["failed", "1", "7"] and by_task["bad"][5] == "exit code 7"
+    assert "1 failed, 1 succeeded" in shown.stdout
+
+
+def test_summary_lists_failed_tasks_with_their_exit_codes(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("task_id,x\ngood,ok\nbad,--exit=7\nworse,--exit=9\n")
+    done = cli("run", "params.csv", "--command", probe_cmd(workdir), "--args-template", "{x}", cwd=workdir,
+               env={"COLUMNS": "120"})
+    assert done.returncode == 1
+    rows = table_rows(done.stdout)
+    assert rows[0] == ["task", "state", "exit code", "attempts", "reason"]
+    assert sorted(rows[1:]) == [
+        ["bad", "failed", "7", "1", "exit code 7"],
+        ["worse", "failed", "9", "1", "exit code 9"],
+    ]
+    assert "--- task bad, attempt 1: last stderr lines\nexiting with 7" in done.stdout
 
 
 def test_unknown_run_is_a_clear_error_not_a_traceback(workdir: Path) -> None:
@@ -197,6 +264,92 @@ def test_bad_params_file_is_a_clear_error_and_writes_no_run(workdir: Path) -> No
     assert not (workdir / ".parallel-engine" / "runs").exists()
 
 
+def test_nul_written_as_a_yaml_escape_is_refused_before_anything_runs(workdir: Path) -> None:
+    (workdir / "tasks.yaml").write_text('tasks:\n  - id: a\n    command: "echo \\0x"\n')
+    done = cli("run", "tasks.yaml", cwd=workdir, timeout=60)  # it used to hang, deaf to signals
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "tasks.yaml:3" in done.stderr and "NUL" in done.stderr and "Traceback" not in done.stderr
+    assert not (workdir / ".parallel-engine" / "runs").exists()
+
+
+def error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_store_that_cannot_be_a_folder_is_one_clear_error_and_exit_2(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("x\n1\n")
+    done = cli("run", "params.csv", "--command", probe_cmd(workdir), "--store", "/dev/null/x", cwd=workdir)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = error_lines(done.stderr)
+    assert "cannot write /dev/null/x/runs/" in line and "Not a directory" in line
+
+
+def test_collect_into_an_existing_file_is_one_clear_error_and_exit_2(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("x\n1\n")
+    assert cli("run", "params.csv", "--command", probe_cmd(workdir), cwd=workdir).returncode == 0
+    (workdir / "taken").write_text("mine")
+    done = cli("collect", only_run_id(workdir), "--dest", "taken", cwd=workdir)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = error_lines(done.stderr)
+    assert "taken is a file, not a folder" in line
+    assert (workdir / "taken").read_text() == "mine"
+
+
+def test_collect_takes_the_winning_attempt_not_an_earlier_failed_one(workdir: Path) -> None:
+    flaky = workdir / "flaky.py"
+    flaky.write_text(
+        "import os, pathlib, sys\n"
+        "out, n = pathlib.Path(os.environ['PE_OUTPUT_DIR']), os.environ['PE_ATTEMPT']\n"
+        "(out / 'result.txt').write_text(n)\n"
+        "(out / f'attempt-{n}.txt').write_text(n)\n"
+        "sys.exit(1 if n == '1' else 0)\n"
+    )
+    (workdir / "params.csv").write_text("x\n1\n")
+    handle = pe.run(workdir / "params.csv", command=f"{sys.executable} {flaky}", retries=1,
+                    store=str(workdir / "s"))
+    assert [str(a.state) for a in handle.status().tasks[0].attempts] == ["failed", "succeeded"]
+    handle.collect(workdir / "out")
+    assert sorted(p.name for p in (workdir / "out" / "1").iterdir()) == ["attempt-2.txt", "result.txt"]
+    assert (workdir / "out" / "1" / "result.txt").read_text() == "2"
+    (row,) = csv.DictReader(open(workdir / "out" / "results.csv", newline=""))
+    assert (row["state"], row["exit_code"], row["attempts"]) == ("succeeded", "0", "2")
+
+
+def test_collect_never_replaces_a_folder_it_did_not_write(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("task_id,x\ncode,1\nother,2\n")
+    (workdir / "code").mkdir()
+    (workdir / "code" / "main.py").write_text("precious")
+    assert cli("run", "params.csv", "--command", probe_cmd(workdir), cwd=workdir).returncode == 0
+    done = cli("collect", only_run_id(workdir), "--dest", ".", cwd=workdir)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = error_lines(done.stderr)
+    assert "code already exists and was not written by `parallel-engine collect`" in line
+    assert (workdir / "code" / "main.py").read_text() == "precious"
+    assert not (workdir / "other").exists() and not (workdir / "results.csv").exists()  # refused before writing
+
+
+def test_collect_again_into_the_same_folder_replaces_what_it_wrote(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("x\n1\n")
+    assert cli("run", "params.csv", "--command", probe_cmd(workdir), cwd=workdir).returncode == 0
+    run_id = only_run_id(workdir)
+    assert cli("collect", run_id, "--dest", "out", cwd=workdir).returncode == 0
+    (workdir / "out" / "1" / "stale").write_text("from before")
+    again = cli("collect", run_id, "--dest", "out", cwd=workdir)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in (workdir / "out" / "1").iterdir()) == ["argv.json"]
+
+
+def test_collect_refuses_to_overwrite_a_results_csv_it_did_not_write(workdir: Path) -> None:
+    (workdir / "params.csv").write_text("x\n1\n")
+    assert cli("run", "params.csv", "--command", probe_cmd(workdir), cwd=workdir).returncode == 0
+    (workdir / "out").mkdir()
+    (workdir / "out" / "results.csv").write_text("my own\n")
+    done = cli("collect", only_run_id(workdir), "--dest", "out", cwd=workdir)
+    assert done.returncode == 2 and "results.csv already exists" in done.stderr
+    assert (workdir / "out" / "results.csv").read_text() == "my own\n"
+
+
 def test_no_config_file_means_local_backend_with_defaults(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "code", tmp_path / "code")
     (tmp_path / "code" / "params.csv").write_text("dataset\nsales\n")
@@ -204,6 +357,21 @@ def test_no_config_file_means_local_backend_with_defaults(tmp_path: Path) -> Non
     done = cli("run", "code/params.csv", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert f"at most {os.cpu_count()} at once" in done.stderr
+
+
+def test_default_command_outside_the_repository_root_is_one_clear_error(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "code" / "params.csv", tmp_path / "params.csv")  # no code/main.py here
+    done = cli("run", "params.csv", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = error_lines(done.stderr)
+    assert "COMMAND (default" in line and "code/main.py" in line and str(tmp_path) in line
+    assert not (tmp_path / ".parallel-engine").exists()
+
+
+def test_missing_script_does_not_matter_when_every_task_brings_its_own_command(tmp_path: Path) -> None:
+    (tmp_path / "tasks.txt").write_text(f"{sys.executable} -c pass\n")
+    done = cli("run", "tasks.txt", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_unknown_config_key_is_one_clear_line_and_exit_2(workdir: Path) -> None:
@@ -214,6 +382,18 @@ def test_unknown_config_key_is_one_clear_line_and_exit_2(workdir: Path) -> None:
     assert "VM_QUOTA" in done.stderr and ".config.yaml" in done.stderr and "VM_QUOTAS" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (workdir / ".parallel-engine").exists()
+
+
+@pytest.mark.parametrize(("flag", "named"), [
+    (["--set", "RETRIES=-1"], "--set RETRIES"),
+    (["--retries", "-1"], "flag --retries"),
+])
+def test_bad_flag_value_names_the_flag_as_it_was_given(workdir: Path, flag: list[str], named: str) -> None:
+    (workdir / "params.csv").write_text("x\n1\n")
+    done = cli("run", "params.csv", *flag, cwd=workdir)
+    assert done.returncode == 2
+    (line,) = error_lines(done.stderr)
+    assert f"RETRIES from {named} must be an integer >= 0" in line
 
 
 def test_gce_backend_without_its_keys_names_them_and_exits_2(workdir: Path) -> None:

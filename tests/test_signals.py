@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -61,3 +62,35 @@ def test_signal_cancels_running_tasks_kills_their_trees_and_exits_130(tmp_path: 
         cwd=tmp_path, env=env, capture_output=True, text=True,
     )
     assert json.loads(status.stdout)["counts"] == {"cancelled": 4}
+
+
+def test_run_whose_orchestrator_died_is_interrupted_and_its_running_attempts_lost(tmp_path: Path) -> None:
+    write_probe(tmp_path)
+    (tmp_path / "params.csv").write_text("sleep\n300\n300\n")  # one runs, one waits (-j 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARALLEL_ENGINE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parallel_engine", "run", "params.csv", "-j", "1", "-q",
+         "--command", f"{sys.executable} {tmp_path / 'probe.py'}"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    runs = tmp_path / ".parallel-engine" / "runs"
+    pid_files = lambda: list(runs.glob("*/tasks/*/*/outputs/pids")) if runs.exists() else []  # noqa: E731
+    wait_for(lambda: len(pid_files()) == 1 and pid_files()[0].read_text().strip(), 30, "a running task")
+    task_pids = [int(pid) for pid in pid_files()[0].read_text().split()]
+    try:
+        proc.kill()  # SIGKILL: no handler runs, no end.json is written
+        proc.wait(30)
+        (run_dir,) = runs.iterdir()
+        assert not (run_dir / "end.json").exists()
+        status = subprocess.run(
+            [sys.executable, "-m", "parallel_engine", "status", run_dir.name, "--json"],
+            cwd=tmp_path, env=env, capture_output=True, text=True,
+        )
+        shown = json.loads(status.stdout)
+        assert shown["state"] == "interrupted"
+        by_state = sorted((t["state"], t["attempts"], t["reason"]) for t in shown["tasks"])
+        assert by_state == [("cancelled", 0, ""), ("cancelled", 1, f"its orchestrator (pid {proc.pid}) is gone")]
+    finally:
+        for pid in task_pids:  # its own session: the task outlives a SIGKILLed orchestrator
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

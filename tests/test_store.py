@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
+import pytest
+
+from parallel_engine.errors import StoreError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.store import LocalBlobs, RunRecord, local_store
 
@@ -55,3 +61,69 @@ def test_attempt_records_land_in_the_documented_layout(tmp_path: Path) -> None:
     assert store.load_run("r1") == record
     assert store.attempts("r1") == {"t1": [status]}
     assert store.run_ids() == ["r1"]
+
+
+# A real disk error halfway through a write: the file-size limit (RLIMIT_FSIZE) lets the first
+# 64 KiB land, then the kernel refuses the rest (EFBIG). Run in a child so pytest keeps its limit.
+HALF_WRITE = r"""
+import resource, signal, sys
+from pathlib import Path
+from parallel_engine.errors import StoreError
+from parallel_engine.store import LocalBlobs
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+try:
+    LocalBlobs(Path(sys.argv[1])).write("runs/r1/run.json", b"x" * 1_000_000)
+except StoreError as exc:
+    print(exc.message)
+    sys.exit(0)
+sys.exit("the write did not fail")
+"""
+
+
+def test_write_that_fails_halfway_keeps_the_old_content_and_leaves_no_temporary(tmp_path: Path) -> None:
+    blobs = LocalBlobs(tmp_path)
+    blobs.write("runs/r1/run.json", b'{"old": true}')
+    done = subprocess.run([sys.executable, "-c", HALF_WRITE, str(tmp_path)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"cannot write {tmp_path}/runs/r1/run.json" in done.stdout  # a StoreError naming the path
+    assert json.loads((tmp_path / "runs/r1/run.json").read_bytes()) == {"old": True}
+    assert [p.name for p in (tmp_path / "runs/r1").iterdir()] == ["run.json"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_writers_in_two_processes_never_share_a_temporary(tmp_path: Path) -> None:
+    # A forked child keeps its parent's thread id: with the thread id alone in the temporary's
+    # name, both processes write into the same temporary and one rename finds it gone.
+    blobs = LocalBlobs(tmp_path)
+    payloads = {b"p" * 400_000, b"c" * 400_000}
+    pid = os.fork()
+    if pid == 0:  # the child: write its payload many times, report by exit status only
+        code = 0
+        try:
+            for _ in range(100):
+                blobs.write("k", b"c" * 400_000)
+        except BaseException:  # noqa: BLE001 - the parent reads the exit status
+            code = 1
+        os._exit(code)
+    errors: list[str] = []
+    for _ in range(100):
+        try:
+            blobs.write("k", b"p" * 400_000)
+        except (StoreError, OSError) as exc:  # OSError: what it raised before disk errors were translated
+            errors.append(str(exc))
+        assert blobs.read("k") in payloads  # always one whole payload, never a mix
+    _, status = os.waitpid(pid, 0)
+    assert errors == [] and os.waitstatus_to_exitcode(status) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["k"]
+
+
+def test_disk_errors_in_the_store_are_store_errors_naming_the_path(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    blobs = LocalBlobs(tmp_path / "file")
+    with pytest.raises(StoreError, match=f"cannot write {tmp_path}/file/runs/r1/run.json: Not a directory"):
+        blobs.write("runs/r1/run.json", b"{}")
+    with pytest.raises(StoreError, match="Not a directory"):
+        blobs.create("runs/r1/claims/t.1", b"w")
+    assert blobs.read("runs/r1/run.json") is None  # missing is not an error

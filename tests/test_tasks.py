@@ -299,6 +299,19 @@ def test_usable_header_names_are_accepted(tmp_path: Path, name: str) -> None:
     assert load_tasks(path).tasks[0].argv == (f"--{name}=1",)
 
 
+@pytest.mark.parametrize("name", ["state", "exit_code", "attempts", "duration_s"])
+def test_column_named_like_a_results_csv_column_is_refused(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path / "params.csv", f"x,{name}\n1,2\n")
+    err = refused(path, 1, f"column name {name!r}", "results.csv")
+    assert f"my_{name}" in (err.hint or "")
+
+
+@pytest.mark.parametrize("name", ["task_id", "state", "duration_s"])
+def test_yaml_arg_named_like_a_results_csv_column_is_refused(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path / "tasks.yaml", f"- id: a\n  args:\n    x: 1\n    {name}: 2\n")
+    refused(path, 4, f"argument name {name!r}", "results.csv")
+
+
 def test_non_utf8_byte_is_refused_at_its_line(tmp_path: Path) -> None:
     path = write(tmp_path / "params.csv", b"a\nok\n\xe9t\xe9\n")
     refused(path, 3, "not UTF-8", "0xe9")
@@ -513,6 +526,27 @@ def test_yaml_unsafe_tag_is_refused_not_executed(tmp_path: Path) -> None:
 def test_yaml_nul_and_bad_bytes_are_refused(tmp_path: Path) -> None:
     refused(write(tmp_path / "a.yaml", b'- id: a\n  argv: ["x\x00"]\n'), 2, "NUL")
     refused(write(tmp_path / "b.yaml", b"- id: a\n\n  argv: [\xfe]\n"), 3, "not UTF-8")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ('- id: a\n  command: "echo \\0x"\n', 2, "`command`"),
+        ('- id: a\n  launch_cmd: "echo \\x00"\n', 2, "`launch_cmd`"),
+        ('- id: a\n  command: [echo, "\\u0000"]\n', 2, "`command` item 2"),
+        ('- id: a\n  args: {x: "a\\0b"}\n', 2, "argument 'x'"),
+        ('- id: a\n  args:\n    ok: 1\n    x: "a\\0b"\n', 4, "argument 'x'"),
+        ('- id: a\n  argv: ["a\\0b"]\n', 2, "`argv` item 1"),
+        ('- id: a\n  argv:\n    - fine\n    - "a\\0b"\n', 4, "`argv` item 2"),
+    ],
+    ids=["command", "launch_cmd", "command-list", "args", "args-multiline", "argv", "argv-multiline"],
+)
+def test_yaml_nul_written_as_an_escape_is_refused_at_its_line(
+    tmp_path: Path, text: str, line: int, fragment: str
+) -> None:
+    path = write(tmp_path / "tasks.yaml", text)
+    assert b"\0" not in path.read_bytes()  # no raw NUL: only the YAML escape makes one
+    refused(path, line, fragment, "NUL cannot travel in argv")
 
 
 # --------------------------------------------------------------------------- plain task list

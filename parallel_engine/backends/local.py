@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from parallel_engine.errors import ParallelEngineError
+from parallel_engine.errors import BackendError, ParallelEngineError, StoreError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.runtimes.base import AttemptSpec, RunningAttempt, Runtime
 from parallel_engine.store import RunStore
@@ -44,6 +44,7 @@ class LocalPool:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _cancelled: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _crash: BaseException | None = None
 
     def start(self) -> None:
         # Workers mostly wait on children and the disk; the default 5 ms GIL switch interval
@@ -70,6 +71,14 @@ class LocalPool:
         for killer in killers:
             killer.join()
 
+    def check(self) -> None:
+        """Raise if a worker thread died: its attempt would never report, and the run never end."""
+        dead = [thread.name for thread in self._threads if not thread.is_alive()]
+        if dead:
+            why = f"{type(self._crash).__name__}: {self._crash}" if self._crash else "no reason given"
+            raise BackendError(f"local worker {dead[0]} stopped unexpectedly ({why})",
+                               hint="this is a bug in parallel-engine: please report it with this line")
+
     def close(self) -> None:
         """Stop the workers once they are idle."""
         for _ in self._threads:
@@ -87,9 +96,15 @@ class LocalPool:
             task, attempt = item
             if self._cancelled.is_set():
                 continue
-            if not self.store.claim(self.run_id, task.id, attempt, worker):
-                continue  # someone else runs it
-            self._run_attempt(task, attempt, worker)
+            try:
+                if not self.store.claim(self.run_id, task.id, attempt, worker):
+                    continue  # someone else runs it
+                self._run_attempt(task, attempt, worker)
+            except Exception as exc:  # e.g. the store cannot be written: the scheduler must hear of it
+                self.on_event("fatal", _as_error(exc, worker))  # type: ignore[arg-type]
+            except BaseException as exc:  # never expected here; check() turns it into an error
+                self._crash = exc
+                return
 
     def _run_attempt(self, task: Task, attempt: int, worker: str) -> None:
         prefix = self.store.attempt_prefix(self.run_id, task.id, attempt)
@@ -122,6 +137,9 @@ class LocalPool:
             running = self.runtime.start(spec)
         except ParallelEngineError as exc:
             self._finish(status, AttemptState.INFRA, None, exc.message)
+            return
+        except Exception as exc:  # a runtime's bug must still end the attempt, or the run waits forever
+            self._finish(status, AttemptState.INFRA, None, f"cannot start: {type(exc).__name__}: {exc}")
             return
         live = _Live(running)
         with self._lock:
@@ -160,6 +178,16 @@ class LocalPool:
         self.on_event("finished", status)
 
 
+def _as_error(exc: Exception, worker: str) -> ParallelEngineError:
+    """An unexpected worker failure as one of ours: a disk error names its path."""
+    if isinstance(exc, ParallelEngineError):
+        return exc
+    if isinstance(exc, OSError):
+        return StoreError(f"local worker {worker}: cannot write {exc.filename or 'the run store'}: "
+                          f"{exc.strerror or exc}", hint="check that the STORE folder is writable and has space")
+    return BackendError(f"local worker {worker} failed: {type(exc).__name__}: {exc}")
+
+
 def _make_attempt_folders(folder: str) -> None:
     """tasks/<id>/<attempt>/outputs: one mkdir per level, no stat walk (short tasks feel each call)."""
     task_folder = os.path.dirname(folder.rstrip("/"))
@@ -169,5 +197,8 @@ def _make_attempt_folders(folder: str) -> None:
         pass
     except FileNotFoundError:  # the first attempt of the run: tasks/ itself is new
         os.makedirs(task_folder, exist_ok=True)
-    os.mkdir(folder)
-    os.mkdir(os.path.join(folder, "outputs"))
+    for path in (folder, os.path.join(folder, "outputs")):
+        try:
+            os.mkdir(path)
+        except FileExistsError:  # never for a fresh claim; harmless if it happens
+            pass
