@@ -293,10 +293,13 @@ def down(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Delete every VM of a run (by its label), from any machine, and check none is left."""
+    """Delete every VM of a run (by its label), from any machine, and check none is left; on the
+    local backend, remove the containers (by label) and processes a killed run left behind."""
     cfg = _config(config, _flags(set_))
     if cfg.backend != "gce":
-        out.print("nothing to tear down: BACKEND is local (local workers end with their run)", markup=False)
+        left = api.down_local(run_id, cfg)
+        out.print(f"run {run_id}: removed {left.containers} container(s) and {left.processes} process(es)",
+                  markup=False)
         return
     from parallel_engine.gce_run import down as down_run
 
