@@ -22,7 +22,7 @@ from typing import Any
 
 from parallel_engine.backends.local import LocalPool
 from parallel_engine.config import Config, load_config
-from parallel_engine.errors import ConfigError, ParallelEngineError
+from parallel_engine.errors import BackendError, ConfigError, ParallelEngineError
 from parallel_engine.model import AttemptStatus, Task
 from parallel_engine.names import new_run_id
 from parallel_engine.results import RunStatus, collect, read_log, run_status, status_of, write_end
@@ -101,7 +101,7 @@ def stop_on_signals(cancel: threading.Event) -> Iterator[None]:
 def _select_runtime(config: Config, info: InfoFn) -> Runtime:
     runtime, reason = select_runtime(
         config.runtime, config.image, network=config.docker_network, cpus=config.cpus,
-        memory=config.memory, command=config.command_argv(),
+        memory=config.memory, command=config.command_argv(), labels=config.labels,
     )
     info(f"runtime: {reason}")
     return runtime
@@ -250,6 +250,44 @@ def build(
     from parallel_engine.build import build_local
 
     return build_local(Path(context), config.image, say)
+
+
+@dataclass(frozen=True)
+class LocalDown:
+    """What `down` removed of a local run."""
+
+    containers: int
+    processes: int
+
+
+def down_local(run_id: str, config: Config | None = None) -> LocalDown:
+    """Remove what a local run left on this machine after its orchestrator died without
+    cleaning up (SIGKILL, an OOM kill): its containers, by label, and its processes.
+
+    Refused while the run's orchestrator still runs here: it would retry what `down` kills.
+    """
+    from parallel_engine.runtimes.docker import LABEL_RUN, engine_available, remove_containers
+    from parallel_engine.runtimes.process import kill_run_processes
+
+    config = config or load_config()
+    store = open_store(config)
+    record = store.load_run(run_id)  # raises RunNotFoundError with a hint
+    owner = record.spec.get("orchestrator", {})
+    if run_status(store, run_id).run_state == "running" and owner.get("host") == socket.gethostname():
+        raise ParallelEngineError(
+            f"run {run_id} is still running here (orchestrator pid {owner.get('pid')})",
+            hint=f"stop it with Ctrl-C or `kill -TERM {owner.get('pid')}`: it removes its containers "
+                 f"and processes itself; `parallel-engine down {run_id}` is for what a killed run left",
+        )
+    containers = 0
+    if engine_available():
+        containers = remove_containers({LABEL_RUN: run_id})
+    elif record.spec.get("runtime") == "docker":
+        raise BackendError(
+            f"cannot remove the containers of run {run_id}: no Docker engine answers",
+            hint="start the Docker engine the run used, then run `parallel-engine down` again",
+        )
+    return LocalDown(containers, kill_run_processes(run_id))
 
 
 def get_run(run_id: str, config: Config | None = None) -> Run:

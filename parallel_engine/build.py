@@ -32,7 +32,10 @@ def build_local(
     """Build `context` into `tag`, streaming each log line to `on_line`; return the image id."""
     context = Path(context)
     if not context.is_dir():
-        raise BuildError(f"build context {context} is not a directory", hint="point CODE_DIR at the folder holding your Dockerfile")
+        raise BuildError(
+            f"build context {context} is not a directory",
+            hint="pass the folder holding your Dockerfile: `parallel-engine build DIR` (default: code)",
+        )
     if not (context / dockerfile).is_file():
         raise BuildError(f"no {dockerfile} in {context} ({context / dockerfile} is missing)", hint="create one, e.g. with `parallel-engine init`")
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -48,7 +49,8 @@ def friendly(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ParallelEngineError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False, soft_wrap=True)
+            # escape: a message quotes files, argv and build logs, whose "[...]" is not markup
+            err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, highlight=False, soft_wrap=True)
             if exc.hint:
                 err.print(f"hint: {exc.hint}", markup=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
@@ -301,10 +303,13 @@ def down(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Delete every VM of a run (by its label), from any machine, and check none is left."""
+    """Delete every VM of a run (by its label), from any machine, and check none is left; on the
+    local backend, remove the containers (by label) and processes a killed run left behind."""
     cfg = _config(config, _flags(set_))
     if cfg.backend != "gce":
-        out.print("nothing to tear down: BACKEND is local (local workers end with their run)", markup=False)
+        left = api.down_local(run_id, cfg)
+        out.print(f"run {run_id}: removed {left.containers} container(s) and {left.processes} process(es)",
+                  markup=False)
         return
     from parallel_engine.gce_run import down as down_run
 

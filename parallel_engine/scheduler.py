@@ -73,7 +73,10 @@ class Scheduler:
         self.tasks = {task.id: task for task in tasks}
         self.budgets = budgets
         self.progress = progress
-        self.events: "queue.SimpleQueue[tuple[str, AttemptStatus]]" = queue.SimpleQueue()
+        # queue.Queue, not SimpleQueue: on CPython 3.11 a signal handler that runs inside
+        # SimpleQueue.get(timeout) and outlasts the timeout leaves get() blocked for good, so
+        # SIGINT/SIGTERM went unnoticed until the next event (seen under load with containers).
+        self.events: "queue.Queue[tuple[str, AttemptStatus]]" = queue.Queue()
         self.pool = make_pool(lambda kind, status: self.events.put((kind, status)))
         self._check_pool: Callable[[], None] = getattr(self.pool, "check", lambda: None)
         self.attempts: dict[str, list[AttemptStatus]] = {task_id: [] for task_id in self.tasks}

@@ -2,15 +2,19 @@
 # Make a Docker engine and the offline base image (python:3.11-slim) available for tests and CI.
 #
 # - An engine that already answers `docker info` is reused as it is.
-# - Otherwise one is started only where that is allowed: as root AND with CI=true or
+# - Otherwise one is started only where that is allowed: as root AND with CI=true (or 1, yes) or
 #   PE_START_DOCKER=1. It runs with the bridge and iptables off (containers use
 #   `--network none` or `--network host`), its data root under /var/lib/parallel-engine.
-# - No registry is reachable here, so the base image is made locally with debootstrap
-#   (once: the rootfs is kept and reused) and tagged with the name code/Dockerfile uses.
+# - No registry is reachable here, so where it may change the machine the base image is made
+#   locally with debootstrap (once: the rootfs is kept and reused) and tagged with the name
+#   code/Dockerfile uses. Elsewhere a missing base image is pulled; a failed pull is a loud
+#   warning (the docker tests that need it skip), not an error.
 #
-# Idempotent: a second run finds everything in place and changes nothing.
-# Environment: PE_START_DOCKER=1 (opt in), CI=true (opt in), PE_STATE_DIR (default
-# /var/lib/parallel-engine), PE_DOCKER_WAIT_S (default 60), PE_BASE_IMAGE (default python:3.11-slim).
+# Idempotent: a second run finds everything in place and changes nothing. Every wait is bounded.
+# Environment: PE_START_DOCKER=1 (opt in), CI=true|1|yes (opt in), PE_STATE_DIR (default
+# /var/lib/parallel-engine), PE_DOCKER_WAIT_S (default 60), PE_BASE_IMAGE (default python:3.11-slim),
+# PE_DEBOOTSTRAP_ATTEMPTS (default 3), PE_RETRY_BACKOFF_S (default 15: 15 s, then 30 s, ...).
+# Sourcing it (`source scripts/ensure-docker.sh`) defines the functions without running main.
 set -euo pipefail
 
 STATE_DIR=${PE_STATE_DIR:-/var/lib/parallel-engine}
@@ -23,6 +27,13 @@ DEBOOTSTRAP_LOG="$STATE_DIR/debootstrap.log"
 BASE_IMAGE=${PE_BASE_IMAGE:-python:3.11-slim}
 IMPORTED_IMAGE=parallel-engine/debian-python:bookworm
 WAIT_S=${PE_DOCKER_WAIT_S:-60}
+DEBOOTSTRAP_ATTEMPTS=${PE_DEBOOTSTRAP_ATTEMPTS:-3}
+DEBOOTSTRAP_TIMEOUT_S=${PE_DEBOOTSTRAP_TIMEOUT_S:-1200}  # one attempt; the slowest seen here was 9 min
+RETRY_BACKOFF_S=${PE_RETRY_BACKOFF_S:-15}
+APT_TIMEOUT_S=${PE_APT_TIMEOUT_S:-900}
+POLICY_RC_D=${PE_POLICY_RC_D:-/usr/sbin/policy-rc.d}
+# apt retries each download 5 times and waits (bounded) for a dpkg lock another apt holds.
+APT_OPTIONS=(-o Acquire::Retries=5 -o DPkg::Lock::Timeout=300 -o Acquire::http::Timeout=60)
 
 CHANGES=()        # what this run did to the machine, printed at the end
 APT_UPDATED=0
@@ -55,8 +66,15 @@ describe_engine() {
         || echo "engine at $host"
 }
 
+in_ci() {
+    case "${CI:-}" in
+        [Tt][Rr][Uu][Ee] | 1 | [Yy][Ee][Ss]) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
 may_change_machine() {
-    [[ $(id -u) -eq 0 ]] && { [[ ${CI:-} == "true" ]] || [[ ${PE_START_DOCKER:-} == "1" ]]; }
+    [[ $(id -u) -eq 0 ]] && { in_ci || [[ ${PE_START_DOCKER:-} == "1" ]]; }
 }
 
 apt_install() {
@@ -67,20 +85,21 @@ apt_install() {
     export DEBIAN_FRONTEND=noninteractive
     if ((APT_UPDATED == 0)); then
         say "apt-get update"
-        apt-get update -q || die "apt-get update failed: cannot install $*"
+        timeout "$APT_TIMEOUT_S" apt-get "${APT_OPTIONS[@]}" update -q \
+            || die "apt-get update failed (or took over ${APT_TIMEOUT_S}s): cannot install $*"
         APT_UPDATED=1
     fi
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
+    if [[ ! -e $POLICY_RC_D ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$POLICY_RC_D"
+        chmod 755 "$POLICY_RC_D"
         policy_created=1
     fi
     say "apt-get install -y --no-install-recommends $*"
-    if ! apt-get install -y -q --no-install-recommends "$@"; then
-        ((policy_created)) && rm -f /usr/sbin/policy-rc.d
-        die "apt-get install $* failed"
+    if ! timeout "$APT_TIMEOUT_S" apt-get "${APT_OPTIONS[@]}" install -y -q --no-install-recommends "$@"; then
+        ((policy_created)) && rm -f "$POLICY_RC_D"
+        die "apt-get install $* failed (or took over ${APT_TIMEOUT_S}s)"
     fi
-    ((policy_created)) && rm -f /usr/sbin/policy-rc.d
+    ((policy_created)) && rm -f "$POLICY_RC_D"
     CHANGES+=("installed Debian packages: $* (service not started by the package)")
     say "installed $* in $(elapsed "$started")"
 }
@@ -137,9 +156,9 @@ ensure_engine() {
     fi
     if ! may_change_machine; then
         local why="not running as root"
-        [[ $(id -u) -eq 0 ]] && why="neither CI=true nor PE_START_DOCKER=1 is set"
+        [[ $(id -u) -eq 0 ]] && why="CI is not true, 1 or yes, and PE_START_DOCKER=1 is not set"
         loud "NO DOCKER ENGINE ANSWERS, and this script will not start one ($why)." \
-            "Tests marked 'docker' WILL BE SKIPPED (and fail the session when CI=true)." \
+            "Tests marked 'docker' WILL BE SKIPPED (and fail the session in CI)." \
             "To opt in, as root:  PE_START_DOCKER=1 bash scripts/ensure-docker.sh" \
             "or start your own Docker engine and make sure 'docker info' answers."
         summary
@@ -174,20 +193,35 @@ ensure_engine() {
 }
 
 build_rootfs() {
-    local started
+    # debootstrap, tried DEBOOTSTRAP_ATTEMPTS times with a growing pause (a mirror's hiccup is
+    # common); the cache dir keeps what earlier attempts downloaded.
+    local started attempt=1 pause=$RETRY_BACKOFF_S
     started=$(now)
-    if [[ -e $ROOTFS ]]; then
-        say "removing an incomplete rootfs left by an interrupted run: $ROOTFS"
-        rm -rf "$ROOTFS"
-    fi
     mkdir -p "$STATE_DIR/debootstrap-cache"
-    say "debootstrap --variant=minbase bookworm $ROOTFS (log $DEBOOTSTRAP_LOG; this took 30 s to 9 min here)"
-    if ! debootstrap --variant=minbase --include=python3,python3-pip,python-is-python3 \
-            --cache-dir="$STATE_DIR/debootstrap-cache" \
-            bookworm "$ROOTFS" >"$DEBOOTSTRAP_LOG" 2>&1; then
+    : >"$DEBOOTSTRAP_LOG"
+    while :; do
+        if [[ -e $ROOTFS ]]; then
+            say "removing an incomplete rootfs (an interrupted run or a failed attempt): $ROOTFS"
+            rm -rf "$ROOTFS"
+        fi
+        say "debootstrap --variant=minbase bookworm $ROOTFS, attempt $attempt/$DEBOOTSTRAP_ATTEMPTS (log $DEBOOTSTRAP_LOG; this took 30 s to 9 min here)"
+        printf '\n===== %s: attempt %s =====\n' "$(date -Is)" "$attempt" >>"$DEBOOTSTRAP_LOG"
+        if timeout "$DEBOOTSTRAP_TIMEOUT_S" debootstrap --variant=minbase \
+                --include=python3,python3-pip,python-is-python3 \
+                --cache-dir="$STATE_DIR/debootstrap-cache" \
+                bookworm "$ROOTFS" >>"$DEBOOTSTRAP_LOG" 2>&1; then
+            break
+        fi
         tail -n 20 "$DEBOOTSTRAP_LOG" >&2 || true
-        die "debootstrap failed after $(elapsed "$started"); see $DEBOOTSTRAP_LOG"
-    fi
+        if ((attempt >= DEBOOTSTRAP_ATTEMPTS)); then
+            rm -rf "$ROOTFS"
+            die "debootstrap failed $attempt times (each bounded by ${DEBOOTSTRAP_TIMEOUT_S}s) in $(elapsed "$started"); see $DEBOOTSTRAP_LOG"
+        fi
+        say "debootstrap attempt $attempt failed; retrying in ${pause}s (downloads so far are kept in $STATE_DIR/debootstrap-cache)"
+        sleep "$pause"
+        attempt=$((attempt + 1))
+        pause=$((pause * 2))
+    done
     # pip must be usable in a Dockerfile (PEP 668 would refuse `pip install` system-wide).
     rm -f "$ROOTFS"/usr/lib/python3*/EXTERNALLY-MANAGED
     # Make the image small and deterministic enough: drop apt's downloaded lists and archives.
@@ -199,20 +233,22 @@ build_rootfs() {
 
 ensure_base_image() {
     local started
-    if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    if timeout 60 docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
         say "base image $BASE_IMAGE is present: skipped"
         return 0
     fi
     started=$(now)
-    if ! docker image inspect "$IMPORTED_IMAGE" >/dev/null 2>&1; then
+    if ! timeout 60 docker image inspect "$IMPORTED_IMAGE" >/dev/null 2>&1; then
         if ! may_change_machine; then
-            say "base image $BASE_IMAGE is missing; trying docker pull (needs a reachable registry)"
+            say "base image $BASE_IMAGE is missing; trying docker pull (needs a reachable registry; at most 300s)"
             if timeout 300 docker pull "$BASE_IMAGE"; then
                 CHANGES+=("pulled $BASE_IMAGE")
                 return 0
             fi
-            die "BASE IMAGE $BASE_IMAGE IS MISSING and could not be pulled." \
+            loud "BASE IMAGE $BASE_IMAGE IS MISSING and could not be pulled." \
+                "Tests marked 'docker' that need it WILL BE SKIPPED (and fail the session in CI)." \
                 "To build it offline with debootstrap, as root:  PE_START_DOCKER=1 bash scripts/ensure-docker.sh"
+            return 0
         fi
         command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
         mkdir -p "$STATE_DIR"
@@ -224,7 +260,7 @@ ensure_base_image() {
         local import_started
         import_started=$(now)
         say "importing $ROOTFS as $IMPORTED_IMAGE"
-        tar -C "$ROOTFS" -c . | docker import \
+        tar -C "$ROOTFS" -c . | timeout 600 docker import \
             --change 'ENV LANG=C.UTF-8' \
             --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
             --change 'CMD ["python3"]' \
@@ -233,9 +269,9 @@ ensure_base_image() {
         CHANGES+=("imported image $IMPORTED_IMAGE")
         say "imported in $(elapsed "$import_started")"
     fi
-    docker tag "$IMPORTED_IMAGE" "$BASE_IMAGE"
+    timeout 120 docker tag "$IMPORTED_IMAGE" "$BASE_IMAGE" || die "docker tag $IMPORTED_IMAGE $BASE_IMAGE failed"
     CHANGES+=("tagged $IMPORTED_IMAGE as $BASE_IMAGE")
-    say "base image $BASE_IMAGE ready in $(elapsed "$started"): $(docker run --rm --network none "$BASE_IMAGE" python --version 2>&1)"
+    say "base image $BASE_IMAGE ready in $(elapsed "$started"): $(timeout 120 docker run --rm --network none "$BASE_IMAGE" python --version 2>&1)"
 }
 
 ensure_registry() {
@@ -270,4 +306,6 @@ main() {
     summary
 }
 
-main "$@"
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    main "$@"
+fi

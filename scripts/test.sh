@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need, makes a Docker engine available
-# where allowed (root with CI=true or PE_START_DOCKER=1; never silently on a laptop), runs pytest.
+# where allowed (root with CI=true|1|yes or PE_START_DOCKER=1; never silently on a laptop), runs pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # In its own virtual environment (.venv, reused): a system Python such as Debian's refuses a

@@ -55,7 +55,7 @@ WRITE_ARGV = (
 
 
 def containers_of(client: Any, run_id: str) -> list[Any]:
-    return client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"})
+    return client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"}, ignore_removed=True)
 
 
 @pytest.fixture()
@@ -108,8 +108,8 @@ def example_runtime(example_image: str) -> Iterator[DockerRuntime]:
 
 
 @pytest.fixture()
-def base_runtime(docker_engine: Any) -> Iterator[DockerRuntime]:
-    runtime = DockerRuntime(BASE_IMAGE)
+def base_runtime(base_image: str) -> Iterator[DockerRuntime]:
+    runtime = DockerRuntime(base_image)
     yield runtime
     runtime.close()
 
@@ -150,6 +150,7 @@ def test_wait_returns_none_on_timeout_and_kill_leaves_no_container(
     assert containers_of(docker_engine, run_id) == []
     attempt.kill()  # idempotent
     assert attempt.wait(5) == 137  # 128 + SIGKILL
+    assert attempt.exit_reason() is None  # killed by us, not by the kernel: the code says it all
 
 
 def test_kill_after_normal_exit_is_harmless(base_runtime: DockerRuntime, run_id: str, tmp_path: Path) -> None:
@@ -199,7 +200,7 @@ def test_network_is_none_by_default_only_loopback_visible(base_runtime: DockerRu
     assert json.loads((spec.output_dir / "net.json").read_text()) == {"proc": ["lo"], "sys": ["lo"]}
 
 
-def test_host_network_is_opt_in_and_shares_host_interfaces(docker_engine: Any, run_id: str, tmp_path: Path) -> None:
+def test_host_network_is_opt_in_and_shares_host_interfaces(base_image: str, run_id: str, tmp_path: Path) -> None:
     runtime = DockerRuntime(BASE_IMAGE, network="host")
     code = "import json, os; json.dump(sorted(os.listdir('/sys/class/net')), open('/pe/output/net.json', 'w'))"
     spec = python_spec(tmp_path, run_id, code)
@@ -244,7 +245,7 @@ def test_logs_are_complete_when_wait_returns(base_runtime: DockerRuntime, run_id
 
 
 def test_long_quiet_container_outlives_sdk_timeouts_and_keeps_streaming(
-    docker_engine: Any, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    base_image: str, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import parallel_engine.runtimes.docker as docker_runtime
 
@@ -272,7 +273,7 @@ def test_remove_containers_by_label_stops_a_running_attempt(
 
 
 def test_containers_carry_run_task_attempt_and_user_labels_and_limits(
-    docker_engine: Any, run_id: str, tmp_path: Path
+    docker_engine: Any, base_image: str, run_id: str, tmp_path: Path
 ) -> None:
     runtime = DockerRuntime(BASE_IMAGE, cpus=0.5, memory="64m", labels={"team": "data"})
     attempt = runtime.start(python_spec(tmp_path, run_id, "import time; time.sleep(300)", task="Task 1/ü"))
@@ -286,6 +287,7 @@ def test_containers_carry_run_task_attempt_and_user_labels_and_limits(
         }
         host = container.attrs["HostConfig"]
         assert (host["NanoCpus"], host["Memory"], host["NetworkMode"]) == (500_000_000, 64 * 2**20, "none")
+        assert host["MemorySwap"] == 64 * 2**20  # MEMORY is the whole cap: no swap on top
         assert container.name == container_name(run_id, "Task 1/ü", 1)
     finally:
         attempt.kill()
@@ -338,7 +340,7 @@ def test_missing_entrypoint_program_is_backend_error_and_leaves_no_container(
     assert containers_of(docker_engine, run_id) == []
 
 
-def test_build_failure_names_the_failing_step_and_shows_the_log_tail(docker_engine: Any, tmp_path: Path) -> None:
+def test_build_failure_names_the_failing_step_and_shows_the_log_tail(base_image: str, tmp_path: Path) -> None:
     from parallel_engine.build import build_local
 
     (tmp_path / "Dockerfile").write_text(
@@ -363,7 +365,7 @@ def test_build_without_dockerfile_is_build_error_naming_the_path(tmp_path: Path)
         build_local(tmp_path / "no-such-dir", "x:y", lambda line: None)
 
 
-def test_build_honours_dockerignore(docker_engine: Any, run_id: str, tmp_path: Path) -> None:
+def test_build_honours_dockerignore(docker_engine: Any, base_image: str, run_id: str, tmp_path: Path) -> None:
     from parallel_engine.build import build_local
 
     context = tmp_path / "ctx"
@@ -438,3 +440,117 @@ def test_without_an_engine_every_entry_point_says_so_with_a_hint(monkeypatch: py
     assert (runtime.name, reason) == ("process", "process: no Docker engine answers")
     with pytest.raises(BackendError, match="no Docker engine answers"):
         DockerRuntime("some-image").start(make_spec(tmp_path, "r", ["x"]))
+
+
+ALLOCATE_256M = "x = bytearray(256 * 1024 * 1024); x[::4096] = b'1' * len(x[::4096]); print('allocated')"
+
+
+def test_memory_limit_is_enforced_and_an_oom_kill_says_so(docker_engine: Any, base_image: str, run_id: str, tmp_path: Path) -> None:
+    unlimited = DockerRuntime(base_image)
+    fits = python_spec(tmp_path, run_id, ALLOCATE_256M, task="unlimited")
+    assert run_to_end(unlimited, fits) == 0, fits.stderr_path.read_text()  # the program itself is fine
+    unlimited.close()
+    limited = DockerRuntime(base_image, memory="32m")
+    spec = python_spec(tmp_path, run_id, ALLOCATE_256M, task="limited")
+    attempt = limited.start(spec)
+    try:
+        assert attempt.wait(120) == 137
+        assert attempt.exit_reason() == "killed: out of memory (MEMORY=32m)"
+        assert "allocated" not in spec.stdout_path.read_text()
+    finally:
+        attempt.kill()
+        limited.close()
+
+
+def test_build_log_lines_reach_the_callback_while_a_later_step_still_runs(
+    docker_engine: Any, base_image: str, run_id: str, tmp_path: Path
+) -> None:
+    """Step 2 prints a line; step 3 blocks on a loopback socket this test holds open. The
+    callback must see step 2's line before the test lets step 3 finish."""
+    import socket
+    import threading
+
+    from parallel_engine.build import build_local
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))  # the build runs with the host network
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {base_image}\n"
+        f"RUN echo first-step {run_id}\n"
+        f"RUN python -c \"import socket; s = socket.create_connection(('127.0.0.1', {port})); "
+        f"print('released', s.recv(16).decode())\"\n"
+    )
+    seen = threading.Event()
+    lines: list[str] = []
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        if line == f"first-step {run_id}":
+            seen.set()
+
+    tag = f"parallel-engine-test-stream:{run_id}"
+    outcome: list[BaseException | str] = []
+    builder = threading.Thread(target=lambda: outcome.append(_build(build_local, tmp_path, tag, on_line)), daemon=True)
+    builder.start()
+    listener.settimeout(1.0)
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # until step 3 connects (it is then running, blocked on us) or the build ended
+            try:
+                conn, _ = listener.accept()
+                break
+            except socket.timeout:
+                assert builder.is_alive(), f"the build ended before step 3 connected: {outcome}"
+                assert time.monotonic() < deadline, "step 3 never connected"
+        try:
+            assert seen.is_set(), f"step 2's line had not arrived while step 3 ran; lines so far: {lines}"
+            conn.sendall(b"go")
+        finally:
+            conn.close()
+        builder.join(300)
+        assert outcome and isinstance(outcome[0], str), outcome
+        assert "released go" in lines
+    finally:
+        listener.close()
+        try:
+            docker_engine.images.remove(tag, force=True)
+        except Exception:
+            pass
+
+
+def _build(build_local: Any, context: Path, tag: str, on_line: Any) -> BaseException | str:
+    try:
+        return str(build_local(context, tag, on_line))
+    except BaseException as exc:  # handed to the test thread
+        return exc
+
+
+def test_as_root_an_image_with_a_non_root_user_can_write_its_outputs(
+    docker_engine: Any, base_image: str, run_id: str, tmp_path: Path
+) -> None:
+    if os.getuid() != 0:
+        pytest.skip("as a non-root caller the container runs as the caller, who owns the folder")
+    from parallel_engine.build import build_local
+
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {base_image}\nUSER 1234:1234\n")
+    tag = f"parallel-engine-test-user:{run_id}"
+    build_local(context, tag, lambda line: None)
+    try:
+        runtime = DockerRuntime(tag)
+        code = "import os; open('/pe/output/who', 'w').write(str(os.getuid()))"
+        spec = python_spec(tmp_path, run_id, code)
+        assert run_to_end(runtime, spec) == 0, spec.stderr_path.read_text()
+        runtime.close()
+        assert (spec.output_dir / "who").read_text() == "1234"
+        assert spec.output_dir.stat().st_mode & 0o777 == 0o777
+        root_image = DockerRuntime(base_image)  # runs as root: its folder stays as it was
+        other = python_spec(tmp_path, run_id, "pass", task="t2")
+        assert run_to_end(root_image, other) == 0
+        root_image.close()
+        assert other.output_dir.stat().st_mode & 0o777 == 0o755
+    finally:
+        docker_engine.images.remove(tag, force=True)

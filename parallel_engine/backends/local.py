@@ -162,7 +162,7 @@ class LocalPool:
         elif code == 0:
             self._finish(status, AttemptState.SUCCEEDED, 0, "")
         else:
-            self._finish(status, AttemptState.FAILED, code, f"exit code {code}")
+            self._finish(status, AttemptState.FAILED, code, running.exit_reason() or f"exit code {code}")
 
     def _time_out(self, live: _Live) -> None:
         live.timed_out = True

@@ -34,6 +34,10 @@ class RunningAttempt(Protocol):
     def kill(self) -> None:
         """Stop the attempt and everything it started; idempotent; returns once they are gone."""
 
+    def exit_reason(self) -> str | None:
+        """Once `wait` returned a code: why it ended, when the code alone would mislead (e.g. an
+        out-of-memory kill, which is only 137); None when the code says it all."""
+
 
 class Runtime(Protocol):
     name: str

@@ -35,6 +35,7 @@ ENGINE_GONE_S = 60.0  # how long a vanished engine is tolerated while waiting
 LOG_DRAIN_S = 30.0  # how long to wait for the log threads once the container stopped
 EXIT_ENGINE_ERROR = 125  # as `docker run` says when the daemon fails
 EXIT_KILLED = 137  # 128 + SIGKILL
+DEFAULT_SOCKET = "/var/run/docker.sock"
 ENGINE_HINT = "start Docker (as root: PE_START_DOCKER=1 bash scripts/ensure-docker.sh), or set RUNTIME: process"
 
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_.-]+")
@@ -80,6 +81,30 @@ def engine_available(timeout: float = 3.0) -> bool:
         return False
     finally:
         client.close()
+
+
+def engine_expected() -> bool:
+    """True when something says an engine should be there: DOCKER_HOST names one (a unix socket
+    that exists, or any other address), or the default socket exists.
+
+    Only then is it worth waiting for a slow engine; without one a single probe says "no"."""
+    host = os.environ.get("DOCKER_HOST", "")
+    if host:
+        return not host.startswith("unix://") or Path(host[len("unix://"):]).exists()
+    return Path(DEFAULT_SOCKET).exists()
+
+
+def engine_answers_within(wait_s: float, ping_timeout: float = 3.0, pause_s: float = 1.0) -> bool:
+    """Ping until an engine answers or `wait_s` seconds have passed (a busy dockerd on a loaded
+    machine can miss one short ping); at least one ping is always made."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        if engine_available(ping_timeout):
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(pause_s, left))
 
 
 def image_exists(image: str, client: docker.DockerClient | None = None) -> bool:
@@ -148,11 +173,15 @@ class DockerAttempt:
     complete and the container is gone.
     """
 
-    def __init__(self, client: docker.DockerClient, container: Container, spec: AttemptSpec) -> None:
+    def __init__(
+        self, client: docker.DockerClient, container: Container, spec: AttemptSpec, memory: str | None = None
+    ) -> None:
         self.client = client
         self.container = container
         self.name = container.name
         self.spec = spec
+        self.memory = memory
+        self._reason: str | None = None
         self._done = threading.Event()
         self._exited = threading.Event()  # the engine reported the exit: the logs are final
         self._code: int | None = None
@@ -173,6 +202,10 @@ class DockerAttempt:
         if not self._done.wait(timeout):
             return None
         return self._code
+
+    def exit_reason(self) -> str | None:
+        """Why the container ended, when the exit code alone would mislead (an OOM kill is 137)."""
+        return self._reason
 
     def kill(self) -> None:
         docker = _docker()
@@ -252,10 +285,25 @@ class DockerAttempt:
                     else:
                         time.sleep(1.0)
         self._exited.set()
+        if code != 0:
+            self._reason = self._oom_reason(code)
         for thread in self._log_threads:
             thread.join(LOG_DRAIN_S)
         self._remove()
         self._finish(code)
+
+    def _oom_reason(self, code: int) -> str | None:
+        """The kernel's OOM killer shows only as 137: the engine's State.OOMKilled says which."""
+        try:
+            self.container.reload()
+        except Exception:  # removed or engine gone: the exit code is all there is
+            return None
+        if not self.container.attrs.get("State", {}).get("OOMKilled"):
+            return None
+        limit = f"MEMORY={self.memory}" if self.memory else "no MEMORY limit: the machine ran out"
+        if code == EXIT_KILLED:
+            return f"killed: out of memory ({limit})"
+        return f"exit code {code} after a process in the container was killed: out of memory ({limit})"
 
     def _finish(self, code: int) -> None:
         with self._finish_lock:  # the waiter and a stuck kill() may both get here
@@ -311,6 +359,7 @@ class DockerRuntime:
         self.labels = dict(labels or {})
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
+        self._image_user: str | None = None  # the image's USER, read once
 
     @property
     def client(self) -> docker.DockerClient:
@@ -351,14 +400,38 @@ class DockerRuntime:
             kwargs["nano_cpus"] = int(self.cpus * 1e9)
         if self.memory is not None:
             kwargs["mem_limit"] = self.memory
+            kwargs["memswap_limit"] = self.memory  # MEMORY is the cap: no swap on top of it
         if hasattr(os, "getuid") and os.getuid() != 0:
             kwargs["user"] = f"{os.getuid()}:{os.getgid()}"  # outputs belong to the user
         return kwargs
+
+    def image_user(self) -> str:
+        """The image's USER ('' when it runs as root); read from the engine once."""
+        if self._image_user is None:
+            docker = _docker()
+            try:
+                config = self.client.images.get(self.image).attrs.get("Config") or {}
+            except docker.errors.ImageNotFound:
+                return ""  # `start` reports the missing image
+            except (docker.errors.DockerException, *_requests_errors()) as exc:
+                raise BackendError(f"cannot ask the Docker engine about image {self.image}: {exc}", hint=ENGINE_HINT) from exc
+            self._image_user = str(config.get("User") or "")
+        return self._image_user
+
+    def _open_outputs_to_image_user(self, output_dir: Path) -> None:
+        """As root, the container runs as the image's USER: a non-root USER could not write to
+        the root-owned outputs folder, so that one folder (only) is opened to everyone."""
+        if not hasattr(os, "getuid") or os.getuid() != 0:
+            return  # the container runs as the caller's uid:gid, the folder's owner
+        if self.image_user().split(":")[0] in ("", "0", "root"):
+            return
+        os.chmod(output_dir, 0o777)
 
     def start(self, spec: AttemptSpec) -> DockerAttempt:
         docker = _docker()
         kwargs = self.container_kwargs(spec)
         Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
+        self._open_outputs_to_image_user(Path(spec.output_dir))
         for path in (spec.stdout_path, spec.stderr_path):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_bytes(b"")  # exists from the start, like a process's log
@@ -374,7 +447,7 @@ class DockerRuntime:
             if exc.status_code == 409:
                 raise BackendError(
                     f"task {spec.task_id}: a container named {kwargs['name']} already exists: {exc.explanation}",
-                    hint=f"remove leftovers with `parallel-engine down` or `docker rm -f {kwargs['name']}`",
+                    hint=f"remove leftovers with `parallel-engine down {spec.run_id}` or `docker rm -f {kwargs['name']}`",
                 ) from exc
             raise BackendError(f"task {spec.task_id}: Docker refused to create the container: {exc.explanation or exc}") from exc
         except (docker.errors.DockerException, *_requests_errors()) as exc:
@@ -391,7 +464,7 @@ class DockerRuntime:
                 f"task {spec.task_id}: the container did not start: {detail}",
                 hint="check the image's entrypoint and the task's command",
             ) from exc
-        return DockerAttempt(client, container, spec)
+        return DockerAttempt(client, container, spec, self.memory)
 
     def close(self) -> None:
         with self._client_lock:

@@ -45,6 +45,9 @@ class ProcessAttempt:
             self._reaped.set()
         return self.returncode
 
+    def exit_reason(self) -> str | None:
+        return None
+
     def kill(self) -> None:
         with self._kill_lock:
             if self._exited():
@@ -131,3 +134,30 @@ class ProcessRuntime:
 
     def close(self) -> None:
         pass
+
+
+def kill_run_processes(run_id: str) -> int:
+    """Kill every process on this machine that belongs to `run_id`; return how many.
+
+    For `down` after the orchestrator died without cleaning up (SIGKILL, OOM): its attempts'
+    process trees were reparented and nothing points at them any more, but every one carries
+    `PE_RUN_ID` in its environment (a program that clears its environment escapes this).
+    Processes we may not inspect are skipped; this process and its ancestors are never touched.
+    """
+    spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    found: list[psutil.Process] = []
+    for proc in psutil.process_iter():
+        if proc.pid in spared:
+            continue
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("PE_RUN_ID") == run_id:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    for proc in found:
+        _signal_pid(proc.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(found, timeout=KILL_GRACE_S)
+    for proc in alive:
+        _signal_pid(proc.pid, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=KILL_GRACE_S)
+    return len(found)

@@ -22,8 +22,10 @@ def select_runtime(
     cpus: float | None = None,
     memory: str | None = None,
     command: list[str] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> tuple[Runtime, str]:
-    """The runtime to use and a one-line reason to show the user."""
+    """The runtime to use and a one-line reason to show the user; `labels` (the user's LABELS)
+    go on every container beside parallel-engine's own."""
     if runtime not in RUNTIMES:
         raise ConfigError(f"RUNTIME {runtime!r} is unknown", hint=f"use one of: {', '.join(RUNTIMES)}")
     if runtime == "process":
@@ -45,7 +47,7 @@ def select_runtime(
             )
         if not image_exists(image):
             raise BackendError(f"image {image} not found in the Docker engine", hint="run `parallel-engine build` or set IMAGE")
-        return DockerRuntime(image, network=network, cpus=cpus, memory=memory), f"docker: engine answers and image {image} exists"
+        return DockerRuntime(image, network=network, cpus=cpus, memory=memory, labels=labels), f"docker: engine answers and image {image} exists"
 
     # auto
     if not image:
@@ -58,4 +60,4 @@ def select_runtime(
         return _process(command), "process: the Docker engine answers a ping but not an image query"
     if not present:
         return _process(command), f"process: image {image} not built yet"
-    return DockerRuntime(image, network=network, cpus=cpus, memory=memory), f"docker: engine answers and image {image} exists"
+    return DockerRuntime(image, network=network, cpus=cpus, memory=memory, labels=labels), f"docker: engine answers and image {image} exists"

@@ -1,0 +1,82 @@
+"""`parallel-engine down RUN` on the local backend, process runtime: what a killed orchestrator
+left running is found (by PE_RUN_ID) and killed; a run still in progress is refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import cli, write_probe
+from tests.test_signals import wait_for
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture()
+def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, list[int]]]:
+    """A run of two sleeping tasks (each with a child), once both run; killed whatever happens."""
+    write_probe(tmp_path)
+    (tmp_path / "params.csv").write_text("sleep\n300\n300\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARALLEL_ENGINE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parallel_engine", "run", "params.csv", "-j", "2", "--runtime", "process",
+         "--command", f"{sys.executable} {tmp_path / 'probe.py'}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    runs = tmp_path / ".parallel-engine" / "runs"
+    pid_files = lambda: list(runs.glob("*/tasks/*/*/outputs/pids")) if runs.exists() else []  # noqa: E731
+    pids: list[int] = []
+    try:
+        wait_for(lambda: len(pid_files()) == 2 and all(p.read_text().strip() for p in pid_files()), 60, "two running tasks")
+        pids = [int(pid) for path in pid_files() for pid in path.read_text().split()]
+        (run_dir,) = runs.iterdir()
+        yield proc, run_dir.name, pids
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=60)
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_after_sigkill_of_the_orchestrator_down_kills_the_task_processes_it_left(
+    running: tuple[subprocess.Popen[str], str, list[int]], tmp_path: Path
+) -> None:
+    proc, run_id, pids = running
+    proc.kill()  # no handler runs: the tasks and their children are orphaned, still running
+    proc.communicate(timeout=60)
+    assert len(pids) == 4 and all(alive(pid) for pid in pids)
+    done = cli("down", run_id, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"run {run_id}: removed 0 container(s) and 4 process(es)" in done.stdout
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_down_refuses_a_run_whose_orchestrator_still_runs_here(
+    running: tuple[subprocess.Popen[str], str, list[int]], tmp_path: Path
+) -> None:
+    proc, run_id, pids = running
+    done = cli("down", run_id, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"error: run {run_id} is still running here (orchestrator pid {proc.pid})" in done.stderr
+    assert f"kill -TERM {proc.pid}" in done.stderr
+    assert all(alive(pid) for pid in pids)  # nothing was touched
+
+
+def test_down_of_an_unknown_run_says_so(tmp_path: Path) -> None:
+    done = cli("down", "no-such-run", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "no-such-run" in done.stderr and "Traceback" not in done.stderr
