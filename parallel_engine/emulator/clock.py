@@ -19,6 +19,7 @@ class Durations:
     stop_seconds: float = 5.0  # delete/stop: SIGTERM, this grace, then power off
     preemption_notice_seconds: float = 30.0  # soft shutdown before a preempted VM is off
     operation_wait_seconds: float = 120.0  # the longest zoneOperations.wait blocks
+    token_lifetime_seconds: float = 3600.0  # a metadata-server access token is valid this long
     request_id_window_seconds: float = 3600.0  # a repeated requestId returns the first operation this long
 
 

@@ -76,7 +76,7 @@ class Emulator:
         self.compute_endpoint = ""
         self.storage_endpoint = ""
         self.control: ControlClient | None = None
-        self.tokens = TokenRegistry()
+        self.tokens = TokenRegistry(self.clock)
         self.traffic = {"compute": Traffic("compute"), "storage": Traffic("storage"),
                         "cloudbuild": Traffic("cloudbuild")}  # fmt: skip
         self.cloudbuild_endpoint = ""

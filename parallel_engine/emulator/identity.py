@@ -1,18 +1,28 @@
 """Who is calling: the orchestrator, or a VM that got its token from its metadata server.
 
 Google tells callers apart by their OAuth token; so does the emulator. A VM's metadata server hands
-out tokens minted here; a call that carries one is that VM's, any other call (the orchestrator's
-clients use AnonymousCredentials and send no token) is the orchestrator's.
+out tokens minted here, valid for `token_lifetime_seconds` of emulated time; a call that carries a
+live one is that VM's. A bearer token that is expired or was never issued is refused (401), as
+Google refuses it. A call without a token is the orchestrator's (its clients use
+AnonymousCredentials and send none).
 """
 
 from __future__ import annotations
 
 import secrets
 import threading
+import time
 from dataclasses import dataclass
+
+from parallel_engine.emulator.clock import Clock
 
 ORCHESTRATOR = "orchestrator"
 VM = "vm"
+UNKNOWN = "unknown"  # a bearer token this emulator never issued
+
+#: Why a caller is not authenticated (`Caller.problem`): Google answers 401 to both.
+MISSING = "missing"  # no token where one is needed
+INVALID = "invalid"  # a token that expired or was never issued
 
 #: Scopes that let a token call Compute / write to Storage, as on Google.
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
@@ -32,10 +42,11 @@ STORAGE_READ_SCOPES = STORAGE_WRITE_SCOPES | {"https://www.googleapis.com/auth/d
 class Caller:
     """The identity behind one HTTP call."""
 
-    kind: str  # ORCHESTRATOR or VM
+    kind: str  # ORCHESTRATOR, VM or UNKNOWN
     vm: str | None = None
     email: str | None = None
     scopes: frozenset[str] = frozenset()
+    problem: str | None = None  # MISSING or INVALID: answer 401
 
     @property
     def label(self) -> str:
@@ -46,23 +57,51 @@ ORCHESTRATOR_CALLER = Caller(ORCHESTRATOR)
 
 
 class TokenRegistry:
-    """Tokens minted for VMs (thread-safe; shared by every emulated service of one emulator)."""
+    """Tokens minted for VMs, with their expiry on the emulator's clock (thread-safe; one per emulator)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock or Clock()
         self._lock = threading.Lock()
-        self._tokens: dict[str, Caller] = {}
+        self._tokens: dict[str, tuple[Caller, float]] = {}  # token -> (caller, monotonic expiry)
 
-    def issue(self, vm: str, email: str, scopes: frozenset[str]) -> str:
+    def lifetime(self) -> float:
+        """Real seconds a token minted now stays valid."""
+        return self.clock.real(self.clock.durations.token_lifetime_seconds)
+
+    def refresh_margin(self) -> float:
+        """Real seconds before expiry at which the metadata server mints a new token (5 min, scaled)."""
+        return self.clock.real(min(300.0, self.clock.durations.token_lifetime_seconds / 2))
+
+    def issue(self, vm: str, email: str, scopes: frozenset[str]) -> tuple[str, float]:
+        """A new token for `vm` and the `time.monotonic()` at which it expires."""
         token = f"ya29.emulated-{secrets.token_urlsafe(24)}"
-        with self._lock:
-            self._tokens[token] = Caller(VM, vm, email, scopes)
-        return token
+        now = time.monotonic()
+        lifetime = self.lifetime()
+        expires = now + lifetime
+        with self._lock:  # expired tokens are kept one more lifetime, to count their calls under their VM
+            self._tokens = {t: entry for t, entry in self._tokens.items() if entry[1] + lifetime > now}
+            self._tokens[token] = (Caller(VM, vm, email, scopes), expires)
+        return token, expires
 
     def caller(self, authorization: str | None) -> Caller:
-        """The caller behind an `Authorization` header; unknown or absent tokens are the orchestrator's."""
-        if authorization and authorization.lower().startswith("bearer "):
-            with self._lock:
-                found = self._tokens.get(authorization[7:].strip())
-            if found is not None:
-                return found
-        return ORCHESTRATOR_CALLER
+        """The caller behind an `Authorization` header.
+
+        No header: the orchestrator. A live token: its VM. An expired token: its VM, with problem
+        INVALID. Any other bearer value: UNKNOWN, INVALID.
+        """
+        if not authorization or not authorization.strip():
+            return ORCHESTRATOR_CALLER
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return INVALID_CALLER
+        with self._lock:
+            found = self._tokens.get(value.strip())
+        if found is None:
+            return INVALID_CALLER  # never issued, or expired long enough ago to be forgotten
+        caller, expires = found
+        if time.monotonic() >= expires:
+            return Caller(VM, caller.vm, caller.email, caller.scopes, problem=INVALID)
+        return caller
+
+
+INVALID_CALLER = Caller(UNKNOWN, problem=INVALID)

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer
 from parallel_engine.emulator.identity import STORAGE_READ_SCOPES, STORAGE_WRITE_SCOPES, VM, TokenRegistry
 from parallel_engine.emulator.netutil import LOOPBACK
-from parallel_engine.emulator.traffic import Traffic, google_error
+from parallel_engine.emulator.traffic import AUTHENTICATE_HEADER, Traffic, google_error, unauthenticated_error
 
 _HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -40,6 +40,10 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"^/batch/storage/v1"), "storage.batch"),
 ]
 _WRITES = {"POST", "PUT", "PATCH", "DELETE"}
+#: The IAM permission a method needs, where its name differs (what a 401 names).
+_PERMISSIONS = {"storage.objects.insert": "storage.objects.create", "storage.objects.compose": "storage.objects.create",
+                "storage.objects.rewrite": "storage.objects.create", "storage.buckets.insert": "storage.buckets.create",
+                "storage.objects.patch": "storage.objects.update", "storage.buckets.patch": "storage.buckets.update"}  # fmt: skip
 _OBJECT_PATH = re.compile(r"^/storage/v1/b/([^/]+)/o/([^/]+)$")
 _UPLOAD_PATH = re.compile(r"^/upload/storage/v1/b/([^/]+)/o/?$")
 
@@ -161,6 +165,11 @@ def _make_handler(proxy: StorageProxy) -> type[JsonHandler]:
             fault = proxy.traffic.admit(self.command, self.path, caller, operation)
             if fault is not None and not fault.after:
                 self.send_json(fault.status, fault.body())
+                return
+            if caller.problem is not None:
+                permission = _PERMISSIONS.get(operation, operation)
+                error = unauthenticated_error("storage", caller, permission)
+                self.send_json(fault.status if fault else 401, fault.body() if fault else error, AUTHENTICATE_HEADER)
                 return
             if caller.kind == VM:
                 needed = STORAGE_WRITE_SCOPES if self.command in _WRITES else STORAGE_READ_SCOPES

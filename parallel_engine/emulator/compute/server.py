@@ -19,7 +19,7 @@ from parallel_engine.emulator.compute.idempotency import RequestIds
 from parallel_engine.emulator.compute.ratelimit import MUTATION, READ, RateLimiter
 from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer
 from parallel_engine.emulator.identity import COMPUTE_READ_SCOPES, COMPUTE_SCOPES, VM, Caller, TokenRegistry
-from parallel_engine.emulator.traffic import Traffic, google_error
+from parallel_engine.emulator.traffic import AUTHENTICATE_HEADER, Traffic, google_error, unauthenticated_error
 
 log = logging.getLogger(__name__)
 ORCHESTRATOR_USER = "user@example.com"
@@ -174,7 +174,9 @@ def _make_handler(server: ComputeServer) -> type[JsonHandler]:
         def _outcome(
             self, name: str, action: Action, params: dict[str, str], caller: Caller, raw: bytes
         ) -> tuple[int, Any, dict[str, str]]:
-            """What Google would answer: rate limit, scopes, parse error, the action's result or error."""
+            """What Google would answer: 401, rate limit, scopes, parse error, the action's result or error."""
+            if caller.problem is not None:
+                return 401, unauthenticated_error("compute", caller, name), AUTHENTICATE_HEADER
             read_only = self.command == "GET" or name == "compute.zoneOperations.wait"
             if not server.limiter.take(READ if read_only else MUTATION):
                 error = rate_limit_exceeded(server.engine.project_number, "Read" if read_only else "Write")
