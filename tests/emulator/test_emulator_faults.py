@@ -49,7 +49,9 @@ PREEMPTION_WATCH = r"""
 MD="http://${GCE_METADATA_HOST}/computeMetadata/v1"
 trap 'echo got-sigterm' TERM
 echo "preempted-before: $(curl -sf -H 'Metadata-Flavor: Google' "$MD/instance/preempted")"
-value=$(curl -sf -H 'Metadata-Flavor: Google' "$MD/instance/preempted?wait_for_change=true")
+# The soft-off SIGTERM reaches the whole process group as the flag flips (as systemd's shutdown does
+# on COS); this curl ignores it so that the new value, not the signal, ends its wait.
+value=$(trap '' TERM; curl -sf -H 'Metadata-Flavor: Google' "$MD/instance/preempted?wait_for_change=true")
 echo "preempted-after: $value"
 sleep 300 & wait
 """
@@ -57,7 +59,7 @@ sleep 300 & wait
 
 @pytest.mark.parametrize("action,final", [("DELETE", None), ("STOP", "TERMINATED")])
 def test_preemption_soft_shutdown_then_operation_listed(clients: Clients, action: str, final: str | None) -> None:
-    clients.cloud.control.set_clock(preemption_notice_seconds=150)  # 1.5 s here: room to watch the shutdown
+    clients.cloud.control.set_clock(preemption_notice_seconds=300)  # 3 s here: room to watch the shutdown
     clients.wait(clients.insert(make_instance("spot-1", script=PREEMPTION_WATCH, spot=True, action=action)))
     wait_for(lambda: "preempted-before: FALSE" in console(clients, "spot-1"), what="the watcher")
     operation = clients.cloud.control.preempt("spot-1")
