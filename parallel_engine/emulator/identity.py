@@ -4,7 +4,8 @@ Google tells callers apart by their OAuth token; so does the emulator. A VM's me
 out tokens minted here, valid for `token_lifetime_seconds` of emulated time; a call that carries a
 live one is that VM's. A bearer token that is expired or was never issued is refused (401), as
 Google refuses it. A call without a token is the orchestrator's (its clients use
-AnonymousCredentials and send none).
+AnonymousCredentials and send none) unless it comes from one of the VMs' processes (`Guests`, by
+the connection's source port): then it is that VM's, and refused with 401 as Google would.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from parallel_engine.emulator import peers
 from parallel_engine.emulator.clock import Clock
 
 ORCHESTRATOR = "orchestrator"
@@ -56,6 +58,60 @@ class Caller:
 ORCHESTRATOR_CALLER = Caller(ORCHESTRATOR)
 
 
+class Guests:
+    """The VMs' processes as this machine sees them: their metadata address and their scripts' trees.
+
+    A process is a VM's when its environment names that VM's metadata server (GCE_METADATA_HOST,
+    which the VM's scripts and containers inherit) or when it descends from one of the VM's scripts
+    (a child that cleared its environment).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hosts: dict[bytes, str] = {}  # b"127.0.0.1:PORT" -> VM name
+        self._roots: dict[int, str] = {}  # pid of a VM's script -> VM name
+
+    def add_host(self, vm: str, metadata_host: str) -> None:
+        with self._lock:
+            self._hosts[metadata_host.encode()] = vm
+
+    def add_root(self, vm: str, pid: int) -> None:
+        with self._lock:
+            self._roots[pid] = vm
+
+    def remove(self, vm: str) -> None:
+        with self._lock:
+            self._hosts = {h: v for h, v in self._hosts.items() if v != vm}
+            self._roots = {p: v for p, v in self._roots.items() if v != vm}
+
+    def vm_behind(self, client_port: int, server_port: int) -> str | None:
+        """The VM whose process holds the client end of 127.0.0.1:client_port -> :server_port, if any."""
+        with self._lock:
+            hosts, roots = dict(self._hosts), dict(self._roots)
+        if not hosts and not roots:
+            return None
+        inode = peers.client_inode(client_port, server_port)
+        if inode is None or peers.holds("self", inode):  # gone, or this process's own client
+            return None
+        checked: set[str] = set()
+        for pid in peers.pids():
+            for entry in peers.environ(pid).split(b"\0"):
+                if entry.startswith(b"GCE_METADATA_HOST=") and entry[18:] in hosts:
+                    if peers.holds(pid, inode):
+                        return hosts[entry[18:]]
+                    checked.add(pid)
+        if not roots:
+            return None
+        parents = {int(pid): peers.parent(pid) for pid in peers.pids() if pid not in checked}
+        for pid in parents:  # a process that cleared its environment: walk up to a VM's script
+            ancestor, hops = pid, 0
+            while ancestor > 1 and ancestor not in roots and hops < 64:
+                ancestor, hops = parents.get(ancestor) or peers.parent(ancestor), hops + 1
+            if ancestor in roots and peers.holds(pid, inode):
+                return roots[ancestor]
+        return None
+
+
 class TokenRegistry:
     """Tokens minted for VMs, with their expiry on the emulator's clock (thread-safe; one per emulator)."""
 
@@ -63,6 +119,7 @@ class TokenRegistry:
         self.clock = clock or Clock()
         self._lock = threading.Lock()
         self._tokens: dict[str, tuple[Caller, float]] = {}  # token -> (caller, monotonic expiry)
+        self.guests = Guests()
 
     def lifetime(self) -> float:
         """Real seconds a token minted now stays valid."""
@@ -83,14 +140,16 @@ class TokenRegistry:
             self._tokens[token] = (Caller(VM, vm, email, scopes), expires)
         return token, expires
 
-    def caller(self, authorization: str | None) -> Caller:
-        """The caller behind an `Authorization` header.
+    def caller(self, authorization: str | None, peer: tuple[int, int] | None = None) -> Caller:
+        """The caller behind an `Authorization` header, and for a call without one, its connection.
 
-        No header: the orchestrator. A live token: its VM. An expired token: its VM, with problem
+        No header: the orchestrator, or when `peer` (client port, server port) is a VM's process,
+        that VM with problem MISSING. A live token: its VM. An expired token: its VM, with problem
         INVALID. Any other bearer value: UNKNOWN, INVALID.
         """
         if not authorization or not authorization.strip():
-            return ORCHESTRATOR_CALLER
+            vm = self.guests.vm_behind(*peer) if peer is not None else None
+            return ORCHESTRATOR_CALLER if vm is None else Caller(VM, vm, problem=MISSING)
         scheme, _, value = authorization.strip().partition(" ")
         if scheme.lower() != "bearer":
             return INVALID_CALLER

@@ -160,7 +160,7 @@ def _make_handler(proxy: StorageProxy) -> type[JsonHandler]:
     class Handler(JsonHandler):
         def _forward(self) -> None:
             body = self.read_body()
-            caller = proxy.tokens.caller(self.headers.get("Authorization"))
+            caller = self.caller(proxy.tokens)
             operation = classify(self.command, self.path_only)
             fault = proxy.traffic.admit(self.command, self.path, caller, operation)
             if fault is not None and not fault.after:

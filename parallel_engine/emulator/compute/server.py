@@ -161,7 +161,7 @@ def _make_handler(server: ComputeServer) -> type[JsonHandler]:
                 self.send_json(404, google_error(404, "notFound", f"No such method: {self.command} {path}"))
                 return
             name, action, params = routed
-            caller = server.tokens.caller(self.headers.get("Authorization"))
+            caller = self.caller(server.tokens)
             fault = server.traffic.admit(self.command, self.path, caller, name)
             if fault is not None and not fault.after:
                 self.send_json(fault.status, fault.body())
