@@ -22,6 +22,7 @@ from parallel_engine.emulator.clock import Clock, Durations
 from parallel_engine.emulator.cloudbuild import CloudBuildServer
 from parallel_engine.emulator.compute.catalog import region_of, zones_of
 from parallel_engine.emulator.compute.engine import ComputeEngine
+from parallel_engine.emulator.compute.exhaustion import ControlError
 from parallel_engine.emulator.compute.quotas import QuotaLedger
 from parallel_engine.emulator.compute.ratelimit import RateLimiter
 from parallel_engine.emulator.compute.server import ComputeServer
@@ -127,7 +128,9 @@ class Emulator:
             )  # fmt: skip
 
         self._compute = ComputeServer(engine, self.traffic["compute"], self.tokens, limiter)
-        self._compute.control = ControlApi(self._compute.engine, self.clock, self.traffic, limiter, self.describe)
+        self._compute.control = ControlApi(
+            self._compute.engine, self.clock, self.traffic, limiter, self.describe, self._fail_builds
+        )
         self._compute.start()
         self.compute_endpoint = self._compute.url
         self.control = ControlClient(self.compute_endpoint, self.zone)
@@ -143,6 +146,11 @@ class Emulator:
             traffic=self.traffic["cloudbuild"], tokens=self.tokens,
         ).start()
         self.cloudbuild_endpoint = self._cloudbuild.url
+
+    def _fail_builds(self, count: int, status: str) -> None:
+        if self._cloudbuild is None:
+            raise ControlError("Cloud Build is not running")
+        self._cloudbuild.fail_next_builds(count, status)
 
     def _create_bucket(self, name: str) -> None:
         """Create a bucket directly on fake-gcs-server (not a counted call)."""

@@ -37,7 +37,7 @@ def google_error(status: int, reason: str, message: str, domain: str = "global")
 
 _SEE = "See https://developers.google.com/identity/sign-in/web/devconsole-project."
 #: What Google's front end answers with a 401, per service and problem (MISSING / INVALID).
-_AUTH_MESSAGES = {
+AUTH_MESSAGES = {
     ("compute", True): "Request is missing required authentication credential. Expected OAuth 2 access token, "
     f"login cookie or other valid authentication credential. {_SEE}",
     ("compute", False): "Request had invalid authentication credentials. Expected OAuth 2 access token, "
@@ -53,7 +53,7 @@ AUTHENTICATE_HEADER = {"WWW-Authenticate": 'Bearer realm="https://accounts.googl
 def unauthenticated_error(service: str, caller: Caller, permission: str) -> dict[str, Any]:
     """Google's 401 body for a call whose token is missing (`caller.problem` MISSING) or invalid/expired."""
     missing = caller.problem == MISSING
-    message = _AUTH_MESSAGES[(service if service == "storage" else "compute", missing)].format(permission=permission)
+    message = AUTH_MESSAGES[(service if service == "storage" else "compute", missing)].format(permission=permission)
     body = google_error(401, "required" if missing else "authError", message)
     body["error"]["errors"][0].update({"locationType": "header", "location": "Authorization"})
     return body

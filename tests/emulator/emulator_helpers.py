@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from google.auth import credentials as gauth
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1, storage
 
@@ -166,3 +167,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20, what: str = "con
 def console(clients: Clients, name: str) -> str:
     output = clients.instances.get_serial_port_output(project=clients.project, zone=clients.zone, instance=name)
     return output.contents
+
+
+class FixedToken(gauth.Credentials):
+    """A bearer token used as it is, never refreshed (what a script holding one old token does)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def refresh(self, request: object) -> None:
+        """Nothing to refresh: keep sending the same token."""

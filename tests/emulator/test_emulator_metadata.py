@@ -7,10 +7,9 @@ import time
 import urllib.request
 
 import pytest
-from emulator_helpers import Clients, console, make_instance, wait_for
+from emulator_helpers import Clients, FixedToken, console, make_instance, wait_for
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1, storage
-from google.auth import credentials as gauth
 
 PROBE = r"""
 MD="http://${GCE_METADATA_HOST}/computeMetadata/v1"
@@ -91,17 +90,6 @@ def _metadata_token(clients: Clients, name: str) -> dict:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
-
-
-class FixedToken(gauth.Credentials):
-    """A bearer token used as it is, never refreshed (what a script holding one old token does)."""
-
-    def __init__(self, token: str) -> None:
-        super().__init__()
-        self.token = token
-
-    def refresh(self, request: object) -> None:
-        """Nothing to refresh: keep sending the same token."""
 
 
 def _clients_with_token(clients: Clients, token: str) -> tuple[compute_v1.InstancesClient, storage.Client]:
