@@ -1,7 +1,9 @@
 """The emulator's Storage endpoint: a reverse proxy in front of fake-gcs-server.
 
 It exists so that Storage calls can be counted per caller (orchestrator or VM), slowed down and
-failed on demand, and so that VM tokens are checked for Storage scopes as Google would.
+failed on demand, and so that what fake-gcs-server lets through is refused as Google refuses it:
+VM tokens without Storage scopes, invalid object names (storage_names.py), preconditions on media
+uploads and deletes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer
 from parallel_engine.emulator.identity import STORAGE_READ_SCOPES, STORAGE_WRITE_SCOPES, VM, TokenRegistry
 from parallel_engine.emulator.netutil import LOOPBACK
+from parallel_engine.emulator.storage_names import BadName, check_name, names_of
 from parallel_engine.emulator.traffic import AUTHENTICATE_HEADER, Traffic, google_error, unauthenticated_error
 
 _HOP_BY_HOP = {
@@ -177,6 +180,12 @@ def _make_handler(proxy: StorageProxy) -> type[JsonHandler]:
                     message = "Provided scope(s) are not authorized"
                     self.send_json(403, google_error(403, "forbidden", message))
                     return
+            try:
+                for name in names_of(self.command, self.path, self.headers.get("Content-Type", ""), body):
+                    check_name(name)
+            except BadName as bad:  # fake-gcs-server would store it; Google refuses it
+                self.send_json(bad.status, google_error(bad.status, bad.reason, bad.message))
+                return
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
             headers["Content-Length"] = str(len(body))
             try:

@@ -5,8 +5,11 @@ Each refusal is asserted by HTTP status and Google's `reason`, as the orchestrat
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from emulator_helpers import Clients, make_instance
@@ -215,3 +218,46 @@ def test_machine_types_and_regions_read_like_google(shared: Clients) -> None:
     region = shared.regions.get(project=shared.project, region="us-central1")
     metrics = {q.metric for q in region.quotas}
     assert {"CPUS", "INSTANCES", "IN_USE_ADDRESSES", "NVIDIA_T4_GPUS"} <= metrics
+
+
+# -- Storage object names: 1-1024 bytes of UTF-8, no CR or LF, not `.` or `..` ---------------------------
+BAD_OBJECT_NAMES = {"LF": "a\nb", "CR": "a\rb", "dot": ".", "dot-dot": "..", "1025 bytes": "x" * 1025}
+
+
+def _upload(shared: Clients, kind: str, name: str) -> tuple[int, str]:
+    """A media or multipart upload with curl (as a startup script sends it): status and errors[0].reason."""
+    base = f"{shared.cloud.storage_endpoint}/upload/storage/v1/b/{shared.cloud.bucket}/o"
+    if kind == "media":
+        args = ["-X", "POST", "--data-binary", "x", f"{base}?uploadType=media&name={quote(name, safe='')}"]
+    else:
+        body = (f'--B\r\nContent-Type: application/json\r\n\r\n{json.dumps({"name": name})}\r\n'
+                "--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B--\r\n")  # fmt: skip
+        args = ["-X", "POST", "-H", "Content-Type: multipart/related; boundary=B", "--data-binary", body,
+                f"{base}?uploadType=multipart"]  # fmt: skip
+    out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True, text=True, check=True)
+    reply, _, code = out.stdout.rpartition("\n")
+    reason = json.loads(reply)["error"]["errors"][0]["reason"] if int(code) >= 400 else ""
+    return int(code), reason
+
+
+@pytest.mark.parametrize("kind", ["media", "multipart"])
+@pytest.mark.parametrize("case", list(BAD_OBJECT_NAMES), ids=list(BAD_OBJECT_NAMES))
+def test_storage_refuses_invalid_object_names(shared: Clients, kind: str, case: str) -> None:
+    assert _upload(shared, kind, BAD_OBJECT_NAMES[case]) == (400, "invalid")
+    names = {blob.name for blob in shared.storage.list_blobs(shared.cloud.bucket)}
+    assert BAD_OBJECT_NAMES[case] not in names
+
+
+@pytest.mark.parametrize("kind", ["media", "multipart"])
+def test_storage_accepts_the_longest_name_and_any_utf8(shared: Clients, kind: str) -> None:
+    for name in ("y" * 1024, "é" * 512, "runs/r 1/ünïcode.txt", "...", "a/./b"):
+        assert _upload(shared, kind, name) == (200, "")
+
+
+def test_storage_refuses_invalid_names_from_the_real_client_and_in_paths(shared: Clients) -> None:
+    bucket = shared.storage.bucket(shared.cloud.bucket)
+    with pytest.raises(gexc.BadRequest):
+        bucket.blob("line\nbreak").upload_from_string("x", retry=None)  # a resumable or multipart upload
+    with pytest.raises(gexc.BadRequest) as info:
+        bucket.blob("x" * 1025).reload(retry=None)  # the decoded /o/{name} of a get
+    assert info.value.errors[0]["reason"] == "invalid"
