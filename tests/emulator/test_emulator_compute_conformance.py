@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -187,6 +189,35 @@ def test_bulk_insert_pattern_numbers_after_the_highest_existing(clients: Clients
     assert not done.error.errors
     names = sorted(i.name for i in clients.instances.list(project=clients.project, zone=clients.zone))
     assert names == ["w-050", "w-051", "w-052"]
+
+
+def _cpus_in_use(clients: Clients) -> float:
+    region = clients.regions.get(project=clients.project, region=clients.cloud.region)
+    return next(q.usage for q in region.quotas if q.metric == "CPUS")
+
+
+def test_bulk_insert_uses_per_instance_names_and_patterns_skip_them(clients: Clients) -> None:
+    props = {n: compute_v1.BulkInsertInstanceResourcePerInstanceProperties() for n in ("w-001", "special")}
+    done = clients.wait(_bulk(clients, count=3, name_pattern="w-###", per_instance_properties=props)())
+    assert not done.error.errors
+    names = sorted(i.name for i in clients.instances.list(project=clients.project, zone=clients.zone))
+    assert names == ["special", "w-001", "w-002"]  # w-001 is taken by name, so the pattern goes on from it
+    assert _cpus_in_use(clients) == 3 * 2  # three e2-standard-2, each counted once
+
+
+def test_bulk_insert_refuses_a_name_given_twice(clients: Clients) -> None:
+    body = (
+        '{"count": 2, "namePattern": "w-#", "perInstanceProperties": {"twin": {}, "twin": {}}, '
+        '"instanceProperties": '
+        '{"machineType": "e2-standard-2", "disks": [{"boot": true, "initializeParams": {"diskSizeGb": "10"}}]}}'
+    )
+    url = f"{clients.cloud.compute_endpoint}/compute/v1/projects/{clients.project}/zones/{clients.zone}/instances/bulkInsert"
+    request = urllib.request.Request(url, data=body.encode(), method="POST", headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    assert (info.value.code, json.load(info.value)["error"]["errors"][0]["reason"]) == (400, "invalid")
+    assert list(clients.instances.list(project=clients.project, zone=clients.zone)) == []
+    assert _cpus_in_use(clients) == 0
 
 
 def test_bulk_insert_is_one_call_for_rate_limits(clients: Clients) -> None:

@@ -103,6 +103,19 @@ def _routes(engine: ComputeEngine, wait_timeout: Callable[[], float]) -> list[tu
     return [(method, re.compile(pattern), name, action) for method, pattern, name, action in table]
 
 
+class DuplicateKey(Exception):
+    """A JSON object names the same key twice (Google's parser refuses it)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKey(key)
+        result[key] = value
+    return result
+
+
 ControlHandler = Callable[[str, str, dict[str, list[str]], Any], tuple[int, Any]]
 
 
@@ -185,7 +198,9 @@ def _make_handler(server: ComputeServer) -> type[JsonHandler]:
                 error = insufficient_scopes()
                 return error.status, error.body(), {}
             try:
-                body = json.loads(raw) if raw.strip() else {}
+                body = json.loads(raw, object_pairs_hook=_unique_keys) if raw.strip() else {}
+            except DuplicateKey as duplicate:  # json.loads would keep the last: a bulkInsert name made twice
+                return 400, google_error(400, "invalid", f"Invalid JSON payload received. Duplicate key: {duplicate}"), {}
             except ValueError:
                 return 400, google_error(400, "parseError", "Parse Error"), {}
             user = caller.email if caller.kind == VM and caller.email else ORCHESTRATOR_USER
