@@ -20,7 +20,7 @@ from typing import Any
 
 from parallel_engine.emulator.clock import Clock, Durations
 from parallel_engine.emulator.cloudbuild import CloudBuildServer
-from parallel_engine.emulator.compute.catalog import region_of, zones_of
+from parallel_engine.emulator.compute.catalog import known_zones, region_of
 from parallel_engine.emulator.compute.engine import ComputeEngine
 from parallel_engine.emulator.compute.exhaustion import ControlError
 from parallel_engine.emulator.compute.quotas import QuotaLedger
@@ -118,7 +118,7 @@ class Emulator:
         self.storage_endpoint = self._proxy.url
         self._hypervisor = Hypervisor(self.workdir, self.emulator_id, self._docker_host)
         limiter = RateLimiter(self.clock)
-        zones = zones_of(self.region)
+        zones = known_zones(self.zone)
         timers, hypervisor = self._timers, self._hypervisor
 
         def engine(base_url: str) -> ComputeEngine:

@@ -35,11 +35,11 @@ class Clients:
         self.project = cloud.project
         self.zone = cloud.zone
 
-    def wait(self, operation: Any, timeout: float = 30) -> compute_v1.Operation:
-        """Wait on a zone operation with ZoneOperationsClient until DONE (never `.result()`)."""
+    def wait(self, operation: Any, timeout: float = 30, zone: str | None = None) -> compute_v1.Operation:
+        """Wait on a zone operation (of the emulator's zone unless told) until DONE (never `.result()`)."""
         deadline = time.monotonic() + timeout
         while True:
-            done = self.operations.wait(project=self.project, zone=self.zone, operation=operation.name)
+            done = self.operations.wait(project=self.project, zone=zone or self.zone, operation=operation.name)
             if done.status == compute_v1.Operation.Status.DONE:
                 return done
             if time.monotonic() > deadline:

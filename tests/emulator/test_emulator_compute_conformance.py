@@ -16,6 +16,7 @@ from urllib.parse import quote
 import pytest
 from emulator_helpers import Clients, make_instance
 from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
 
@@ -138,6 +139,29 @@ def test_missing_instance_is_404_not_found(shared: Clients) -> None:
 def test_unknown_project_is_404(shared: Clients) -> None:
     call = lambda: shared.instances.get(project="someone-else", zone=shared.zone, instance="x")  # noqa: E731
     assert refused(call) == (404, "notFound")
+
+
+@pytest.mark.parametrize("zone", ["us-central1-z", "us-east1-a", "mars-north1-a"])
+def test_a_zone_google_does_not_have_is_refused(shared: Clients, zone: str) -> None:
+    # Google: 400 "Invalid value for field 'zone': 'Z'. Unknown zone." on zonal methods; zones.get says 404.
+    instance = make_instance("zoned", zone=zone)
+    assert refused(lambda: shared.instances.insert(project=shared.project, zone=zone, instance_resource=instance)) == (
+        400, "invalid")  # fmt: skip
+    assert refused(lambda: list(shared.instances.list(project=shared.project, zone=zone))) == (400, "invalid")
+    zones = compute_v1.ZonesClient(client_options={"api_endpoint": shared.cloud.compute_endpoint},
+                                   credentials=AnonymousCredentials())  # fmt: skip
+    assert refused(lambda: zones.get(project=shared.project, zone=zone)) == (404, "notFound")
+
+
+def test_a_zone_of_another_region_google_has_is_usable(clients: Clients) -> None:
+    zone = "europe-west1-b"  # a fallback zone far from the emulator's own
+    instance = make_instance("abroad", zone=zone)
+    done = clients.wait(clients.instances.insert(project=clients.project, zone=zone, instance_resource=instance),
+                        zone=zone)  # fmt: skip
+    assert not done.error.errors
+    assert refused(lambda: clients.regions.get(project=clients.project, region="mars-north1")) == (404, "notFound")
+    region = clients.regions.get(project=clients.project, region="europe-west1")
+    assert sorted(z.rsplit("/", 1)[-1] for z in region.zones) == ["europe-west1-b", "europe-west1-c", "europe-west1-d"]
 
 
 def _bulk(shared: Clients, **fields: Any) -> Callable[[], Any]:

@@ -105,6 +105,7 @@ class ComputeEngine:
         self.hypervisor = hypervisor
         self.tokens = tokens
         self.known_zones = zones
+        self.known_regions = sorted({catalog.region_of(z) for z in zones})
         self.operations = Operations(project, base_url)
         self.exhaustion = Exhaustion()
         self._lock = threading.RLock()
@@ -117,8 +118,9 @@ class ComputeEngine:
             raise not_found(f"projects/{project}")
 
     def check_zone(self, project: str, zone: str) -> None:
+        """400 invalid "Unknown zone." for a zone Google does not have, as Google answers zonal calls."""
         self.check_project(project)
-        if not catalog.ZONE_RE.match(zone):
+        if zone not in self.known_zones:
             raise invalid("zone", zone, "Unknown zone.")
 
     def _path(self, zone: str, name: str) -> str:
@@ -223,13 +225,14 @@ class ComputeEngine:
 
     def region(self, project: str, region: str) -> dict[str, Any]:
         self.check_project(project)
-        if not catalog.REGION_RE.match(region):
+        if region not in self.known_regions:
             raise not_found(f"projects/{project}/regions/{region}")
-        return region_resource(region, self.quotas.report(region), self.links)
+        zones = [z for z in self.known_zones if catalog.region_of(z) == region]
+        return region_resource(region, self.quotas.report(region), self.links, zones)
 
     def zone(self, project: str, zone: str) -> dict[str, Any]:
         self.check_project(project)
-        if not catalog.ZONE_RE.match(zone):
+        if zone not in self.known_zones:
             raise not_found(f"projects/{project}/zones/{zone}")
         return zone_resource(zone, self.links)
 
