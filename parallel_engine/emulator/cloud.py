@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import random
 import secrets
 import shutil
 import tempfile
@@ -59,6 +60,7 @@ class Emulator:
         quotas: dict[str, float] | None = None,
         durations: Durations | None = None,
         docker_host: str | None = None,
+        seed: int | None = None,
     ) -> None:
         self.project = project
         self.project_number = project_number_of(project)
@@ -71,6 +73,7 @@ class Emulator:
         self._storage_dir = storage_dir
         self._quota_limits = quotas
         self._docker_host = docker_host
+        self._seed = seed  # makes the emulator's random choices (how late maxRunDuration acts) repeatable
         self._lock = threading.Lock()
         self._running = False
         self.workdir: Path | None = None
@@ -124,7 +127,7 @@ class Emulator:
         def engine(base_url: str) -> ComputeEngine:
             return ComputeEngine(
                 self.project, self.project_number, base_url, self.clock, timers,
-                QuotaLedger(self._quota_limits), hypervisor, self.tokens, zones,
+                QuotaLedger(self._quota_limits), hypervisor, self.tokens, zones, random.Random(self._seed),
             )  # fmt: skip
 
         self._compute = ComputeServer(engine, self.traffic["compute"], self.tokens, limiter)

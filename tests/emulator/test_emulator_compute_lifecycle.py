@@ -6,9 +6,11 @@ import re
 
 import psutil
 import pytest
-from emulator_helpers import Clients, claim_script, console, make_instance, wait_for
+from emulator_helpers import TIME_SCALE, Clients, claim_script, console, make_instance, wait_for
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
+
+from parallel_engine.emulator import Emulator
 
 
 def test_insert_boot_script_claims_in_bucket_then_delete(clients: Clients) -> None:
@@ -181,6 +183,26 @@ def test_max_run_duration_stop_terminates_and_frees_cpus(clients: Clients) -> No
     assert clients.wait_status("stopper", "TERMINATED", timeout=10).status == "TERMINATED"
     assert clients.cloud.control.pids("stopper") == []
     assert _cpus(clients)[0] == 0.0
+
+
+def _limits_reached(seed: int) -> list[float]:
+    """When maxRunDuration acted on three VMs (30 s limits) of a fresh emulator seeded with `seed`."""
+    with Emulator(time_scale=TIME_SCALE, seed=seed) as cloud:
+        clients = Clients(cloud)
+        names = [f"late-{n}" for n in range(3)]
+        for name in names:
+            clients.wait(clients.insert(make_instance(name, script="sleep 300", max_run_seconds=30, action="STOP")))
+        found = re.compile(r"maxRunDuration reached after ([0-9.]+) s")
+        return [
+            float(wait_for(lambda n=name: found.search(console(clients, n)), what="the limit").group(1))
+            for name in names
+        ]
+
+
+def test_max_run_duration_acts_up_to_30_s_late_repeatably_under_a_seed() -> None:
+    first = _limits_reached(seed=7)
+    assert all(30 <= after <= 60 for after in first) and len(set(first)) == 3  # each VM its own lateness
+    assert _limits_reached(seed=7) == first
 
 
 def test_stop_then_start_runs_the_startup_script_again(clients: Clients) -> None:

@@ -9,6 +9,7 @@ and exhausted capacity follow the same timelines, scaled by the clock.
 from __future__ import annotations
 
 import copy
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ class ComputeEngine:
         hypervisor: Hypervisor,
         tokens: TokenRegistry,
         zones: list[str],
+        rng: random.Random | None = None,
     ) -> None:
         self.project = project
         self.project_number = project_number
@@ -111,6 +113,7 @@ class ComputeEngine:
         self._lock = threading.RLock()
         self._vms: dict[tuple[str, str], Vm] = {}
         self._serial = 0
+        self.random = rng or random.Random()  # how late each maxRunDuration acts (seed it to replay a run)
 
     # -- scope checks ---------------------------------------------------------------------
     def check_project(self, project: str) -> None:
@@ -385,8 +388,9 @@ class ComputeEngine:
                 machine = vm.machine
             machine.power_on()
         seconds = vm.spec.max_run_seconds
-        if seconds is not None:
-            self.timers.after(self.clock.real(seconds), lambda: self._max_run_reached(vm, epoch))
+        if seconds is not None:  # Google acts up to 30 s after the limit
+            late = self.random.uniform(0.0, self.clock.durations.max_run_late_seconds)
+            self.timers.after(self.clock.real(seconds + late), lambda: self._max_run_reached(vm, epoch, seconds + late))
 
     # -- deletion, stop, start ------------------------------------------------------------
     def delete(self, project: str, zone: str, name: str, user: str) -> dict[str, Any]:
@@ -491,12 +495,14 @@ class ComputeEngine:
             self._schedule_boot(vm, [op["name"]])
         return op
 
-    def _max_run_reached(self, vm: Vm, epoch: int) -> None:
+    def _max_run_reached(self, vm: Vm, epoch: int, after: float) -> None:
         with self._lock:
             if vm.epoch != epoch or vm.removed or vm.deleting or vm.status != "RUNNING":
                 return
             if vm.machine is not None:
-                vm.machine.log(f"maxRunDuration reached: instanceTerminationAction {vm.spec.termination_action}")
+                vm.machine.log(
+                    f"maxRunDuration reached after {after:.3f} s: instanceTerminationAction {vm.spec.termination_action}"
+                )
             if vm.spec.termination_action == "DELETE":
                 self._begin_delete(vm)
             else:
