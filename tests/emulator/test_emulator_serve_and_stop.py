@@ -17,6 +17,7 @@ import yaml
 from emulator_helpers import TIME_SCALE, Clients, make_instance, wait_for
 
 from parallel_engine.emulator import Emulator, serve
+from parallel_engine.emulator.serve import render_config
 
 ESCAPING_SCRIPT = "sleep 300 &\nsetsid sleep 300 &\nnohup sleep 300 >/dev/null 2>&1 &\nsleep 300\n"
 
@@ -86,8 +87,43 @@ def test_serve_never_overwrites_an_existing_config(tmp_path: Path) -> None:
     wait_for(lambda: fallback.exists() and "Ctrl-C" in out.getvalue(), what="the fallback config")
     assert (tmp_path / ".config.yaml").read_text() == "PROJECT_ID: mine\n"
     assert ".config.emulator.yaml" in out.getvalue()
+    assert f"--config {fallback}" in out.getvalue() and f"PARALLEL_ENGINE_CONFIG={fallback}" in out.getvalue()
     stop.set()
     thread.join(timeout=30)
+    assert result == [0]
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_serve_rewrites_a_config_left_by_an_emulator_that_is_gone(tmp_path: Path) -> None:
+    config = tmp_path / ".config.yaml"
+    config.write_text(render_config({"COMPUTE_ENDPOINT": "http://127.0.0.1:9"}, pid=_dead_pid()))
+    thread, stop, out, result = _serve_in_thread(tmp_path)
+    wait_for(lambda: "Ctrl-C" in out.getvalue(), what="the emulator")
+    try:
+        assert yaml.safe_load(config.read_text())["COMPUTE_ENDPOINT"] != "http://127.0.0.1:9"  # live ports now
+        assert not (tmp_path / ".config.emulator.yaml").exists()
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert result == [0]
+
+
+def test_serve_leaves_the_config_of_an_emulator_still_running(tmp_path: Path) -> None:
+    config = tmp_path / ".config.yaml"
+    config.write_text(render_config({"COMPUTE_ENDPOINT": "http://127.0.0.1:9"}, pid=os.getppid()))
+    thread, stop, out, result = _serve_in_thread(tmp_path)
+    fallback = tmp_path / ".config.emulator.yaml"
+    wait_for(lambda: fallback.exists() and "Ctrl-C" in out.getvalue(), what="the fallback config")
+    try:
+        assert yaml.safe_load(config.read_text())["COMPUTE_ENDPOINT"] == "http://127.0.0.1:9"
+    finally:
+        stop.set()
+        thread.join(timeout=30)
     assert result == [0]
 
 
