@@ -21,6 +21,7 @@ from typing import Any
 
 from parallel_engine.emulator.clock import Clock, Durations
 from parallel_engine.emulator.cloudbuild import CloudBuildServer
+from parallel_engine.emulator.cloudbuild_runner import LABEL_SERVER
 from parallel_engine.emulator.compute.catalog import known_zones, region_of
 from parallel_engine.emulator.compute.engine import ComputeEngine
 from parallel_engine.emulator.compute.exhaustion import ControlError
@@ -30,12 +31,14 @@ from parallel_engine.emulator.compute.server import ComputeServer
 from parallel_engine.emulator.control import ControlClient
 from parallel_engine.emulator.control_api import ControlApi
 from parallel_engine.emulator.gcs import FakeGcs
+from parallel_engine.emulator.guest.containers import LABEL_EMULATOR
 from parallel_engine.emulator.guest.hypervisor import Hypervisor
 from parallel_engine.emulator.identity import TokenRegistry
 from parallel_engine.emulator.registry import Registry, RegistryUnavailable
 from parallel_engine.emulator.storage_proxy import StorageProxy
 from parallel_engine.emulator.timers import Timers
 from parallel_engine.emulator.traffic import Traffic
+from parallel_engine.emulator.watchdog import Watchdog
 
 DEFAULT_PROJECT = "emulated-project"
 DEFAULT_ZONE = "us-central1-a"
@@ -92,6 +95,7 @@ class Emulator:
         self._proxy: StorageProxy | None = None
         self._compute: ComputeServer | None = None
         self._hypervisor: Hypervisor | None = None
+        self._watchdog: Watchdog | None = None
 
     # -- life -----------------------------------------------------------------------------
     def start(self) -> Emulator:
@@ -113,10 +117,14 @@ class Emulator:
         else:
             self.workdir = self._workdir_arg
             self.workdir.mkdir(parents=True, exist_ok=True)
+        watchdog = self._watchdog = Watchdog(self._docker_host)  # cleans up even if this process is killed
+        self.tokens.guests.notify = watchdog.tell
+        watchdog.tell("label", f"{LABEL_EMULATOR}={self.emulator_id}")
         self._timers = Timers()
         self._proxy = StorageProxy(self.traffic["storage"], self.tokens)
         self._gcs = FakeGcs(self._proxy.url, self.workdir / "fake-gcs-server.log", self._storage_dir)
         self._gcs.start()
+        watchdog.tell("pid", self._gcs.pid)
         self._proxy.start(self._gcs.port)
         self.storage_endpoint = self._proxy.url
         self._hypervisor = Hypervisor(self.workdir, self.emulator_id, self._docker_host)
@@ -141,6 +149,7 @@ class Emulator:
         self._registry = Registry(self.workdir / "registry")
         try:
             self.registry_host = self._registry.start().host
+            watchdog.tell("pid", self._registry.pid)
         except RegistryUnavailable:  # builds still run; pushes fail saying where to push
             self._registry = None
         self._cloudbuild = CloudBuildServer(
@@ -148,6 +157,7 @@ class Emulator:
             workdir=self.workdir / "cloudbuild", docker_host=self._docker_host,
             traffic=self.traffic["cloudbuild"], tokens=self.tokens,
         ).start()
+        watchdog.tell("label", f"{LABEL_SERVER}={self._cloudbuild.server_id}")
         self.cloudbuild_endpoint = self._cloudbuild.url
 
     def _fail_builds(self, count: int, status: str) -> None:
@@ -196,6 +206,8 @@ class Emulator:
             self._gcs.stop()
         if self._workdir_arg is None and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._watchdog is not None:
+            self._watchdog.close()
 
     def __enter__(self) -> Emulator:
         return self.start()
@@ -239,6 +251,9 @@ class Emulator:
             "storageEndpoint": self.storage_endpoint,
             "cloudbuildEndpoint": self.cloudbuild_endpoint,
             "registryHost": self.registry_host,
+            "emulatorId": self.emulator_id,
+            "pids": {"fakeGcs": self.fake_gcs_pid, "registry": self._registry.pid if self._registry else None,
+                     "watchdog": self._watchdog.pid if self._watchdog else None},  # fmt: skip
             "workdir": str(self.workdir) if self.workdir else None,
             "binDir": str(self._hypervisor.bin_dir) if self._hypervisor else None,
         }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from parallel_engine.emulator import peers
@@ -69,20 +70,32 @@ class Guests:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._hosts: dict[bytes, str] = {}  # b"127.0.0.1:PORT" -> VM name
-        self._roots: dict[int, str] = {}  # pid of a VM's script -> VM name
+        self._roots: dict[int, str] = {}  # pid of a VM's script (its process group) -> VM name
+        #: told (verb, value, forget) about every change: the emulator's watchdog (watchdog.py)
+        self.notify: Callable[[str, object, bool], None] = lambda verb, value, forget: None
 
     def add_host(self, vm: str, metadata_host: str) -> None:
         with self._lock:
             self._hosts[metadata_host.encode()] = vm
+        self.notify("host", metadata_host, False)
 
     def add_root(self, vm: str, pid: int) -> None:
         with self._lock:
             self._roots[pid] = vm
+        self.notify("group", pid, False)
 
     def remove(self, vm: str) -> None:
         with self._lock:
-            self._hosts = {h: v for h, v in self._hosts.items() if v != vm}
-            self._roots = {p: v for p, v in self._roots.items() if v != vm}
+            hosts = [h for h, v in self._hosts.items() if v == vm]
+            roots = [p for p, v in self._roots.items() if v == vm]
+            for host in hosts:
+                del self._hosts[host]
+            for pid in roots:
+                del self._roots[pid]
+        for host in hosts:
+            self.notify("host", host.decode(), True)
+        for pid in roots:
+            self.notify("group", pid, True)
 
     def vm_behind(self, client_port: int, server_port: int) -> str | None:
         """The VM whose process holds the client end of 127.0.0.1:client_port -> :server_port, if any."""

@@ -100,14 +100,14 @@ def serve(
     stop_event: threading.Event | None = None,
     **emulator_options: Any,
 ) -> int:
-    """Start everything, write the config, print where things run, block until Ctrl-C/SIGTERM; 0."""
+    """Start everything, write the config, print where things run, block until Ctrl-C/SIGTERM/SIGHUP; 0."""
     out = out or sys.stdout
     stop = stop_event or threading.Event()
     cloud = Emulator(project=project, zone=zone, bucket=bucket, time_scale=time_scale, workdir=workdir,
                      storage_dir=storage_dir, **emulator_options)  # fmt: skip
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal was closed
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
     try:
         cloud.start()

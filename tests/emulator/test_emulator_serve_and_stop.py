@@ -16,7 +16,7 @@ import pytest
 import yaml
 from emulator_helpers import TIME_SCALE, Clients, make_instance, wait_for
 
-from parallel_engine.emulator import Emulator, serve
+from parallel_engine.emulator import ControlClient, Emulator, serve
 from parallel_engine.emulator.serve import render_config
 
 ESCAPING_SCRIPT = "sleep 300 &\nsetsid sleep 300 &\nnohup sleep 300 >/dev/null 2>&1 &\nsleep 300\n"
@@ -127,8 +127,8 @@ def test_serve_leaves_the_config_of_an_emulator_still_running(tmp_path: Path) ->
     assert result == [0]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_python_m_emulator_stops_everything_on_signal(tmp_path: Path, signum: int) -> None:
+def _start_emulator(tmp_path: Path) -> tuple[subprocess.Popen[str], dict]:
+    """`python -m parallel_engine.emulator` in `tmp_path`; the process and the config it wrote."""
     process = subprocess.Popen(
         [sys.executable, "-m", "parallel_engine.emulator", "--time-scale", str(TIME_SCALE)],
         cwd=tmp_path,
@@ -137,22 +137,32 @@ def test_python_m_emulator_stops_everything_on_signal(tmp_path: Path, signum: in
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    try:
-        config = tmp_path / ".config.yaml"
-        wait_for(lambda: config.exists(), timeout=30, what="the config")
-        values = yaml.safe_load(config.read_text())
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import compute_v1
+    config = tmp_path / ".config.yaml"
+    wait_for(lambda: config.exists(), timeout=30, what="the config")
+    return process, yaml.safe_load(config.read_text())
 
-        instances = compute_v1.InstancesClient(
-            client_options={"api_endpoint": values["COMPUTE_ENDPOINT"]}, credentials=AnonymousCredentials()
-        )
-        instances.insert(project=values["PROJECT_ID"], zone=values["ZONE"],
-                         instance_resource=make_instance("lingering", script=ESCAPING_SCRIPT))  # fmt: skip
+
+def _insert(values: dict, script: str) -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import compute_v1
+
+    instances = compute_v1.InstancesClient(
+        client_options={"api_endpoint": values["COMPUTE_ENDPOINT"]}, credentials=AnonymousCredentials()
+    )
+    instances.insert(project=values["PROJECT_ID"], zone=values["ZONE"],
+                     instance_resource=make_instance("lingering", script=script))  # fmt: skip
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_python_m_emulator_stops_everything_on_signal(tmp_path: Path, signum: int) -> None:
+    process, values = _start_emulator(tmp_path)
+    try:
+        _insert(values, ESCAPING_SCRIPT)
         parent = psutil.Process(process.pid)
         wait_for(lambda: sum(p.name() == "sleep" for p in parent.children(recursive=True)) >= 2, timeout=30,
                  what="the VM's processes")  # fmt: skip
         descendants = parent.children(recursive=True)
+        servers = ControlClient(values["COMPUTE_ENDPOINT"]).info()["pids"]
         time.sleep(0.1)
         process.send_signal(signum)
         output, _ = process.communicate(timeout=30)
@@ -162,3 +172,34 @@ def test_python_m_emulator_stops_everything_on_signal(tmp_path: Path, signum: in
     assert process.returncode == 0, output
     assert "stopped" in output
     assert [p.pid for p in descendants if _alive(p.pid)] == []
+    assert [pid for pid in servers.values() if pid and _alive(pid)] == []  # fake-gcs-server, registry, watchdog
+
+
+CONTAINER_SCRIPT = ESCAPING_SCRIPT.replace("sleep 300\n", "docker run -d --network none python:3.11-slim sleep 300\nsleep 300\n", 1)
+
+
+def _containers(emulator_id: str) -> list[str]:
+    listed = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=emulator-id={emulator_id}"],
+                            capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    return listed.stdout.split()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGKILL])
+def test_nothing_outlives_the_emulator_not_even_a_sigkill(tmp_path: Path, signum: int, docker_engine: object) -> None:
+    process, values = _start_emulator(tmp_path)
+    try:
+        control = ControlClient(values["COMPUTE_ENDPOINT"], values["ZONE"])
+        info = control.info()
+        _insert(values, CONTAINER_SCRIPT)
+        wait_for(lambda: _containers(info["emulatorId"]), timeout=60, what="the VM's container")
+        vm_pids = wait_for(lambda: len(p := control.pids("lingering")) >= 4 and p, timeout=30, what="VM processes")
+        process.send_signal(signum)
+        process.communicate(timeout=60)
+        leftovers = [pid for pid in vm_pids + [info["pids"]["fakeGcs"], info["pids"]["registry"]] if pid]
+        wait_for(lambda: not [pid for pid in leftovers if _alive(pid)], timeout=30, what="every process to end")
+        wait_for(lambda: not _containers(info["emulatorId"]), timeout=60, what="the VM's containers to go")
+        wait_for(lambda: not _alive(info["pids"]["watchdog"]), timeout=30, what="the watchdog to finish")
+    finally:
+        if process.poll() is None:
+            process.kill()
