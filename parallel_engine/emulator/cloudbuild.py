@@ -76,7 +76,8 @@ _OPERATION_ERRORS = {
     EXPIRED: (4, "Build expired before it could start"),
 }
 _HTTP_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-                405: "METHOD_NOT_ALLOWED", 409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}  # fmt: skip
+                405: "METHOD_NOT_ALLOWED", 409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
+                503: "UNAVAILABLE"}  # fmt: skip
 _FILTER_TERM = re.compile(r'^\s*(?P<key>[a-zA-Z_.]+)\s*(?P<op>=|:)\s*"?(?P<value>[^"]*?)"?\s*$')
 _FILTER_KEYS = {"status", "id", "build_id", "tags", "images", "trigger_id", "build_trigger_id", "project_id"}
 
@@ -464,7 +465,8 @@ def _make_handler(server: CloudBuildServer) -> type[JsonHandler]:
                 if m is None or method != self.command:
                     continue
                 caller = self._caller()
-                fault = None if server.traffic is None else server.traffic.admit(self.command, self.path, caller, operation)
+                traffic = server.traffic
+                fault = None if traffic is None else traffic.admit(self.command, self.path, caller, operation)
                 if fault is not None and not fault.after:
                     self.read_body()
                     self.send_json(fault.status, rpc_error_body(fault.status, fault.message))

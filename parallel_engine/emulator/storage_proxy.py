@@ -44,9 +44,11 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 ]
 _WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 #: The IAM permission a method needs, where its name differs (what a 401 names).
-_PERMISSIONS = {"storage.objects.insert": "storage.objects.create", "storage.objects.compose": "storage.objects.create",
-                "storage.objects.rewrite": "storage.objects.create", "storage.buckets.insert": "storage.buckets.create",
-                "storage.objects.patch": "storage.objects.update", "storage.buckets.patch": "storage.buckets.update"}  # fmt: skip
+_PERMISSIONS = {
+    "storage.objects.insert": "storage.objects.create", "storage.objects.compose": "storage.objects.create",
+    "storage.objects.rewrite": "storage.objects.create", "storage.buckets.insert": "storage.buckets.create",
+    "storage.objects.patch": "storage.objects.update", "storage.buckets.patch": "storage.buckets.update",
+}  # fmt: skip
 _OBJECT_PATH = re.compile(r"^/storage/v1/b/([^/]+)/o/([^/]+)$")
 _UPLOAD_PATH = re.compile(r"^/upload/storage/v1/b/([^/]+)/o/?$")
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from parallel_engine.emulator.identity import MISSING, Caller
 
-_STATUS_TEXT = {401: "UNAUTHENTICATED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "UNAVAILABLE", 503: "UNAVAILABLE"}
+_STATUS_TEXT = {401: "UNAUTHENTICATED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "UNAVAILABLE",
+                503: "UNAVAILABLE"}  # fmt: skip
 _DEFAULT_REASON = {429: "rateLimitExceeded", 500: "backendError", 502: "backendError", 503: "backendError"}
 _DEFAULT_MESSAGE = {429: "Rate Limit Exceeded", 500: "Internal Error", 502: "Bad Gateway", 503: "Backend Error"}
 

@@ -28,8 +28,12 @@ echo calls-done
 
 def _script(clients: Clients) -> str:
     cloud = clients.cloud
-    return (CALLS.replace("__COMPUTE__", cloud.compute_endpoint).replace("__STORAGE__", cloud.storage_endpoint)
-            .replace("__PROJECT__", cloud.project).replace("__ZONE__", cloud.zone).replace("__BUCKET__", cloud.bucket))  # fmt: skip
+    values = {"__COMPUTE__": cloud.compute_endpoint, "__STORAGE__": cloud.storage_endpoint,
+              "__PROJECT__": cloud.project, "__ZONE__": cloud.zone, "__BUCKET__": cloud.bucket}  # fmt: skip
+    script = CALLS
+    for key, value in values.items():
+        script = script.replace(key, value)
+    return script
 
 
 def _values(text: str) -> dict[str, str]:

@@ -25,7 +25,8 @@ def _client(cloud: Emulator) -> cloudbuild_v1.CloudBuildClient:
 
 
 def _sleeper() -> cloudbuild_v1.Build:
-    return cloudbuild_v1.Build(steps=[cloudbuild_v1.BuildStep(name="python:3.11-slim", entrypoint="sleep", args=["300"])])
+    step = cloudbuild_v1.BuildStep(name="python:3.11-slim", entrypoint="sleep", args=["300"])
+    return cloudbuild_v1.Build(steps=[step])
 
 
 def _ended(client: cloudbuild_v1.CloudBuildClient, project: str, build_id: str) -> cloudbuild_v1.Build:

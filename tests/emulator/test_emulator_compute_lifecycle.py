@@ -97,6 +97,22 @@ def _cpus(clients: Clients) -> tuple[float, float]:
     return quota.usage, quota.limit
 
 
+def test_zone_operations_list_pages_and_filters(clients: Clients) -> None:
+    inserted = [clients.insert(make_instance(f"op-{n}", machine_type="e2-micro")).name for n in range(5)]
+    for name in inserted:
+        clients.wait(compute_v1.Operation(name=name))
+    clients.delete("op-0")
+    request = compute_v1.ListZoneOperationsRequest(
+        project=clients.project, zone=clients.zone, max_results=2, filter='operationType="insert"'
+    )
+    pages = list(clients.operations.list(request=request).pages)
+    assert [len(page.items) for page in pages] == [2, 2, 1]
+    assert sorted(op.name for page in pages for op in page.items) == sorted(inserted)
+    everything = compute_v1.ListZoneOperationsRequest(project=clients.project, zone=clients.zone, max_results=4)
+    kinds = sorted(op.operation_type for op in clients.operations.list(request=everything))
+    assert kinds == ["delete"] + ["insert"] * 5
+
+
 def test_cpu_quota_counts_machine_types_and_frees_on_delete(clients: Clients) -> None:
     clients.cloud.control.set_quota("CPUS", 8)
     for name in ("big-1", "big-2"):
@@ -120,6 +136,20 @@ def test_external_ip_counts_in_use_addresses(clients: Clients) -> None:
     refused = clients.wait(clients.insert(make_instance("ip-2", external_ip=True)))
     assert refused.error.errors[0].code == "QUOTA_EXCEEDED"
     assert "IN_USE_ADDRESSES" in refused.error.errors[0].message
+
+
+def test_instances_quota_counts_vms_whatever_their_size_and_stopped_ones_too(clients: Clients) -> None:
+    clients.cloud.control.set_quota("INSTANCES", 2)
+    for name in ("one", "two"):
+        assert not clients.wait(clients.insert(make_instance(name, machine_type="e2-micro"))).error.errors
+    refused = clients.wait(clients.insert(make_instance("three", machine_type="e2-micro")))
+    assert refused.error.errors[0].code == "QUOTA_EXCEEDED" and refused.http_error_status_code == 403
+    assert "Quota 'INSTANCES' exceeded" in refused.error.errors[0].message
+    clients.wait(clients.instances.stop(project=clients.project, zone=clients.zone, instance="two"))
+    clients.wait_status("two", "TERMINATED")  # a stopped VM still counts as an instance
+    assert clients.wait(clients.insert(make_instance("three", machine_type="e2-micro"))).error.errors
+    clients.delete("one")
+    assert not clients.wait(clients.insert(make_instance("three", machine_type="e2-micro"))).error.errors
 
 
 def test_bulk_insert_quota_is_checked_upfront_and_min_count_allows_partial(clients: Clients) -> None:

@@ -175,7 +175,8 @@ def test_python_m_emulator_stops_everything_on_signal(tmp_path: Path, signum: in
     assert [pid for pid in servers.values() if pid and _alive(pid)] == []  # fake-gcs-server, registry, watchdog
 
 
-CONTAINER_SCRIPT = ESCAPING_SCRIPT.replace("sleep 300\n", "docker run -d --network none python:3.11-slim sleep 300\nsleep 300\n", 1)
+CONTAINER = "docker run -d --network none python:3.11-slim sleep 300\n"
+CONTAINER_SCRIPT = ESCAPING_SCRIPT.replace("sleep 300\n", CONTAINER + "sleep 300\n", 1)
 
 
 def _containers(emulator_id: str) -> list[str]:
@@ -203,3 +204,29 @@ def test_nothing_outlives_the_emulator_not_even_a_sigkill(tmp_path: Path, signum
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.docker
+def test_ctrl_c_stops_a_running_build_and_its_container(tmp_path: Path, docker_engine: object) -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud.devtools import cloudbuild_v1
+
+    process, values = _start_emulator(tmp_path)
+    try:
+        options = {"api_endpoint": values["CLOUDBUILD_ENDPOINT"]}
+        builds = cloudbuild_v1.CloudBuildClient(transport="rest", credentials=AnonymousCredentials(), client_options=options)
+        step = cloudbuild_v1.BuildStep(name="python:3.11-slim", entrypoint="sleep", args=["300"])
+        created = builds.create_build(project_id=values["PROJECT_ID"], build=cloudbuild_v1.Build(steps=[step]))
+        build_id = created.metadata.build.id
+        label = f"pe-emulator-cloudbuild-build={build_id}"
+        running = ["docker", "ps", "-q", "--filter", f"label={label}"]
+        wait_for(lambda: subprocess.run(running, capture_output=True, text=True).stdout.strip(), timeout=120,
+                 what="the build's step container")  # fmt: skip
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    everything = ["docker", "ps", "-aq", "--filter", f"label={label}"]
+    assert subprocess.run(everything, capture_output=True, text=True, check=True).stdout.split() == []

@@ -500,9 +500,8 @@ class ComputeEngine:
             if vm.epoch != epoch or vm.removed or vm.deleting or vm.status != "RUNNING":
                 return
             if vm.machine is not None:
-                vm.machine.log(
-                    f"maxRunDuration reached after {after:.3f} s: instanceTerminationAction {vm.spec.termination_action}"
-                )
+                action = vm.spec.termination_action
+                vm.machine.log(f"maxRunDuration reached after {after:.3f} s: instanceTerminationAction {action}")
             if vm.spec.termination_action == "DELETE":
                 self._begin_delete(vm)
             else:

@@ -200,7 +200,8 @@ def _make_handler(server: ComputeServer) -> type[JsonHandler]:
             try:
                 body = json.loads(raw, object_pairs_hook=_unique_keys) if raw.strip() else {}
             except DuplicateKey as duplicate:  # json.loads would keep the last: a bulkInsert name made twice
-                return 400, google_error(400, "invalid", f"Invalid JSON payload received. Duplicate key: {duplicate}"), {}
+                message = f"Invalid JSON payload received. Duplicate key: {duplicate}"
+                return 400, google_error(400, "invalid", message), {}
             except ValueError:
                 return 400, google_error(400, "parseError", "Parse Error"), {}
             user = caller.email if caller.kind == VM and caller.email else ORCHESTRATOR_USER

@@ -105,11 +105,11 @@ def check_metadata(metadata: Any, field_name: str = "resource.metadata") -> dict
             )
         total += size + len(key.encode())
         result[key] = value
-    if total > MAX_METADATA_TOTAL:
+    if total >= MAX_METADATA_TOTAL:  # Google: all metadata must be less than 512 KiB
         raise ApiError(
             400,
             "invalid",
-            f"Value for field '{field_name}' is too large: maximum size {MAX_METADATA_TOTAL} character(s); "
+            f"Value for field '{field_name}' is too large: maximum size {MAX_METADATA_TOTAL - 1} character(s); "
             f"actual size {total}.",
         )
     return result

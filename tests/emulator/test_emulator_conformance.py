@@ -1,6 +1,10 @@
-"""Every rule of DESIGN.md's "The real Google constraints", walked with the real compute client.
+"""Every item of DESIGN.md's "The real Google constraints", in one place, with the real Google clients.
 
-Each refusal is asserted by HTTP status and Google's `reason`, as the orchestrator will see it.
+Each refusal is asserted by HTTP status and Google's `reason`, as the orchestrator will see it. The
+rules whose test needs a VM's whole life (preemption, a self-delete, the guest's PATH, ...) are
+pinned next to that life in another file: `CONSTRAINTS` names the test of each item, and
+`test_every_constraint_names_tests_that_exist` keeps that list true. What the emulator does not
+enforce is listed too (and in the emulator's README).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -18,6 +23,70 @@ from emulator_helpers import Clients, make_instance
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
+
+
+HERE = Path(__file__).parent
+#: DESIGN.md's constraints, in its order -> "file::test" (this file when no file is given).
+CONSTRAINTS: dict[str, list[str]] = {
+    "instance names; bad -> 400 invalid; duplicate -> 409": [
+        "test_insert_refuses_what_google_refuses", "test_duplicate_name_is_409_already_exists"],
+    "labels: at most 64, key and value formats -> 400": [
+        "test_insert_refuses_what_google_refuses", "test_insert_accepts_the_limits_themselves"],
+    "metadata: value <= 256 KiB ('is too large'), all < 512 KiB, key format": [
+        "test_insert_refuses_what_google_refuses", "test_an_oversized_metadata_value_says_it_is_too_large",
+        "test_metadata_just_under_512_kib_in_total_is_accepted"],
+    "maxRunDuration 30 s..120 days with STOP/DELETE; action on STANDARD needs a limit; SPOT no auto-restart": [
+        "test_insert_refuses_what_google_refuses", "test_insert_accepts_the_limits_themselves",
+        "test_emulator_compute_lifecycle.py::test_max_run_duration_delete_removes_the_vm",
+        "test_emulator_compute_lifecycle.py::test_max_run_duration_stop_terminates_and_frees_cpus"],
+    "the termination action may fire up to 30 s late": [
+        "test_emulator_compute_lifecycle.py::test_max_run_duration_acts_up_to_30_s_late_repeatably_under_a_seed"],
+    "preemption: soft shutdown, TERMINATED or 404, compute.instances.preempted by system, preempted TRUE": [
+        "test_emulator_faults.py::test_preemption_soft_shutdown_then_operation_listed"],
+    "bulkInsert: count, minCount, one run of #, perInstanceProperties names; one op, one request": [
+        "test_bulk_insert_refuses_what_google_refuses", "test_bulk_insert_uses_per_instance_names_and_patterns_skip_them",
+        "test_bulk_insert_refuses_a_name_given_twice", "test_bulk_insert_is_one_call_for_rate_limits",
+        "test_emulator_compute_lifecycle.py::test_bulk_insert_quota_is_checked_upfront_and_min_count_allows_partial"],
+    "rate limits per minute -> 403 rateLimitExceeded": [
+        "test_bulk_insert_is_one_call_for_rate_limits", "test_read_rate_limit_is_403_rate_limit_exceeded"],
+    "COS: bash, curl, docker, docker-credential-gcr; no gcloud, gsutil, python, jq": [
+        "test_emulator_compute_lifecycle.py::test_vm_path_is_container_optimized_os_like"],
+    "COS: HOME read-only, DOCKER_CONFIG before docker-credential-gcr configure-docker": [
+        "test_emulator_metadata.py::test_docker_credential_helper_stand_in_needs_a_writable_docker_config"],
+    "metadata server: Metadata-Flavor required (403); name, zone, project-id, attributes, token": [
+        "test_emulator_metadata.py::test_metadata_server_answers_what_a_startup_script_asks"],
+    "self-delete with the metadata token needs the compute or cloud-platform scope": [
+        "test_emulator_compute_lifecycle.py::test_vm_deletes_itself_with_its_metadata_token",
+        "test_emulator_compute_lifecycle.py::test_vm_token_without_compute_scope_cannot_delete"],
+    "storage object names: 1-1024 bytes of UTF-8, no CR/LF, not . or ..": [
+        "test_storage_refuses_invalid_object_names", "test_storage_accepts_the_longest_name_and_any_utf8",
+        "test_storage_refuses_invalid_names_from_the_real_client_and_in_paths"],
+    "storage: failed precondition -> 412 conditionNotMet; lists page at 1,000": [
+        "test_emulator_storage.py::test_precondition_failure_has_google_reason_on_every_upload_kind",
+        "test_emulator_storage.py::test_object_lists_page_at_one_thousand"],
+    "cloud build: storageSource -> operations/build/P/ID; statuses; images[].digest, logUrl": [
+        "test_registry_and_build.py::test_the_operation_carries_the_build_and_resolves_to_it",
+        "test_registry_and_build.py::test_cloudbuild_yaml_builds_and_pushes_the_image_with_its_registry_digest",
+        "test_registry_and_build.py::test_log_url_serves_the_build_log",
+        "test_registry_and_build.py::test_build_past_its_timeout_ends_as_timeout",
+        "test_registry_and_build.py::test_failing_step_fails_the_build_naming_the_step",
+        "test_registry_and_build.py::test_cancel_stops_a_running_build_and_its_container",
+        "test_emulator_cloudbuild.py::test_injected_build_failures_end_with_googles_status"],
+}  # fmt: skip
+#: DESIGN.md's constraints the emulator does not enforce: each must be named in its README's list.
+NOT_ENFORCED = ("read-only `/`", "`noexec` mounts", "read-only HOME", "journalctl", "inbound traffic")
+
+
+def test_every_constraint_names_tests_that_exist() -> None:
+    for constraint, tests in CONSTRAINTS.items():
+        assert tests, constraint
+        for reference in tests:
+            file, _, name = reference.rpartition("::")
+            text = (HERE / (file or Path(__file__).name)).read_text()
+            assert f"def {name}(" in text, f"{constraint}: no test {reference}"
+    readme = (HERE.parents[1] / "parallel_engine" / "emulator" / "README.md").read_text()
+    not_enforced = readme.split("**Not enforced here**", 1)[1].split("\n- **", 1)[0]
+    assert [item for item in NOT_ENFORCED if item not in not_enforced] == []
 
 
 def refused(call: Callable[[], Any]) -> tuple[int, str]:
@@ -75,6 +144,8 @@ BAD_INSTANCES: dict[str, tuple[compute_v1.Instance, int, str]] = {
     "metadata value over 256 KiB": (_with(_metadata({"startup-script": "x" * 262145})), 400, "invalid"),
     "metadata over 512 KB in total": (
         _with(_metadata({f"k{i}": "x" * 200000 for i in range(3)})), 400, "invalid"),
+    "metadata of exactly 512 KiB in total (it must be less)": (
+        _with(_metadata({"k0": "x" * (262144 - 2), "k1": "x" * (262144 - 2)})), 400, "invalid"),
     "metadata key with a dot": (_with(_metadata({"bad.key": "v"})), 400, "invalid"),
     "maxRunDuration under 30 s": (
         _with(_scheduling(max_run_duration=compute_v1.Duration(seconds=29), instance_termination_action="DELETE")),
@@ -121,6 +192,18 @@ def test_insert_accepts_the_limits_themselves(clients: Clients, case: str) -> No
     instance.metadata = compute_v1.Metadata(items=[compute_v1.Items(key="startup-script", value="#" * 262144)])
     done = clients.wait(clients.insert(instance))
     assert not done.error.errors
+
+
+def test_metadata_just_under_512_kib_in_total_is_accepted(clients: Clients) -> None:
+    items = {"k0": "x" * (262144 - 2), "k1": "x" * (262144 - 3)}  # keys and values: 524287 bytes
+    done = clients.wait(clients.insert(_with(_metadata(items), name="just-under")))
+    assert not done.error.errors
+
+
+def test_an_oversized_metadata_value_says_it_is_too_large(shared: Clients) -> None:
+    with pytest.raises(gexc.BadRequest) as info:
+        shared.insert(_with(_metadata({"startup-script": "x" * 262145})))
+    assert "is too large" in info.value.message
 
 
 def test_duplicate_name_is_409_already_exists(clients: Clients) -> None:
@@ -178,27 +261,27 @@ def _bulk(shared: Clients, **fields: Any) -> Callable[[], Any]:
     )
 
 
-BAD_BULK: dict[str, dict[str, Any]] = {
-    "count of zero": {"count": 0, "name_pattern": "w-###"},
-    "count over 5000": {"count": 5001, "name_pattern": "w-####"},
-    "minCount above count": {"count": 2, "min_count": 3, "name_pattern": "w-###"},
-    "neither namePattern nor perInstanceProperties": {"count": 2},
-    "two runs of #": {"count": 2, "name_pattern": "w-##-##"},
-    "pattern too short for the count": {"count": 11, "name_pattern": "w-#"},
-    "invalid per-instance name": {
+BAD_BULK: dict[str, tuple[dict[str, Any], str]] = {
+    "count of zero": ({"count": 0, "name_pattern": "w-###"}, "invalid"),
+    "count over 5000": ({"count": 5001, "name_pattern": "w-####"}, "invalid"),
+    "minCount above count": ({"count": 2, "min_count": 3, "name_pattern": "w-###"}, "invalid"),
+    "neither namePattern nor perInstanceProperties": ({"count": 2}, "required"),
+    "two runs of #": ({"count": 2, "name_pattern": "w-##-##"}, "invalid"),
+    "pattern too short for the count": ({"count": 11, "name_pattern": "w-#"}, "invalid"),
+    "invalid per-instance name": ({
         "count": 1,
         "per_instance_properties": {"Bad_Name": compute_v1.BulkInsertInstanceResourcePerInstanceProperties()},
-    },
-    "more names than count": {
+    }, "invalid"),
+    "more names than count": ({
         "count": 1, "per_instance_properties": {n: compute_v1.BulkInsertInstanceResourcePerInstanceProperties()
-                                                for n in ("a-1", "a-2")}},
+                                                for n in ("a-1", "a-2")}}, "invalid"),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("case", list(BAD_BULK), ids=list(BAD_BULK))
 def test_bulk_insert_refuses_what_google_refuses(shared: Clients, case: str) -> None:
-    status, reason = refused(_bulk(shared, **BAD_BULK[case]))
-    assert status == 400 and reason in ("invalid", "required")
+    fields, reason = BAD_BULK[case]
+    assert refused(_bulk(shared, **fields)) == (400, reason)
 
 
 def test_bulk_insert_duplicate_name_is_409(clients: Clients) -> None:
@@ -235,7 +318,8 @@ def test_bulk_insert_refuses_a_name_given_twice(clients: Clients) -> None:
         '"instanceProperties": '
         '{"machineType": "e2-standard-2", "disks": [{"boot": true, "initializeParams": {"diskSizeGb": "10"}}]}}'
     )
-    url = f"{clients.cloud.compute_endpoint}/compute/v1/projects/{clients.project}/zones/{clients.zone}/instances/bulkInsert"
+    zone = f"{clients.cloud.compute_endpoint}/compute/v1/projects/{clients.project}/zones/{clients.zone}"
+    url = f"{zone}/instances/bulkInsert"
     request = urllib.request.Request(url, data=body.encode(), method="POST", headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(request, timeout=10)
