@@ -1,8 +1,9 @@
-"""`Emulator`: the emulated Google cloud (Compute, Storage, metadata servers) on loopback, in this process.
+"""`Emulator`: the emulated Google cloud on loopback, in this process.
 
 It wires the pieces together: fake-gcs-server behind the counting Storage proxy, the Compute REST
 server with its engine and control API, the VMs' hypervisor (bin folder, metadata servers,
-container cleanup), one clock and one set of timers. `stop()` leaves no process behind.
+container cleanup), the image registry, Cloud Build, one clock, one set of timers and a watchdog.
+`stop()` leaves no process behind; the watchdog sees to it when this process dies without stopping.
 """
 
 from __future__ import annotations
