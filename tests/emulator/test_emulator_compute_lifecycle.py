@@ -265,6 +265,9 @@ sleep 300
         )
     )
     assert [op.user for op in ops] == [f"{clients.cloud.project_number}-compute@developer.gserviceaccount.com"]
+    compute = clients.cloud.control.calls()["compute"]
+    assert compute["byMethod"]["compute.instances.delete"] == {"vm": 1}  # the VM's call, counted as the VM's
+    assert compute["byVm"] == {"self-deleting": 1}
 
 
 def test_vm_token_without_compute_scope_cannot_delete(clients: Clients) -> None:
