@@ -37,7 +37,7 @@ class RequestIds:
         self._clock = clock
         self._find = find  # (zone, operation name) -> the operation now; ApiError when it is gone
         self._lock = threading.Lock()  # held across the call: two concurrent repeats act once
-        self._seen: dict[tuple[str, str], tuple[str, str, float]] = {}
+        self._seen: dict[tuple[str, str], tuple[str, str, float]] = {}  # -> zone, operation, when first made
 
     def once(self, method: str, request_id: str | None, act: Callable[[], Any]) -> Any:
         """`act()`, unless a call of `method` with `request_id` already returned an operation."""
@@ -47,7 +47,8 @@ class RequestIds:
         key = (method, request_id)
         with self._lock:
             now = time.monotonic()
-            self._seen = {k: v for k, v in self._seen.items() if v[2] > now}
+            window = self._clock.real(self._clock.durations.request_id_window_seconds)
+            self._seen = {k: v for k, v in self._seen.items() if now - v[2] < window}
             known = self._seen.get(key)
             if known is not None:
                 try:
@@ -57,6 +58,5 @@ class RequestIds:
             result = act()
             if isinstance(result, dict) and result.get("kind") == "compute#operation":
                 zone = str(result["zone"]).rsplit("/", 1)[-1]
-                window = self._clock.real(self._clock.durations.request_id_window_seconds)
-                self._seen[key] = (zone, str(result["name"]), now + window)
+                self._seen[key] = (zone, str(result["name"]), now)
             return result
