@@ -8,10 +8,11 @@ at a time, what must not outlive it:
     pid N       a server to stop              group N    a VM script's process group
     host H      a VM's metadata address: any process whose environment names it is the VM's
     label K=V   containers to remove          -VERB X    forget (the thing ended normally)
+    stopped     the emulator stopped everything itself: forget all
 
 When the pipe closes - the emulator stopped, or died however it died - the watchdog kills what is
-still registered and removes the labelled containers, then exits. After a normal stop nothing is
-left for it to do.
+still registered and removes the labelled containers, then exits. After a normal stop (`stopped`)
+there is nothing left for it to do, so it exits at once.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class Watchdog:
                 pass
 
     def close(self, timeout: float = 30) -> None:
-        """The emulator has stopped everything: let the watchdog check and exit."""
+        """The emulator has stopped everything: the watchdog may exit."""
+        self.tell("stopped", "all")
         with self._lock:
             process, self._process = self._process, None
         if process is None:
@@ -84,6 +86,9 @@ def read_orders(stream: IO[str]) -> dict[str, set[str]]:
     registered: dict[str, set[str]] = {verb: set() for verb in VERBS}
     for line in stream:
         verb, _, value = line.strip().partition(" ")
+        if verb == "stopped":
+            registered = {verb: set() for verb in VERBS}
+            continue
         forget = verb.startswith("-")
         verb = verb.lstrip("-")
         if verb in registered and value:
