@@ -121,6 +121,8 @@ class Emulator:
         watchdog = self._watchdog = Watchdog(self._docker_host)  # cleans up even if this process is killed
         self.tokens.guests.notify = watchdog.tell
         watchdog.tell("label", f"{LABEL_EMULATOR}={self.emulator_id}")
+        if self._workdir_arg is None:
+            watchdog.tell("dir", self.workdir)
         self._timers = Timers()
         self._proxy = StorageProxy(self.traffic["storage"], self.tokens)
         self._gcs = FakeGcs(self._proxy.url, self.workdir / "fake-gcs-server.log", self._storage_dir)

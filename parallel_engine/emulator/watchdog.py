@@ -7,8 +7,8 @@ at a time, what must not outlive it:
 
     pid N       a server to stop              group N    a VM script's process group
     host H      a VM's metadata address: any process whose environment names it is the VM's
-    label K=V   containers to remove          -VERB X    forget (the thing ended normally)
-    stopped     the emulator stopped everything itself: forget all
+    label K=V   containers to remove          dir P      a temporary folder to delete, last
+    -VERB X     forget (the thing ended)      stopped    the emulator stopped everything itself
 
 When the pipe closes - the emulator stopped, or died however it died - the watchdog kills what is
 still registered and removes the labelled containers, then exits. After a normal stop (`stopped`)
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-VERBS = ("pid", "group", "host", "label")
+VERBS = ("pid", "group", "host", "label", "dir")
 
 
 class Watchdog:
@@ -163,6 +163,8 @@ def clean(registered: dict[str, set[str]]) -> None:
         _kill(servers | strays, groups)
         groups = set()
     _remove_containers(registered["label"])
+    for folder in registered["dir"]:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> int:

@@ -200,6 +200,7 @@ def test_nothing_outlives_the_emulator_not_even_a_sigkill(tmp_path: Path, signum
         leftovers = [pid for pid in vm_pids + [info["pids"]["fakeGcs"], info["pids"]["registry"]] if pid]
         wait_for(lambda: not [pid for pid in leftovers if _alive(pid)], timeout=30, what="every process to end")
         wait_for(lambda: not _containers(info["emulatorId"]), timeout=60, what="the VM's containers to go")
+        wait_for(lambda: not Path(info["workdir"]).exists(), timeout=30, what="its temporary folder to go")
         wait_for(lambda: not _alive(info["pids"]["watchdog"]), timeout=30, what="the watchdog to finish")
     finally:
         if process.poll() is None:
