@@ -355,7 +355,7 @@ def render(
 @friendly
 def emulator(
     time_scale: Annotated[float, typer.Option(help="emulated seconds x scale = real seconds (boots, heartbeats)")] = 1.0,
-    config_out: Annotated[Optional[Path], typer.Option("--config", help="config file to write (never overwritten)")] = None,
+    config_out: Annotated[Optional[Path], typer.Option("--config", help="config file to write (a file of yours is never overwritten; one a stopped emulator wrote is)")] = None,
     project: Annotated[str, typer.Option(help="emulated project id")] = "emulated-project",
     zone: Annotated[str, typer.Option(help="emulated zone")] = "us-central1-a",
     bucket: Annotated[Optional[str], typer.Option(help="bucket to create (default: PROJECT-bucket)")] = None,
