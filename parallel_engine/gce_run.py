@@ -72,13 +72,24 @@ def script_for(
     return render
 
 
+def check_rendering(config: Config, render: Callable[[tuple[tuple[str, int], ...] | None], str]) -> None:
+    """Render a worker's script (and its VM request) once while planning: a bad setting is one clear
+    ConfigError before any VM exists or run.json is written, not a monitor failure mid-run."""
+    from parallel_engine.gce_vm import instance_properties
+
+    assert config.zone is not None
+    script = render((("check", 1),) if config.tasks_per_vm == 1 else None)
+    instance_properties(config, config.zone, script, "check", "check")
+
+
 def gce_plan(config: Config, store: RunStore, run_id: str, quota: int, say: Callable[[str], None]) -> Plan:
     """The gce part of a run: the image pinned by digest, and the VM pool (which deletes its VMs)."""
     from parallel_engine.api import Plan
 
     image = resolve_image(config, store)
-    compute = Compute(config)
     render_script = script_for(config, run_id, image)
+    check_rendering(config, render_script)
+    compute = Compute(config)
     spec = {
         "runtime": "gce",
         "image": image,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parallel_engine.config import Config
-from parallel_engine.errors import BackendError
+from parallel_engine.errors import BackendError, ParallelEngineError
 from parallel_engine.gce_vm import (
     RUN_LABEL,
     bulk_body,
@@ -199,7 +199,7 @@ class GcePool:
             try:
                 self._poll()
             except Exception as exc:  # noqa: BLE001 - handed to the scheduler, which stops the run
-                self.on_event("fatal", exc if isinstance(exc, BackendError) else BackendError(f"gce monitor: {exc!r}"))
+                self.on_event("fatal", exc if isinstance(exc, ParallelEngineError) else BackendError(f"gce monitor: {exc!r}"))
                 return
             self._stop.wait(self.config.poll_interval)
 

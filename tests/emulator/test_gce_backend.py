@@ -222,12 +222,17 @@ def test_one_task_vm_that_does_not_delete_itself_is_deleted(
     assert run_vms(cloud, run.run_id) == []
 
 
-def test_cloud_build_then_run_pulls_the_image_by_digest(cloud: Emulator, docker_engine: Any, workdir: Path) -> None:
+def test_the_emulators_own_config_builds_runs_and_collects(cloud: Emulator, docker_engine: Any, workdir: Path) -> None:
+    """The README's flow with exactly the config `parallel-engine emulator` writes (REGISTRY with a
+    path included): build -> run -> collect, the VMs pulling the image by digest from the registry."""
+    from parallel_engine.emulator.serve import config_values, render_config
+
     assert cloud.registry_host, "the emulated cloud has no registry (apt-get install docker-registry)"
-    image = f"{cloud.registry_host}/{cloud.project}/parallel-engine/app:e2e"
+    values = config_values(cloud)
+    assert "/" in values["REGISTRY"]  # host/project/repo, as Artifact Registry names a repository
+    image = values["IMAGE"]
     shutil.copy(ROOT / "cloudbuild.yaml", workdir / "cloudbuild.yaml")
-    config = settings(cloud, image, PULL_POLICY="always", VM_QUOTAS=3, CLOUDBUILD_ENDPOINT=cloud.cloudbuild_endpoint)
-    (workdir / ".config.yaml").write_text(yaml.safe_dump(config))
+    (workdir / ".config.yaml").write_text(render_config(values))
     built = cli("build", cwd=workdir, timeout=600)
     assert built.returncode == 0, built.stdout + built.stderr
     assert f"built and pushed {image}@sha256:" in built.stdout
@@ -237,13 +242,24 @@ def test_cloud_build_then_run_pulls_the_image_by_digest(cloud: Emulator, docker_
     done = cli("run", "code/params.csv", cwd=workdir, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     run_id = done.stdout.split()[1].rstrip(":")
-    store = open_store(config_for(cloud, image))
+    store = open_store(load_config(workdir / ".config.yaml", environ={}))
     assert store.load_run(run_id).spec["image"] == image.rsplit(":", 1)[0] + "@" + digest
     collected = cli("collect", run_id, "--dest", "results", cwd=workdir)
     assert collected.returncode == 0, collected.stderr
     rows = list(csv.DictReader(open(workdir / "results" / "results.csv", newline="")))
     assert len(rows) == 12 and {r["state"] for r in rows} == {"succeeded"}
     assert run_vms(cloud, run_id) == []
+
+
+def test_a_bad_worker_setting_is_one_clear_error_before_any_vm(cloud: Emulator, workdir: Path) -> None:
+    bad = settings(cloud, "img", REGISTRY="https://europe-west1-docker.pkg.dev/p/repo")
+    (workdir / ".config.yaml").write_text(yaml.safe_dump(bad))
+    done = cli("run", "code/params.csv", cwd=workdir)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "worker settings: registry 'https://" in done.stderr and "Traceback" not in done.stderr
+    assert "gce monitor" not in done.stderr
+    assert open_store(config_for(cloud, "img")).run_ids() == []  # nothing written
+    assert cloud.control.calls()["compute"]["byMethod"].get("compute.instances.bulkInsert") is None
 
 
 def test_an_event_that_lands_after_a_newer_one_is_still_seen(cloud: Emulator) -> None:

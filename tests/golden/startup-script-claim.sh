@@ -18,7 +18,7 @@ PE_RUN_ID=20250101-120000-abcde
 PE_BUCKET=my-bucket
 PE_ROOT=pe/
 PE_IMAGE=us-docker.pkg.dev/my-project/pe/job@sha256:abababababababababababababababababababababababababababababababab
-PE_REGISTRY=us-docker.pkg.dev
+PE_REGISTRIES=us-docker.pkg.dev  # hosts docker-credential-gcr answers for (comma-separated)
 PE_PULL_POLICY=always
 PE_STORAGE=https://storage.googleapis.com
 PE_COMPUTE=https://compute.googleapis.com
@@ -632,8 +632,8 @@ main() {
     log "no service-account token from the metadata server: the VM needs a service account with Storage access"
     exit 1
   fi
-  if [[ -n $PE_REGISTRY ]]; then
-    docker-credential-gcr configure-docker --registries="$PE_REGISTRY" >/dev/null 2>"$WORK/credential.err" ||
+  if [[ -n $PE_REGISTRIES ]]; then
+    docker-credential-gcr configure-docker --registries="$PE_REGISTRIES" >/dev/null 2>"$WORK/credential.err" ||
       log "docker-credential-gcr configure-docker failed: $(tail -n 1 "$WORK/credential.err")"
   fi
   watch_preemption &
