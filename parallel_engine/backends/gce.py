@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -70,9 +71,9 @@ class Compute:
                 raise CapacityRefused(message)
             raise BackendError(f"Compute refused the request: {message}")
 
-    def _mutate(self, zone: str, func: Callable[..., Any], **kwargs: Any) -> None:
+    def _mutate(self, zone: str, func: Callable[..., Any], request: Any) -> None:
         try:
-            operation = call_google(func, project=self.project, zone=zone, **kwargs)
+            operation = call_google(func, request=request)
         except BackendError as exc:
             if any(marker in str(exc) for marker in CAPACITY_MARKERS):
                 raise CapacityRefused(str(exc)) from exc
@@ -80,16 +81,51 @@ class Compute:
         self._wait(zone, operation)
 
     def insert(self, zone: str, body: dict[str, Any]) -> None:
-        self._mutate(zone, self.instances.insert, instance_resource=to_instance(body))
+        """Create one VM. One `requestId` per logical call, the same on every retry: a retry of a
+        create whose answer was lost gets the first operation back instead of a second VM (or a 409).
+        A 409 anyway (the id forgotten) is success when the VM is this run's: it is the one we asked for."""
+        from google.api_core.exceptions import Conflict
+        from google.cloud import compute_v1
 
-    def bulk_insert(self, zone: str, body: dict[str, Any]) -> None:
-        self._mutate(zone, self.instances.bulk_insert, bulk_insert_instance_resource_resource=to_bulk(body))
+        request = compute_v1.InsertInstanceRequest(
+            project=self.project, zone=zone, instance_resource=to_instance(body), request_id=str(uuid.uuid4())
+        )
+        try:
+            self._mutate(zone, self.instances.insert, request)
+        except BackendError as exc:
+            if not isinstance(exc.__cause__, Conflict) or not self._is_ours(zone, body):
+                raise
 
-    def delete(self, zone: str, name: str) -> None:
+    def _is_ours(self, zone: str, body: dict[str, Any]) -> bool:
         from google.api_core.exceptions import NotFound
 
         try:
-            self._mutate(zone, self.instances.delete, instance=name)
+            vm = call_google(self.instances.get, project=self.project, zone=zone, instance=body["name"])
+        except BackendError as exc:
+            if isinstance(exc.__cause__, NotFound):
+                return False
+            raise
+        return bool(vm.labels.get(RUN_LABEL)) and vm.labels.get(RUN_LABEL) == body["labels"][RUN_LABEL]
+
+    def bulk_insert(self, zone: str, body: dict[str, Any]) -> None:
+        """Create identical VMs in one call; its `requestId` makes a retried call one batch, not two."""
+        from google.cloud import compute_v1
+
+        request = compute_v1.BulkInsertInstanceRequest(
+            project=self.project, zone=zone, bulk_insert_instance_resource_resource=to_bulk(body),
+            request_id=str(uuid.uuid4()),
+        )
+        self._mutate(zone, self.instances.bulk_insert, request)
+
+    def delete(self, zone: str, name: str) -> None:
+        from google.api_core.exceptions import NotFound
+        from google.cloud import compute_v1
+
+        request = compute_v1.DeleteInstanceRequest(
+            project=self.project, zone=zone, instance=name, request_id=str(uuid.uuid4())
+        )
+        try:
+            self._mutate(zone, self.instances.delete, request)
         except BackendError as exc:
             if not isinstance(exc.__cause__, NotFound) and "not found" not in str(exc).lower():
                 raise

@@ -41,6 +41,34 @@ def config_for(cloud: Emulator, image: str, **extra: Any) -> Config:
     return load_config(None, flags=settings(cloud, image, **extra), environ={})
 
 
+class VmWatch:
+    """Samples the emulator's VMs in the background: every name seen, and the most alive at once."""
+
+    ALIVE = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING")
+
+    def __init__(self, cloud: Emulator) -> None:
+        self.cloud = cloud
+        self.names: set[str] = set()
+        self.most_alive = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            vms = self.cloud.control.vms()
+            self.names |= {vm["name"] for vm in vms}
+            self.most_alive = max(self.most_alive, sum(1 for vm in vms if vm["status"] in self.ALIVE))
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> VmWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def run_vms(cloud: Emulator, run_id: str) -> list[str]:
     config = config_for(cloud, "x")
     return list(Compute(config).list_run(cloud.zone, run_id))
@@ -99,6 +127,45 @@ def test_429_burst_on_instance_creation_is_retried(cloud: Emulator, example_imag
     assert run.status().counts == {"succeeded": 2}
     assert cloud.control.pending_faults().get("compute", 0) == 0
     assert sum(cloud.control.calls()["compute"]["injected"].values()) >= 3
+
+
+def test_a_lost_bulk_insert_answer_is_retried_as_the_same_batch(cloud: Emulator, example_image: str, workdir: Path) -> None:
+    (workdir / "two.csv").write_text("dataset\na\nb\n")
+    # The batch is created, but the orchestrator hears 503 and retries the call.
+    cloud.control.fail_next(1, 503, method="POST", path="bulkInsert", caller="orchestrator", after=True)
+    with VmWatch(cloud) as watch:
+        run = pe.run(workdir / "two.csv", config=config_for(cloud, example_image, VM_QUOTAS=2))
+    assert run.status().counts == {"succeeded": 2}
+    assert cloud.control.calls()["compute"]["injected"] == {"compute.instances.bulkInsert": 1}
+    assert len(watch.names) == 2 and watch.most_alive == 2, watch.names  # one batch, not two
+
+
+def test_a_lost_insert_answer_is_retried_without_a_second_vm_or_a_conflict(
+    cloud: Emulator, example_image: str, workdir: Path
+) -> None:
+    (workdir / "two.csv").write_text("dataset\na\nb\n")
+    cloud.control.fail_next(2, 503, method="POST", path=r"/instances(\?|$)", caller="orchestrator", after=True)
+    with VmWatch(cloud) as watch:
+        run = pe.run(workdir / "two.csv", config=config_for(cloud, example_image, VM_QUOTAS=2, TASKS_PER_VM=1))
+    assert run.status().counts == {"succeeded": 2}
+    assert cloud.control.calls()["compute"]["injected"] == {"compute.instances.insert": 2}
+    assert [len(view.attempts) for view in run.status().tasks] == [1, 1]
+    assert len(watch.names) == 2
+
+
+def test_an_insert_conflict_is_success_only_for_this_runs_own_vm(cloud: Emulator) -> None:
+    from parallel_engine.errors import BackendError
+    from parallel_engine.gce_vm import instance_body, instance_properties
+
+    config = config_for(cloud, "img")
+    compute = Compute(config)
+    ours = instance_body(instance_properties(config, cloud.zone, "sleep 600", "run-a", "t1"), "pe-same-name", cloud.zone)
+    compute.insert(cloud.zone, ours)
+    compute.insert(cloud.zone, ours)  # a second logical call (its request id forgotten): 409, but ours
+    theirs = instance_body(instance_properties(config, cloud.zone, "sleep 600", "run-b", "t1"), "pe-same-name", cloud.zone)
+    with pytest.raises(BackendError, match="already exists"):
+        compute.insert(cloud.zone, theirs)
+    assert list(compute.list_run(cloud.zone, "run-a")) == ["pe-same-name"]
 
 
 def test_quota_refusal_waits_for_capacity_then_runs(cloud: Emulator, example_image: str, workdir: Path) -> None:
