@@ -128,6 +128,16 @@ def render(config: Config, run_id: str, task: tuple[str, int] | None, vm_request
 
 
 def down(config: Config, run_id: str) -> int:
-    """Delete every VM of a run, by label, from any machine; returns how many were deleted."""
+    """Delete every VM of a run, by label, from any machine, then record `cancelled` for each
+    attempt that was running on one; returns how many VMs were deleted."""
+    from parallel_engine.api import open_store
+    from parallel_engine.backends.gce import cancel_claimed
+    from parallel_engine.model import AttemptState
+
     assert config.zone is not None
-    return delete_run_vms(Compute(config), [config.zone, *config.fallback_zones], run_id)
+    deleted = delete_run_vms(Compute(config), [config.zone, *config.fallback_zones], run_id)
+    store = open_store(config)
+    running = [(a.task_id, a.attempt) for attempts in store.attempts(run_id).values()
+               for a in attempts if a.state is AttemptState.RUNNING]
+    cancel_claimed(store, run_id, running)
+    return deleted

@@ -60,6 +60,15 @@ class GCSBlobs:
         ]
         return sorted(key for key in keys if key > start_after)
 
+    def versions(self, prefix: str) -> dict[str, tuple[int, str]]:
+        """{key: (generation, md5)} under `prefix`, from one listing: a rewrite shows as a new
+        generation, new content as a new md5, without reading any object."""
+        fields = "items(name,generation,md5Hash),nextPageToken"
+        return {
+            blob.name[len(self.prefix):]: (int(blob.generation or 0), blob.md5_hash or "")
+            for blob in self.client.list_blobs(self.bucket, prefix=self._name(prefix), fields=fields, retry=self._retry)
+        }
+
     def children(self, prefix: str) -> list[str]:
         iterator = self.client.list_blobs(self.bucket, prefix=self._name(prefix), delimiter="/", retry=self._retry)
         names = {blob.name.rsplit("/", 1)[-1] for blob in iterator}

@@ -145,12 +145,12 @@ def test_every_setting_is_rendered_from_the_settings() -> None:
     script = render_startup_script(VARIANTS["emulated"])
     values = _settings_values(
         script, "PE_RUN_ID", "PE_BUCKET", "PE_ROOT", "PE_IMAGE", "PE_REGISTRIES", "PE_PULL_POLICY", "PE_STORAGE",
-        "PE_COMPUTE", "PE_HEARTBEAT_US", "PE_TASK_TIMEOUT_S", "PE_TASK_TIMEOUT_US", "PE_TICK_MS", "PE_POLL_S",
+        "PE_COMPUTE", "PE_HEARTBEAT_S", "PE_TASK_TIMEOUT_S", "PE_TASK_TIMEOUT_US", "PE_TICK_MS", "PE_POLL_S",
         "PE_IDLE_US", "PE_SELF_DELETE", "PE_MODE", "PE_DOCKER_NETWORK", "PE_WORK_BASE", "PE_LIST_PAGE",
     )  # fmt: skip
     assert values == [
         "20250101-120000-abcde", "my-bucket", "pe/", "pe-probe:test", "", "if-missing", "http://127.0.0.1:4443",
-        "http://127.0.0.1:8080", "200000", "1.5", "1500000", "200", "0.1", "400000", "1", "claim", "none", "", "1000",
+        "http://127.0.0.1:8080", "0.2", "1.5", "1500000", "200", "0.1", "400000", "1", "claim", "none", "", "1000",
     ]  # fmt: skip
 
 

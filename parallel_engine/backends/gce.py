@@ -14,7 +14,8 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,9 +39,18 @@ ScriptFor = Callable[[tuple[tuple[str, int], ...] | None], str]
 Event = Callable[[str, Any], None]
 
 CAPACITY_MARKERS = ("QUOTA_EXCEEDED", "Quota '", "ZONE_RESOURCE_POOL_EXHAUSTED", "does not have enough resources")
-ALIVE = ("PROVISIONING", "STAGING", "RUNNING")
+#: A VM in these states may still write its attempt's record: STOPPING is the soft shutdown (a
+#: preempted worker records `preempted` then), so it is settled only once gone or TERMINATED.
+ALIVE = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING", "SUSPENDING", "REPAIRING")
 ORCHESTRATOR = "orchestrator"
 EVENT_LOOKBACK_S = 60.0
+PUBLISHERS = 16  # concurrent uploads of argv and open markers
+
+
+def parse_attempt(text: str) -> tuple[str, int] | None:
+    """"task.attempt" from a worker record; None for "-" (nothing claimed yet) or garbage."""
+    task_id, _, number = text.strip().rpartition(".")
+    return (task_id, int(number)) if task_id and number.isdigit() else None
 
 
 class CapacityRefused(BackendError):
@@ -117,7 +127,9 @@ class Compute:
         )
         self._mutate(zone, self.instances.bulk_insert, request)
 
-    def delete(self, zone: str, name: str) -> None:
+    def delete(self, zone: str, name: str, wait: bool = True) -> None:
+        """Delete a VM (already gone is fine). `wait=False` returns once Google accepted it: the
+        monitor sees the VM go on a later poll instead of blocking on it now."""
         from google.api_core.exceptions import NotFound
         from google.cloud import compute_v1
 
@@ -125,7 +137,10 @@ class Compute:
             project=self.project, zone=zone, instance=name, request_id=str(uuid.uuid4())
         )
         try:
-            self._mutate(zone, self.instances.delete, request)
+            if wait:
+                self._mutate(zone, self.instances.delete, request)
+            else:
+                call_google(self.instances.delete, request=request)
         except BackendError as exc:
             if not isinstance(exc.__cause__, NotFound) and "not found" not in str(exc).lower():
                 raise
@@ -149,6 +164,22 @@ class Compute:
         return {op.target_link.rsplit("/", 1)[-1] for op in call_google(self.operations.list, request=request)}
 
 
+def cancel_claimed(store: RunStore, run_id: str, candidates: list[tuple[str, int]]) -> list[AttemptStatus]:
+    """Record `cancelled` (and its event) for each candidate attempt that was claimed but has no
+    record: once the run's VMs are gone nobody else will, and `status` would say running forever."""
+    cancelled = []
+    for task_id, attempt in candidates:
+        holder = store.blobs.read(f"runs/{run_id}/claims/{task_id}.{attempt}")
+        if holder is None or store.read_status(run_id, task_id, attempt) is not None:
+            continue
+        status = AttemptStatus(task_id, attempt, AttemptState.CANCELLED, None, None, time.time(),
+                               holder.decode(errors="replace"), "the run was cancelled")
+        store.write_status(run_id, status)
+        store.add_event(run_id, status)
+        cancelled.append(status)
+    return cancelled
+
+
 def delete_run_vms(compute: Compute, zones: list[str], run_id: str, timeout: float = 600) -> int:
     """Delete every VM labelled with the run, concurrently, then check none is left. Returns how many."""
     deleted = 0
@@ -164,6 +195,27 @@ def delete_run_vms(compute: Compute, zones: list[str], run_id: str, timeout: flo
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(lambda item: compute.delete(*item), found))
         deleted += len(found)
+
+
+@dataclass
+class WorkerSeen:
+    """What the monitor knows of one VM's record (`runs/<run>/workers/<vm>`)."""
+
+    generation: int
+    md5: str
+    changed_at: float  # monotonic time the generation was first seen
+    attempt: tuple[str, int] | None = None  # the attempt the VM claimed last (reuse mode)
+
+
+def stale_after(config: Config) -> float:
+    """A RUNNING VM whose record did not change for this long has a dead or hung worker."""
+    return 3 * config.heartbeat
+
+
+def boot_timeout(config: Config) -> float:
+    """A RUNNING VM with no record after this long never got its worker going (the prelude died,
+    or the VM cannot write the bucket): an `infra` failure."""
+    return 5 * config.heartbeat + 10 * config.poll_interval
 
 
 @dataclass
@@ -183,6 +235,10 @@ class GcePool:
     _vm_attempt: dict[str, tuple[str, int]] = field(default_factory=dict)
     _done_at: dict[str, float] = field(default_factory=dict)  # one-task VMs whose attempt ended
     _seen: dict[str, str] = field(default_factory=dict)  # VM → zone, every VM ever listed or created
+    _workers: dict[str, WorkerSeen] = field(default_factory=dict)  # VM → its record, as last listed
+    _running_since: dict[str, float] = field(default_factory=dict)
+    _doomed: dict[str, str] = field(default_factory=dict)  # VMs we deleted → why (the lost reason)
+    _settled: set[str] = field(default_factory=set)  # VMs gone (or TERMINATED) and settled: names never return
     _newest_stamp: float = 0.0
     _handled_events: set[str] = field(default_factory=set)
     _infra: Counter[str] = field(default_factory=Counter)
@@ -193,6 +249,10 @@ class GcePool:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _torn_down: bool = False
+    _writer: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=PUBLISHERS, thread_name_prefix="gce-publish"))
+    _publishing: set[Future[None]] = field(default_factory=set)
+    _publish_error: BaseException | None = None
 
     @property
     def zones(self) -> list[str]:
@@ -203,25 +263,54 @@ class GcePool:
     def per_task(self) -> bool:
         return self.config.tasks_per_vm == 1
 
+    def _key(self, what: str, name: str = "") -> str:
+        return f"runs/{self.run_id}/{what}/{name}"
+
     # -- the scheduler's Pool -----------------------------------------------------------
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="gce-monitor", daemon=True)
         self._thread.start()
 
     def submit(self, task: Task, attempt: int) -> None:
+        """Make an attempt claimable. Its objects are written in the background, many at once
+        (two sequential uploads per task would make a 100,000-task start take hours); a one-task
+        VM is asked for only once its argv is in the bucket. A write that fails stops the run."""
+        with self._lock:
+            self._open[(task.id, attempt)] = task
+            future = self._writer.submit(self._publish, task, attempt)
+            self._publishing.add(future)
+        future.add_done_callback(self._published)
+
+    def _publish(self, task: Task, attempt: int) -> None:
         if attempt == 1:
             kind = "command" if task.command is not None else "argv"
             items = task.command if task.command is not None else task.argv
-            self.store.blobs.write(f"runs/{self.run_id}/{kind}/{task.id}", encode_argv(items))
-        self.store.blobs.create(f"runs/{self.run_id}/open/{task.id}.{attempt}", b"")
-        with self._lock:
-            self._open[(task.id, attempt)] = task
-            if self.per_task:
+            self.store.blobs.write(self._key(kind, task.id), encode_argv(items))
+        self.store.blobs.create(self._key("open", f"{task.id}.{attempt}"), b"")
+        if self.per_task:
+            with self._lock:
                 self._pending.append((task.id, attempt))
 
+    def _published(self, future: Future[None]) -> None:
+        with self._lock:
+            self._publishing.discard(future)
+            if not future.cancelled() and future.exception() is not None and self._publish_error is None:
+                self._publish_error = future.exception()
+
+    def wait_published(self) -> None:
+        """Block until every attempt submitted so far is in the bucket."""
+        with self._lock:
+            outstanding = list(self._publishing)
+        futures_wait(outstanding)
+
     def cancel(self) -> None:
-        self._stop.set()
-        self._teardown()
+        """Stop: the monitor first (so it starts no VM after the teardown), every VM deleted, then
+        each claimed attempt without a record is recorded `cancelled` (no VM can write one now)."""
+        self.close()
+        with self._lock:
+            candidates = list(self._open)
+        for status in cancel_claimed(self.store, self.run_id, candidates):
+            self.on_event("finished", status)
 
     def close(self) -> None:
         self._stop.set()
@@ -240,18 +329,22 @@ class GcePool:
             self._stop.wait(self.config.poll_interval)
 
     def _poll(self) -> None:
+        """One look: the run's VMs, the events since the last look, the workers' records; then
+        settle what vanished, deal with dead or hung workers, and start VMs for what is open."""
+        if self._publish_error is not None:
+            raise self._publish_error
         vms: dict[str, str] = {}
         for zone in self.zones[: self._zone_index + 1]:
             for name, status in self.compute.list_run(zone, self.run_id).items():
                 vms[name] = status
-                self._seen.setdefault(name, zone)
+                if name not in self._settled:
+                    self._seen.setdefault(name, zone)
         self._read_events()
+        self._read_workers()
         gone = [name for name in self._seen if vms.get(name, "GONE") not in ALIVE]
         if gone:
-            self._settle_gone(gone)
-        for name in gone:
-            self._seen.pop(name, None)
-            self._done_at.pop(name, None)
+            self._settle_gone(gone, vms)
+        self._check_workers(vms)
         self._delete_lingering(vms)
         with self._lock:
             nothing_open = not self._open
@@ -267,14 +360,14 @@ class GcePool:
         for vm, done_at in list(self._done_at.items()):
             if vms.get(vm) in ALIVE and now - done_at > grace:
                 self.info(f"deleting {vm}: its work is done but it did not delete itself")
-                self.compute.delete(self._seen[vm], vm)
+                self._doom(vm, f"VM {vm} was deleted after its work was done")
                 del self._done_at[vm]
 
     def _read_events(self) -> None:
         """Events since the last look. Workers stamp events with their own clocks and upload them
         at their own pace, so one stamped earlier can land after one we already read: each look
         starts EVENT_LOOKBACK_S before the newest stamp seen and skips the keys already handled."""
-        prefix = f"runs/{self.run_id}/events/"
+        prefix = self._key("events")
         start = f"{prefix}{max(0.0, self._newest_stamp - EVENT_LOOKBACK_S):017.6f}" if self._newest_stamp else ""
         for key in self.store.events_after(self.run_id, start):
             if key in self._handled_events:
@@ -290,6 +383,25 @@ class GcePool:
         horizon = f"{prefix}{max(0.0, self._newest_stamp - EVENT_LOOKBACK_S):017.6f}"
         self._handled_events = {key for key in self._handled_events if key >= horizon}
 
+    def _read_workers(self) -> None:
+        """The workers' records in one listing: a new generation is a heartbeat; a new md5 is a
+        new claim (reuse mode reads that record: which attempt this VM may hold)."""
+        from parallel_engine.gcs_blobs import GCSBlobs
+
+        blobs = self.store.blobs
+        assert isinstance(blobs, GCSBlobs), "the gce pool keeps its store in a bucket"
+        prefix = self._key("workers")
+        now = time.monotonic()
+        for key, (generation, md5) in blobs.versions(prefix).items():
+            vm = key[len(prefix):]
+            seen = self._workers.get(vm)
+            if seen is not None and seen.generation == generation:
+                continue
+            attempt = seen.attempt if seen is not None else None
+            if not self.per_task and (seen is None or seen.md5 != md5):
+                attempt = parse_attempt((blobs.read(key) or b"").decode(errors="replace"))
+            self._workers[vm] = WorkerSeen(generation, md5, now, attempt)
+
     def _finished(self, status: AttemptStatus) -> None:
         key = (status.task_id, status.attempt)
         with self._lock:
@@ -298,46 +410,109 @@ class GcePool:
             for vm, item in self._vm_attempt.items():
                 if item == key:
                     self._done_at[vm] = time.monotonic()
-        self.store.blobs.delete(f"runs/{self.run_id}/open/{status.task_id}.{status.attempt}")
+        self.store.blobs.delete(self._key("open", f"{status.task_id}.{status.attempt}"))
         if status.state is AttemptState.INFRA:
-            self._infra[status.reason] += 1
-            if self._infra[status.reason] >= self.config.infra_failure_limit:
-                raise BackendError(
-                    f"stopping early: {self._infra[status.reason]} attempts failed the same way before "
-                    f"starting: {status.reason}",
-                    hint="fix the image or the VM settings (see `parallel-engine logs`), then run again",
-                )
+            self._count_infra(status.reason)
         self.on_event("finished", status)
 
-    def _settle_gone(self, gone: list[str]) -> None:
-        """Attempts claimed by vanished VMs that wrote no record end as preempted or lost."""
+    def _count_infra(self, reason: str) -> None:
+        self._infra[reason] += 1
+        if self._infra[reason] >= self.config.infra_failure_limit:
+            raise BackendError(
+                f"stopping early: {self._infra[reason]} attempts failed the same way before starting: {reason}",
+                hint="fix the image or the VM settings (see `parallel-engine logs`), then run again",
+            )
+
+    def _held_by(self, vm: str) -> tuple[str, int] | None:
+        """The attempt `vm` may hold: its rendered one, or the one its record names."""
+        if self.per_task:
+            return self._vm_attempt.get(vm)
+        seen = self._workers.get(vm)
+        return seen.attempt if seen is not None else None
+
+    def _settle_gone(self, gone: list[str], vms: dict[str, str]) -> None:
+        """The attempt each vanished VM held, if it is still open, ends with the VM's own record
+        when one was written; otherwise as preempted (Google recorded a preemption) or lost.
+        Only that VM's attempt is read: the cost is per vanished VM, not per task."""
         preempted: set[str] = set()
         for zone in {self._seen[name] for name in gone}:
             preempted |= self.compute.preempted(zone)
-        with self._lock:
-            candidates = list(self._open)
-            vm_attempt = dict(self._vm_attempt)
-        for task_id, attempt in candidates:
-            holder = (self.store.blobs.read(f"runs/{self.run_id}/claims/{task_id}.{attempt}") or b"").decode()
-            owner = next((vm for vm in gone if vm_attempt.get(vm) == (task_id, attempt)), None)
-            if holder in gone:
-                vm = holder
-            elif not holder and owner is not None and self.store.claim(self.run_id, task_id, attempt, ORCHESTRATOR):
-                vm = owner  # its VM died before claiming: nobody may run this attempt now
-            else:
-                continue
-            finished = self.store.read_status(self.run_id, task_id, attempt)
-            if finished is not None:  # it did finish: take the record now, whatever its event does
-                self._finished(finished)
-                continue
-            state = AttemptState.PREEMPTED if vm in preempted else AttemptState.LOST
-            reason = "VM preempted" if vm in preempted else f"VM {vm} went away without recording the attempt"
-            status = AttemptStatus(task_id, attempt, state, None, None, time.time(), vm, reason)
-            self.store.write_status(self.run_id, status)
-            self.store.add_event(self.run_id, status)
         for vm in gone:
+            item = self._held_by(vm)
             with self._lock:
-                self._vm_attempt.pop(vm, None)
+                still_open = item in self._open
+            if item is not None and still_open:
+                self._settle_attempt(vm, *item, preempted=vm in preempted)
+            if vm in vms and vm not in self._doomed:
+                self.compute.delete(self._seen[vm], vm, wait=False)  # TERMINATED: not ours to keep
+            self._forget(vm)
+            self._settled.add(vm)
+
+    def _settle_attempt(self, vm: str, task_id: str, attempt: int, preempted: bool) -> None:
+        holder = (self.store.blobs.read(self._key("claims", f"{task_id}.{attempt}")) or b"").decode()
+        if holder != vm:
+            if holder or not self.per_task or not self.store.claim(self.run_id, task_id, attempt, ORCHESTRATOR):
+                return  # someone else's, or (reuse) never claimed: still claimable
+            # A one-task VM died before claiming: the orchestrator holds it now, so no late
+            # worker can start it.
+        finished = self.store.read_status(self.run_id, task_id, attempt)
+        if finished is not None:  # it did finish: take the record now, whatever its event does
+            self._finished(finished)
+            return
+        if preempted:
+            state, reason = AttemptState.PREEMPTED, "VM preempted"
+        else:
+            state, reason = AttemptState.LOST, self._doomed.get(vm, f"VM {vm} went away without recording the attempt")
+        self._record(AttemptStatus(task_id, attempt, state, None, None, time.time(), vm, reason))
+
+    def _record(self, status: AttemptStatus) -> None:
+        """An attempt record the orchestrator writes; the scheduler hears of it through its event."""
+        self.store.write_status(self.run_id, status)
+        self.store.add_event(self.run_id, status)
+
+    def _forget(self, vm: str) -> None:
+        self._seen.pop(vm, None)
+        self._done_at.pop(vm, None)
+        self._running_since.pop(vm, None)
+        self._doomed.pop(vm, None)
+        if self._workers.pop(vm, None) is not None:
+            self.store.blobs.delete(self._key("workers", vm))
+        with self._lock:
+            self._vm_attempt.pop(vm, None)
+
+    def _check_workers(self, vms: dict[str, str]) -> None:
+        """RUNNING VMs whose worker is dead or hung (its record stopped changing), or never came
+        up (no record long after boot), are deleted; their attempts settle once they are gone."""
+        now = time.monotonic()
+        for vm, status in vms.items():
+            if status != "RUNNING" or vm in self._doomed or vm in self._done_at or vm not in self._seen:
+                continue  # (a one-task VM whose work is done: `_delete_lingering` deals with it)
+            since = self._running_since.setdefault(vm, now)
+            seen = self._workers.get(vm)
+            if seen is None:
+                if now - since > boot_timeout(self.config):
+                    self._never_reported(vm)
+            elif now - seen.changed_at > stale_after(self.config):
+                self.info(f"deleting {vm}: its worker's heartbeat stopped")
+                self._doom(vm, f"the worker on VM {vm} stopped its heartbeat for {stale_after(self.config):g} s")
+
+    def _never_reported(self, vm: str) -> None:
+        reason = (f"the VM's worker never reported within {boot_timeout(self.config):g} s of boot "
+                  "(its startup script failed, or the VM cannot write the bucket: see its serial console)")
+        item = self._vm_attempt.get(vm) if self.per_task else None
+        if item is not None:
+            task_id, attempt = item
+            if not self.store.claim(self.run_id, task_id, attempt, ORCHESTRATOR):
+                return  # the worker just claimed it: it is up after all
+            self._record(AttemptStatus(task_id, attempt, AttemptState.INFRA, None, None, time.time(), vm, reason))
+        self.info(f"deleting {vm}: {reason}")
+        self._doom(vm, reason)
+        if item is None:
+            self._count_infra(reason)  # no attempt carries it (reuse): count it here
+
+    def _doom(self, vm: str, reason: str) -> None:
+        self._doomed[vm] = reason
+        self.compute.delete(self._seen[vm], vm, wait=False)
 
     def _create_workers(self, alive: int) -> None:
         if time.monotonic() < self._capacity_until:
@@ -404,6 +579,7 @@ class GcePool:
             if self._torn_down:
                 return
             self._torn_down = True
+        self._writer.shutdown(wait=True, cancel_futures=True)
         deleted = delete_run_vms(self.compute, self.zones, self.run_id)
         if deleted:
             self.info(f"deleted {deleted} VM(s) of run {self.run_id}")

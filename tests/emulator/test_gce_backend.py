@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import parallel_engine as pe
 from parallel_engine.api import open_store
 from parallel_engine.backends.gce import Compute, GcePool
 from parallel_engine.config import Config, load_config
+from parallel_engine.errors import BackendError
 from parallel_engine.emulator import Emulator
 from parallel_engine.gce_run import script_for
 from parallel_engine.model import AttemptState, AttemptStatus, Task
@@ -199,10 +201,152 @@ def test_preempted_vm_task_is_redone_and_not_counted_as_failure(
     runner.join(timeout=120)
     run = box["run"]
     (view,) = run.status().tasks
+    assert [(str(a.state), a.reason) for a in view.attempts][0][0] == "preempted", view.attempts
     assert str(view.state) == "succeeded"
     assert [str(a.state) for a in view.attempts] == ["preempted", "succeeded"]
     assert view.attempts[1].worker != holder.decode()
     assert run_vms(cloud, run.run_id) == []
+
+
+def run_in_thread(source: Path, config: Config, timeout: float = 120) -> tuple[Any, BaseException | None]:
+    """pe.run with a deadline: a run that would hang (until maxRunDuration) fails the test instead."""
+    box: dict[str, Any] = {}
+    cancel = threading.Event()
+
+    def target() -> None:
+        try:
+            box["run"] = pe.run(source, config=config, cancel=cancel)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    runner = threading.Thread(target=target)
+    runner.start()
+    runner.join(timeout)
+    if runner.is_alive():
+        cancel.set()
+        runner.join(60)
+        raise AssertionError(f"the run did not end within {timeout} s")
+    return box.get("run"), box.get("error")
+
+
+def first_claim_holder(store: Any, task_id: str, timeout: float = 60) -> tuple[str, str]:
+    """(run id, VM name) once attempt 1 of `task_id` is claimed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run_id in store.run_ids():
+            holder = store.blobs.read(f"runs/{run_id}/claims/{task_id}.1")
+            if holder:
+                return run_id, holder.decode()
+        time.sleep(0.05)
+    raise AssertionError(f"{task_id}.1 was never claimed")
+
+
+def test_a_worker_whose_heartbeat_stops_on_a_running_vm_is_lost_and_redone(
+    cloud: Emulator, example_image: str, workdir: Path
+) -> None:
+    wait_first = "import os,time; time.sleep(60 if os.environ['PE_ATTEMPT'] == '1' else 0)"
+    (workdir / "hang.yaml").write_text(yaml.safe_dump({"tasks": [{"id": "hang", "command": ["python", "-c", wait_first]}]}))
+    config = config_for(cloud, example_image, HEARTBEAT=1.0)
+    box: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: box.update(outcome=run_in_thread(workdir / "hang.yaml", config)))
+    runner.start()
+    run_id, holder = first_claim_holder(open_store(config), "hang")
+    wait_for_log = time.monotonic() + 30
+    while not (open_store(config).blobs.read(f"runs/{run_id}/tasks/hang/1/heartbeat")) and time.monotonic() < wait_for_log:
+        time.sleep(0.05)
+    for pid in cloud.control.pids(holder):  # the worker (and its task) hang: the VM stays RUNNING
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
+    runner.join(180)
+    assert "outcome" in box, "the run did not end"
+    run, error = box["outcome"]
+    assert error is None, error
+    (view,) = run.status().tasks
+    assert [str(a.state) for a in view.attempts] == ["lost", "succeeded"], view.attempts
+    assert "stopped its heartbeat" in view.attempts[0].reason and holder in view.attempts[0].reason
+    assert view.attempts[1].worker != holder
+    assert run_vms(cloud, run.run_id) == []
+
+
+def test_a_worker_that_cannot_write_the_bucket_stops_the_run_early_as_infra(
+    cloud: Emulator, example_image: str, workdir: Path
+) -> None:
+    """Read-only Storage scope: every claim is refused (403) and the VM cannot delete itself;
+    without heartbeats read, its VM stayed RUNNING and the run waited for maxRunDuration."""
+    (workdir / "two.csv").write_text("dataset\na\nb\n")
+    config = config_for(cloud, example_image, VM_QUOTAS=1, INFRA_FAILURE_LIMIT=2,
+                        SCOPES=["https://www.googleapis.com/auth/devstorage.read_only"])
+    with VmWatch(cloud) as watch:
+        run, error = run_in_thread(workdir / "two.csv", config)
+    assert run is None and isinstance(error, BackendError), error
+    assert "stopping early: 2 attempts failed the same way" in error.message
+    assert "never reported" in error.message
+    assert len(watch.names) == 2  # one VM, then one replacement, then the limit
+    assert not [vm for vm in cloud.control.vms() if vm["name"] in watch.names]
+
+
+def test_a_one_task_vm_whose_prelude_dies_is_an_infra_attempt_and_retried(
+    cloud: Emulator, example_image: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import parallel_engine.gce_run as gce_run
+
+    real = gce_run.script_for
+
+    def dying_first(config: Config, run_id: str, image: str, self_delete: bool = True) -> Any:
+        render = real(config, run_id, image, self_delete)
+        # Attempt 1's VM gets a script that dies at once (as a prelude would): no claim, no record.
+        return lambda tasks: "#!/bin/bash\nexit 3\n" if tasks and tasks[0][1] == 1 else render(tasks)
+
+    monkeypatch.setattr(gce_run, "script_for", dying_first)
+    (workdir / "one.csv").write_text("dataset\na\n")
+    run, error = run_in_thread(workdir / "one.csv", config_for(cloud, example_image, TASKS_PER_VM=1))
+    assert error is None, error
+    (view,) = run.status().tasks
+    assert [str(a.state) for a in view.attempts] == ["infra", "succeeded"], view.attempts
+    assert "never reported" in view.attempts[0].reason
+    assert view.attempts[0].worker.startswith("pe-")  # the VM that never reported
+    assert run_vms(cloud, run.run_id) == []
+
+
+GRACEFUL = """
+import os, signal, sys, time
+def finish(*_):
+    time.sleep(2)  # saving takes a while: the VM is STOPPING meanwhile
+    open(os.path.join(os.environ["PE_OUTPUT_DIR"], "graceful"), "w").write("saved")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, finish)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_preempted_worker_that_records_during_the_soft_shutdown_is_believed(
+    cloud: Emulator, example_image: str, workdir: Path
+) -> None:
+    """The VM is STOPPING for the soft shutdown; the task saves its work on SIGTERM and exits 0.
+    The orchestrator must wait for the worker's record, not call the attempt preempted and redo it."""
+    cloud.control.set_clock(preemption_notice_seconds=500)  # 5 s here
+    (workdir / "graceful.yaml").write_text(yaml.safe_dump({"tasks": [{"id": "g", "command": ["python", "-c", GRACEFUL]}]}))
+    config = config_for(cloud, example_image, SPOT=True)
+    store = open_store(config)
+    box: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: box.update(outcome=run_in_thread(workdir / "graceful.yaml", config)))
+    runner.start()
+    run_id, holder = first_claim_holder(store, "g")
+    deadline = time.monotonic() + 30
+    while b"ready" not in (store.read_log(run_id, "g", 1, "stdout") or b"") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cloud.control.preempt(holder)
+    runner.join(180)
+    assert "outcome" in box, "the run did not end"
+    run, error = box["outcome"]
+    assert error is None, error
+    (view,) = run.status().tasks
+    assert [(str(a.state), a.worker) for a in view.attempts] == [("succeeded", holder)], view.attempts
+    run.collect(workdir / "out")
+    assert (workdir / "out" / "g" / "graceful").read_text() == "saved"
 
 
 def test_sigterm_to_a_real_gce_run_deletes_every_vm(cloud: Emulator, example_image: str, workdir: Path) -> None:
@@ -217,16 +361,23 @@ def test_sigterm_to_a_real_gce_run_deletes_every_vm(cloud: Emulator, example_ima
     run_id = ""
     while time.monotonic() < deadline:
         run_id = run_id or next(iter(store.run_ids()), "")
-        if run_id and list(compute.list_run(cloud.zone, run_id).values()).count("RUNNING") == 2:
+        if run_id and len(store.blobs.list(f"runs/{run_id}/claims/")) == 2:
             break
         time.sleep(0.1)
     else:
         proc.kill()
-        raise AssertionError(f"two worker VMs never ran (run {run_id!r})")
+        raise AssertionError(f"two attempts were never claimed (run {run_id!r})")
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout + stderr
     assert run_vms(cloud, run_id) == []
+    shown = cli("status", run_id, "--json", cwd=workdir)
+    assert shown.returncode == 0, shown.stderr
+    state = json.loads(shown.stdout)
+    assert state["counts"] == {"cancelled": 3}, state
+    claimed = [a for attempts in store.attempts(run_id).values() for a in attempts]
+    assert sorted(str(a.state) for a in claimed) == ["cancelled", "cancelled"]  # recorded, not "running"
+    assert len(store.events_after(run_id)) == 2
 
 
 def test_down_deletes_a_runs_vms_from_another_process(cloud: Emulator, example_image: str, workdir: Path) -> None:
@@ -239,36 +390,67 @@ def test_down_deletes_a_runs_vms_from_another_process(cloud: Emulator, example_i
         compute.insert(cloud.zone, instance_body(props, name, cloud.zone))
     other = instance_properties(config, cloud.zone, "sleep 600", "other-run", "reuse")
     compute.insert(cloud.zone, instance_body(other, "pe-other", cloud.zone))
+    store = open_store(config)
+    assert store.claim("leaky-run", "t1", 1, "pe-leaked-1")  # an attempt running on a leaked VM
     (workdir / ".config.yaml").write_text(yaml.safe_dump(settings(cloud, example_image)))
     done = cli("down", "leaky-run", cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert "deleted 2 VM(s)" in done.stdout
+    (attempt,) = store.attempts("leaky-run")["t1"]
+    assert (attempt.state, attempt.worker) == (AttemptState.CANCELLED, "pe-leaked-1")
     assert compute.list_run(cloud.zone, "leaky-run") == {}
     assert list(compute.list_run(cloud.zone, "other-run")) == ["pe-other"]
 
 
-@pytest.mark.parametrize("tasks", [10, 200])
-def test_one_poll_costs_the_same_at_10_and_200_tasks(cloud: Emulator, tasks: int, request: pytest.FixtureRequest) -> None:
-    config = config_for(cloud, "img")
+def poll_cost(cloud: Emulator, tasks: int, per_task: bool) -> tuple[int, int, int]:
+    """Calls of one poll after two attempts finished and a VM vanished holding a third:
+    (compute, storage object calls, all storage calls)."""
+    from parallel_engine.gce_vm import instance_body, instance_properties
+
+    config = config_for(cloud, "img", **({"TASKS_PER_VM": 1} if per_task else {}))
     store = open_store(config)
+    run_id = f"poll-{tasks}-{int(per_task)}"
     events: list[tuple[str, Any]] = []
-    pool = GcePool(config, store, f"poll-{tasks}", Compute(config), script_for(config, f"poll-{tasks}", "img"),
+    pool = GcePool(config, store, run_id, Compute(config), script_for(config, run_id, "img"),
                    lambda kind, s: events.append((kind, s)), lambda m: None, quota=1)
     pool._create_workers = lambda alive: None  # type: ignore[method-assign]  # monitoring cost only
     for index in range(tasks):
         pool.submit(Task(str(index), ("--i", str(index))), 1)
+    pool.wait_published()
+    # A worker VM holding attempt 3.1 as a worker leaves it: its record names the attempt
+    # (written before the claim), then the claim.
+    vm = f"pe-{run_id}-vanishing"
+    props = instance_properties(config, cloud.zone, "sleep 600", run_id, "w")
+    pool.compute.insert(cloud.zone, instance_body(props, vm, cloud.zone))
+    if per_task:
+        pool._vm_attempt[vm] = ("3", 1)
+    store.blobs.write(f"runs/{run_id}/workers/{vm}", b"3.1")
+    assert store.claim(run_id, "3", 1, vm)
     pool._poll()
     for index in range(2):  # two attempts finished since the last look
         status = AttemptStatus(str(index), 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, "vm", "")
         store.write_status(pool.run_id, status)
         store.add_event(pool.run_id, status)
+    pool.compute.delete(cloud.zone, vm)  # the VM vanishes with its attempt unfinished
     cloud.control.reset_calls()
     pool._poll()
     calls = cloud.control.calls()
-    cost = (calls["compute"]["byCaller"].get("orchestrator", 0), calls["storage"]["byCaller"].get("orchestrator", 0))
     assert [kind for kind, _ in events] == ["finished", "finished"]
-    # 1 instances list; 1 events list + per new event: 1 status read and 1 open-marker delete.
-    assert cost == (1, 1 + 2 * 2), cost
+    lost = store.read_status(run_id, "3", 1)
+    assert lost is not None and lost.state is AttemptState.LOST
+    storage = calls["storage"]["byMethod"]
+    objects = sum(n.get("orchestrator", 0) for method, n in storage.items() if method.startswith("storage.objects."))
+    return calls["compute"]["byCaller"].get("orchestrator", 0), objects, calls["storage"]["byCaller"].get("orchestrator", 0)
+
+
+@pytest.mark.parametrize("per_task", [False, True], ids=["reuse", "one-vm-per-task"])
+def test_one_poll_costs_the_same_at_10_and_200_tasks_even_when_a_vm_vanishes(cloud: Emulator, per_task: bool) -> None:
+    small, large = poll_cost(cloud, 10, per_task), poll_cost(cloud, 200, per_task)
+    assert small == large, (small, large)
+    # Compute: 1 instances list, 1 preemption-operations list. Storage objects: 1 events list +
+    # per new event a status read and an open-marker delete; 1 workers list; for the vanished VM
+    # its claim and status read, the lost record and its event, its worker record deleted.
+    assert small[:2] == (2, 1 + 2 * 2 + 1 + 5), small
 
 
 def test_one_task_vm_that_does_not_delete_itself_is_deleted(
@@ -338,6 +520,7 @@ def test_an_event_that_lands_after_a_newer_one_is_still_seen(cloud: Emulator) ->
     pool._create_workers = lambda alive: None  # type: ignore[method-assign]
     for task_id in ("early", "late"):
         pool.submit(Task(task_id, ()), 1)
+    pool.wait_published()
     now = time.time()
     for task_id, stamp in (("late", now), ("early", now - 5)):  # "early" was stamped first, uploaded last
         status = AttemptStatus(task_id, 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, "vm", "")
