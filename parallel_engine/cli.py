@@ -346,7 +346,12 @@ def emulator(
     bucket: Annotated[Optional[str], typer.Option(help="bucket to create (default: PROJECT-bucket)")] = None,
     workdir: Annotated[Optional[Path], typer.Option(help="keep VM consoles and scripts here")] = None,
 ) -> None:
-    """Run the emulated Google cloud (Compute, Storage, metadata) here until Ctrl-C; writes a config pointing at it."""
+    """Run the emulated Google cloud here until Ctrl-C: Compute, Storage, metadata, Cloud Build and an image registry.
+
+    Writes .config.yaml (or .config.emulator.yaml beside a file it must not touch) pointing every client at it.
+    Keys: BACKEND, PROJECT_ID, ZONE, BUCKET, COMPUTE_ENDPOINT, STORAGE_ENDPOINT, CLOUDBUILD_ENDPOINT, REGISTRY, IMAGE.
+    Not enforced: COS's read-only / and HOME, noexec mounts (see parallel_engine/emulator/README.md).
+    """
     from parallel_engine.emulator import serve
 
     raise typer.Exit(serve(config_out, time_scale, project=project, zone=zone, bucket=bucket, workdir=workdir))

@@ -1,4 +1,4 @@
-"""The emulated Google cloud: Compute, Storage and metadata servers on 127.0.0.1, no Google account.
+"""The emulated Google cloud on 127.0.0.1, no Google account: Compute, Storage, metadata, Cloud Build, a registry.
 
 The real Google clients and a real VM startup script run against it unchanged. It imports nothing
 from the orchestrator: it only speaks HTTP, as Google does.
@@ -20,7 +20,7 @@ __all__ = ["ControlClient", "ControlError", "Durations", "Emulator", "serve"]
 
 
 def serve(config_path: Path | None = None, time_scale: float = 1.0, **options: Any) -> int:
-    """Run the emulated cloud until Ctrl-C or SIGTERM (what `parallel-engine emulator` calls)."""
+    """Run the emulated cloud until Ctrl-C, SIGTERM or SIGHUP (what `parallel-engine emulator` calls)."""
     from parallel_engine.emulator.serve import serve as _serve
 
     return _serve(config_path, time_scale, **options)

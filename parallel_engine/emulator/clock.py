@@ -18,7 +18,10 @@ class Durations:
     boot_seconds: float = 15.0  # insert → RUNNING and the startup script starts
     stop_seconds: float = 5.0  # delete/stop: SIGTERM, this grace, then power off
     preemption_notice_seconds: float = 30.0  # soft shutdown before a preempted VM is off
+    max_run_late_seconds: float = 30.0  # maxRunDuration acts up to this late (a random share of it)
     operation_wait_seconds: float = 120.0  # the longest zoneOperations.wait blocks
+    token_lifetime_seconds: float = 3600.0  # a metadata-server access token is valid this long
+    request_id_window_seconds: float = 3600.0  # a repeated requestId returns the first operation this long
 
 
 class Clock:

@@ -1,14 +1,16 @@
-"""`Emulator`: the emulated Google cloud (Compute, Storage, metadata servers) on loopback, in this process.
+"""`Emulator`: the emulated Google cloud on loopback, in this process.
 
 It wires the pieces together: fake-gcs-server behind the counting Storage proxy, the Compute REST
 server with its engine and control API, the VMs' hypervisor (bin folder, metadata servers,
-container cleanup), one clock and one set of timers. `stop()` leaves no process behind.
+container cleanup), the image registry, Cloud Build, one clock, one set of timers and a watchdog.
+`stop()` leaves no process behind; the watchdog sees to it when this process dies without stopping.
 """
 
 from __future__ import annotations
 
 import atexit
 import json
+import random
 import secrets
 import shutil
 import tempfile
@@ -20,20 +22,24 @@ from typing import Any
 
 from parallel_engine.emulator.clock import Clock, Durations
 from parallel_engine.emulator.cloudbuild import CloudBuildServer
-from parallel_engine.emulator.compute.catalog import region_of, zones_of
+from parallel_engine.emulator.cloudbuild_runner import LABEL_SERVER
+from parallel_engine.emulator.compute.catalog import known_zones, region_of
 from parallel_engine.emulator.compute.engine import ComputeEngine
+from parallel_engine.emulator.compute.exhaustion import ControlError
 from parallel_engine.emulator.compute.quotas import QuotaLedger
 from parallel_engine.emulator.compute.ratelimit import RateLimiter
 from parallel_engine.emulator.compute.server import ComputeServer
 from parallel_engine.emulator.control import ControlClient
 from parallel_engine.emulator.control_api import ControlApi
 from parallel_engine.emulator.gcs import FakeGcs
+from parallel_engine.emulator.guest.containers import LABEL_EMULATOR
 from parallel_engine.emulator.guest.hypervisor import Hypervisor
 from parallel_engine.emulator.identity import TokenRegistry
 from parallel_engine.emulator.registry import Registry, RegistryUnavailable
 from parallel_engine.emulator.storage_proxy import StorageProxy
 from parallel_engine.emulator.timers import Timers
 from parallel_engine.emulator.traffic import Traffic
+from parallel_engine.emulator.watchdog import Watchdog
 
 DEFAULT_PROJECT = "emulated-project"
 DEFAULT_ZONE = "us-central1-a"
@@ -58,6 +64,7 @@ class Emulator:
         quotas: dict[str, float] | None = None,
         durations: Durations | None = None,
         docker_host: str | None = None,
+        seed: int | None = None,
     ) -> None:
         self.project = project
         self.project_number = project_number_of(project)
@@ -70,13 +77,14 @@ class Emulator:
         self._storage_dir = storage_dir
         self._quota_limits = quotas
         self._docker_host = docker_host
+        self._seed = seed  # makes the emulator's random choices (how late maxRunDuration acts) repeatable
         self._lock = threading.Lock()
         self._running = False
         self.workdir: Path | None = None
         self.compute_endpoint = ""
         self.storage_endpoint = ""
         self.control: ControlClient | None = None
-        self.tokens = TokenRegistry()
+        self.tokens = TokenRegistry(self.clock)
         self.traffic = {"compute": Traffic("compute"), "storage": Traffic("storage"),
                         "cloudbuild": Traffic("cloudbuild")}  # fmt: skip
         self.cloudbuild_endpoint = ""
@@ -88,6 +96,7 @@ class Emulator:
         self._proxy: StorageProxy | None = None
         self._compute: ComputeServer | None = None
         self._hypervisor: Hypervisor | None = None
+        self._watchdog: Watchdog | None = None
 
     # -- life -----------------------------------------------------------------------------
     def start(self) -> Emulator:
@@ -109,25 +118,31 @@ class Emulator:
         else:
             self.workdir = self._workdir_arg
             self.workdir.mkdir(parents=True, exist_ok=True)
+        watchdog = self._watchdog = Watchdog(self._docker_host)  # cleans up even if this process is killed
+        self.tokens.guests.notify = watchdog.tell
+        watchdog.tell("label", f"{LABEL_EMULATOR}={self.emulator_id}")
         self._timers = Timers()
         self._proxy = StorageProxy(self.traffic["storage"], self.tokens)
         self._gcs = FakeGcs(self._proxy.url, self.workdir / "fake-gcs-server.log", self._storage_dir)
         self._gcs.start()
+        watchdog.tell("pid", self._gcs.pid)
         self._proxy.start(self._gcs.port)
         self.storage_endpoint = self._proxy.url
         self._hypervisor = Hypervisor(self.workdir, self.emulator_id, self._docker_host)
         limiter = RateLimiter(self.clock)
-        zones = zones_of(self.region)
+        zones = known_zones(self.zone)
         timers, hypervisor = self._timers, self._hypervisor
 
         def engine(base_url: str) -> ComputeEngine:
             return ComputeEngine(
                 self.project, self.project_number, base_url, self.clock, timers,
-                QuotaLedger(self._quota_limits), hypervisor, self.tokens, zones,
+                QuotaLedger(self._quota_limits), hypervisor, self.tokens, zones, random.Random(self._seed),
             )  # fmt: skip
 
         self._compute = ComputeServer(engine, self.traffic["compute"], self.tokens, limiter)
-        self._compute.control = ControlApi(self._compute.engine, self.clock, self.traffic, limiter, self.describe)
+        self._compute.control = ControlApi(
+            self._compute.engine, self.clock, self.traffic, limiter, self.describe, self._fail_builds
+        )
         self._compute.start()
         self.compute_endpoint = self._compute.url
         self.control = ControlClient(self.compute_endpoint, self.zone)
@@ -135,6 +150,7 @@ class Emulator:
         self._registry = Registry(self.workdir / "registry")
         try:
             self.registry_host = self._registry.start().host
+            watchdog.tell("pid", self._registry.pid)
         except RegistryUnavailable:  # builds still run; pushes fail saying where to push
             self._registry = None
         self._cloudbuild = CloudBuildServer(
@@ -142,7 +158,13 @@ class Emulator:
             workdir=self.workdir / "cloudbuild", docker_host=self._docker_host,
             traffic=self.traffic["cloudbuild"], tokens=self.tokens,
         ).start()
+        watchdog.tell("label", f"{LABEL_SERVER}={self._cloudbuild.server_id}")
         self.cloudbuild_endpoint = self._cloudbuild.url
+
+    def _fail_builds(self, count: int, status: str) -> None:
+        if self._cloudbuild is None:
+            raise ControlError("Cloud Build is not running")
+        self._cloudbuild.fail_next_builds(count, status)
 
     def _create_bucket(self, name: str) -> None:
         """Create a bucket directly on fake-gcs-server (not a counted call)."""
@@ -185,6 +207,8 @@ class Emulator:
             self._gcs.stop()
         if self._workdir_arg is None and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._watchdog is not None:
+            self._watchdog.close()
 
     def __enter__(self) -> Emulator:
         return self.start()
@@ -228,6 +252,9 @@ class Emulator:
             "storageEndpoint": self.storage_endpoint,
             "cloudbuildEndpoint": self.cloudbuild_endpoint,
             "registryHost": self.registry_host,
+            "emulatorId": self.emulator_id,
+            "pids": {"fakeGcs": self.fake_gcs_pid, "registry": self._registry.pid if self._registry else None,
+                     "watchdog": self._watchdog.pid if self._watchdog else None},  # fmt: skip
             "workdir": str(self.workdir) if self.workdir else None,
             "binDir": str(self._hypervisor.bin_dir) if self._hypervisor else None,
         }

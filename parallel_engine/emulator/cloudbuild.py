@@ -56,8 +56,10 @@ from parallel_engine.emulator.cloudbuild_validate import (
     check_build,
 )
 from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer
-from parallel_engine.emulator.identity import ORCHESTRATOR_CALLER, Caller, TokenRegistry
-from parallel_engine.emulator.traffic import Traffic
+from parallel_engine.emulator.identity import INVALID, MISSING, ORCHESTRATOR_CALLER, Caller, TokenRegistry
+from parallel_engine.emulator.traffic import AUTHENTICATE_HEADER, AUTH_MESSAGES, Traffic
+
+_UNAUTHENTICATED = {MISSING: AUTH_MESSAGES[("compute", True)], INVALID: AUTH_MESSAGES[("compute", False)]}
 
 GLOBAL = "global"
 BUILD_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.Build"
@@ -73,8 +75,9 @@ _OPERATION_ERRORS = {
     CANCELLED: (1, "Build was cancelled"),
     EXPIRED: (4, "Build expired before it could start"),
 }
-_HTTP_STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
-                409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}  # fmt: skip
+_HTTP_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                405: "METHOD_NOT_ALLOWED", 409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
+                503: "UNAVAILABLE"}  # fmt: skip
 _FILTER_TERM = re.compile(r'^\s*(?P<key>[a-zA-Z_.]+)\s*(?P<op>=|:)\s*"?(?P<value>[^"]*?)"?\s*$')
 _FILTER_KEYS = {"status", "id", "build_id", "tags", "images", "trigger_id", "build_trigger_id", "project_id"}
 
@@ -140,6 +143,7 @@ class CloudBuildServer:
         self._builds: dict[str, BuildRecord] = {}
         self._order: list[str] = []
         self._threads: list[threading.Thread] = []
+        self._injected: list[str] = []  # statuses the next builds end with (the control API's faults)
         self._server = LoopbackServer(_make_handler(self))
         self._running = False
 
@@ -237,7 +241,9 @@ class CloudBuildServer:
         resource["options"].setdefault("logging", "LEGACY")
         resource.setdefault("serviceAccount", built_ins["SERVICE_ACCOUNT"])
         record = BuildRecord(resource, location, self.workdir / "builds" / build_id, built_ins)
-        runner = BuildRunner(record, self.settings, self._upload_log)
+        with self._lock:
+            injected = self._injected.pop(0) if self._injected else None
+        runner = BuildRunner(record, self.settings, self._upload_log, injected)
         thread = threading.Thread(
             target=runner.run, args=(self._slots,), name=f"cloudbuild-{build_id[:8]}", daemon=True
         )
@@ -248,6 +254,13 @@ class CloudBuildServer:
         created = self.operation(record)  # QUEUED, as Google answers, whatever the runner does next
         thread.start()
         return created
+
+    def fail_next_builds(self, count: int, status: str) -> None:
+        """The next `count` builds end with `status` (EXPIRED: never started; INTERNAL_ERROR: once started)."""
+        if status not in (EXPIRED, INTERNAL_ERROR):
+            raise ValueError(f"a build fault is EXPIRED or INTERNAL_ERROR, not {status!r}")
+        with self._lock:
+            self._injected.extend([status] * count)
 
     def record(self, project: str, build_id: str, location: str | None = None) -> BuildRecord:
         self.check_project(project)
@@ -435,9 +448,7 @@ def _make_handler(server: CloudBuildServer) -> type[JsonHandler]:
 
     class Handler(JsonHandler):
         def _caller(self) -> Caller:
-            if server.tokens is None:
-                return ORCHESTRATOR_CALLER
-            return server.tokens.caller(self.headers.get("Authorization"))
+            return ORCHESTRATOR_CALLER if server.tokens is None else self.caller(server.tokens)
 
         def _dispatch(self) -> None:
             path = unquote(self.path_only)
@@ -453,19 +464,17 @@ def _make_handler(server: CloudBuildServer) -> type[JsonHandler]:
                 m = pattern.match(path)
                 if m is None or method != self.command:
                     continue
-                if server.traffic is not None:
-                    fault = server.traffic.admit(self.command, self.path, self._caller(), operation)
-                    if fault is not None:
-                        self.read_body()
-                        body = rpc_error_body(fault.status, fault.message)
-                        self.send_json(fault.status, body)
-                        return
-                try:
-                    self.send_json(200, action(m, self))
-                except ApiError as error:
-                    self.send_json(error.code, error.body())
-                except Exception as exc:  # never a hung client: a 500 in Google's shape
-                    self.send_json(500, ApiError(500, f"Internal error: {exc!r}").body())
+                caller = self._caller()
+                traffic = server.traffic
+                fault = None if traffic is None else traffic.admit(self.command, self.path, caller, operation)
+                if fault is not None and not fault.after:
+                    self.read_body()
+                    self.send_json(fault.status, rpc_error_body(fault.status, fault.message))
+                    return
+                status, payload = self._outcome(m, action, caller)
+                if fault is not None:  # carried out, but the caller never hears so
+                    status, payload = fault.status, rpc_error_body(fault.status, fault.message)
+                self.send_json(status, payload, AUTHENTICATE_HEADER if status == 401 else None)
                 return
             self.read_body()
             known = any(pattern.match(path) for _, pattern, _, _ in routes)
@@ -475,6 +484,19 @@ def _make_handler(server: CloudBuildServer) -> type[JsonHandler]:
                 else ApiError(404, f"The requested URL {path} was not found on this server.")
             )
             self.send_json(error.code, error.body())
+
+        def _outcome(
+            self, m: re.Match[str], action: Callable[[re.Match[str], JsonHandler], Any], caller: Caller
+        ) -> tuple[int, Any]:
+            if caller.problem is not None:
+                self.read_body()
+                return 401, rpc_error_body(401, _UNAUTHENTICATED[caller.problem])
+            try:
+                return 200, action(m, self)
+            except ApiError as error:
+                return error.code, error.body()
+            except Exception as exc:  # never a hung client: a 500 in Google's shape
+                return 500, ApiError(500, f"Internal error: {exc!r}").body()
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _dispatch
 

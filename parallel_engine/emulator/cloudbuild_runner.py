@@ -212,9 +212,14 @@ class BuildRunner:
     """Runs one BuildRecord to its end (in the server's worker thread)."""
 
     def __init__(
-        self, record: BuildRecord, settings: RunnerSettings, upload_log: Callable[[BuildRecord], None]
+        self,
+        record: BuildRecord,
+        settings: RunnerSettings,
+        upload_log: Callable[[BuildRecord], None],
+        injected: str | None = None,
     ) -> None:
         self.record = record
+        self.injected = injected  # EXPIRED or INTERNAL_ERROR from the control API: end so, run nothing
         self.settings = settings
         self.upload_log = upload_log
         self.workspace = record.build_dir / "workspace"
@@ -232,7 +237,7 @@ class BuildRunner:
                 if record.cancel_requested.is_set() or record.status not in ACTIVE:
                     return
                 queue_ttl = parse_duration("build.queue_ttl", record.resource.get("queueTtl", "3600s"))
-                if queue_ttl and time.monotonic() - record.created_monotonic > queue_ttl:
+                if self.injected == EXPIRED or (queue_ttl and time.monotonic() - record.created_monotonic > queue_ttl):
                     record.finish(EXPIRED, "Build expired before it could start")
                     return
                 with record.lock:
@@ -242,6 +247,8 @@ class BuildRunner:
                     record.resource["startTime"] = now_rfc3339()
                     timeout = parse_duration("build.timeout", record.resource["timeout"])
                 self.deadline = time.monotonic() + timeout
+                if self.injected == INTERNAL_ERROR:
+                    raise BuildEnded(INTERNAL_ERROR, "internal error (injected by the emulator's control API)")
                 self._run()
         except BuildEnded as ended:
             record.log("ERROR")

@@ -87,6 +87,10 @@ class ControlClient:
             body["caller"] = caller
         self._call("POST", "/faults", body)
 
+    def fail_next_builds(self, count: int = 1, status: str = "INTERNAL_ERROR") -> None:
+        """The next `count` Cloud Builds end with `status`: "INTERNAL_ERROR" (once started) or "EXPIRED" (never)."""
+        self._call("POST", "/buildFaults", {"count": count, "status": status})
+
     def clear_faults(self, service: str | None = None) -> None:
         self._call("DELETE", "/faults" + (f"?service={service}" if service else ""))
 

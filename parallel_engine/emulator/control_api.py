@@ -1,7 +1,8 @@
 """The emulator's control API (`/emulator/v1/...` on the Compute endpoint): what no Google API offers.
 
 Tests and the orchestrator's own test suite use it to read the time scale, preempt a VM, fail or
-slow the next calls, exhaust a zone or the quota, change quota limits and read call counts.
+slow the next calls, end the next builds EXPIRED or INTERNAL_ERROR, exhaust a zone or the quota,
+change quota limits and read call counts.
 Its calls are neither counted nor faulted.
 """
 
@@ -30,8 +31,10 @@ class ControlApi:
         traffic: dict[str, Traffic],
         limiter: RateLimiter,
         info: Callable[[], dict[str, Any]],
+        fail_builds: Callable[[int, str], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.fail_builds = fail_builds
         self.clock = clock
         self.traffic = traffic
         self.limiter = limiter
@@ -80,6 +83,11 @@ class ControlApi:
         if route == ("DELETE", "/emulator/v1/faults"):
             for traffic in self._services(body, query):
                 traffic.clear_faults()
+            return 200, {}
+        if route == ("POST", "/emulator/v1/buildFaults"):
+            if self.fail_builds is None:
+                raise ControlError("no Cloud Build in this emulator")
+            self.fail_builds(int(body.get("count", 1)), str(body["status"]))
             return 200, {}
         if route == ("PUT", "/emulator/v1/latency"):
             for traffic in self._services(body, query):

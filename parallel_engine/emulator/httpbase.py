@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from parallel_engine.emulator.identity import Caller, TokenRegistry
 from parallel_engine.emulator.netutil import LOOPBACK
 
 
@@ -81,6 +82,18 @@ class JsonHandler(BaseHTTPRequestHandler):
     def query_one(self, key: str, default: str | None = None) -> str | None:
         values = self.query.get(key)
         return values[0] if values else default
+
+    _anonymous: Caller | None = None  # who sends token-less calls on this connection (looked up once)
+
+    def caller(self, tokens: TokenRegistry) -> Caller:
+        """Who makes this call: by its bearer token, or, without one, by the process behind the connection."""
+        header = self.headers.get("Authorization")
+        if header and header.strip():
+            return tokens.caller(header)
+        if self._anonymous is None:
+            peer = (int(self.client_address[1]), int(self.connection.getsockname()[1]))
+            self._anonymous = tokens.caller(None, peer)
+        return self._anonymous
 
     def read_body(self) -> bytes:
         """The whole request body, plain or chunked (curl -T - sends chunked)."""

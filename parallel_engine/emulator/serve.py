@@ -1,22 +1,30 @@
 """`parallel-engine emulator`: run the emulated cloud in the foreground and point a config file at it.
 
-The config file is `.config.yaml` in the working folder when there is none; an existing one is never
-overwritten: the emulator then writes `.config.emulator.yaml` beside it and says so.
+The config file is `.config.yaml` in the working folder when there is none, or when the one there
+was written by an emulator that is no longer running (it would point at dead ports). A user's file,
+or the file of an emulator still running, is never overwritten: the emulator then writes
+`.config.emulator.yaml` beside it and says how to use that file.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any, TextIO
 
+import psutil
+
 from parallel_engine.emulator.cloud import DEFAULT_PROJECT, DEFAULT_ZONE, Emulator
 
 MARKER = "# Written by `parallel-engine emulator`"
 FALLBACK_NAME = ".config.emulator.yaml"
+CONFIG_ENV = "PARALLEL_ENGINE_CONFIG"  # the orchestrator reads the config file this names
+_WRITER = re.compile(r"\(pid (\d+)\)")
 
 
 def config_values(cloud: Emulator) -> dict[str, str]:
@@ -35,20 +43,45 @@ def config_values(cloud: Emulator) -> dict[str, str]:
     return values
 
 
-def render_config(values: dict[str, str]) -> str:
-    lines = [MARKER, "# Points the gce backend at the emulated cloud; valid while the emulator runs."]
+def render_config(values: dict[str, str], pid: int | None = None) -> str:
+    first = MARKER + f" (pid {pid if pid is not None else os.getpid()})"
+    lines = [first, "# Points the gce backend at the emulated cloud; valid while the emulator runs."]
     lines += [f"{key}: {json.dumps(value)}" for key, value in values.items()]  # JSON strings are YAML strings
     return "\n".join(lines) + "\n"
 
 
+def _replaceable(path: Path) -> bool:
+    """Whether `path` may be written: absent, or written by an emulator that is not running any more."""
+    if not path.exists():
+        return True
+    try:
+        first = path.read_text(errors="replace").split("\n", 1)[0]
+    except OSError:
+        return False
+    if not first.startswith(MARKER):
+        return False  # the user's file
+    writer = _WRITER.search(first)
+    if writer is None:
+        return True  # ours, from before the pid was written down
+    pid = int(writer.group(1))
+    return pid != os.getpid() and not _emulator_alive(pid)
+
+
+def _emulator_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def choose_config_path(requested: Path | None, cwd: Path) -> Path:
-    """Where to write: the requested or default file unless it exists, else our own fallback file."""
+    """Where to write: the requested or default file if absent or stale, else our own fallback file."""
     target = requested if requested is not None else cwd / ".config.yaml"
-    if not target.exists():
+    if _replaceable(target):
         return target
     fallback = target.with_name(FALLBACK_NAME)
     n = 1
-    while fallback.exists() and not fallback.read_text(errors="replace").startswith(MARKER):
+    while not _replaceable(fallback):
         n += 1
         fallback = target.with_name(f".config.emulator-{n}.yaml")
     return fallback
@@ -67,14 +100,14 @@ def serve(
     stop_event: threading.Event | None = None,
     **emulator_options: Any,
 ) -> int:
-    """Start everything, write the config, print where things run, block until Ctrl-C/SIGTERM; 0."""
+    """Start everything, write the config, print where things run, block until Ctrl-C/SIGTERM/SIGHUP; 0."""
     out = out or sys.stdout
     stop = stop_event or threading.Event()
     cloud = Emulator(project=project, zone=zone, bucket=bucket, time_scale=time_scale, workdir=workdir,
                      storage_dir=storage_dir, **emulator_options)  # fmt: skip
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal was closed
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
     try:
         cloud.start()
@@ -97,6 +130,8 @@ def serve(
         print(f"  Work folder  {cloud.workdir} (VM consoles under vms/)", file=out)
         if target != requested:
             print(f"  Config       {requested} exists and was left alone; wrote {target}", file=out)
+            print(f"               use it: parallel-engine run --config {target}   (or export {CONFIG_ENV}={target})",
+                  file=out)  # fmt: skip
         else:
             print(f"  Config       wrote {target}", file=out)
         print("Press Ctrl-C to stop (VMs, containers and servers are stopped with it).", file=out, flush=True)

@@ -1,7 +1,9 @@
 """The emulator's Storage endpoint: a reverse proxy in front of fake-gcs-server.
 
 It exists so that Storage calls can be counted per caller (orchestrator or VM), slowed down and
-failed on demand, and so that VM tokens are checked for Storage scopes as Google would.
+failed on demand, and so that what fake-gcs-server lets through is refused as Google refuses it:
+VM tokens without Storage scopes, invalid object names (storage_names.py), preconditions on media
+uploads and deletes.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer
 from parallel_engine.emulator.identity import STORAGE_READ_SCOPES, STORAGE_WRITE_SCOPES, VM, TokenRegistry
 from parallel_engine.emulator.netutil import LOOPBACK
-from parallel_engine.emulator.traffic import Traffic, google_error
+from parallel_engine.emulator.storage_names import BadName, check_name, names_of
+from parallel_engine.emulator.traffic import AUTHENTICATE_HEADER, Traffic, google_error, unauthenticated_error
 
 _HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -40,6 +43,12 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"^/batch/storage/v1"), "storage.batch"),
 ]
 _WRITES = {"POST", "PUT", "PATCH", "DELETE"}
+#: The IAM permission a method needs, where its name differs (what a 401 names).
+_PERMISSIONS = {
+    "storage.objects.insert": "storage.objects.create", "storage.objects.compose": "storage.objects.create",
+    "storage.objects.rewrite": "storage.objects.create", "storage.buckets.insert": "storage.buckets.create",
+    "storage.objects.patch": "storage.objects.update", "storage.buckets.patch": "storage.buckets.update",
+}  # fmt: skip
 _OBJECT_PATH = re.compile(r"^/storage/v1/b/([^/]+)/o/([^/]+)$")
 _UPLOAD_PATH = re.compile(r"^/upload/storage/v1/b/([^/]+)/o/?$")
 
@@ -156,11 +165,16 @@ def _make_handler(proxy: StorageProxy) -> type[JsonHandler]:
     class Handler(JsonHandler):
         def _forward(self) -> None:
             body = self.read_body()
-            caller = proxy.tokens.caller(self.headers.get("Authorization"))
+            caller = self.caller(proxy.tokens)
             operation = classify(self.command, self.path_only)
             fault = proxy.traffic.admit(self.command, self.path, caller, operation)
             if fault is not None and not fault.after:
                 self.send_json(fault.status, fault.body())
+                return
+            if caller.problem is not None:
+                permission = _PERMISSIONS.get(operation, operation)
+                error = unauthenticated_error("storage", caller, permission)
+                self.send_json(fault.status if fault else 401, fault.body() if fault else error, AUTHENTICATE_HEADER)
                 return
             if caller.kind == VM:
                 needed = STORAGE_WRITE_SCOPES if self.command in _WRITES else STORAGE_READ_SCOPES
@@ -168,6 +182,12 @@ def _make_handler(proxy: StorageProxy) -> type[JsonHandler]:
                     message = "Provided scope(s) are not authorized"
                     self.send_json(403, google_error(403, "forbidden", message))
                     return
+            try:
+                for name in names_of(self.command, self.path, self.headers.get("Content-Type", ""), body):
+                    check_name(name)
+            except BadName as bad:  # fake-gcs-server would store it; Google refuses it
+                self.send_json(bad.status, google_error(bad.status, bad.reason, bad.message))
+                return
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
             headers["Content-Length"] = str(len(body))
             try:

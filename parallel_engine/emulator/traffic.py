@@ -14,9 +14,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from parallel_engine.emulator.identity import Caller
+from parallel_engine.emulator.identity import MISSING, Caller
 
-_STATUS_TEXT = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "UNAVAILABLE", 503: "UNAVAILABLE"}
+_STATUS_TEXT = {401: "UNAUTHENTICATED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "UNAVAILABLE",
+                503: "UNAVAILABLE"}  # fmt: skip
 _DEFAULT_REASON = {429: "rateLimitExceeded", 500: "backendError", 502: "backendError", 503: "backendError"}
 _DEFAULT_MESSAGE = {429: "Rate Limit Exceeded", 500: "Internal Error", 502: "Bad Gateway", 503: "Backend Error"}
 
@@ -32,6 +33,30 @@ def google_error(status: int, reason: str, message: str, domain: str = "global")
     }
     if status in _STATUS_TEXT:
         body["error"]["status"] = _STATUS_TEXT[status]
+    return body
+
+
+_SEE = "See https://developers.google.com/identity/sign-in/web/devconsole-project."
+#: What Google's front end answers with a 401, per service and problem (MISSING / INVALID).
+AUTH_MESSAGES = {
+    ("compute", True): "Request is missing required authentication credential. Expected OAuth 2 access token, "
+    f"login cookie or other valid authentication credential. {_SEE}",
+    ("compute", False): "Request had invalid authentication credentials. Expected OAuth 2 access token, "
+    f"login cookie or other valid authentication credential. {_SEE}",
+    ("storage", True): "Anonymous caller does not have {permission} access to the Google Cloud Storage object. "
+    "Permission '{permission}' denied on resource (or it may not exist).",
+    ("storage", False): "Invalid Credentials",
+}
+#: The header Google sends with every 401.
+AUTHENTICATE_HEADER = {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'}
+
+
+def unauthenticated_error(service: str, caller: Caller, permission: str) -> dict[str, Any]:
+    """Google's 401 body for a call whose token is missing (`caller.problem` MISSING) or invalid/expired."""
+    missing = caller.problem == MISSING
+    message = AUTH_MESSAGES[(service if service == "storage" else "compute", missing)].format(permission=permission)
+    body = google_error(401, "required" if missing else "authError", message)
+    body["error"]["errors"][0].update({"locationType": "header", "location": "Authorization"})
     return body
 
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from google.auth import credentials as gauth
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1, storage
 
@@ -34,11 +35,11 @@ class Clients:
         self.project = cloud.project
         self.zone = cloud.zone
 
-    def wait(self, operation: Any, timeout: float = 30) -> compute_v1.Operation:
-        """Wait on a zone operation with ZoneOperationsClient until DONE (never `.result()`)."""
+    def wait(self, operation: Any, timeout: float = 30, zone: str | None = None) -> compute_v1.Operation:
+        """Wait on a zone operation (of the emulator's zone unless told) until DONE (never `.result()`)."""
         deadline = time.monotonic() + timeout
         while True:
-            done = self.operations.wait(project=self.project, zone=self.zone, operation=operation.name)
+            done = self.operations.wait(project=self.project, zone=zone or self.zone, operation=operation.name)
             if done.status == compute_v1.Operation.Status.DONE:
                 return done
             if time.monotonic() > deadline:
@@ -166,3 +167,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20, what: str = "con
 def console(clients: Clients, name: str) -> str:
     output = clients.instances.get_serial_port_output(project=clients.project, zone=clients.zone, instance=name)
     return output.contents
+
+
+class FixedToken(gauth.Credentials):
+    """A bearer token used as it is, never refreshed (what a script holding one old token does)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def refresh(self, request: object) -> None:
+        """Nothing to refresh: keep sending the same token."""

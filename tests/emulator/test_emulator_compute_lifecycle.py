@@ -6,9 +6,11 @@ import re
 
 import psutil
 import pytest
-from emulator_helpers import Clients, claim_script, console, make_instance, wait_for
+from emulator_helpers import TIME_SCALE, Clients, claim_script, console, make_instance, wait_for
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
+
+from parallel_engine.emulator import Emulator
 
 
 def test_insert_boot_script_claims_in_bucket_then_delete(clients: Clients) -> None:
@@ -95,6 +97,22 @@ def _cpus(clients: Clients) -> tuple[float, float]:
     return quota.usage, quota.limit
 
 
+def test_zone_operations_list_pages_and_filters(clients: Clients) -> None:
+    inserted = [clients.insert(make_instance(f"op-{n}", machine_type="e2-micro")).name for n in range(5)]
+    for name in inserted:
+        clients.wait(compute_v1.Operation(name=name))
+    clients.delete("op-0")
+    request = compute_v1.ListZoneOperationsRequest(
+        project=clients.project, zone=clients.zone, max_results=2, filter='operationType="insert"'
+    )
+    pages = list(clients.operations.list(request=request).pages)
+    assert [len(page.items) for page in pages] == [2, 2, 1]
+    assert sorted(op.name for page in pages for op in page.items) == sorted(inserted)
+    everything = compute_v1.ListZoneOperationsRequest(project=clients.project, zone=clients.zone, max_results=4)
+    kinds = sorted(op.operation_type for op in clients.operations.list(request=everything))
+    assert kinds == ["delete"] + ["insert"] * 5
+
+
 def test_cpu_quota_counts_machine_types_and_frees_on_delete(clients: Clients) -> None:
     clients.cloud.control.set_quota("CPUS", 8)
     for name in ("big-1", "big-2"):
@@ -118,6 +136,20 @@ def test_external_ip_counts_in_use_addresses(clients: Clients) -> None:
     refused = clients.wait(clients.insert(make_instance("ip-2", external_ip=True)))
     assert refused.error.errors[0].code == "QUOTA_EXCEEDED"
     assert "IN_USE_ADDRESSES" in refused.error.errors[0].message
+
+
+def test_instances_quota_counts_vms_whatever_their_size_and_stopped_ones_too(clients: Clients) -> None:
+    clients.cloud.control.set_quota("INSTANCES", 2)
+    for name in ("one", "two"):
+        assert not clients.wait(clients.insert(make_instance(name, machine_type="e2-micro"))).error.errors
+    refused = clients.wait(clients.insert(make_instance("three", machine_type="e2-micro")))
+    assert refused.error.errors[0].code == "QUOTA_EXCEEDED" and refused.http_error_status_code == 403
+    assert "Quota 'INSTANCES' exceeded" in refused.error.errors[0].message
+    clients.wait(clients.instances.stop(project=clients.project, zone=clients.zone, instance="two"))
+    clients.wait_status("two", "TERMINATED")  # a stopped VM still counts as an instance
+    assert clients.wait(clients.insert(make_instance("three", machine_type="e2-micro"))).error.errors
+    clients.delete("one")
+    assert not clients.wait(clients.insert(make_instance("three", machine_type="e2-micro"))).error.errors
 
 
 def test_bulk_insert_quota_is_checked_upfront_and_min_count_allows_partial(clients: Clients) -> None:
@@ -183,6 +215,26 @@ def test_max_run_duration_stop_terminates_and_frees_cpus(clients: Clients) -> No
     assert _cpus(clients)[0] == 0.0
 
 
+def _limits_reached(seed: int) -> list[float]:
+    """When maxRunDuration acted on three VMs (30 s limits) of a fresh emulator seeded with `seed`."""
+    with Emulator(time_scale=TIME_SCALE, seed=seed) as cloud:
+        clients = Clients(cloud)
+        names = [f"late-{n}" for n in range(3)]
+        for name in names:
+            clients.wait(clients.insert(make_instance(name, script="sleep 300", max_run_seconds=30, action="STOP")))
+        found = re.compile(r"maxRunDuration reached after ([0-9.]+) s")
+        return [
+            float(wait_for(lambda n=name: found.search(console(clients, n)), what="the limit").group(1))
+            for name in names
+        ]
+
+
+def test_max_run_duration_acts_up_to_30_s_late_repeatably_under_a_seed() -> None:
+    first = _limits_reached(seed=7)
+    assert all(30 <= after <= 60 for after in first) and len(set(first)) == 3  # each VM its own lateness
+    assert _limits_reached(seed=7) == first
+
+
 def test_stop_then_start_runs_the_startup_script_again(clients: Clients) -> None:
     clients.wait(clients.insert(make_instance("again", script="echo boot-run")))
     wait_for(lambda: console(clients, "again").count("boot-run") == 1, what="first boot")
@@ -213,6 +265,9 @@ sleep 300
         )
     )
     assert [op.user for op in ops] == [f"{clients.cloud.project_number}-compute@developer.gserviceaccount.com"]
+    compute = clients.cloud.control.calls()["compute"]
+    assert compute["byMethod"]["compute.instances.delete"] == {"vm": 1}  # the VM's call, counted as the VM's
+    assert compute["byVm"] == {"self-deleting": 1}
 
 
 def test_vm_token_without_compute_scope_cannot_delete(clients: Clients) -> None:

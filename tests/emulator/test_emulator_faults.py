@@ -49,7 +49,9 @@ PREEMPTION_WATCH = r"""
 MD="http://${GCE_METADATA_HOST}/computeMetadata/v1"
 trap 'echo got-sigterm' TERM
 echo "preempted-before: $(curl -sf -H 'Metadata-Flavor: Google' "$MD/instance/preempted")"
-value=$(curl -sf -H 'Metadata-Flavor: Google' "$MD/instance/preempted?wait_for_change=true")
+# The soft-off SIGTERM reaches the whole process group as the flag flips (as systemd's shutdown does
+# on COS); this curl ignores it so that the new value, not the signal, ends its wait.
+value=$(trap '' TERM; curl -sf -H 'Metadata-Flavor: Google' "$MD/instance/preempted?wait_for_change=true")
 echo "preempted-after: $value"
 sleep 300 & wait
 """
@@ -57,7 +59,7 @@ sleep 300 & wait
 
 @pytest.mark.parametrize("action,final", [("DELETE", None), ("STOP", "TERMINATED")])
 def test_preemption_soft_shutdown_then_operation_listed(clients: Clients, action: str, final: str | None) -> None:
-    clients.cloud.control.set_clock(preemption_notice_seconds=150)  # 1.5 s here: room to watch the shutdown
+    clients.cloud.control.set_clock(preemption_notice_seconds=300)  # 3 s here: room to watch the shutdown
     clients.wait(clients.insert(make_instance("spot-1", script=PREEMPTION_WATCH, spot=True, action=action)))
     wait_for(lambda: "preempted-before: FALSE" in console(clients, "spot-1"), what="the watcher")
     operation = clients.cloud.control.preempt("spot-1")
@@ -127,6 +129,13 @@ def test_time_scale_is_readable_and_changeable(clients: Clients) -> None:
     assert time.monotonic() - started >= 0.9
 
 
+def _operations(clients: Clients, operation_type: str) -> list[compute_v1.Operation]:
+    request = compute_v1.ListZoneOperationsRequest(
+        project=clients.project, zone=clients.zone, filter=f'operationType="{operation_type}"'
+    )
+    return list(clients.operations.list(request=request))
+
+
 def test_lost_response_then_retry_with_request_id_returns_the_same_operation(clients: Clients) -> None:
     clients.cloud.control.fail_next(1, status=503, method="POST", path=r"/instances\?", after=True)
     request = compute_v1.InsertInstanceRequest(
@@ -138,8 +147,62 @@ def test_lost_response_then_retry_with_request_id_returns_the_same_operation(cli
     assert clients.get("lost").name == "lost"  # the insert happened although its answer was lost
     retried = clients.instances.insert(request=request)  # same requestId: the same operation, no 409
     assert not clients.wait(retried).error.errors
+    assert [op.name for op in _operations(clients, "insert")] == [retried.name]
     with pytest.raises(gexc.Conflict):
         clients.insert(make_instance("lost"))  # without a requestId the retry is a duplicate
+
+
+def _bulk_request(clients: Clients, request_id: str, count: int = 3) -> compute_v1.BulkInsertInstanceRequest:
+    template = make_instance("template")
+    resource = compute_v1.BulkInsertInstanceResource(
+        count=count, name_pattern="lost-##",
+        instance_properties=compute_v1.InstanceProperties(
+            machine_type="e2-standard-2", disks=template.disks, network_interfaces=template.network_interfaces,
+            service_accounts=template.service_accounts,
+        ),
+    )  # fmt: skip
+    return compute_v1.BulkInsertInstanceRequest(
+        project=clients.project, zone=clients.zone, bulk_insert_instance_resource_resource=resource,
+        request_id=request_id,
+    )  # fmt: skip
+
+
+def _names(clients: Clients) -> list[str]:
+    return sorted(i.name for i in clients.instances.list(project=clients.project, zone=clients.zone))
+
+
+def test_bulk_insert_retried_with_its_request_id_after_a_lost_answer_creates_once(clients: Clients) -> None:
+    clients.cloud.control.fail_next(1, status=503, method="POST", path=r"/instances/bulkInsert", after=True)
+    request = _bulk_request(clients, "0b7a4c1e-2222-4333-8444-555566667777")
+    with pytest.raises(gexc.ServiceUnavailable):
+        clients.instances.bulk_insert(request=request)
+    assert _names(clients) == ["lost-01", "lost-02", "lost-03"]  # carried out; the answer was lost
+    retried = clients.instances.bulk_insert(request=request)  # a namePattern retry would make 3 more
+    assert not clients.wait(retried).error.errors
+    assert _names(clients) == ["lost-01", "lost-02", "lost-03"]
+    assert [op.name for op in _operations(clients, "bulkInsert")] == [retried.name]
+
+
+def test_request_id_is_forgotten_after_its_window(clients: Clients) -> None:
+    request = _bulk_request(clients, "9c3e7a55-3333-4444-8555-666677778888", count=1)
+    first = clients.instances.bulk_insert(request=request)
+    assert clients.instances.bulk_insert(request=request).name == first.name  # within 60 min (36 s here)
+    clients.cloud.control.set_clock(request_id_window_seconds=5)  # now 0.05 s
+    time.sleep(0.1)  # past the window: the same id is a new request
+    assert clients.instances.bulk_insert(request=request).name != first.name
+    assert _names(clients) == ["lost-01", "lost-02"]
+
+
+@pytest.mark.parametrize("request_id", ["not-a-uuid", "00000000-0000-0000-0000-000000000000"])
+def test_request_id_must_be_a_non_zero_uuid(clients: Clients, request_id: str) -> None:
+    request = compute_v1.InsertInstanceRequest(
+        project=clients.project, zone=clients.zone, instance_resource=make_instance("bad-id"), request_id=request_id
+    )
+    with pytest.raises(gexc.BadRequest) as info:
+        clients.instances.insert(request=request)
+    assert info.value.errors[0]["reason"] == "invalid"
+    with pytest.raises(gexc.NotFound):
+        clients.get("bad-id")
 
 
 def test_faults_can_target_only_the_vms_calls(clients: Clients) -> None:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
+import urllib.request
 
-from emulator_helpers import Clients, console, make_instance, wait_for
+import pytest
+from emulator_helpers import Clients, FixedToken, console, make_instance, wait_for
+from google.api_core import exceptions as gexc
+from google.cloud import compute_v1, storage
 
 PROBE = r"""
 MD="http://${GCE_METADATA_HOST}/computeMetadata/v1"
@@ -74,3 +79,70 @@ echo helper-done
     assert "unexpected" not in text and "read-only" in text
     assert '"us-docker.pkg.dev": "gcr"' in text and '"127.0.0.1:5000": "gcr"' in text
     assert '"Secret":"ya29.' in text
+
+
+def _metadata_token(clients: Clients, name: str) -> dict:
+    """The VM's token as its metadata server hands it out (read from here, as a VM's process would)."""
+    host = next(vm["metadataHost"] for vm in clients.cloud.control.vms() if vm["name"] == name)
+    request = urllib.request.Request(
+        f"http://{host}/computeMetadata/v1/instance/service-accounts/default/token",
+        headers={"Metadata-Flavor": "Google"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def _clients_with_token(clients: Clients, token: str) -> tuple[compute_v1.InstancesClient, storage.Client]:
+    credentials = FixedToken(token)
+    instances = compute_v1.InstancesClient(
+        client_options={"api_endpoint": clients.cloud.compute_endpoint}, credentials=credentials
+    )
+    gcs = storage.Client(project=clients.project, credentials=credentials,
+                         client_options={"api_endpoint": clients.cloud.storage_endpoint})  # fmt: skip
+    return instances, gcs
+
+
+def _works_with(clients: Clients, token: str) -> None:
+    instances, gcs = _clients_with_token(clients, token)
+    assert instances.get(project=clients.project, zone=clients.zone, instance="holder").name == "holder"
+    gcs.bucket(clients.cloud.bucket).blob("with-token").upload_from_string("x")
+
+
+def _refused_with(clients: Clients, token: str) -> None:
+    instances, gcs = _clients_with_token(clients, token)
+    with pytest.raises(gexc.Unauthorized) as compute_refusal:
+        instances.get(project=clients.project, zone=clients.zone, instance="holder")
+    with pytest.raises(gexc.Unauthorized) as storage_refusal:
+        gcs.get_bucket(clients.cloud.bucket, retry=None)
+    assert compute_refusal.value.errors[0]["reason"] == "authError"
+    assert storage_refusal.value.errors[0]["reason"] == "authError"
+    with pytest.raises(gexc.Unauthorized):
+        gcs.bucket(clients.cloud.bucket).blob("with-token").upload_from_string("x", retry=None)
+
+
+def test_metadata_tokens_expire_on_the_scaled_clock(clients: Clients) -> None:
+    clients.cloud.control.set_clock(token_lifetime_seconds=100)  # 1 s at this time scale
+    clients.wait(clients.insert(make_instance("holder", script="sleep 300")))
+    clients.wait_status("holder", "RUNNING")
+    issued = time.monotonic()
+    first = _metadata_token(clients, "holder")
+    assert first["expires_in"] <= 1  # real seconds left, what a client's own clock measures
+    _works_with(clients, first["access_token"])
+    while time.monotonic() < issued + 1.2:  # past its lifetime
+        time.sleep(0.05)
+    _refused_with(clients, first["access_token"])
+    second = _metadata_token(clients, "holder")
+    assert second["access_token"] != first["access_token"]
+    _works_with(clients, second["access_token"])
+    compute = clients.cloud.control.calls()["compute"]
+    assert list(compute["byVm"]) == ["holder"]  # its expired token still says whose call it was
+    assert compute["byMethod"]["compute.instances.get"]["vm"] == compute["byVm"]["holder"]
+
+
+def test_a_bearer_token_the_emulator_never_issued_is_401(clients: Clients) -> None:
+    clients.wait(clients.insert(make_instance("holder")))
+    _refused_with(clients, "ya29.made-up")
+    assert clients.get("holder").name == "holder"  # anonymous: the orchestrator, still welcome
+    calls = clients.cloud.control.calls()
+    assert calls["compute"]["byCaller"]["unknown"] >= 1 and calls["compute"]["byVm"] == {}
+    assert set(calls["storage"]["byCaller"]) == {"unknown"}

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from emulator_helpers import TIME_SCALE, Clients, make_instance, wait_for
 
-from parallel_engine.emulator import Emulator, serve
+from parallel_engine.emulator import ControlClient, Emulator, serve
+from parallel_engine.emulator.serve import render_config
 
 ESCAPING_SCRIPT = "sleep 300 &\nsetsid sleep 300 &\nnohup sleep 300 >/dev/null 2>&1 &\nsleep 300\n"
 
@@ -86,13 +87,48 @@ def test_serve_never_overwrites_an_existing_config(tmp_path: Path) -> None:
     wait_for(lambda: fallback.exists() and "Ctrl-C" in out.getvalue(), what="the fallback config")
     assert (tmp_path / ".config.yaml").read_text() == "PROJECT_ID: mine\n"
     assert ".config.emulator.yaml" in out.getvalue()
+    assert f"--config {fallback}" in out.getvalue() and f"PARALLEL_ENGINE_CONFIG={fallback}" in out.getvalue()
     stop.set()
     thread.join(timeout=30)
     assert result == [0]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_python_m_emulator_stops_everything_on_signal(tmp_path: Path, signum: int) -> None:
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_serve_rewrites_a_config_left_by_an_emulator_that_is_gone(tmp_path: Path) -> None:
+    config = tmp_path / ".config.yaml"
+    config.write_text(render_config({"COMPUTE_ENDPOINT": "http://127.0.0.1:9"}, pid=_dead_pid()))
+    thread, stop, out, result = _serve_in_thread(tmp_path)
+    wait_for(lambda: "Ctrl-C" in out.getvalue(), what="the emulator")
+    try:
+        assert yaml.safe_load(config.read_text())["COMPUTE_ENDPOINT"] != "http://127.0.0.1:9"  # live ports now
+        assert not (tmp_path / ".config.emulator.yaml").exists()
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert result == [0]
+
+
+def test_serve_leaves_the_config_of_an_emulator_still_running(tmp_path: Path) -> None:
+    config = tmp_path / ".config.yaml"
+    config.write_text(render_config({"COMPUTE_ENDPOINT": "http://127.0.0.1:9"}, pid=os.getppid()))
+    thread, stop, out, result = _serve_in_thread(tmp_path)
+    fallback = tmp_path / ".config.emulator.yaml"
+    wait_for(lambda: fallback.exists() and "Ctrl-C" in out.getvalue(), what="the fallback config")
+    try:
+        assert yaml.safe_load(config.read_text())["COMPUTE_ENDPOINT"] == "http://127.0.0.1:9"
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert result == [0]
+
+
+def _start_emulator(tmp_path: Path) -> tuple[subprocess.Popen[str], dict]:
+    """`python -m parallel_engine.emulator` in `tmp_path`; the process and the config it wrote."""
     process = subprocess.Popen(
         [sys.executable, "-m", "parallel_engine.emulator", "--time-scale", str(TIME_SCALE)],
         cwd=tmp_path,
@@ -101,22 +137,32 @@ def test_python_m_emulator_stops_everything_on_signal(tmp_path: Path, signum: in
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    try:
-        config = tmp_path / ".config.yaml"
-        wait_for(lambda: config.exists(), timeout=30, what="the config")
-        values = yaml.safe_load(config.read_text())
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import compute_v1
+    config = tmp_path / ".config.yaml"
+    wait_for(lambda: config.exists(), timeout=30, what="the config")
+    return process, yaml.safe_load(config.read_text())
 
-        instances = compute_v1.InstancesClient(
-            client_options={"api_endpoint": values["COMPUTE_ENDPOINT"]}, credentials=AnonymousCredentials()
-        )
-        instances.insert(project=values["PROJECT_ID"], zone=values["ZONE"],
-                         instance_resource=make_instance("lingering", script=ESCAPING_SCRIPT))  # fmt: skip
+
+def _insert(values: dict, script: str) -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import compute_v1
+
+    instances = compute_v1.InstancesClient(
+        client_options={"api_endpoint": values["COMPUTE_ENDPOINT"]}, credentials=AnonymousCredentials()
+    )
+    instances.insert(project=values["PROJECT_ID"], zone=values["ZONE"],
+                     instance_resource=make_instance("lingering", script=script))  # fmt: skip
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_python_m_emulator_stops_everything_on_signal(tmp_path: Path, signum: int) -> None:
+    process, values = _start_emulator(tmp_path)
+    try:
+        _insert(values, ESCAPING_SCRIPT)
         parent = psutil.Process(process.pid)
         wait_for(lambda: sum(p.name() == "sleep" for p in parent.children(recursive=True)) >= 2, timeout=30,
                  what="the VM's processes")  # fmt: skip
         descendants = parent.children(recursive=True)
+        servers = ControlClient(values["COMPUTE_ENDPOINT"]).info()["pids"]
         time.sleep(0.1)
         process.send_signal(signum)
         output, _ = process.communicate(timeout=30)
@@ -126,3 +172,61 @@ def test_python_m_emulator_stops_everything_on_signal(tmp_path: Path, signum: in
     assert process.returncode == 0, output
     assert "stopped" in output
     assert [p.pid for p in descendants if _alive(p.pid)] == []
+    assert [pid for pid in servers.values() if pid and _alive(pid)] == []  # fake-gcs-server, registry, watchdog
+
+
+CONTAINER = "docker run -d --network none python:3.11-slim sleep 300\n"
+CONTAINER_SCRIPT = ESCAPING_SCRIPT.replace("sleep 300\n", CONTAINER + "sleep 300\n", 1)
+
+
+def _containers(emulator_id: str) -> list[str]:
+    listed = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=emulator-id={emulator_id}"],
+                            capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    return listed.stdout.split()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGKILL])
+def test_nothing_outlives_the_emulator_not_even_a_sigkill(tmp_path: Path, signum: int, docker_engine: object) -> None:
+    process, values = _start_emulator(tmp_path)
+    try:
+        control = ControlClient(values["COMPUTE_ENDPOINT"], values["ZONE"])
+        info = control.info()
+        _insert(values, CONTAINER_SCRIPT)
+        wait_for(lambda: _containers(info["emulatorId"]), timeout=60, what="the VM's container")
+        vm_pids = wait_for(lambda: len(p := control.pids("lingering")) >= 4 and p, timeout=30, what="VM processes")
+        process.send_signal(signum)
+        process.communicate(timeout=60)
+        leftovers = [pid for pid in vm_pids + [info["pids"]["fakeGcs"], info["pids"]["registry"]] if pid]
+        wait_for(lambda: not [pid for pid in leftovers if _alive(pid)], timeout=30, what="every process to end")
+        wait_for(lambda: not _containers(info["emulatorId"]), timeout=60, what="the VM's containers to go")
+        wait_for(lambda: not _alive(info["pids"]["watchdog"]), timeout=30, what="the watchdog to finish")
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.mark.docker
+def test_ctrl_c_stops_a_running_build_and_its_container(tmp_path: Path, docker_engine: object) -> None:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud.devtools import cloudbuild_v1
+
+    process, values = _start_emulator(tmp_path)
+    try:
+        options = {"api_endpoint": values["CLOUDBUILD_ENDPOINT"]}
+        builds = cloudbuild_v1.CloudBuildClient(transport="rest", credentials=AnonymousCredentials(), client_options=options)
+        step = cloudbuild_v1.BuildStep(name="python:3.11-slim", entrypoint="sleep", args=["300"])
+        created = builds.create_build(project_id=values["PROJECT_ID"], build=cloudbuild_v1.Build(steps=[step]))
+        build_id = created.metadata.build.id
+        label = f"pe-emulator-cloudbuild-build={build_id}"
+        running = ["docker", "ps", "-q", "--filter", f"label={label}"]
+        wait_for(lambda: subprocess.run(running, capture_output=True, text=True).stdout.strip(), timeout=120,
+                 what="the build's step container")  # fmt: skip
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    everything = ["docker", "ps", "-aq", "--filter", f"label={label}"]
+    assert subprocess.run(everything, capture_output=True, text=True, check=True).stdout.split() == []

@@ -10,9 +10,21 @@ import re
 import zlib
 from dataclasses import dataclass
 
-ZONE_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
-REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
-ZONE_SUFFIXES = ("a", "b", "c", "f")
+#: Google's public regions and the letters of their zones (us-east1 has b, c, d: there is no us-east1-a).
+GOOGLE_ZONES: dict[str, str] = {
+    "us-central1": "abcf", "us-east1": "bcd", "us-east4": "abc", "us-east5": "abc", "us-south1": "abc",
+    "us-west1": "abc", "us-west2": "abc", "us-west3": "abc", "us-west4": "abc",
+    "northamerica-northeast1": "abc", "northamerica-northeast2": "abc", "northamerica-south1": "abc",
+    "southamerica-east1": "abc", "southamerica-west1": "abc",
+    "europe-west1": "bcd", "europe-west2": "abc", "europe-west3": "abc", "europe-west4": "abc",
+    "europe-west6": "abc", "europe-west8": "abc", "europe-west9": "abc", "europe-west10": "abc",
+    "europe-west12": "abc", "europe-north1": "abc", "europe-north2": "abc", "europe-central2": "abc",
+    "europe-southwest1": "abc",
+    "asia-east1": "abc", "asia-east2": "abc", "asia-northeast1": "abc", "asia-northeast2": "abc",
+    "asia-northeast3": "abc", "asia-south1": "abc", "asia-south2": "abc", "asia-southeast1": "abc",
+    "asia-southeast2": "abc", "australia-southeast1": "abc", "australia-southeast2": "abc",
+    "me-west1": "abc", "me-central1": "abc", "me-central2": "abc", "africa-south1": "abc",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -103,7 +115,14 @@ def region_of(zone: str) -> str:
 
 
 def zones_of(region: str) -> list[str]:
-    return [f"{region}-{suffix}" for suffix in ZONE_SUFFIXES]
+    """The zones of a Google region (none for a region Google does not have)."""
+    return [f"{region}-{letter}" for letter in GOOGLE_ZONES.get(region, "")]
+
+
+def known_zones(own_zone: str) -> list[str]:
+    """Every zone the emulated project can use: Google's, plus the emulator's own if Google has no such zone."""
+    zones = [zone for region in GOOGLE_ZONES for zone in zones_of(region)]
+    return zones if own_zone in zones else [*zones, own_zone]
 
 
 def stable_id(*parts: str) -> str:

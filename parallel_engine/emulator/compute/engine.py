@@ -9,6 +9,7 @@ and exhausted capacity follow the same timelines, scaled by the clock.
 from __future__ import annotations
 
 import copy
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ class ComputeEngine:
         hypervisor: Hypervisor,
         tokens: TokenRegistry,
         zones: list[str],
+        rng: random.Random | None = None,
     ) -> None:
         self.project = project
         self.project_number = project_number
@@ -105,11 +107,13 @@ class ComputeEngine:
         self.hypervisor = hypervisor
         self.tokens = tokens
         self.known_zones = zones
+        self.known_regions = sorted({catalog.region_of(z) for z in zones})
         self.operations = Operations(project, base_url)
         self.exhaustion = Exhaustion()
         self._lock = threading.RLock()
         self._vms: dict[tuple[str, str], Vm] = {}
         self._serial = 0
+        self.random = rng or random.Random()  # how late each maxRunDuration acts (seed it to replay a run)
 
     # -- scope checks ---------------------------------------------------------------------
     def check_project(self, project: str) -> None:
@@ -117,8 +121,9 @@ class ComputeEngine:
             raise not_found(f"projects/{project}")
 
     def check_zone(self, project: str, zone: str) -> None:
+        """400 invalid "Unknown zone." for a zone Google does not have, as Google answers zonal calls."""
         self.check_project(project)
-        if not catalog.ZONE_RE.match(zone):
+        if zone not in self.known_zones:
             raise invalid("zone", zone, "Unknown zone.")
 
     def _path(self, zone: str, name: str) -> str:
@@ -223,13 +228,14 @@ class ComputeEngine:
 
     def region(self, project: str, region: str) -> dict[str, Any]:
         self.check_project(project)
-        if not catalog.REGION_RE.match(region):
+        if region not in self.known_regions:
             raise not_found(f"projects/{project}/regions/{region}")
-        return region_resource(region, self.quotas.report(region), self.links)
+        zones = [z for z in self.known_zones if catalog.region_of(z) == region]
+        return region_resource(region, self.quotas.report(region), self.links, zones)
 
     def zone(self, project: str, zone: str) -> dict[str, Any]:
         self.check_project(project)
-        if not catalog.ZONE_RE.match(zone):
+        if zone not in self.known_zones:
             raise not_found(f"projects/{project}/zones/{zone}")
         return zone_resource(zone, self.links)
 
@@ -382,8 +388,9 @@ class ComputeEngine:
                 machine = vm.machine
             machine.power_on()
         seconds = vm.spec.max_run_seconds
-        if seconds is not None:
-            self.timers.after(self.clock.real(seconds), lambda: self._max_run_reached(vm, epoch))
+        if seconds is not None:  # Google acts up to 30 s after the limit
+            late = self.random.uniform(0.0, self.clock.durations.max_run_late_seconds)
+            self.timers.after(self.clock.real(seconds + late), lambda: self._max_run_reached(vm, epoch, seconds + late))
 
     # -- deletion, stop, start ------------------------------------------------------------
     def delete(self, project: str, zone: str, name: str, user: str) -> dict[str, Any]:
@@ -488,12 +495,13 @@ class ComputeEngine:
             self._schedule_boot(vm, [op["name"]])
         return op
 
-    def _max_run_reached(self, vm: Vm, epoch: int) -> None:
+    def _max_run_reached(self, vm: Vm, epoch: int, after: float) -> None:
         with self._lock:
             if vm.epoch != epoch or vm.removed or vm.deleting or vm.status != "RUNNING":
                 return
             if vm.machine is not None:
-                vm.machine.log(f"maxRunDuration reached: instanceTerminationAction {vm.spec.termination_action}")
+                action = vm.spec.termination_action
+                vm.machine.log(f"maxRunDuration reached after {after:.3f} s: instanceTerminationAction {action}")
             if vm.spec.termination_action == "DELETE":
                 self._begin_delete(vm)
             else:

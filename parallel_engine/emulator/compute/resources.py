@@ -165,14 +165,14 @@ def zone_resource(zone: str, links: Links) -> dict[str, Any]:
     }
 
 
-def region_resource(region: str, quotas: list[dict[str, Any]], links: Links) -> dict[str, Any]:
+def region_resource(region: str, quotas: list[dict[str, Any]], links: Links, zones: list[str]) -> dict[str, Any]:
     return {
         "kind": "compute#region",
         "id": catalog.stable_id("region", region),
         "name": region,
         "description": region,
         "status": "UP",
-        "zones": [links.zone(z) for z in catalog.zones_of(region)],
+        "zones": [links.zone(z) for z in zones],
         "quotas": quotas,
         "selfLink": links.region(region),
     }

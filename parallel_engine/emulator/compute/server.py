@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +15,11 @@ from typing import Any
 from parallel_engine.emulator.compute import filters
 from parallel_engine.emulator.compute.engine import ComputeEngine
 from parallel_engine.emulator.compute.errors import ApiError, insufficient_scopes, not_found, rate_limit_exceeded
+from parallel_engine.emulator.compute.idempotency import RequestIds
 from parallel_engine.emulator.compute.ratelimit import MUTATION, READ, RateLimiter
 from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer
 from parallel_engine.emulator.identity import COMPUTE_READ_SCOPES, COMPUTE_SCOPES, VM, Caller, TokenRegistry
-from parallel_engine.emulator.traffic import Traffic, google_error
+from parallel_engine.emulator.traffic import AUTHENTICATE_HEADER, Traffic, google_error, unauthenticated_error
 
 log = logging.getLogger(__name__)
 ORCHESTRATOR_USER = "user@example.com"
@@ -103,6 +103,19 @@ def _routes(engine: ComputeEngine, wait_timeout: Callable[[], float]) -> list[tu
     return [(method, re.compile(pattern), name, action) for method, pattern, name, action in table]
 
 
+class DuplicateKey(Exception):
+    """A JSON object names the same key twice (Google's parser refuses it)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKey(key)
+        result[key] = value
+    return result
+
+
 ControlHandler = Callable[[str, str, dict[str, list[str]], Any], tuple[int, Any]]
 
 
@@ -120,11 +133,10 @@ class ComputeServer:
         self.tokens = tokens
         self.limiter = limiter
         self.control: ControlHandler | None = None
-        self._request_ids: dict[tuple[str, str], tuple[str, str]] = {}
-        self._request_lock = threading.Lock()
         self._server = LoopbackServer(_make_handler(self))
         self.engine = engine_factory(f"{self._server.url}/compute/v1")
         clock = self.engine.clock
+        self.request_ids = RequestIds(clock, self.engine.operations.get)
         self.routes = _routes(
             self.engine, lambda: min(120.0, max(0.5, clock.real(clock.durations.operation_wait_seconds)))
         )
@@ -138,20 +150,6 @@ class ComputeServer:
 
     def stop(self) -> None:
         self._server.stop()
-
-    def replay(self, method_name: str, request_id: str | None) -> dict[str, Any] | None:
-        """The operation an earlier call with the same `requestId` returned (Google's idempotent retry)."""
-        if not request_id:
-            return None
-        with self._request_lock:
-            known = self._request_ids.get((method_name, request_id))
-        return self.engine.operations.get(*known) if known else None
-
-    def remember(self, method_name: str, request_id: str | None, result: Any) -> None:
-        if request_id and isinstance(result, dict) and result.get("kind") == "compute#operation":
-            zone = str(result["zone"]).rsplit("/", 1)[-1]
-            with self._request_lock:
-                self._request_ids[(method_name, request_id)] = (zone, result["name"])
 
     def route(self, method: str, path: str) -> tuple[str, Action, dict[str, str]] | None:
         for route_method, pattern, name, action in self.routes:
@@ -176,43 +174,46 @@ def _make_handler(server: ComputeServer) -> type[JsonHandler]:
                 self.send_json(404, google_error(404, "notFound", f"No such method: {self.command} {path}"))
                 return
             name, action, params = routed
-            caller = server.tokens.caller(self.headers.get("Authorization"))
+            caller = self.caller(server.tokens)
             fault = server.traffic.admit(self.command, self.path, caller, name)
             if fault is not None and not fault.after:
                 self.send_json(fault.status, fault.body())
                 return
+            status, payload, headers = self._outcome(name, action, params, caller, raw)
+            if fault is not None:  # carried out, but the caller never hears so
+                status, payload, headers = fault.status, fault.body(), {}
+            self.send_json(status, payload, headers)
+
+        def _outcome(
+            self, name: str, action: Action, params: dict[str, str], caller: Caller, raw: bytes
+        ) -> tuple[int, Any, dict[str, str]]:
+            """What Google would answer: 401, rate limit, scopes, parse error, the action's result or error."""
+            if caller.problem is not None:
+                return 401, unauthenticated_error("compute", caller, name), AUTHENTICATE_HEADER
             read_only = self.command == "GET" or name == "compute.zoneOperations.wait"
             if not server.limiter.take(READ if read_only else MUTATION):
                 error = rate_limit_exceeded(server.engine.project_number, "Read" if read_only else "Write")
-                self.send_json(error.status, error.body())
-                return
+                return error.status, error.body(), {}
             if caller.kind == VM and not caller.scopes & (COMPUTE_READ_SCOPES if read_only else COMPUTE_SCOPES):
                 error = insufficient_scopes()
-                self.send_json(error.status, error.body())
-                return
+                return error.status, error.body(), {}
             try:
-                body = json.loads(raw) if raw.strip() else {}
+                body = json.loads(raw, object_pairs_hook=_unique_keys) if raw.strip() else {}
+            except DuplicateKey as duplicate:  # json.loads would keep the last: a bulkInsert name made twice
+                message = f"Invalid JSON payload received. Duplicate key: {duplicate}"
+                return 400, google_error(400, "invalid", message), {}
             except ValueError:
-                self.send_json(400, google_error(400, "parseError", "Parse Error"))
-                return
+                return 400, google_error(400, "parseError", "Parse Error"), {}
             user = caller.email if caller.kind == VM and caller.email else ORCHESTRATOR_USER
-            request_id = self.query_one("requestId") if not read_only else None
+            request_id = None if read_only else self.query_one("requestId")
+            call = Call(params, self.query, body, caller, user)
             try:
-                result = server.replay(name, request_id)
-                if result is None:
-                    result = action(Call(params, self.query, body, caller, user))
-                    server.remember(name, request_id, result)
+                return 200, server.request_ids.once(name, request_id, lambda: action(call)), {}
             except ApiError as error:
-                self.send_json(error.status, error.body())
-                return
+                return error.status, error.body(), {}
             except Exception:  # a bug here must look like a Google 500, not a hung client
                 log.exception("emulated compute failed on %s %s", self.command, self.path)
-                self.send_json(500, google_error(500, "backendError", "Internal Error"))
-                return
-            if fault is not None:  # carried out, but the caller never hears so
-                self.send_json(fault.status, fault.body())
-                return
-            self.send_json(200, result)
+                return 500, google_error(500, "backendError", "Internal Error"), {}
 
         def _control(self, path: str, raw: bytes) -> None:
             if server.control is None:

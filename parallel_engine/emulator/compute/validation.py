@@ -105,11 +105,11 @@ def check_metadata(metadata: Any, field_name: str = "resource.metadata") -> dict
             )
         total += size + len(key.encode())
         result[key] = value
-    if total > MAX_METADATA_TOTAL:
+    if total >= MAX_METADATA_TOTAL:  # Google: all metadata must be less than 512 KiB
         raise ApiError(
             400,
             "invalid",
-            f"Value for field '{field_name}' is too large: maximum size {MAX_METADATA_TOTAL} character(s); "
+            f"Value for field '{field_name}' is too large: maximum size {MAX_METADATA_TOTAL - 1} character(s); "
             f"actual size {total}.",
         )
     return result
@@ -307,6 +307,13 @@ def bulk_names(body: dict[str, Any], existing: set[str]) -> tuple[list[str], int
                 "",
                 "Only name and hostname can be set per instance.",
             )
+        if props.get("name") not in (None, "", n):
+            raise invalid(
+                f"bulkInsertInstanceResource.perInstanceProperties[{n}].name",
+                props["name"],
+                "The name must be the map key.",
+            )
+    taken = existing | set(names)  # generated names skip the per-instance ones too
     missing = count - len(names)
     if missing:
         if not pattern:
@@ -326,11 +333,11 @@ def bulk_names(body: dict[str, Any], existing: set[str]) -> tuple[list[str], int
         head, tail = pattern.split(runs[0])
         check_name(f"{head}{'0' * width}{tail}", "bulkInsertInstanceResource.namePattern")
         matcher = re.compile(rf"^{re.escape(head)}(\d{{{width}}}){re.escape(tail)}$")
-        start = max((int(m.group(1)) for n in existing if (m := matcher.match(n))), default=0) + 1
+        start = max((int(m.group(1)) for n in taken if (m := matcher.match(n))), default=0) + 1
         if start + missing - 1 >= 10**width:
             raise invalid(
                 "bulkInsertInstanceResource.namePattern", pattern, "Not enough digits for the requested count."
             )
         generated = [f"{head}{str(i).zfill(width)}{tail}" for i in range(start, start + missing)]
-        names.extend(n for n in generated)
+        names.extend(generated)
     return names, min_count

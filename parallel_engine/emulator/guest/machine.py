@@ -74,6 +74,7 @@ class Machine:
             if self.port is None:
                 self.info.update(closed=False)
                 self.port = self.metadata.open(self.info)
+                self.info.tokens.guests.add_host(self.info.name, self.metadata_host)
         self.log("Booting (emulated Container-Optimized OS)")
         self._run_script("startup-script")
 
@@ -98,6 +99,7 @@ class Machine:
             )
         with self._lock:
             self._processes.append(process)
+        self.info.tokens.guests.add_root(self.info.name, process.pid)
         threading.Thread(target=self._report_exit, args=(process, key), daemon=True).start()
         return process
 
@@ -166,6 +168,7 @@ class Machine:
             except subprocess.TimeoutExpired:
                 pass
         self.containers.remove(self.info.name)
+        self.info.tokens.guests.remove(self.info.name)
         with self._lock:
             self._processes.clear()
             port, self.port = self.port, None

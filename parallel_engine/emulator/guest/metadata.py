@@ -21,7 +21,6 @@ from parallel_engine.emulator.httpbase import JsonHandler
 from parallel_engine.emulator.identity import TokenRegistry
 
 PREFIX = "/computeMetadata/v1/"
-TOKEN_LIFETIME = 3599
 MAX_WAIT_SECONDS = 3600
 
 
@@ -59,14 +58,17 @@ class GuestInfo:
                 self._changed.wait(left)
 
     def token(self) -> tuple[str, int]:
-        """This VM's access token and its remaining lifetime, minted again near expiry."""
+        """This VM's access token and its remaining lifetime in real seconds, minted again near expiry.
+
+        `expires_in` is real seconds (what a client's own clock measures), so a script that refreshes
+        by it keeps a valid token at any time scale.
+        """
         with self._changed:
             now = time.monotonic()
-            if self._token is None or self._token[1] - now < 300:
-                value = self.tokens.issue(self.name, self.email or "", frozenset(self.scopes))
-                self._token = (value, now + TOKEN_LIFETIME)
+            if self._token is None or self._token[1] - now <= self.tokens.refresh_margin():
+                self._token = self.tokens.issue(self.name, self.email or "", frozenset(self.scopes))
             value, expires = self._token
-            return value, int(expires - now)
+            return value, max(0, int(expires - now))
 
     def tree(self) -> dict[str, Any]:
         """The metadata tree as the server serves it (directories are dicts, leaves strings)."""

@@ -1,0 +1,71 @@
+"""Cloud Build through the whole emulator: faults from the control API, as the orchestrator sees them.
+
+The build pipeline itself (source, steps, push, digests) is pinned by test_registry_and_build.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from emulator_helpers import FixedToken
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.cloud.devtools import cloudbuild_v1
+
+from parallel_engine.emulator import Emulator
+
+Status = cloudbuild_v1.Build.Status
+
+
+def _client(cloud: Emulator) -> cloudbuild_v1.CloudBuildClient:
+    return cloudbuild_v1.CloudBuildClient(
+        transport="rest", client_options={"api_endpoint": cloud.cloudbuild_endpoint}, credentials=AnonymousCredentials()
+    )
+
+
+def _sleeper() -> cloudbuild_v1.Build:
+    step = cloudbuild_v1.BuildStep(name="python:3.11-slim", entrypoint="sleep", args=["300"])
+    return cloudbuild_v1.Build(steps=[step])
+
+
+def _ended(client: cloudbuild_v1.CloudBuildClient, project: str, build_id: str) -> cloudbuild_v1.Build:
+    deadline = time.monotonic() + 30
+    while (build := client.get_build(project_id=project, id=build_id)).status in (Status.QUEUED, Status.WORKING):
+        assert time.monotonic() < deadline, f"build still {build.status.name}"
+        time.sleep(0.05)
+    return build
+
+
+def test_a_build_whose_answer_was_lost_was_still_created(cloud: Emulator) -> None:
+    client = _client(cloud)
+    cloud.control.fail_next(1, status=503, method="POST", path=r"/builds(\?|$)", service="cloudbuild", after=True)
+    with pytest.raises(gexc.ServiceUnavailable):
+        client.create_build(project_id=cloud.project, build=_sleeper())
+    listed = list(client.list_builds(project_id=cloud.project))
+    assert len(listed) == 1  # carried out: the fault only ate the answer
+    client.cancel_build(project_id=cloud.project, id=listed[0].id)
+    assert cloud.control.calls()["cloudbuild"]["injected"] == {"cloudbuild.builds.create": 1}
+
+
+@pytest.mark.parametrize("status", ["INTERNAL_ERROR", "EXPIRED"])
+def test_injected_build_failures_end_with_googles_status(cloud: Emulator, status: str) -> None:
+    client = _client(cloud)
+    cloud.control.fail_next_builds(1, status)
+    operation = client.create_build(project_id=cloud.project, build=_sleeper())
+    build = _ended(client, cloud.project, operation.metadata.build.id)
+    assert build.status == Status[status]
+    assert bool(build.start_time) == (status == "INTERNAL_ERROR")  # an expired build never started
+    second = client.create_build(project_id=cloud.project, build=_sleeper())  # the fault was used up
+    assert client.get_build(project_id=cloud.project, id=second.metadata.build.id).status in (
+        Status.QUEUED, Status.WORKING)  # fmt: skip
+    client.cancel_build(project_id=cloud.project, id=second.metadata.build.id)
+
+
+def test_a_token_the_emulator_never_issued_is_401(cloud: Emulator) -> None:
+    client = cloudbuild_v1.CloudBuildClient(
+        transport="rest", client_options={"api_endpoint": cloud.cloudbuild_endpoint}, credentials=FixedToken("ya29.x")
+    )
+    with pytest.raises(gexc.Unauthorized):
+        list(client.list_builds(project_id=cloud.project))
+    assert list(_client(cloud).list_builds(project_id=cloud.project)) == []  # anonymous: the orchestrator
