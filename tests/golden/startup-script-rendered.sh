@@ -65,6 +65,8 @@ WORKER_KEY=""     # runs/<run>/workers/<vm>: this VM's record (see worker_record
 IMAGE_READY=0
 PULL_ERROR=""
 CLAIMED=()
+CLAIMS_WON=0
+CLAIMS_TAKEN=0    # creates answered 412: the attempt was someone else's
 declare -A TAKEN=()  # open/ names known to be claimed (a claim is forever): never tried again
 
 log() { printf '%s parallel-engine-worker: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
@@ -135,24 +137,25 @@ md_get() {
 }
 
 # The VM's service-account token, kept in a header file (never on a command line or in a log).
+# Refreshed 60 s (or half its life, when shorter) before `expires_in` runs out, and on a 401.
 refresh_token() {
-  local json expires=3599 margin now
+  local json expires=3599 margin_us
   json=$(md_get instance/service-accounts/default/token) || return 1
   if [[ ! $json =~ \"access_token\"[[:space:]]*:[[:space:]]*\"([^\"]+)\" ]]; then return 1; fi
   # Written aside and renamed: a background upload may be reading it, or refreshing it too.
   printf 'Authorization: Bearer %s\n' "${BASH_REMATCH[1]}" >"$WORK/auth.$BASHPID"
   mv -f "$WORK/auth.$BASHPID" "$WORK/auth"
   if [[ $json =~ \"expires_in\"[[:space:]]*:[[:space:]]*([0-9]+) ]]; then expires=${BASH_REMATCH[1]}; fi
-  margin=60
-  if ((expires < 2 * margin)); then margin=$((expires / 2)); fi
+  margin_us=$((expires * 500000))
+  if ((margin_us > 60000000)); then margin_us=60000000; fi
   now_us
-  now=$((REPLY / 1000000))
-  TOKEN_REFRESH_AT=$((now + expires - margin))
+  TOKEN_REFRESH_AT=$((REPLY + expires * 1000000 - margin_us))
+  log "service-account token fetched (expires in ${expires} s)"
 }
 
 ensure_token() {
   now_us
-  if ((REPLY / 1000000 < TOKEN_REFRESH_AT)); then return 0; fi
+  if ((REPLY < TOKEN_REFRESH_AT)); then return 0; fi
   refresh_token
 }
 
@@ -578,9 +581,14 @@ claim() {
   local key="${RUN_KEY}claims/$1.$2" rc=0
   if ! worker_record "$1.$2"; then return 2; fi
   HTTP_CURL_RETRIES=0 gcs_create "$key" "$VM_NAME" || rc=$?
-  if ((rc != 1 || HTTP_TRIES == 1)); then return "$rc"; fi
-  if gcs_get "$key" "$WORK/holder" && [[ $(<"$WORK/holder") == "$VM_NAME" ]]; then return 0; fi
-  return 1
+  if ((rc == 1 && HTTP_TRIES > 1)) && gcs_get "$key" "$WORK/holder" && [[ $(<"$WORK/holder") == "$VM_NAME" ]]; then
+    rc=0
+  fi
+  case $rc in
+    0) CLAIMS_WON=$((CLAIMS_WON + 1)) ;;
+    1) CLAIMS_TAKEN=$((CLAIMS_TAKEN + 1)) ;;
+  esac
+  return "$rc"
 }
 
 run_rendered() {
@@ -683,6 +691,7 @@ main() {
   watch_preemption &
   WATCHER=$!
   if [[ $PE_MODE == rendered ]]; then run_rendered; else run_claiming; fi
+  log "claimed $CLAIMS_WON attempt(s); $CLAIMS_TAKEN were taken by other workers first"
   if ((TERMINATING)); then
     log "the VM is shutting down: exiting"
     DONE=1
