@@ -9,6 +9,7 @@ about retries: the scheduler does.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -45,6 +46,7 @@ ALIVE = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING", "SUSPENDING", "REPAIR
 ORCHESTRATOR = "orchestrator"
 EVENT_LOOKBACK_S = 60.0
 PUBLISHERS = 16  # concurrent uploads of argv and open markers
+INSERTERS = 32  # concurrent one-VM-per-task inserts (each waits for its zone operation)
 
 
 def parse_attempt(text: str) -> tuple[str, int] | None:
@@ -242,8 +244,9 @@ class GcePool:
     _newest_stamp: float = 0.0
     _handled_events: set[str] = field(default_factory=set)
     _infra: Counter[str] = field(default_factory=Counter)
-    _capacity_until: float = 0.0
-    _zone_index: int = 0
+    _zone_rest: dict[str, float] = field(default_factory=dict)  # zone → when it may be asked again
+    _listed_zones: set[str] = field(default_factory=set)  # zones VMs were asked for in (and ZONE)
+    _waiting: str | None = None  # why the run waits for capacity, as last recorded
     _batch: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -252,7 +255,10 @@ class GcePool:
     _writer: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=PUBLISHERS, thread_name_prefix="gce-publish"))
     _publishing: set[Future[None]] = field(default_factory=set)
-    _publish_error: BaseException | None = None
+    _inserter: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=INSERTERS, thread_name_prefix="gce-insert"))
+    _inflight: set[str] = field(default_factory=set)  # one-task VMs asked for, insert not answered yet
+    _background_error: BaseException | None = None
 
     @property
     def zones(self) -> list[str]:
@@ -294,8 +300,8 @@ class GcePool:
     def _published(self, future: Future[None]) -> None:
         with self._lock:
             self._publishing.discard(future)
-            if not future.cancelled() and future.exception() is not None and self._publish_error is None:
-                self._publish_error = future.exception()
+            if not future.cancelled() and future.exception() is not None and self._background_error is None:
+                self._background_error = future.exception()
 
     def wait_published(self) -> None:
         """Block until every attempt submitted so far is in the bucket."""
@@ -331,17 +337,19 @@ class GcePool:
     def _poll(self) -> None:
         """One look: the run's VMs, the events since the last look, the workers' records; then
         settle what vanished, deal with dead or hung workers, and start VMs for what is open."""
-        if self._publish_error is not None:
-            raise self._publish_error
+        if self._background_error is not None:
+            raise self._background_error
+        with self._lock:  # only VMs known before the listing can be missing from it (inserts run meanwhile)
+            known = list(self._seen)
         vms: dict[str, str] = {}
-        for zone in self.zones[: self._zone_index + 1]:
+        for zone in [z for z in self.zones if z == self.config.zone or z in self._listed_zones]:
             for name, status in self.compute.list_run(zone, self.run_id).items():
                 vms[name] = status
                 if name not in self._settled:
                     self._seen.setdefault(name, zone)
         self._read_events()
         self._read_workers()
-        gone = [name for name in self._seen if vms.get(name, "GONE") not in ALIVE]
+        gone = [name for name in known if name in self._seen and vms.get(name, "GONE") not in ALIVE]
         if gone:
             self._settle_gone(gone, vms)
         self._check_workers(vms)
@@ -515,64 +523,90 @@ class GcePool:
         self.compute.delete(self._seen[vm], vm, wait=False)
 
     def _create_workers(self, alive: int) -> None:
-        if time.monotonic() < self._capacity_until:
+        """Ask for VMs in the first zone, in order (ZONE, then FALLBACK_ZONES), that is not resting
+        after a capacity refusal: so the run returns to ZONE as soon as it has capacity again."""
+        now = time.monotonic()
+        zone = next((z for z in self.zones if self._zone_rest.get(z, 0.0) <= now), None)
+        if zone is None:
+            return  # every zone refused a moment ago: queued (quota)
+        self._listed_zones.add(zone)
+        if self.per_task:
+            self._create_per_task(zone, alive)
             return
-        zone = self.zones[self._zone_index]
         try:
-            if self.per_task:
-                self._create_per_task(zone, alive)
-            else:
-                self._create_reuse(zone, alive)
+            created = self._create_reuse(zone, alive)
         except CapacityRefused as exc:
-            if self._zone_index + 1 < len(self.zones):
-                self._zone_index += 1
-                self.info(f"queued (quota): {zone} refused ({exc.message}); trying {self.zones[self._zone_index]}")
-            else:
-                self._capacity_until = time.monotonic() + max(5 * self.config.poll_interval, 1.0)
-                self.info(f"queued (quota): waiting for capacity ({exc.message})")
+            self._refused(zone, exc)
+            return
+        if created:
+            self._note_capacity(None)
 
-    def _create_reuse(self, zone: str, alive: int) -> None:
+    def _refused(self, zone: str, exc: CapacityRefused) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._zone_rest[zone] = now + max(5 * self.config.poll_interval, 1.0)
+            after = next((z for z in self.zones if self._zone_rest.get(z, 0.0) <= now), None)
+        waiting = f"{zone} refused ({exc.message}); " + (f"trying {after}" if after else "waiting for capacity")
+        self.info(f"queued (quota): {waiting}")
+        self._note_capacity(f"queued (quota): {waiting}")
+
+    def _note_capacity(self, waiting: str | None) -> None:
+        """`runs/<run>/capacity.json`: whether the run waits for capacity, for `status` anywhere.
+        Written only when that changes."""
+        with self._lock:
+            if waiting == self._waiting:
+                return
+            self._waiting = waiting
+        record = {"waiting": waiting is not None, "reason": waiting or "", "at": time.time()}
+        self.store.blobs.write(f"runs/{self.run_id}/capacity.json", json.dumps(record).encode())
+
+    def _create_reuse(self, zone: str, alive: int) -> int:
         with self._lock:
             wanted = min(self.quota, len(self._open)) - alive
         if wanted <= 0:
-            return
+            return 0
         self._batch += 1
         properties = instance_properties(self.config, zone, self.script_for(None), self.run_id, "reuse")
         pattern = gce_name("pe", self.run_id, f"b{self._batch}") + "-###"
         self.compute.bulk_insert(zone, bulk_body(properties, pattern, wanted))
         self.info(f"started {wanted} worker VM(s) in {zone}")
+        return wanted
 
     def _create_per_task(self, zone: str, alive: int) -> None:
+        """One insert per pending attempt, as many as the quota has room for, fired from a thread
+        pool without waiting: the monitor keeps polling (and starts more) while they are in flight.
+        VMs asked for but not yet listed count against the quota."""
         with self._lock:
-            room = max(0, self.quota - alive)
+            unlisted = sum(1 for name in self._inflight if name not in self._seen)
+            room = max(0, self.quota - alive - unlisted)
             batch = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
-        if not batch:
-            return
+            names = [gce_name("pe", self.run_id, task_id, str(attempt)) for task_id, attempt in batch]
+            for name, item in zip(names, batch, strict=True):
+                self._inflight.add(name)
+                self._vm_attempt[name] = item  # before the insert: a VM that dies young still settles it
+        for name, item in zip(names, batch, strict=True):
+            self._inserter.submit(self._insert_one, zone, name, item)
 
-        def one(item: tuple[str, int]) -> tuple[tuple[str, int], BaseException | None]:
-            task_id, attempt = item
-            name = gce_name("pe", self.run_id, task_id, str(attempt))
-            properties = instance_properties(self.config, zone, self.script_for((item,)), self.run_id, label_value(task_id))
-            try:
-                self.compute.insert(zone, instance_body(properties, name, zone))
-            except BackendError as exc:
-                return item, exc
+    def _insert_one(self, zone: str, name: str, item: tuple[str, int]) -> None:
+        properties = instance_properties(self.config, zone, self.script_for((item,)), self.run_id, label_value(item[0]))
+        try:
+            self.compute.insert(zone, instance_body(properties, name, zone))
+        except CapacityRefused as exc:
             with self._lock:
-                self._vm_attempt[name] = item
-                self._seen[name] = zone
-            return item, None
-
-        # Concurrent inserts: never insert-then-wait one VM at a time.
-        with ThreadPoolExecutor(max_workers=min(16, len(batch))) as pool:
-            results = list(pool.map(one, batch))
-        refused = [item for item, exc in results if isinstance(exc, CapacityRefused)]
+                self._inflight.discard(name)
+                self._vm_attempt.pop(name, None)
+                self._pending.appendleft(item)
+            self._refused(zone, exc)
+            return
+        except BaseException as exc:  # noqa: BLE001 - the monitor raises it: the run stops
+            with self._lock:
+                self._inflight.discard(name)
+                self._background_error = self._background_error or exc
+            return
         with self._lock:
-            self._pending.extendleft(reversed(refused))
-        for _, exc in results:
-            if exc is not None and not isinstance(exc, CapacityRefused):
-                raise exc
-        if refused:
-            raise CapacityRefused(str(next(exc for _, exc in results if exc is not None)))
+            self._inflight.discard(name)
+            self._seen.setdefault(name, zone)
+        self._note_capacity(None)
 
     def _teardown(self) -> None:
         with self._lock:
@@ -580,6 +614,7 @@ class GcePool:
                 return
             self._torn_down = True
         self._writer.shutdown(wait=True, cancel_futures=True)
+        self._inserter.shutdown(wait=True, cancel_futures=True)  # no insert lands after the teardown
         deleted = delete_run_vms(self.compute, self.zones, self.run_id)
         if deleted:
             self.info(f"deleted {deleted} VM(s) of run {self.run_id}")

@@ -44,21 +44,45 @@ def config_for(cloud: Emulator, image: str, **extra: Any) -> Config:
 
 
 class VmWatch:
-    """Samples the emulator's VMs in the background: every name seen, and the most alive at once."""
+    """Samples the emulator's VMs in the background (its control API, which no rate limit or call
+    count sees): every VM seen with its zone, when it was first seen and (with `resources`) the
+    instance as Compute stored it; and the most alive at once."""
 
     ALIVE = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING")
 
-    def __init__(self, cloud: Emulator) -> None:
+    def __init__(self, cloud: Emulator, resources: bool = False) -> None:
         self.cloud = cloud
-        self.names: set[str] = set()
+        self.zones: dict[str, str] = {}
+        self.first_seen: dict[str, float] = {}
+        self.resources: dict[str, Any] = {}
         self.most_alive = 0
+        self._instances = Compute(config_for(cloud, "x")).instances if resources else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
+    @property
+    def names(self) -> set[str]:
+        return set(self.zones)
+
+    def in_order(self) -> list[str]:
+        return sorted(self.first_seen, key=self.first_seen.__getitem__)
+
     def _sample(self) -> None:
         while not self._stop.is_set():
-            vms = self.cloud.control.vms()
-            self.names |= {vm["name"] for vm in vms}
+            try:
+                vms = self.cloud.control.vms()
+            except Exception:  # noqa: BLE001 - a VM went away while it was listed: look again
+                continue
+            for vm in vms:
+                if vm["name"] not in self.zones:
+                    self.zones[vm["name"]] = vm["zone"]
+                    self.first_seen[vm["name"]] = time.monotonic()
+                    if self._instances is not None:
+                        try:
+                            self.resources[vm["name"]] = self._instances.get(
+                                project=self.cloud.project, zone=vm["zone"], instance=vm["name"])
+                        except Exception:  # noqa: BLE001 - gone already
+                            pass
             self.most_alive = max(self.most_alive, sum(1 for vm in vms if vm["status"] in self.ALIVE))
             self._stop.wait(0.01)
 
@@ -347,6 +371,118 @@ def test_a_preempted_worker_that_records_during_the_soft_shutdown_is_believed(
     assert [(str(a.state), a.worker) for a in view.attempts] == [("succeeded", holder)], view.attempts
     run.collect(workdir / "out")
     assert (workdir / "out" / "g" / "graceful").read_text() == "saved"
+
+
+def test_run_flags_and_vm_settings_reach_the_request_compute_received(
+    cloud: Emulator, example_image: str, workdir: Path
+) -> None:
+    scopes = ["https://www.googleapis.com/auth/devstorage.read_write", "https://www.googleapis.com/auth/compute"]
+    extra = {"EXTERNAL_IP": False, "SUBNETWORK": "pe-subnet", "BOOT_DISK_GB": 25, "SCOPES": scopes,
+             "MAX_RUN_DURATION": "2h", "LABELS": {"team": "ml", "cost-center": "42"}, "MACHINE_TYPE": "e2-small"}
+    (workdir / ".config.yaml").write_text(yaml.safe_dump(settings(cloud, example_image, **extra)))
+    (workdir / "one.csv").write_text("task_id,dataset\nonly,a\n")
+    with VmWatch(cloud, resources=True) as watch:
+        done = cli("run", "one.csv", "--spot", "--tasks-per-vm", "1", cwd=workdir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = done.stdout.split()[1].rstrip(":")
+    (name,) = watch.names
+    assert name == f"pe-{run_id}-only-1"  # one VM per task (--tasks-per-vm 1), named after it
+    vm = watch.resources[name]
+    (nic,) = vm.network_interfaces
+    assert list(nic.access_configs) == []  # EXTERNAL_IP: false
+    assert nic.subnetwork.endswith("regions/us-central1/subnetworks/pe-subnet")
+    assert vm.machine_type.endswith("/machineTypes/e2-small")
+    (disk,) = vm.disks
+    assert disk.disk_size_gb == 25 and disk.auto_delete and disk.boot
+    (account,) = vm.service_accounts
+    assert sorted(account.scopes) == sorted(scopes)
+    assert vm.scheduling.provisioning_model == "SPOT" and vm.scheduling.automatic_restart is False
+    assert vm.scheduling.max_run_duration.seconds == 7200
+    assert vm.scheduling.instance_termination_action == "DELETE"
+    assert dict(vm.labels) == {"team": "ml", "cost-center": "42", "parallel-engine-run": run_id,
+                               "parallel-engine-worker": "only"}
+    assert open_store(config_for(cloud, example_image)).load_run(run_id).spec["tasks_per_vm"] == 1
+
+
+@pytest.mark.parametrize("per_task", [False, True], ids=["reuse-workers", "one-vm-per-task"])
+def test_never_more_vms_alive_than_vm_quotas(cloud: Emulator, example_image: str, workdir: Path, per_task: bool) -> None:
+    (workdir / "five.yaml").write_text(yaml.safe_dump({"tasks": [
+        {"id": f"t{i}", "command": ["python", "-c", "import time; time.sleep(1)"]} for i in range(5)]}))
+    extra = {"TASKS_PER_VM": 1} if per_task else {}
+    with VmWatch(cloud) as watch:
+        run = pe.run(workdir / "five.yaml", config=config_for(cloud, example_image, VM_QUOTAS=2, **extra))
+    assert run.status().counts == {"succeeded": 5}
+    assert watch.most_alive == 2, watch.most_alive  # the cap was reached, never passed
+    assert len(watch.names) == (5 if per_task else 2)
+
+
+def test_one_vm_per_task_inserts_go_out_concurrently(cloud: Emulator, example_image: str, workdir: Path) -> None:
+    """Each insert takes 1 s: one after the other, six VMs would appear over 5 s or more."""
+    cloud.control.set_latency(1.0, service="compute", method="POST", path=r"/instances(\?|$)")
+    (workdir / "six.csv").write_text("dataset\n" + "".join(f"d{i}\n" for i in range(6)))
+    with VmWatch(cloud) as watch:
+        run = pe.run(workdir / "six.csv", config=config_for(cloud, example_image, VM_QUOTAS=6, TASKS_PER_VM=1))
+    assert run.status().counts == {"succeeded": 6}
+    seen = sorted(watch.first_seen.values())
+    assert len(seen) == 6 and seen[-1] - seen[0] < 2.5, seen  # a generous margin: not a benchmark
+
+
+def test_infra_failure_limit_stops_a_run_whose_image_is_missing(cloud: Emulator, workdir: Path) -> None:
+    assert cloud.registry_host, "the emulated cloud has no registry (apt-get install docker-registry)"
+    missing = f"{cloud.registry_host}/{cloud.project}/parallel-engine/missing@sha256:{'2' * 64}"
+    (workdir / "five.csv").write_text("dataset\n" + "".join(f"d{i}\n" for i in range(5)))
+    config = config_for(cloud, missing, PULL_POLICY="always", VM_QUOTAS=1, INFRA_FAILURE_LIMIT=2)
+    with VmWatch(cloud) as watch:
+        run, error = run_in_thread(workdir / "five.csv", config)
+    assert run is None and isinstance(error, BackendError), error
+    assert "stopping early: 2 attempts failed the same way before starting: image pull failed" in error.message
+    assert "manifest unknown" in error.message
+    assert len(watch.names) == 2  # not one VM per task: the run stopped at the limit
+    assert not [vm for vm in cloud.control.vms() if vm["name"] in watch.names]
+
+
+def test_a_refused_zone_falls_back_and_the_run_returns_to_zone_when_it_has_capacity(
+    cloud: Emulator, example_image: str, workdir: Path
+) -> None:
+    fallback = "us-central1-b"
+    (workdir / "two.yaml").write_text(yaml.safe_dump({"tasks": [
+        {"id": f"t{i}", "command": ["python", "-c", "import time; time.sleep(2)"]} for i in range(2)]}))
+    cloud.control.exhaust("zone", count=1)  # the first creation (in ZONE) is refused
+    said: list[str] = []
+    config = config_for(cloud, example_image, VM_QUOTAS=1, TASKS_PER_VM=1, FALLBACK_ZONES=[fallback])
+    with VmWatch(cloud) as watch:
+        run = pe.run(workdir / "two.yaml", config=config, info=said.append)
+    assert run.status().counts == {"succeeded": 2}
+    assert [watch.zones[name] for name in watch.in_order()] == [fallback, cloud.zone]
+    assert any(line.startswith(f"queued (quota): {cloud.zone} refused") and f"trying {fallback}" in line for line in said)
+    assert run_vms(cloud, run.run_id) == []
+
+
+def test_queued_for_quota_shows_in_status_from_another_process(cloud: Emulator, example_image: str, workdir: Path) -> None:
+    (workdir / ".config.yaml").write_text(yaml.safe_dump(settings(cloud, example_image)))
+    (workdir / "one.csv").write_text("dataset\na\n")
+    cloud.control.exhaust("quota")  # until cleared
+    config = config_for(cloud, example_image)
+    box: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: box.update(outcome=run_in_thread(workdir / "one.csv", config)))
+    runner.start()
+    store = open_store(config)
+    deadline = time.monotonic() + 60
+    shown: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        run_ids = store.run_ids()
+        if run_ids and store.blobs.read(f"runs/{run_ids[0]}/capacity.json"):
+            shown = json.loads(cli("status", run_ids[0], "--json", cwd=workdir).stdout)
+            if shown["waiting"]:
+                break
+        time.sleep(0.1)
+    cloud.control.clear_exhaustion()
+    runner.join(120)
+    assert shown.get("waiting", "").startswith("queued (quota): "), shown
+    assert "QUOTA_EXCEEDED" in shown["waiting"] or "Quota" in shown["waiting"]
+    run, error = box["outcome"]
+    assert error is None and run.status().counts == {"succeeded": 1}
+    assert json.loads(cli("status", run.run_id, "--json", cwd=workdir).stdout)["waiting"] == ""
 
 
 def test_sigterm_to_a_real_gce_run_deletes_every_vm(cloud: Emulator, example_image: str, workdir: Path) -> None:
