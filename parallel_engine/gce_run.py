@@ -105,17 +105,17 @@ def gce_plan(config: Config, store: RunStore, run_id: str, quota: int, say: Call
 
 
 def render(config: Config, run_id: str, task: tuple[str, int] | None, vm_request: bool) -> str:
-    """Exactly what `run` would give a VM: the startup script, or the whole VM request as JSON."""
+    """Exactly what `run` would give a VM: the startup script, or the whole VM request as JSON,
+    with IMAGE pinned to the digest `build` recorded (read from the bucket, as `run` does)."""
     import json
 
+    from parallel_engine.api import open_store
     from parallel_engine.gce_vm import bulk_body, instance_body, instance_properties
     from parallel_engine.names import gce_name, label_value
 
     assert config.zone is not None
-    store_image = config.image or ""
-    if not store_image:
-        raise ConfigError("IMAGE is not set: the script names the image it runs", hint="set IMAGE")
-    script = script_for(config, run_id, store_image)((task,) if task else None)
+    image = resolve_image(config, open_store(config))
+    script = script_for(config, run_id, image)((task,) if task else None)
     if not vm_request:
         return script
     worker = label_value(task[0]) if task else "reuse"
@@ -135,7 +135,7 @@ def down(config: Config, run_id: str) -> int:
     from parallel_engine.model import AttemptState
 
     assert config.zone is not None
-    deleted = delete_run_vms(Compute(config), [config.zone, *config.fallback_zones], run_id)
+    deleted = delete_run_vms(Compute(config), run_id)
     store = open_store(config)
     running = [(a.task_id, a.attempt) for attempts in store.attempts(run_id).values()
                for a in attempts if a.state is AttemptState.RUNNING]

@@ -156,6 +156,20 @@ class Compute:
         )
         return {vm.name: vm.status for vm in call_google(self.instances.list, request=request)}
 
+    def list_run_everywhere(self, run_id: str) -> list[tuple[str, str]]:
+        """(zone, name) of the run's VMs in every zone of the project: one aggregatedList (paged by
+        the client), so `down` finds VMs in zones this machine's config does not name."""
+        from google.cloud import compute_v1
+
+        request = compute_v1.AggregatedListInstancesRequest(
+            project=self.project, filter=f'labels.{RUN_LABEL} = "{run_id}"'
+        )
+        found = []
+        for scope, listed in call_google(self.instances.aggregated_list, request=request):
+            zone = scope.rsplit("/", 1)[-1]
+            found += [(zone, vm.name) for vm in listed.instances]
+        return found
+
     def preempted(self, zone: str) -> set[str]:
         """Names of VMs in `zone` that Google recorded as preempted."""
         from google.cloud import compute_v1
@@ -182,12 +196,13 @@ def cancel_claimed(store: RunStore, run_id: str, candidates: list[tuple[str, int
     return cancelled
 
 
-def delete_run_vms(compute: Compute, zones: list[str], run_id: str, timeout: float = 600) -> int:
-    """Delete every VM labelled with the run, concurrently, then check none is left. Returns how many."""
+def delete_run_vms(compute: Compute, run_id: str, timeout: float = 600) -> int:
+    """Delete every VM labelled with the run, in any zone, concurrently, then check none is left.
+    Returns how many."""
     deleted = 0
     deadline = time.monotonic() + timeout
     while True:
-        found = [(zone, name) for zone in zones for name in compute.list_run(zone, run_id)]
+        found = compute.list_run_everywhere(run_id)
         if not found:
             return deleted
         if time.monotonic() > deadline:
@@ -615,6 +630,6 @@ class GcePool:
             self._torn_down = True
         self._writer.shutdown(wait=True, cancel_futures=True)
         self._inserter.shutdown(wait=True, cancel_futures=True)  # no insert lands after the teardown
-        deleted = delete_run_vms(self.compute, self.zones, self.run_id)
+        deleted = delete_run_vms(self.compute, self.run_id)
         if deleted:
             self.info(f"deleted {deleted} VM(s) of run {self.run_id}")

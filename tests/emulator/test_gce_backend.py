@@ -179,6 +179,21 @@ def test_a_lost_insert_answer_is_retried_without_a_second_vm_or_a_conflict(
     assert len(watch.names) == 2
 
 
+def test_server_errors_and_dropped_connections_are_retried(cloud: Emulator) -> None:
+    import requests
+    from google.auth.exceptions import TransportError
+
+    from parallel_engine.google_clients import _transient
+
+    compute = Compute(config_for(cloud, "img"))
+    for status in (500, 502, 504):
+        cloud.control.fail_next(1, status, method="GET", path="/instances", caller="orchestrator")
+    assert compute.list_run(cloud.zone, "nothing") == {}
+    assert sum(cloud.control.calls()["compute"]["injected"].values()) == 3
+    assert _transient(requests.ConnectionError("reset by peer")) and _transient(TransportError("dropped"))
+    assert not _transient(ValueError("a bug is not retried"))
+
+
 def test_an_insert_conflict_is_success_only_for_this_runs_own_vm(cloud: Emulator) -> None:
     from parallel_engine.errors import BackendError
     from parallel_engine.gce_vm import instance_body, instance_properties
@@ -521,9 +536,10 @@ def test_down_deletes_a_runs_vms_from_another_process(cloud: Emulator, example_i
     compute = Compute(config)
     from parallel_engine.gce_vm import instance_body, instance_properties
 
-    for name in ("pe-leaked-1", "pe-leaked-2"):
-        props = instance_properties(config, cloud.zone, "sleep 600", "leaky-run", "reuse")
-        compute.insert(cloud.zone, instance_body(props, name, cloud.zone))
+    # One of them in a zone this config does not name: `down` lists every zone (aggregatedList).
+    for name, zone in (("pe-leaked-1", cloud.zone), ("pe-leaked-2", "us-central1-b")):
+        props = instance_properties(config, zone, "sleep 600", "leaky-run", "reuse")
+        compute.insert(zone, instance_body(props, name, zone))
     other = instance_properties(config, cloud.zone, "sleep 600", "other-run", "reuse")
     compute.insert(cloud.zone, instance_body(other, "pe-other", cloud.zone))
     store = open_store(config)
@@ -534,7 +550,7 @@ def test_down_deletes_a_runs_vms_from_another_process(cloud: Emulator, example_i
     assert "deleted 2 VM(s)" in done.stdout
     (attempt,) = store.attempts("leaky-run")["t1"]
     assert (attempt.state, attempt.worker) == (AttemptState.CANCELLED, "pe-leaked-1")
-    assert compute.list_run(cloud.zone, "leaky-run") == {}
+    assert compute.list_run_everywhere("leaky-run") == []
     assert list(compute.list_run(cloud.zone, "other-run")) == ["pe-other"]
 
 
