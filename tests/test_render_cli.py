@@ -88,7 +88,7 @@ def test_unknown_task_and_local_backend_are_clear_errors(cloud: Emulator, tmp_pa
 
 
 def test_a_storage_refusal_is_one_clear_error_not_a_traceback(cloud: Emulator, tmp_path: Path) -> None:
-    cloud.control.fail_next(1, 403, method="GET", service="storage", caller="orchestrator")
+    cloud.control.fail_next(1, 403, method="GET", path=r"builds%2Flatest\.json", service="storage", caller="orchestrator")
     done = cli("render", "--worker", "--run-id", "run-1", *sets(cloud), cwd=tmp_path)
     assert done.returncode == 3, done.stdout + done.stderr
     assert "error: Cloud Storage (gs://" in done.stderr and "403" in done.stderr
