@@ -95,6 +95,8 @@ def run(
     backend: Annotated[Optional[str], typer.Option(help="local or gce (BACKEND)")] = None,
     args_template: Annotated[Optional[str], typer.Option(help="e.g. '--dataset {dataset}' (ARGS_TEMPLATE)")] = None,
     arg_style: Annotated[Optional[str], typer.Option(help="equals (--k=v) or space (--k v) (ARG_STYLE)")] = None,
+    spot: Annotated[Optional[bool], typer.Option("--spot/--no-spot", help="gce: Spot VMs (SPOT)")] = None,
+    tasks_per_vm: Annotated[Optional[int], typer.Option(help="gce: tasks a VM runs; 1 = one VM per task (TASKS_PER_VM)")] = None,
     store: StoreOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -104,6 +106,7 @@ def run(
     flags = _flags(
         set_, VM_QUOTAS=jobs, RETRIES=retries, TASK_TIMEOUT=timeout, COMMAND=command, IMAGE=image,
         RUNTIME=runtime, BACKEND=backend, ARGS_TEMPLATE=args_template, ARG_STYLE=arg_style, STORE=store,
+        SPOT=spot, TASKS_PER_VM=tasks_per_vm,
     )
     cfg = _config(config, flags)
     info = (lambda message: err.print(message, markup=False)) if not quiet else (lambda message: None)

@@ -12,7 +12,7 @@ import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -22,37 +22,88 @@ from parallel_engine.google_clients import _credentials, _options, call_google
 from parallel_engine.names import new_run_id
 from parallel_engine.store import RunStore
 
+if TYPE_CHECKING:
+    import pathspec
+
 TERMINAL = {"SUCCESS", "FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"}
 BUILD_RECORD = "builds/latest.json"
 
 
-def _ignore_patterns(context: Path) -> list[str]:
-    patterns: list[str] = []
-    for name in (".dockerignore", ".gcloudignore"):
-        path = context / name
-        if path.is_file():
-            patterns += [line.strip() for line in path.read_text().splitlines()
-                         if line.strip() and not line.startswith("#")]
-    return patterns
+GCLOUD_DEFAULT_IGNORE = [".gcloudignore", ".git", ".gitignore", "#!include:.gitignore"]
+
+
+def _dockerignore(context: Path) -> list[str]:
+    path = context / ".dockerignore"
+    if not path.is_file():
+        return []
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _gitignore_lines(folder: Path, name: str, seen: frozenset[str] = frozenset()) -> list[str]:
+    """The lines of a gitignore-style file, with gcloud's `#!include:FILE` directives expanded."""
+    lines: list[str] = []
+    for line in (folder / name).read_text().splitlines():
+        if line.startswith("#!include:"):
+            included = line[len("#!include:"):].strip()
+            if included not in seen and (folder / included).is_file():
+                lines += _gitignore_lines(folder, included, seen | {name})
+        else:
+            lines.append(line)
+    return lines
+
+
+def gcloudignore(folder: Path) -> pathspec.GitIgnoreSpec | None:
+    """`.gcloudignore` of `folder` as `gcloud builds submit` reads it: gitignore rules (a pattern
+    without a slash matches at any depth, `dir/` only folders, `!` re-includes) plus `#!include:`.
+    Without one, gcloud's default applies where there is a .git or .gitignore."""
+    import pathspec
+
+    if (folder / ".gcloudignore").is_file():
+        lines = _gitignore_lines(folder, ".gcloudignore")
+    elif (folder / ".git").exists() or (folder / ".gitignore").is_file():
+        lines = [line for line in GCLOUD_DEFAULT_IGNORE if not line.startswith("#!")]
+        lines += _gitignore_lines(folder, ".gitignore") if (folder / ".gitignore").is_file() else []
+    else:
+        return None
+    return pathspec.GitIgnoreSpec.from_lines(lines)
 
 
 def pack_source(context: Path, cloudbuild: Path) -> bytes:
-    """A .tgz of cloudbuild.yaml and CONTEXT under its own name, minus .dockerignore/.gcloudignore."""
+    """A .tgz of cloudbuild.yaml and CONTEXT under its own name, as `gcloud builds submit` of the
+    folder holding both would upload it: minus what `.gcloudignore` (gitignore rules; in that
+    folder or in CONTEXT) and CONTEXT's `.dockerignore` (docker's rules) leave out. The Dockerfile
+    and .dockerignore always go: docker needs them."""
     from docker.utils.build import exclude_paths
 
     if not (context / "Dockerfile").is_file():
         raise BuildError(f"{context / 'Dockerfile'} not found", hint="build needs a folder with a Dockerfile")
     if not cloudbuild.is_file():
         raise BuildError(f"{cloudbuild} not found", hint="the gce build uses the repository's cloudbuild.yaml")
+    top, inner = gcloudignore(cloudbuild.parent), gcloudignore(context)
+    kept = {"Dockerfile", ".dockerignore"}
+
+    def ignored(rel: str) -> bool:
+        if rel in kept:
+            return False
+        as_dir = rel + "/" if (context / rel).is_dir() else rel
+        return bool((inner and inner.match_file(as_dir)) or (top and top.match_file(f"{context.name}/{as_dir}")))
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         archive.add(cloudbuild, arcname="cloudbuild.yaml")
-        for rel in sorted(exclude_paths(str(context), _ignore_patterns(context))):
-            archive.add(context / rel, arcname=f"{context.name}/{rel}", recursive=False)
+        for rel in sorted(exclude_paths(str(context), [*_dockerignore(context), "!.dockerignore"])):
+            if not any(ignored(part) for part in _parents_and_self(rel)):
+                archive.add(context / rel, arcname=f"{context.name}/{rel}", recursive=False)
     return buffer.getvalue()
 
 
-def _build_message(spec: dict[str, Any], bucket: str, obj: str, image: str, where: Path) -> Any:
+def _parents_and_self(rel: str) -> list[str]:
+    """"a/b/c" → ["a", "a/b", "a/b/c"]: a file inside an ignored folder is ignored (gitignore)."""
+    parts = rel.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _build_message(spec: dict[str, Any], bucket: str, obj: str, image: str, where: Path, tag: str) -> Any:
     from google.cloud.devtools import cloudbuild_v1
 
     if not isinstance(spec, dict) or not spec.get("steps"):
@@ -67,12 +118,57 @@ def _build_message(spec: dict[str, Any], bucket: str, obj: str, image: str, wher
         ))
     substitutions = {str(k): str(v) for k, v in (spec.get("substitutions") or {}).items()}
     substitutions["_IMAGE"] = image
+    extra: dict[str, Any] = {}
+    if spec.get("timeout"):
+        extra["timeout"] = _duration(spec["timeout"], where)
     return cloudbuild_v1.Build(
         source=cloudbuild_v1.Source(storage_source=cloudbuild_v1.StorageSource(bucket=bucket, object_=obj)),
         steps=steps,
         images=[str(i) for i in spec.get("images", [])],
         substitutions=substitutions,
+        tags=[str(t) for t in spec.get("tags", [])] + [tag],
+        **extra,
     )
+
+
+def _duration(value: Any, where: Path) -> dict[str, int]:
+    """cloudbuild.yaml's `timeout` ("1200s", or a number of seconds) as a protobuf Duration."""
+    text = str(value).strip()
+    number = text[:-1] if text.endswith("s") else text
+    try:
+        seconds = float(number)
+    except ValueError:
+        raise BuildError(f"{where}: timeout {value!r} is not a duration", hint='write it like "1200s"') from None
+    return {"seconds": int(seconds), "nanos": int(round((seconds % 1) * 1e9))}
+
+
+def _submit(client: Any, project: str, build: Any, tag: str, tries: int = 5) -> str:
+    """Create the build; its id. A create is not idempotent, so a failed call is never blindly
+    repeated: the builds tagged with this submission's unique tag are looked up first (the call
+    may have landed with its answer lost), and only if none exists is it sent again."""
+    from parallel_engine.google_clients import _transient, is_google_error
+
+    for attempt in range(1, tries + 1):
+        try:
+            return str(client.create_build(project_id=project, build=build).metadata.build.id)
+        except Exception as exc:
+            if not _transient(exc) or attempt == tries:
+                if is_google_error(exc):
+                    raise BuildError(f"Cloud Build refused the build: {exc}") from exc
+                raise
+        landed = list(call_google(client.list_builds, project_id=project, filter=f'tags="{tag}"'))
+        if landed:
+            return str(landed[0].id)
+        time.sleep(min(30.0, 0.5 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
+def poll_limit(build: Any) -> float:
+    """How long `build` may take before we stop waiting: its own timeout (Google's default 600 s)
+    plus its queue TTL (default 3600 s) plus a minute."""
+    timeout = build.timeout.total_seconds() if build.timeout else 600.0
+    queue = build.queue_ttl.total_seconds() if build.queue_ttl else 3600.0
+    return timeout + queue + 60.0
 
 
 def build_gce(config: Config, store: RunStore, context: Path, cloudbuild: Path,
@@ -97,11 +193,12 @@ def build_gce(config: Config, store: RunStore, context: Path, cloudbuild: Path,
         transport="rest", credentials=_credentials(config.cloudbuild_endpoint),
         client_options=_options(config.cloudbuild_endpoint),
     )
-    message = _build_message(spec, config.bucket, obj, config.image, cloudbuild)
-    operation = call_google(client.create_build, project_id=config.project_id, build=message)
-    build_id = operation.metadata.build.id
+    tag = f"pe-{new_run_id()}".lower().replace("_", "-")
+    message = _build_message(spec, config.bucket, obj, config.image, cloudbuild, tag)
+    build_id = _submit(client, config.project_id, message, tag)
     on_line(f"Cloud Build {build_id} submitted")
     seen = ""
+    deadline = None
     while True:
         build = call_google(client.get_build, project_id=config.project_id, id=build_id)
         status = Build.Status(build.status).name
@@ -110,6 +207,12 @@ def build_gce(config: Config, store: RunStore, context: Path, cloudbuild: Path,
             seen = status
         if status in TERMINAL:
             break
+        if deadline is None:
+            deadline = time.monotonic() + poll_limit(build)
+        elif time.monotonic() > deadline:
+            raise BuildError(f"Cloud Build {build_id} is still {status} after {poll_limit(build):g} s (its timeout "
+                             "and queue time, and a margin): stopped waiting",
+                             hint=f"it may still end: look at {build.log_url or 'the Cloud Build console'}")
         time.sleep(1.0)
     if status != "SUCCESS":
         raise BuildError(f"Cloud Build {build_id} ended {status}: {build.status_detail or 'no detail'}",

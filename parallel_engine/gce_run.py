@@ -72,13 +72,24 @@ def script_for(
     return render
 
 
+def check_rendering(config: Config, render: Callable[[tuple[tuple[str, int], ...] | None], str]) -> None:
+    """Render a worker's script (and its VM request) once while planning: a bad setting is one clear
+    ConfigError before any VM exists or run.json is written, not a monitor failure mid-run."""
+    from parallel_engine.gce_vm import instance_properties
+
+    assert config.zone is not None
+    script = render((("check", 1),) if config.tasks_per_vm == 1 else None)
+    instance_properties(config, config.zone, script, "check", "check")
+
+
 def gce_plan(config: Config, store: RunStore, run_id: str, quota: int, say: Callable[[str], None]) -> Plan:
     """The gce part of a run: the image pinned by digest, and the VM pool (which deletes its VMs)."""
     from parallel_engine.api import Plan
 
     image = resolve_image(config, store)
-    compute = Compute(config)
     render_script = script_for(config, run_id, image)
+    check_rendering(config, render_script)
+    compute = Compute(config)
     spec = {
         "runtime": "gce",
         "image": image,
@@ -94,17 +105,17 @@ def gce_plan(config: Config, store: RunStore, run_id: str, quota: int, say: Call
 
 
 def render(config: Config, run_id: str, task: tuple[str, int] | None, vm_request: bool) -> str:
-    """Exactly what `run` would give a VM: the startup script, or the whole VM request as JSON."""
+    """Exactly what `run` would give a VM: the startup script, or the whole VM request as JSON,
+    with IMAGE pinned to the digest `build` recorded (read from the bucket, as `run` does)."""
     import json
 
+    from parallel_engine.api import open_store
     from parallel_engine.gce_vm import bulk_body, instance_body, instance_properties
     from parallel_engine.names import gce_name, label_value
 
     assert config.zone is not None
-    store_image = config.image or ""
-    if not store_image:
-        raise ConfigError("IMAGE is not set: the script names the image it runs", hint="set IMAGE")
-    script = script_for(config, run_id, store_image)((task,) if task else None)
+    image = resolve_image(config, open_store(config))
+    script = script_for(config, run_id, image)((task,) if task else None)
     if not vm_request:
         return script
     worker = label_value(task[0]) if task else "reuse"
@@ -117,6 +128,16 @@ def render(config: Config, run_id: str, task: tuple[str, int] | None, vm_request
 
 
 def down(config: Config, run_id: str) -> int:
-    """Delete every VM of a run, by label, from any machine; returns how many were deleted."""
+    """Delete every VM of a run, by label, from any machine, then record `cancelled` for each
+    attempt that was running on one; returns how many VMs were deleted."""
+    from parallel_engine.api import open_store
+    from parallel_engine.backends.gce import cancel_claimed
+    from parallel_engine.model import AttemptState
+
     assert config.zone is not None
-    return delete_run_vms(Compute(config), [config.zone, *config.fallback_zones], run_id)
+    deleted = delete_run_vms(Compute(config), run_id)
+    store = open_store(config)
+    running = [(a.task_id, a.attempt) for attempts in store.attempts(run_id).values()
+               for a in attempts if a.state is AttemptState.RUNNING]
+    cancel_claimed(store, run_id, running)
+    return deleted

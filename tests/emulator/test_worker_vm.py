@@ -4,15 +4,16 @@ Each test plays the orchestrator's part of docs/worker-protocol.md with the real
 (google-cloud-storage writes argv/, command/ and open/; google-cloud-compute creates the VMs),
 lets the emulated VMs run the rendered script under the COS-like PATH, and reads back what the
 workers wrote: claims, status.json, logs, outputs, events. Containers run on the local Docker
-engine from a tiny probe image; the emulator has no registry yet, so the image is only tagged
-locally and the script runs with `pull_policy="if-missing"` (by-digest pulls come with the
-registry step).
+engine from a tiny probe image, tagged locally (`pull_policy="if-missing"`); pulls from the
+emulated registry are pinned by test_gce_backend.py (build, then run by digest) and by the
+"manifest unknown" case here.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +55,19 @@ os.makedirs(os.path.join(out, "sub dir"), exist_ok=True)
 with open(os.path.join(out, "sub dir", "r\u00e9sult.txt"), "w", encoding="utf-8") as f:
     f.write("ok\n")
 print("probe started", os.environ["PE_TASK_ID"], os.environ["PE_ATTEMPT"], flush=True)
+for a in args:
+    if a.startswith("--call-google="):  # as the VM's service account, from inside the container
+        import urllib.request, urllib.error
+        md = "http://" + os.environ.get("GCE_METADATA_HOST", "metadata.google.internal") + "/computeMetadata/v1/"
+        ask = urllib.request.Request(md + "instance/service-accounts/default/token", headers={"Metadata-Flavor": "Google"})
+        token = json.load(urllib.request.urlopen(ask, timeout=10))
+        call = urllib.request.Request(a[len("--call-google="):], headers={"Authorization": "Bearer " + token["access_token"]})
+        try:
+            status = urllib.request.urlopen(call, timeout=10).status
+        except urllib.error.HTTPError as refused:
+            status = refused.code
+        with open(os.path.join(out, "google.json"), "w") as f:
+            json.dump({"token_type": token["token_type"], "status": status}, f)
 print("probe stderr line", file=sys.stderr, flush=True)
 for a in args:
     if a.startswith("--print="):
@@ -275,9 +289,9 @@ def test_two_vms_racing_for_claims_run_each_attempt_exactly_once(run: Run) -> No
     tasks = [f"race-{i}" for i in range(6)]
     for task in tasks:
         run.publish(task, ["--sleep=0.2"])
-    # Two identical workers; one falls back to a temporary work folder (its base is unwritable).
-    run.start_vms("pe-racer-a")
-    run.start_vms("pe-racer-b", work_dir="/proc/parallel-engine-worker")
+    # Two identical workers booted together; one falls back to a temporary work folder (its base
+    # is unwritable). Nothing deletes open/ markers here, so both sweep the same names.
+    run.start_vms("pe-racer-a", "pe-racer-b", work_dir="/proc/parallel-engine-worker")
     run.wait_all_gone()
 
     events = run.events()
@@ -289,7 +303,10 @@ def test_two_vms_racing_for_claims_run_each_attempt_exactly_once(run: Run) -> No
         holder = (run.read(f"runs/{RUN}/claims/{task}.1") or b"").decode()
         _ok(status, holder)
         holders[task] = holder
-    assert set(holders.values()) <= {"pe-racer-a", "pe-racer-b"}
+    assert set(holders.values()) == {"pe-racer-a", "pe-racer-b"}  # both won claims
+    taken = [int(m) for vm in ("pe-racer-a", "pe-racer-b")
+             for m in re.findall(r"; (\d+) were taken by other workers first", run.console(vm))]
+    assert len(taken) == 2 and sum(taken) >= 1, taken  # Storage answered 412 to at least one create
     assert run.self_deletions() == 2  # every VM deleted itself
 
 
@@ -388,6 +405,50 @@ def test_an_image_that_cannot_be_pulled_is_recorded_infra_with_the_registry_mess
     assert run.log(status.task_id, "stderr").strip()  # the pull's error output is kept
     assert run.console("pe-no-image").count("pulling ") == 2  # pull_tries
     assert run.self_deletions() == 1
+
+
+def test_the_task_calls_google_as_the_vms_service_account_from_inside_its_container(run: Run) -> None:
+    listing = f"{run.cloud.storage_endpoint}/storage/v1/b/{run.cloud.bucket}/o?maxResults=1"
+    run.publish("caller", [f"--call-google={listing}"])
+    run.start_vms("pe-caller")
+    run.wait_all_gone()
+    status = run.status("caller")
+    assert status is not None, run.console("pe-caller")
+    _ok(status, "pe-caller")
+    seen = json.loads(run.read(f"runs/{RUN}/tasks/caller/1/outputs/google.json") or b"{}")
+    assert seen == {"token_type": "Bearer", "status": 200}  # a live token of the VM's service account
+
+
+def test_an_image_missing_from_the_registry_is_infra_with_manifest_unknown(run: Run) -> None:
+    assert run.cloud.registry_host, "the emulated cloud has no registry (apt-get install docker-registry)"
+    missing = f"{run.cloud.registry_host}/{run.cloud.project}/parallel-engine/nope@sha256:{'1' * 64}"
+    run.publish("nothing-to-pull", [])
+    run.start_vms("pe-no-manifest", image=missing, pull_policy="always")
+    run.wait_all_gone()
+    status = run.status("nothing-to-pull")
+    assert status is not None, run.console("pe-no-manifest")
+    assert status.state == AttemptState.INFRA and status.reason.startswith("image pull failed: ")
+    assert "manifest unknown" in status.reason, status.reason
+
+
+def test_a_task_that_outlives_its_token_keeps_uploading_with_fresh_tokens(run: Run) -> None:
+    run.cloud.control.set_clock(token_lifetime_seconds=200)  # 2 s here; the task runs ~6 s
+    items = [arg for i in range(12) for arg in (f"--print=line {i}", "--sleep=0.5")]
+    run.publish("long-lived", items)
+    run.start_vms("pe-tokens")
+    run.wait_all_gone()
+    status = run.status("long-lived")
+    assert status is not None, run.console("pe-tokens")
+    _ok(status, "pe-tokens")
+    assert status.duration_s is not None and status.duration_s > 3 * 2
+    stdout = run.log("long-lived", "stdout").splitlines()
+    assert [line for line in stdout if line.startswith("line ")] == [f"line {i}" for i in range(12)]
+    beat = float(run.read(heartbeat_key(RUN, "long-lived", 1)) or b"0")
+    assert beat > (status.started_at or 0) + 4  # heartbeats well after the first token expired
+    console = run.console("pe-tokens")
+    assert console.count("service-account token fetched") >= 3, console
+    assert "giving up" not in console
+    assert run.self_deletions() == 1  # the last call, to Compute, with a token that is still live
 
 
 def test_a_preemption_mid_task_stops_the_container_and_records_preempted(run: Run) -> None:

@@ -7,9 +7,10 @@
 # `journalctl -u google-startup-scripts` on the VM.
 #
 # Shape: settings (rendered) | prelude (metadata, token, Storage, work dir, image) |
-#        run_one_attempt (claim held: pull, argv, docker run, heartbeat, logs, timeout,
-#        preemption, outputs, status, event) | the picking loop (rendered tasks or claim by
-#        listing) | self-delete.
+#        run_one_attempt (claim held: pull, argv, docker run, logs, timeout, preemption,
+#        outputs, status, event) | the picking loop (rendered tasks or claim by listing) |
+#        self-delete. A background beater rewrites the VM's record (runs/<run>/workers/<vm>)
+#        and the attempt's heartbeat every HEARTBEAT; a background watcher waits for preemption.
 set -euo pipefail
 export LC_ALL=C  # bytes are bytes: argv, object names and percent-encoding do not depend on a locale
 
@@ -18,11 +19,11 @@ PE_RUN_ID=20250101-120000-abcde
 PE_BUCKET=my-bucket
 PE_ROOT=''
 PE_IMAGE=us-docker.pkg.dev/my-project/pe/job@sha256:abababababababababababababababababababababababababababababababab
-PE_REGISTRY=us-docker.pkg.dev
+PE_REGISTRIES=us-docker.pkg.dev  # hosts docker-credential-gcr answers for (comma-separated)
 PE_PULL_POLICY=always
 PE_STORAGE=https://storage.googleapis.com
 PE_COMPUTE=https://compute.googleapis.com
-PE_HEARTBEAT_US=30000000
+PE_HEARTBEAT_S=30
 PE_LOG_INTERVAL_US=30000000
 PE_TASK_TIMEOUT_S=3600
 PE_TASK_TIMEOUT_US=3600000000
@@ -59,9 +60,13 @@ WORK=""
 VM_NAME=""
 TOKEN_REFRESH_AT=0
 WATCHER=""
+BEATER=""
+WORKER_KEY=""     # runs/<run>/workers/<vm>: this VM's record (see worker_record)
 IMAGE_READY=0
 PULL_ERROR=""
 CLAIMED=()
+CLAIMS_WON=0
+CLAIMS_TAKEN=0    # creates answered 412: the attempt was someone else's
 declare -A TAKEN=()  # open/ names known to be claimed (a claim is forever): never tried again
 
 log() { printf '%s parallel-engine-worker: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
@@ -132,24 +137,25 @@ md_get() {
 }
 
 # The VM's service-account token, kept in a header file (never on a command line or in a log).
+# Refreshed 60 s (or half its life, when shorter) before `expires_in` runs out, and on a 401.
 refresh_token() {
-  local json expires=3599 margin now
+  local json expires=3599 margin_us
   json=$(md_get instance/service-accounts/default/token) || return 1
   if [[ ! $json =~ \"access_token\"[[:space:]]*:[[:space:]]*\"([^\"]+)\" ]]; then return 1; fi
   # Written aside and renamed: a background upload may be reading it, or refreshing it too.
   printf 'Authorization: Bearer %s\n' "${BASH_REMATCH[1]}" >"$WORK/auth.$BASHPID"
   mv -f "$WORK/auth.$BASHPID" "$WORK/auth"
   if [[ $json =~ \"expires_in\"[[:space:]]*:[[:space:]]*([0-9]+) ]]; then expires=${BASH_REMATCH[1]}; fi
-  margin=60
-  if ((expires < 2 * margin)); then margin=$((expires / 2)); fi
+  margin_us=$((expires * 500000))
+  if ((margin_us > 60000000)); then margin_us=60000000; fi
   now_us
-  now=$((REPLY / 1000000))
-  TOKEN_REFRESH_AT=$((now + expires - margin))
+  TOKEN_REFRESH_AT=$((REPLY + expires * 1000000 - margin_us))
+  log "service-account token fetched (expires in ${expires} s)"
 }
 
 ensure_token() {
   now_us
-  if ((REPLY / 1000000 < TOKEN_REFRESH_AT)); then return 0; fi
+  if ((REPLY < TOKEN_REFRESH_AT)); then return 0; fi
   refresh_token
 }
 
@@ -239,6 +245,7 @@ on_exit() {
   local rc=$?
   set +e
   if [[ -n $WATCHER ]]; then kill "$WATCHER" 2>/dev/null; fi
+  if [[ -n $BEATER ]]; then kill "$BEATER" 2>/dev/null; fi
   if ((!DONE && !TERMINATING)) && [[ -n $VM_NAME ]]; then
     log "the worker stopped unexpectedly (exit status $rc)"
     self_delete
@@ -264,6 +271,38 @@ watch_preemption() {
     value=$(curl -sf --max-time 70 -H 'Metadata-Flavor: Google' \
       "$MD/instance/preempted?wait_for_change=true&timeout_sec=60") || { sleep 1; continue; }
     if [[ $value == TRUE ]]; then : >"$WORK/preempted"; return 0; fi
+  done
+}
+
+# ---- the VM's record and heartbeat ----
+# runs/<run>/workers/<vm> holds the attempt this VM claimed last ("task.attempt"; "-" before its
+# first claim). It is written before each claim, so the orchestrator knows which attempt a VM
+# that vanished may hold without reading every claim, and rewritten every HEARTBEAT by the
+# beater, so a worker that died or hangs while its VM runs shows as a record that stopped
+# changing. The lock keeps a beat from putting back an older content after a newer one.
+worker_record() { # TEXT: 0 when recorded
+  local rc=0
+  {
+    flock 9
+    printf '%s' "$1" >"$WORK/record"
+    gcs_put "$WORKER_KEY" "$WORK/record" text/plain || rc=$?
+  } 9>"$WORK/record.lock"
+  return "$rc"
+}
+
+# The beater (in the background): the record, and the heartbeat of the attempt in flight
+# ($WORK/running holds its key prefix), every HEARTBEAT until the main script is gone.
+beat_loop() {
+  local main=$1 keybase
+  trap - TERM INT HUP EXIT
+  while kill -0 "$main" 2>/dev/null; do
+    {
+      flock 9
+      gcs_put "$WORKER_KEY" "$WORK/record" text/plain || true
+    } 9>"$WORK/record.lock"
+    keybase=$(<"$WORK/running") || keybase=""
+    if [[ -n $keybase ]]; then gcs_put_text "${keybase}heartbeat" "$EPOCHREALTIME" || true; fi
+    nap "$PE_HEARTBEAT_S"
   done
 }
 
@@ -294,7 +333,7 @@ ensure_image() {
     log "pulling $PE_IMAGE (try $try of $PE_PULL_TRIES)"
     docker pull "$PE_IMAGE" >"$WORK/pull.out" 2>"$WORK/pull.err" &
     rc=0
-    wait_beating "$!" || rc=$?
+    wait_pid "$!" || rc=$?
     if ((rc == 0)); then IMAGE_READY=1; return 0; fi
     PULL_ERROR=$(grep -v '^[[:space:]]*$' "$WORK/pull.err" | tail -n 1) || true
     PULL_ERROR=${PULL_ERROR:-"docker pull exited with status $rc"}
@@ -306,7 +345,7 @@ ensure_image() {
 }
 
 # ---- one attempt --------------------------------------------------------------------------
-# State of the attempt in flight (globals: the heartbeat and log uploads need them).
+# State of the attempt in flight (globals: the log uploads need them).
 TASK=""
 ATTEMPT=""
 A=""          # its local folder
@@ -317,17 +356,12 @@ LOG_SIZES=""
 
 heartbeat() { gcs_put_text "${KEYBASE}heartbeat" "$EPOCHREALTIME" || true; }
 
-# Wait for PID while heartbeating; its exit status. On SIGTERM the PID is killed (a pull is
-# not worth finishing on a VM that goes away), unless $2 is "keep" (uploads are).
-wait_beating() {
-  local pid=$1 next=0 STEP_MS=20
+# Wait for PID (the beater keeps beating); its exit status. On SIGTERM the PID is killed (a
+# pull is not worth finishing on a VM that goes away), unless $2 is "keep" (uploads are).
+wait_pid() {
+  local pid=$1 STEP_MS=20
   while kill -0 "$pid" 2>/dev/null; do
     if ((TERMINATING)) && [[ ${2:-} != keep ]]; then kill "$pid" 2>/dev/null || true; break; fi
-    now_us
-    if ((REPLY >= next)); then
-      heartbeat
-      next=$((REPLY + PE_HEARTBEAT_US))
-    fi
     nap_step
   done
   wait "$pid"
@@ -368,7 +402,7 @@ finish() {
   # Outputs may be large: uploaded in the background (ignoring the shutdown's SIGTERM, the VM
   # gives ~30 s) while the heartbeat goes on.
   (trap '' TERM; upload_outputs) &
-  wait_beating "$!" keep || true
+  wait_pid "$!" keep || true
   if ((${#reason} > 2000)); then
     reason=${reason:0:2000}
     while [[ $reason == *[$'\x80'-$'\xff'] ]]; do reason=${reason%?}; done  # no cut UTF-8 sequence
@@ -397,8 +431,14 @@ stop_container() {
   fi
 }
 
-run_one_attempt() { # TASK ATTEMPT (claimed)
-  local items=() args=() mode rc code waiter follower deadline=0 next_hb=0 next_log stopping="" why=""
+run_one_attempt() { # TASK ATTEMPT (claimed): the beater beats for it while it runs
+  printf '%s' "${RUN_KEY}tasks/$1/$2/" >"$WORK/running"
+  attempt_body "$@"
+  : >"$WORK/running"
+}
+
+attempt_body() {
+  local items=() args=() mode rc code waiter follower deadline=0 next_log stopping="" why=""
   local timed_out=0 preempted=0 STEP_MS=20
   TASK=$1
   ATTEMPT=$2
@@ -473,7 +513,6 @@ run_one_attempt() { # TASK ATTEMPT (claimed)
   now_us
   if [[ -n $PE_TASK_TIMEOUT_S ]]; then deadline=$((REPLY + PE_TASK_TIMEOUT_US)); fi
   next_log=$((REPLY + PE_LOG_INTERVAL_US))
-  next_hb=$((REPLY + PE_HEARTBEAT_US))
   docker logs -f "$CID" >"$A/stdout.log" 2>"$A/stderr.log" &
   follower=$!
   docker wait "$CID" >"$A/exit" 2>/dev/null &
@@ -496,7 +535,6 @@ run_one_attempt() { # TASK ATTEMPT (claimed)
         continue
       fi
     fi
-    if ((REPLY >= next_hb)); then heartbeat; next_hb=$((REPLY + PE_HEARTBEAT_US)); fi
     if ((REPLY >= next_log)); then upload_logs; next_log=$((REPLY + PE_LOG_INTERVAL_US)); fi
     nap_step
   done
@@ -541,10 +579,16 @@ run_one_attempt() { # TASK ATTEMPT (claimed)
 # name in it (this VM booted again: that attempt ran, or was lost, in the previous boot).
 claim() {
   local key="${RUN_KEY}claims/$1.$2" rc=0
+  if ! worker_record "$1.$2"; then return 2; fi
   HTTP_CURL_RETRIES=0 gcs_create "$key" "$VM_NAME" || rc=$?
-  if ((rc != 1 || HTTP_TRIES == 1)); then return "$rc"; fi
-  if gcs_get "$key" "$WORK/holder" && [[ $(<"$WORK/holder") == "$VM_NAME" ]]; then return 0; fi
-  return 1
+  if ((rc == 1 && HTTP_TRIES > 1)) && gcs_get "$key" "$WORK/holder" && [[ $(<"$WORK/holder") == "$VM_NAME" ]]; then
+    rc=0
+  fi
+  case $rc in
+    0) CLAIMS_WON=$((CLAIMS_WON + 1)) ;;
+    1) CLAIMS_TAKEN=$((CLAIMS_TAKEN + 1)) ;;
+  esac
+  return "$rc"
 }
 
 run_rendered() {
@@ -632,13 +676,22 @@ main() {
     log "no service-account token from the metadata server: the VM needs a service account with Storage access"
     exit 1
   fi
-  if [[ -n $PE_REGISTRY ]]; then
-    docker-credential-gcr configure-docker --registries="$PE_REGISTRY" >/dev/null 2>"$WORK/credential.err" ||
+  if [[ -n $PE_REGISTRIES ]]; then
+    docker-credential-gcr configure-docker --registries="$PE_REGISTRIES" >/dev/null 2>"$WORK/credential.err" ||
       log "docker-credential-gcr configure-docker failed: $(tail -n 1 "$WORK/credential.err")"
   fi
+  WORKER_KEY="${RUN_KEY}workers/$VM_NAME"
+  : >"$WORK/running"
+  if ! worker_record "-"; then
+    log "cannot write to gs://$PE_BUCKET/${PE_ROOT} (HTTP $HTTP_CODE): the VM's service account needs Storage write access (SCOPES, IAM)"
+    exit 1
+  fi
+  beat_loop "$$" &
+  BEATER=$!
   watch_preemption &
   WATCHER=$!
   if [[ $PE_MODE == rendered ]]; then run_rendered; else run_claiming; fi
+  log "claimed $CLAIMS_WON attempt(s); $CLAIMS_TAKEN were taken by other workers first"
   if ((TERMINATING)); then
     log "the VM is shutting down: exiting"
     DONE=1
