@@ -231,6 +231,8 @@ def status(
                       "" if duration is None else f"{duration:.2f}", result.reason if result else "")
     out.print(table)
     out.print(", ".join(f"{n} {s}" for s, n in sorted(state.counts.items())), markup=False)
+    if state.waiting:
+        out.print(state.waiting, markup=False)
 
 
 @app.command()

@@ -113,10 +113,14 @@ def _lost(history: list[AttemptStatus], record: RunRecord) -> list[AttemptStatus
 
 def run_status(store: RunStore, run_id: str) -> RunStatus:
     record = store.load_run(run_id)
-    return status_of(record, _run_state(store, record), store.attempts(run_id))
+    run_state = _run_state(store, record)
+    waiting = _waiting(store, run_id) if run_state == "running" else ""
+    return status_of(record, run_state, store.attempts(run_id), waiting)
 
 
-def status_of(record: RunRecord, run_state: str, attempts: dict[str, list[AttemptStatus]]) -> RunStatus:
+def status_of(
+    record: RunRecord, run_state: str, attempts: dict[str, list[AttemptStatus]], waiting: str = ""
+) -> RunStatus:
     """A run's status from its attempts, wherever they were read (the store, or a finished scheduler)."""
     budgets = budgets_of(record)
     views = []
@@ -126,7 +130,7 @@ def status_of(record: RunRecord, run_state: str, attempts: dict[str, list[Attemp
             history = _lost(history, record)
         state = task_state(history, budgets, run_cancelled=run_state in ("cancelled", "interrupted"))
         views.append(TaskView(task.id, state, tuple(history), dict(task.params)))
-    return RunStatus(record, run_state, tuple(views), _waiting(store, run_id) if run_state == "running" else "")
+    return RunStatus(record, run_state, tuple(views), waiting)
 
 
 def _waiting(store: RunStore, run_id: str) -> str:

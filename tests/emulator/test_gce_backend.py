@@ -487,14 +487,18 @@ def test_queued_for_quota_shows_in_status_from_another_process(cloud: Emulator, 
     while time.monotonic() < deadline:
         run_ids = store.run_ids()
         if run_ids and store.blobs.read(f"runs/{run_ids[0]}/capacity.json"):
-            shown = json.loads(cli("status", run_ids[0], "--json", cwd=workdir).stdout)
+            done = cli("status", run_ids[0], "--json", cwd=workdir)
+            assert done.returncode == 0, done.stdout + done.stderr
+            shown = json.loads(done.stdout)
             if shown["waiting"]:
+                shown["table"] = cli("status", run_ids[0], cwd=workdir).stdout
                 break
         time.sleep(0.1)
     cloud.control.clear_exhaustion()
     runner.join(120)
     assert shown.get("waiting", "").startswith("queued (quota): "), shown
     assert "QUOTA_EXCEEDED" in shown["waiting"] or "Quota" in shown["waiting"]
+    assert "queued (quota): " in shown["table"]  # the human table says it too
     run, error = box["outcome"]
     assert error is None and run.status().counts == {"succeeded": 1}
     assert json.loads(cli("status", run.run_id, "--json", cwd=workdir).stdout)["waiting"] == ""
