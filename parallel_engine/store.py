@@ -8,6 +8,7 @@ A claimed attempt with no status.json yet is running: the record is written once
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -47,6 +48,10 @@ class Blobs(Protocol):
     def local_path(self, key: str) -> Path | None:
         """Where `key` lives on this machine, if it does (a local runtime writes logs there)."""
 
+    def link(self, source: str, target: str) -> bool:
+        """Create `target` holding `source`'s bytes without copying them (a hard link), if this
+        medium can; False otherwise, and the caller writes it itself."""
+
 
 class LocalBlobs:
     """A folder as a bucket: atomic writes by rename, atomic create by O_CREAT|O_EXCL.
@@ -59,40 +64,50 @@ class LocalBlobs:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root = str(root)
 
-    def _path(self, key: str) -> Path:
-        return self.root / key
+    def _path(self, key: str) -> str:
+        # Strings, not pathlib: every attempt makes several of these, and Path parsing showed
+        # as the orchestrator's biggest CPU cost per attempt (yappi on bench/local_overhead.py).
+        return os.path.join(self._root, key)
 
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)
+        folder, name = os.path.split(path)
         # pid and thread: unique among writers of this folder, even across processes (a forked
         # child keeps its parent's thread id).
-        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{threading.get_ident()}")
+        tmp = os.path.join(folder, f".tmp-{name}-{os.getpid()}-{threading.get_ident()}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
             try:
-                handle = open(tmp, "wb")
+                fd = os.open(tmp, flags, 0o644)
             except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                handle = open(tmp, "wb")
+                os.makedirs(folder, exist_ok=True)
+                fd = os.open(tmp, flags, 0o644)
             try:
-                with handle:
-                    handle.write(data)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                finally:
+                    os.close(fd)
                 os.replace(tmp, path)
             except BaseException:
-                tmp.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
                 raise
         except OSError as exc:
-            raise _disk_error("write", path, exc) from None
+            raise _disk_error("write", Path(path), exc) from None
 
     def create(self, key: str, data: bytes) -> bool:
         # O_CREAT|O_EXCL is the atomic part; the few bytes after it only say who holds the key.
         path = self._path(key)
-        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
         try:
             try:
                 fd = os.open(path, flags, 0o644)
             except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
                 fd = os.open(path, flags, 0o644)
             try:
                 os.write(fd, data)
@@ -101,29 +116,32 @@ class LocalBlobs:
         except FileExistsError:
             return False
         except OSError as exc:
-            raise _disk_error("write", path, exc) from None
+            raise _disk_error("write", Path(path), exc) from None
         return True
 
     def read(self, key: str) -> bytes | None:
         path = self._path(key)
         try:
-            return path.read_bytes()
+            with open(path, "rb") as handle:
+                return handle.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
         except OSError as exc:
-            raise _disk_error("read", path, exc) from None
+            raise _disk_error("read", Path(path), exc) from None
 
     def delete(self, key: str) -> None:
         path = self._path(key)
         try:
-            path.unlink(missing_ok=True)
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
         except OSError as exc:
-            raise _disk_error("delete", path, exc) from None
+            raise _disk_error("delete", Path(path), exc) from None
 
     def list(self, prefix: str, start_after: str = "") -> list[str]:
         base = self._path(prefix)
-        folder = base if prefix.endswith("/") else base.parent
-        if not folder.is_dir():
+        folder = base if prefix.endswith("/") else os.path.dirname(base)
+        if not os.path.isdir(folder):
             return []
         keys: list[str] = []
         for dirpath, _dirs, files in os.walk(folder):
@@ -138,12 +156,12 @@ class LocalBlobs:
 
     def children(self, prefix: str) -> list[str]:
         folder = self._path(prefix)
-        if not folder.is_dir():
+        if not os.path.isdir(folder):
             return []
         try:
             return sorted(entry.name for entry in os.scandir(folder) if not entry.name.startswith("."))
         except OSError as exc:
-            raise _disk_error("list", folder, exc) from None
+            raise _disk_error("list", Path(folder), exc) from None
 
     def fetch(self, pairs: list[tuple[str, Path]]) -> None:
         for key, target in pairs:
@@ -153,7 +171,10 @@ class LocalBlobs:
                 raise _disk_error(f"copy {self._path(key)} to", target, exc) from None
 
     def local_path(self, key: str) -> Path | None:
-        return self._path(key)
+        return Path(self._path(key))
+
+    def link(self, source: str, target: str) -> bool:
+        return _link(self._path(source), self._path(target))
 
 
 def _disk_error(doing: str, path: Path, exc: OSError) -> StoreError:
@@ -255,9 +276,7 @@ class RunStore:
         """
         stamp = f"{time.time():017.6f}"
         key = f"runs/{run_id}/events/{stamp}-{status.task_id}.{status.attempt}"
-        record = self.blobs.local_path(self.attempt_prefix(run_id, status.task_id, status.attempt) + "status.json")
-        marker = self.blobs.local_path(key)
-        if record is not None and marker is not None and _link(record, marker):
+        if self.blobs.link(self.attempt_prefix(run_id, status.task_id, status.attempt) + "status.json", key):
             return
         self.blobs.create(key, str(status.state).encode())
 
@@ -294,14 +313,14 @@ class RunStore:
         return self.blobs.read(self.attempt_prefix(run_id, task_id, attempt) + f"{stream}.log")
 
 
-def _link(source: Path, target: Path) -> bool:
+def _link(source: str, target: str) -> bool:
     """Hard-link `target` to `source`; False where links are not possible (then write a copy)."""
     try:
         os.link(source, target)
     except FileNotFoundError:
-        if not source.exists():
+        if not os.path.exists(source):
             return False
-        target.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
         return _link(source, target)
     except FileExistsError:
         return True
