@@ -10,8 +10,6 @@ import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import psutil
-
 from parallel_engine.errors import StoreError
 from parallel_engine.model import RESULT_COLUMNS, AttemptState, AttemptStatus, TaskState
 from parallel_engine.state import Budgets, task_state, winning_attempt
@@ -95,7 +93,7 @@ def _run_state(store: RunStore, record: RunRecord) -> str:
     if raw is not None:
         return str(json.loads(raw).get("state", "finished"))
     owner = record.spec.get("orchestrator", {})
-    if owner.get("host") == socket.gethostname() and not psutil.pid_exists(int(owner.get("pid", 0))):
+    if owner.get("host") == socket.gethostname() and not _pid_exists(int(owner.get("pid", 0))):
         return "interrupted"
     return "running"
 
@@ -268,3 +266,15 @@ def _collect(store: RunStore, status: RunStatus, dest: Path) -> None:
             ]
             writer.writerow(row)
     os.replace(tmp, dest / RESULTS_CSV)
+
+
+def _pid_exists(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True

@@ -1,8 +1,9 @@
 """Run an attempt as a local process tree, in its own session so it can be killed whole.
 
-Spawned with `posix_spawn` (glibc: clone(CLONE_VFORK), no page-table copy), the child opening
-its own log files: per attempt this is a fraction of `subprocess.Popen`'s Python-side cost,
-which dominated short tasks (see bench/local_overhead.py).
+Spawned with `posix_spawnp` (glibc: clone(CLONE_VFORK), no page-table copy) with the GIL
+released (runtimes/spawn.py), the child opening its own log files: per attempt this is a
+fraction of `subprocess.Popen`'s Python-side cost, which dominated short tasks
+(see bench/local_overhead.py).
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ import signal
 import threading
 import time
 
-import psutil
-
 from parallel_engine.errors import BackendError
 from parallel_engine.runtimes.base import AttemptSpec
+from parallel_engine.runtimes.spawn import env_entries, spawn
 
 KILL_GRACE_S = 2.0
 REAP_POLL_S = 0.01
@@ -29,7 +29,7 @@ class ProcessAttempt:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
-        self._reaped = threading.Event()
+        self._reaped = False  # a plain flag: an Event per attempt showed in the profile
         self._kill_lock = threading.Lock()
 
     def wait(self, timeout: float | None) -> int | None:
@@ -42,13 +42,15 @@ class ProcessAttempt:
                 status = 0
             code = os.waitstatus_to_exitcode(status)
             self.returncode = 128 - code if code < 0 else code  # killed by signal N → 128+N, as a shell says
-            self._reaped.set()
+            self._reaped = True
         return self.returncode
 
     def exit_reason(self) -> str | None:
         return None
 
     def kill(self) -> None:
+        import psutil  # only when killing: its import is a real part of a short command's start
+
         with self._kill_lock:
             if self._exited():
                 # The leader is gone, but its group may not be: sweep it anyway.
@@ -70,7 +72,7 @@ class ProcessAttempt:
 
     def _exited(self) -> bool:
         """Has the leader exited? Looks without reaping (WNOWAIT), so `wait` still gets its code."""
-        if self._reaped.is_set():
+        if self._reaped:
             return True
         try:
             info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -83,7 +85,7 @@ class ProcessAttempt:
         while not self._exited():
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            self._reaped.wait(REAP_POLL_S)
+            time.sleep(REAP_POLL_S)
         return True
 
 
@@ -108,21 +110,22 @@ class ProcessRuntime:
 
     def __init__(self, command: list[str] | None = None) -> None:
         self.command = command or []
-        self._environ = dict(os.environ)  # read once: the per-attempt part is only PE_*
+        # Read and encoded once: the per-attempt part is only PE_*.
+        self._environ = dict(zip(os.environ, env_entries(os.environ)))
 
     def start(self, spec: AttemptSpec) -> ProcessAttempt:
         argv = list(spec.argv) if spec.command_override else [*self.command, *spec.argv]
         if not argv:
             raise BackendError(f"task {spec.task_id}: nothing to run (COMMAND is empty)")
-        env = {**self._environ, **spec.env}
-        actions = [
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, str(spec.stdout_path), LOG_FLAGS, 0o644),
-            (os.POSIX_SPAWN_OPEN, 2, str(spec.stderr_path), LOG_FLAGS, 0o644),
+        env = [entry for key, entry in self._environ.items() if key not in spec.env] + env_entries(spec.env)
+        opens = [
+            (0, os.devnull, os.O_RDONLY, 0),
+            (1, str(spec.stdout_path), LOG_FLAGS, 0o644),
+            (2, str(spec.stderr_path), LOG_FLAGS, 0o644),
         ]
         try:
             # SIGPIPE and SIGXFSZ back to default, as subprocess does: Python ignores them.
-            pid = os.posix_spawnp(argv[0], argv, env, file_actions=actions, setsid=True, setsigdef=RESET_SIGNALS)
+            pid = spawn(argv, env, opens, RESET_SIGNALS)
         except OSError as exc:
             raise BackendError(
                 f"task {spec.task_id}: cannot start {argv[0]!r}: {exc.strerror or exc}",
@@ -144,6 +147,8 @@ def kill_run_processes(run_id: str) -> int:
     `PE_RUN_ID` in its environment (a program that clears its environment escapes this).
     Processes we may not inspect are skipped; this process and its ancestors are never touched.
     """
+    import psutil
+
     spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
     found: list[psutil.Process] = []
     for proc in psutil.process_iter():
