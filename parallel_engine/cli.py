@@ -309,12 +309,13 @@ def runs(
 @friendly
 def down(
     run_id: Annotated[str, typer.Argument(help="the run id")],
+    store: StoreOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Delete every VM of a run (by its label), from any machine, and check none is left; on the
     local backend, remove the containers (by label) and processes a killed run left behind."""
-    cfg = _config(config, _flags(set_))
+    cfg = _config(config, _flags(set_, STORE=store))
     if cfg.backend != "gce":
         left = api.down_local(run_id, cfg)
         out.print(f"run {run_id}: removed {left.containers} container(s) and {left.processes} process(es)",

@@ -25,17 +25,19 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture()
-def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, list[int]]]:
-    """A run of two sleeping tasks (each with a child), once both run; killed whatever happens."""
+def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, list[int]]]:
+    """A run of two sleeping tasks (each with a child), once both run; killed whatever happens.
+    Parametrized indirectly with a store folder name, the run goes there (`--store`)."""
+    store: str | None = getattr(request, "param", None)
     write_probe(tmp_path)
     (tmp_path / "params.csv").write_text("sleep\n300\n300\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARALLEL_ENGINE_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "parallel_engine", "run", "params.csv", "-j", "2", "--runtime", "process",
-         "--command", f"{sys.executable} {tmp_path / 'probe.py'}"],
+         "--command", f"{sys.executable} {tmp_path / 'probe.py'}", *(["--store", store] if store else [])],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    runs = tmp_path / ".parallel-engine" / "runs"
+    runs = tmp_path / (store or ".parallel-engine") / "runs"
     pid_files = lambda: list(runs.glob("*/tasks/*/*/outputs/pids")) if runs.exists() else []  # noqa: E731
     pids: list[int] = []
     try:
@@ -60,6 +62,20 @@ def test_after_sigkill_of_the_orchestrator_down_kills_the_task_processes_it_left
     proc.communicate(timeout=60)
     assert len(pids) == 4 and all(alive(pid) for pid in pids)
     done = cli("down", run_id, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"run {run_id}: removed 0 container(s) and 4 process(es)" in done.stdout
+    assert not any(alive(pid) for pid in pids)
+
+
+@pytest.mark.parametrize("running", ["elsewhere"], indirect=True)
+def test_down_with_store_finds_a_killed_run_kept_in_another_store(
+    running: tuple[subprocess.Popen[str], str, list[int]], tmp_path: Path
+) -> None:
+    proc, run_id, pids = running
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert "no run" in cli("down", run_id, cwd=tmp_path).stderr  # not in the default store
+    done = cli("down", run_id, "--store", "elsewhere", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"run {run_id}: removed 0 container(s) and 4 process(es)" in done.stdout
     assert not any(alive(pid) for pid in pids)
