@@ -3,7 +3,7 @@
 2,000 tasks of /bin/true and 2,000 of `python3 -c pass`, 2 at a time, through
 `parallel-engine run` (the real command line, store writes and all) and through xargs.
 Prints each wall time and, last, `local_overhead: <ratio for /bin/true> (target <= 1.5)`.
-About 9 minutes with the defaults on a 2-core machine; figures in README.md ("Benchmarks").
+A few minutes with the defaults on a 2-core machine; figures in README.md ("Benchmarks").
 
     python bench/local_overhead.py [--tasks 2000] [--repeat 3]
 """

@@ -219,15 +219,14 @@ class Command(_Type):
 
     def __call__(self, value: Any) -> str | list[str]:
         if isinstance(value, str):
+            text = _no_nul(value)
             try:
-                words = shlex.split(_no_nul(value))
-            except _Invalid:
-                raise
+                words = shlex.split(text)
             except ValueError:  # unbalanced quotes
                 words = []
             if not words:
                 raise _Invalid
-            return value.strip()
+            return text.strip()
         if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
             return [_no_nul(v) for v in value]
         raise _Invalid

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 from parallel_engine.errors import StoreError
 from parallel_engine.model import RESULT_COLUMNS, AttemptState, AttemptStatus, TaskState
 from parallel_engine.state import Budgets, task_state, winning_attempt
-from parallel_engine.store import RunRecord, RunStore
+from parallel_engine.store import RunRecord, RunStore, write_atomic
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,11 @@ def _run_state(store: RunStore, record: RunRecord) -> str:
     if raw is not None:
         return str(json.loads(raw).get("state", "finished"))
     owner = record.spec.get("orchestrator", {})
-    if owner.get("host") == socket.gethostname() and not _pid_exists(int(owner.get("pid", 0))):
-        return "interrupted"
+    if owner.get("host") == socket.gethostname():
+        import psutil  # here only: its import is a real part of a short command's start
+
+        if not psutil.pid_exists(int(owner.get("pid", 0))):
+            return "interrupted"
     return "running"
 
 
@@ -209,9 +213,7 @@ def _claim_names(dest: Path, names: list[str]) -> None:
             "refusing to replace it",
             hint="collect into a new or empty folder (e.g. --dest results), or move it out of the way",
         )
-    tmp = dest / f".{COLLECTED_MARKER}.tmp"
-    tmp.write_text(json.dumps(sorted(owned | set(names))), encoding="utf-8")
-    os.replace(tmp, dest / COLLECTED_MARKER)
+    write_atomic(str(dest / COLLECTED_MARKER), json.dumps(sorted(owned | set(names))).encode())
 
 
 def _replace(final: Path, staged: Path | None) -> None:
@@ -250,31 +252,19 @@ def _collect(store: RunStore, status: RunStatus, dest: Path) -> None:
     columns = result_columns(status.record)
     extra = [c for c in ("task_id",) if c not in columns]
     header = columns + extra + list(RESULT_COLUMNS)
-    tmp = dest / f".{RESULTS_CSV}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for view in status.tasks:
-            duration = view.duration_s
-            row = [view.params.get(c, "") for c in columns]
-            row += [view.task_id] if extra else []
-            row += [
-                str(view.state),
-                "" if view.exit_code is None else view.exit_code,
-                len(view.attempts),
-                "" if duration is None else f"{duration:.3f}",
-            ]
-            writer.writerow(row)
-    os.replace(tmp, dest / RESULTS_CSV)
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(header)
+    for view in status.tasks:
+        duration = view.duration_s
+        row = [view.params.get(c, "") for c in columns]
+        row += [view.task_id] if extra else []
+        row += [
+            str(view.state),
+            "" if view.exit_code is None else view.exit_code,
+            len(view.attempts),
+            "" if duration is None else f"{duration:.3f}",
+        ]
+        writer.writerow(row)
+    write_atomic(str(dest / RESULTS_CSV), table.getvalue().encode("utf-8"))
 
-
-def _pid_exists(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    return True

@@ -87,10 +87,10 @@ class Scheduler:
         self.pool = make_pool(lambda kind, status: self.events.put((kind, status)))
         self._check_pool: Callable[[], None] = getattr(self.pool, "check", lambda: None)
         self.attempts: dict[str, list[AttemptStatus]] = {task_id: [] for task_id in self.tasks}
+        self._reported_at = 0.0
 
     def run(self, cancel: threading.Event) -> Outcome:
         states = _States(list(self.tasks))
-        self._reported_at = 0.0
         self.pool.start()
         for task in self.tasks.values():
             self.pool.submit(task, 1)
@@ -154,14 +154,8 @@ class Scheduler:
             history.append(status)
             states[status.task_id] = TaskState.RUNNING
             return 0
-        if history and history[-1].attempt == status.attempt:  # the usual case: it ends the list
-            history[-1] = status
-        else:
-            history[:] = [a for a in history if a.attempt != status.attempt] + [status]
-            history.sort(key=lambda a: a.attempt)
-        if status.state is AttemptState.SUCCEEDED:  # short cut of task_state, the common end
-            states[status.task_id] = TaskState.SUCCEEDED
-            return 1
+        history[:] = [a for a in history if a.attempt != status.attempt] + [status]
+        history.sort(key=lambda a: a.attempt)
         if not cancelled and status.state is not AttemptState.SUCCEEDED and retry_allowed(history, self.budgets):
             states[status.task_id] = TaskState.QUEUED
             self.pool.submit(self.tasks[status.task_id], status.attempt + 1)

@@ -73,29 +73,12 @@ class LocalBlobs:
 
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        folder, name = os.path.split(path)
-        # pid and thread: unique among writers of this folder, even across processes (a forked
-        # child keeps its parent's thread id).
-        tmp = os.path.join(folder, f".tmp-{name}-{os.getpid()}-{threading.get_ident()}")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
             try:
-                fd = os.open(tmp, flags, 0o644)
+                write_atomic(path, data)
             except FileNotFoundError:
-                os.makedirs(folder, exist_ok=True)
-                fd = os.open(tmp, flags, 0o644)
-            try:
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                write_atomic(path, data)
         except OSError as exc:
             raise _disk_error("write", Path(path), exc) from None
 
@@ -175,6 +158,28 @@ class LocalBlobs:
 
     def link(self, source: str, target: str) -> bool:
         return _link(self._path(source), self._path(target))
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """`path` whole or not at all: a temporary file in its folder, renamed over it. Raises
+    OSError (FileNotFoundError if the folder is missing); never leaves the temporary behind."""
+    folder, name = os.path.split(path)
+    # pid and thread: unique among writers of this folder, even across processes (a forked
+    # child keeps its parent's thread id).
+    tmp = os.path.join(folder, f".tmp-{name}-{os.getpid()}-{threading.get_ident()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _disk_error(doing: str, path: Path, exc: OSError) -> StoreError:

@@ -165,7 +165,7 @@ def _read_text(src: _Source) -> str:
 
 
 def _check_no_nul(src: _Source, line: int, text: str, what: str) -> None:
-    """YAML escapes can make a NUL the raw-byte check never saw; Popen would refuse it later."""
+    """YAML escapes can make a NUL the raw-byte check never saw; the spawn would refuse it later."""
     if "\0" in text:
         raise src.error(
             line,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import queue
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -52,9 +51,6 @@ class LocalPool:
         root = self.store.blobs.local_path("")
         assert root is not None, "the local backend needs a local store"
         self._root = str(root)
-        # Workers mostly wait on children and the disk; the default 5 ms GIL switch interval
-        # made each short task wait for the scheduler thread (measured: 2x slower on /bin/true).
-        sys.setswitchinterval(min(sys.getswitchinterval(), 0.005))
         host = socket.gethostname()
         for index in range(self.quota):
             worker = f"local-{host}-{os.getpid()}-{index}"

@@ -26,7 +26,7 @@ def _load_libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None:
         return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = ctypes.CDLL(None)  # errors come back as return values, not errno
         spawnp = libc.posix_spawnp
     except (OSError, AttributeError):
         return None
@@ -47,10 +47,14 @@ def _load_libc() -> ctypes.CDLL | None:
 _LIBC = _load_libc()
 
 
-def _c_strings(items: list[bytes]) -> "ctypes.Array[ctypes.c_char_p]":
+def _refuse_nul(items: list[bytes]) -> list[bytes]:
     if b"\0" in b"".join(items):  # ctypes would cut the string there; os.posix_spawnp refuses it too
         raise ValueError("embedded null byte")
-    return (ctypes.c_char_p * (len(items) + 1))(*items, None)
+    return items
+
+
+def _c_strings(items: list[bytes]) -> "ctypes.Array[ctypes.c_char_p]":
+    return (ctypes.c_char_p * (len(items) + 1))(*_refuse_nul(items), None)
 
 
 def _attributes(libc: ctypes.CDLL, reset_signals: tuple[int, ...]) -> ctypes.Array[ctypes.c_char]:
@@ -95,9 +99,7 @@ def spawn(
     libc = _LIBC
     c_argv = _c_strings([os.fsencode(arg) for arg in argv])
     c_env = _c_strings(list(env))
-    paths = [os.fsencode(path) for _, path, _, _ in opens]
-    if b"\0" in b"".join(paths):
-        raise ValueError("embedded null byte")
+    paths = _refuse_nul([os.fsencode(path) for _, path, _, _ in opens])
     attr = _attributes(libc, tuple(reset_signals))
     actions = ctypes.create_string_buffer(_ACTIONS_BYTES)
     libc.posix_spawn_file_actions_init(actions)
