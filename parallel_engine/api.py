@@ -266,7 +266,7 @@ def down_local(run_id: str, config: Config | None = None) -> LocalDown:
 
     Refused while the run's orchestrator still runs here: it would retry what `down` kills.
     """
-    from parallel_engine.runtimes.docker import LABEL_RUN, engine_available, remove_containers
+    from parallel_engine.runtimes.docker import LABEL_RUN, ENGINE_WAIT_S, engine_available, remove_containers
     from parallel_engine.runtimes.process import kill_run_processes
 
     config = config or load_config()
@@ -280,7 +280,7 @@ def down_local(run_id: str, config: Config | None = None) -> LocalDown:
                  f"and processes itself; `parallel-engine down {run_id}` is for what a killed run left",
         )
     containers = 0
-    if engine_available():
+    if engine_available(wait_s=ENGINE_WAIT_S if record.spec.get("runtime") == "docker" else 0.0):
         containers = remove_containers({LABEL_RUN: run_id})
     elif record.spec.get("runtime") == "docker":
         raise BackendError(

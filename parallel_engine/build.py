@@ -37,14 +37,15 @@ def build_local(
             hint="pass the folder holding your Dockerfile: `parallel-engine build DIR` (default: code)",
         )
     if not (context / dockerfile).is_file():
-        raise BuildError(f"no {dockerfile} in {context} ({context / dockerfile} is missing)", hint="create one, e.g. with `parallel-engine init`")
+        raise BuildError(f"no {dockerfile} in {context} ({context / dockerfile} is missing)", hint="write one (this repository's code/Dockerfile is an example), or pass the folder that has it")
 
     from parallel_engine.runtimes.docker import (  # lazy: needs the SDK
+        ENGINE_WAIT_S,
         engine_available,
         make_client,
     )
 
-    if not engine_available():
+    if not engine_available(wait_s=ENGINE_WAIT_S):
         raise BackendError("cannot build: no Docker engine answers", hint=NO_ENGINE_HINT)
     import docker
     import requests

@@ -263,7 +263,9 @@ class StrList(_Type):
 
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
-_RESERVED_LABELS = ("parallel-engine-run", "parallel-engine-worker")
+_VM_LABELS = ("parallel-engine-run", "parallel-engine-worker")  # ours on every VM (of GCE's 64)
+# ...and on every local container: LABELS go there too, and ours would overwrite a user's
+_RESERVED_LABELS = (*_VM_LABELS, "parallel-engine-task", "parallel-engine-attempt")
 
 
 class Labels(_Type):
@@ -272,7 +274,7 @@ class Labels(_Type):
     expected = (
         "a mapping of labels (k=v,k2=v2 in the environment; keys start with a lower-case letter, "
         "keys and values use only a-z 0-9 _ -, at most 63 characters; "
-        "parallel-engine-run and parallel-engine-worker are ours)"
+        "parallel-engine-run, -worker, -task and -attempt are ours)"
     )
 
     def __call__(self, value: Any) -> dict[str, str]:
@@ -296,7 +298,7 @@ class Labels(_Type):
             if not _LABEL_KEY.fullmatch(k) or not _LABEL_VALUE.fullmatch(v) or k in _RESERVED_LABELS:
                 raise _Invalid
             labels[k] = v
-        if len(labels) > 64 - len(_RESERVED_LABELS):
+        if len(labels) > 64 - len(_VM_LABELS):
             raise _Invalid
         return labels
 

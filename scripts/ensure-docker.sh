@@ -265,11 +265,12 @@ ensure_base_image() {
             --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
             --change 'CMD ["python3"]' \
             - "$IMPORTED_IMAGE" >/dev/null \
-            || die "docker import of $ROOTFS failed"
+            || die "docker import of $ROOTFS failed (or took over 600 s): see $DOCKERD_LOG;" \
+                   "to rebuild the rootfs, rm $ROOTFS_STAMP, then run this script again"
         CHANGES+=("imported image $IMPORTED_IMAGE")
         say "imported in $(elapsed "$import_started")"
     fi
-    timeout 120 docker tag "$IMPORTED_IMAGE" "$BASE_IMAGE" || die "docker tag $IMPORTED_IMAGE $BASE_IMAGE failed"
+    timeout 120 docker tag "$IMPORTED_IMAGE" "$BASE_IMAGE" || die "docker tag $IMPORTED_IMAGE $BASE_IMAGE failed: check \`docker info\` and $DOCKERD_LOG, then run this script again"
     CHANGES+=("tagged $IMPORTED_IMAGE as $BASE_IMAGE")
     say "base image $BASE_IMAGE ready in $(elapsed "$started"): $(timeout 120 docker run --rm --network none "$BASE_IMAGE" python --version 2>&1)"
 }

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import BASE_IMAGE, ROOT
+
 EXAMPLE_IMAGE_TAG = "parallel-engine-example:test"
-BASE_IMAGE = "python:3.11-slim"  # what code/Dockerfile's FROM names; ensure-docker.sh makes it
 CI_VALUES = ("true", "1", "yes")
 ENGINE_WAIT_S = 30.0  # a busy dockerd on a loaded machine can miss one short ping
 DOCKER_SKIP_REASON = (
@@ -93,9 +93,9 @@ def docker_engine() -> Iterator[Any]:
     ENGINE_WAIT_S to answer; elsewhere one quick probe decides, so machines without Docker
     are not slowed down.
     """
-    from parallel_engine.runtimes.docker import engine_answers_within, engine_expected, make_client
+    from parallel_engine.runtimes.docker import engine_available, make_client
 
-    if not engine_answers_within(ENGINE_WAIT_S if engine_expected() else 0.0):
+    if not engine_available(wait_s=ENGINE_WAIT_S):
         pytest.skip(DOCKER_SKIP_REASON)
     client = make_client()
     yield client
@@ -122,5 +122,5 @@ def example_image(base_image: str) -> str:
     try:
         build_local(ROOT / "code", EXAMPLE_IMAGE_TAG, lines.append)
     except BuildError as exc:
-        pytest.fail(f"building the example image failed:\n{exc}")
+        pytest.fail(f"building the example image failed:\n{exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""))
     return EXAMPLE_IMAGE_TAG

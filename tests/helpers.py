@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+BASE_IMAGE = "python:3.11-slim"  # what code/Dockerfile's FROM names; ensure-docker.sh makes it
 
 # Writes its argv (as JSON) and pid into $PE_OUTPUT_DIR, then behaves as its arguments say.
 PROBE = r'''
@@ -40,9 +42,22 @@ def write_probe(folder: Path) -> Path:
     return path
 
 
+def cli_env() -> dict[str, str]:
+    """This environment without PARALLEL_ENGINE_* settings: a test's command sees only its own."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PARALLEL_ENGINE_")}
+
+
+def containers_of(client: Any, run_id: str) -> list[Any]:
+    """Every container (running or not) labelled with `run_id`."""
+    from parallel_engine.runtimes.docker import LABEL_RUN
+
+    # ignore_removed: one removed between the list and its inspect is gone, not an error
+    return client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"}, ignore_removed=True)
+
+
 def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the real `parallel-engine` command line in a subprocess."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PARALLEL_ENGINE_")}
+    full_env = cli_env()
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "parallel_engine", *args],

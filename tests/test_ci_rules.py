@@ -157,3 +157,15 @@ def test_a_busy_engine_that_misses_the_first_pings_is_waited_for_not_skipped(
     assert done.returncode == 0, done.stdout
     assert "2 passed" in done.stdout and "skipped" not in done.stdout
     assert busy_engine.requests_seen > busy_engine.busy_for  # it was asked again after refusing
+
+
+def test_commands_that_need_the_engine_wait_for_a_busy_one_where_auto_probes_once(
+    busy_engine: StandInEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from parallel_engine.runtimes.docker import ENGINE_WAIT_S, engine_available
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{busy_engine.server_address}")
+    assert engine_available() is False  # one probe: RUNTIME auto falls back to process at once
+    assert busy_engine.requests_seen <= busy_engine.busy_for
+    assert engine_available(wait_s=ENGINE_WAIT_S) is True  # build, RUNTIME docker, down wait for it
+    assert busy_engine.requests_seen > busy_engine.busy_for

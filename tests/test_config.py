@@ -347,6 +347,8 @@ def test_unknown_flag_is_refused_with_a_suggestion(tmp_path: Path) -> None:
     ("LABELS", "Team=Data", "labels"),
     ("LABELS", "novalue", "labels"),
     ("LABELS", "parallel-engine-run=x", "labels"),
+    ("LABELS", "parallel-engine-task=x", "-task and -attempt are ours"),  # containers carry them
+    ("LABELS", "parallel-engine-attempt=1", "-task and -attempt are ours"),
     ("ZONE", "europe-west1", "zone like europe-west1-b"),
     ("FALLBACK_ZONES", "europe-west1-c,EU", "list of zones"),
     ("COMMAND", "python 'unclosed", "command line"),
@@ -567,3 +569,12 @@ def test_value_given_with_set_is_named_as_set_key_in_errors_and_origins(tmp_path
     config = load_config(flags={"ZONE": "europe-west1-b"}, flag_names={"ZONE": "--set ZONE"},
                          environ={}, cwd=tmp_path)
     assert config.origins["ZONE"] == "--set ZONE"
+
+
+def test_every_label_the_runtimes_set_is_refused_in_labels() -> None:
+    # LABELS go on containers and VMs beside ours: a name of ours would be overwritten silently.
+    from parallel_engine.config import _RESERVED_LABELS
+    from parallel_engine.gce_vm import RUN_LABEL, WORKER_LABEL
+    from parallel_engine.runtimes.docker import LABEL_ATTEMPT, LABEL_RUN, LABEL_TASK
+
+    assert {LABEL_RUN, LABEL_TASK, LABEL_ATTEMPT, RUN_LABEL, WORKER_LABEL} <= set(_RESERVED_LABELS)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import BASE_IMAGE, containers_of
 from parallel_engine.errors import BackendError, BuildError, ConfigError
 from parallel_engine.runtimes.base import AttemptSpec
 from parallel_engine.runtimes.docker import (
@@ -24,7 +25,6 @@ from parallel_engine.runtimes.docker import (
 
 pytestmark = pytest.mark.docker
 
-BASE_IMAGE = "python:3.11-slim"
 HOSTILE_ARGV = [
     "plain",
     "with space",
@@ -52,10 +52,6 @@ WRITE_ARGV = (
     "with open('/pe/output/argv.json', 'w', encoding='utf-8') as f:\n"
     "    json.dump(sys.argv[1:], f)\n"
 )
-
-
-def containers_of(client: Any, run_id: str) -> list[Any]:
-    return client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"}, ignore_removed=True)
 
 
 @pytest.fixture()
@@ -543,14 +539,34 @@ def test_as_root_an_image_with_a_non_root_user_can_write_its_outputs(
         runtime = DockerRuntime(tag)
         code = "import os; open('/pe/output/who', 'w').write(str(os.getuid()))"
         spec = python_spec(tmp_path, run_id, code)
+        mode = spec.output_dir.stat().st_mode
         assert run_to_end(runtime, spec) == 0, spec.stderr_path.read_text()
         runtime.close()
         assert (spec.output_dir / "who").read_text() == "1234"
-        assert spec.output_dir.stat().st_mode & 0o777 == 0o777
+        folder = spec.output_dir.stat()  # given to the image's numeric USER, not opened to all
+        assert (folder.st_uid, folder.st_gid, folder.st_mode) == (1234, 1234, mode)
         root_image = DockerRuntime(base_image)  # runs as root: its folder stays as it was
         other = python_spec(tmp_path, run_id, "pass", task="t2")
+        before = other.output_dir.stat()
         assert run_to_end(root_image, other) == 0
         root_image.close()
-        assert other.output_dir.stat().st_mode & 0o777 == 0o755
+        after = other.output_dir.stat()
+        assert (after.st_uid, after.st_gid, after.st_mode) == (before.st_uid, before.st_gid, before.st_mode)
     finally:
         docker_engine.images.remove(tag, force=True)
+
+
+def test_as_root_a_named_image_user_gets_the_outputs_folder_opened_not_chowned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A name cannot be resolved to a uid on this machine (it lives in the image's /etc/passwd).
+    if os.getuid() != 0:
+        pytest.skip("only root changes the folder: a non-root caller's container runs as the caller")
+    runtime = DockerRuntime(BASE_IMAGE)
+    monkeypatch.setattr(runtime, "image_user", lambda: "appuser")
+    folder = tmp_path / "outputs"
+    folder.mkdir(mode=0o755)
+    owner = folder.stat().st_uid
+    runtime._open_outputs_to_image_user(folder)
+    assert (folder.stat().st_mode & 0o777, folder.stat().st_uid) == (0o777, owner)
+    runtime.close()

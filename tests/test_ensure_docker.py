@@ -115,8 +115,7 @@ def test_apt_get_retries_downloads_and_waits_for_the_dpkg_lock(tmp_path: Path, b
 
 @pytest.mark.parametrize("value", ["true", "TRUE", "1", "yes"])
 def test_ci_true_one_or_yes_lets_root_change_the_machine(tmp_path: Path, bin_dir: Path, value: str) -> None:
-    if os.getuid() != 0:
-        pytest.skip("may_change_machine is about root")
+    fake_program(bin_dir, "id", 'echo 0\n')  # root, wherever the test runs
     assert source_and_call(tmp_path, "may_change_machine", CI=value).returncode == 0
     assert source_and_call(tmp_path, "may_change_machine", CI="false").returncode == 1
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import ROOT, cli, read_json
+from tests.helpers import ROOT, cli, cli_env, containers_of, read_json
 from tests.test_local_run import HOSTILE
 from tests.test_signals import wait_for
 
@@ -27,8 +27,9 @@ IMAGE = "parallel-engine-e2e:test"
 
 
 @pytest.fixture(scope="module")
-def built(docker_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A working folder with code/ built into IMAGE by the real `parallel-engine build`."""
+def built(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A working folder with code/ built into IMAGE by the real `parallel-engine build`
+    (code/Dockerfile starts FROM the base image: without it, these tests skip loudly)."""
     folder = tmp_path_factory.mktemp("docker-e2e")
     shutil.copytree(ROOT / "code", folder / "code")
     (folder / ".config.yaml").write_text(f"IMAGE: {IMAGE}\n")
@@ -36,11 +37,6 @@ def built(docker_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert done.returncode == 0, done.stderr
     assert f"built {IMAGE}" in done.stdout
     return folder
-
-
-def containers_of(docker_engine: Any, run_id: str) -> list[Any]:
-    # ignore_removed: one removed between the list and its inspect is gone, not an error
-    return docker_engine.containers.list(all=True, filters={"label": f"parallel-engine-run={run_id}"}, ignore_removed=True)
 
 
 def latest_run(folder: Path) -> str:
@@ -122,7 +118,7 @@ def background() -> Iterator[Background]:
 def start_run(background: Background, built: Path, docker_engine: Any, source: str, *args: str,
               running: int) -> tuple[subprocess.Popen[str], str]:
     """`parallel-engine run SOURCE` in the background, once `running` of its containers run."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PARALLEL_ENGINE_")}
+    env = cli_env()
     runs = built / ".parallel-engine" / "runs"
     before = {p.name for p in runs.iterdir()} if runs.exists() else set()
     proc = subprocess.Popen([sys.executable, "-m", "parallel_engine", "run", source, *args],
@@ -208,12 +204,12 @@ DUMP_ARGV = (
 
 
 def test_hostile_params_csv_values_reach_the_image_entrypoint_byte_exact(
-    built: Path, docker_engine: Any, tmp_path: Path
+    built: Path, docker_engine: Any, base_image: str, tmp_path: Path
 ) -> None:
     context = tmp_path / "argv-image"
     context.mkdir()
     (context / "dump.py").write_text(DUMP_ARGV)
-    (context / "Dockerfile").write_text('FROM python:3.11-slim\nCOPY dump.py /dump.py\nENTRYPOINT ["python", "/dump.py"]\n')
+    (context / "Dockerfile").write_text(f'FROM {base_image}\nCOPY dump.py /dump.py\nENTRYPOINT ["python", "/dump.py"]\n')
     image = "parallel-engine-argv:test"
     assert cli("build", str(context), "--image", image, cwd=built, timeout=300).returncode == 0
     try:

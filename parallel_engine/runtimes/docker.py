@@ -35,7 +35,7 @@ ENGINE_GONE_S = 60.0  # how long a vanished engine is tolerated while waiting
 LOG_DRAIN_S = 30.0  # how long to wait for the log threads once the container stopped
 EXIT_ENGINE_ERROR = 125  # as `docker run` says when the daemon fails
 EXIT_KILLED = 137  # 128 + SIGKILL
-DEFAULT_SOCKET = "/var/run/docker.sock"
+ENGINE_WAIT_S = 15.0  # how long a command that needs the engine waits for a busy one
 ENGINE_HINT = "start Docker (as root: PE_START_DOCKER=1 bash scripts/ensure-docker.sh), or set RUNTIME: process"
 
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_.-]+")
@@ -69,8 +69,23 @@ def make_client(timeout: float | None = None) -> docker.DockerClient:
         raise BackendError(f"no Docker engine answers: {exc}", hint=ENGINE_HINT) from exc
 
 
-def engine_available(timeout: float = 3.0) -> bool:
-    """True when a Docker engine answers a ping within `timeout` seconds."""
+def engine_available(timeout: float = 3.0, wait_s: float = 0.0) -> bool:
+    """True when a Docker engine answers a ping within `timeout` seconds.
+
+    With `wait_s`, and only where an engine is expected (`engine_expected`), pings again until
+    `wait_s` seconds have passed: a busy dockerd on a loaded machine can miss one short ping.
+    Where none is installed one probe says no at once. At least one ping is always made."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        if _pings(timeout):
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0 or not engine_expected():
+            return False
+        time.sleep(min(1.0, left))
+
+
+def _pings(timeout: float) -> bool:
     try:
         client = make_client(timeout)
     except BackendError:
@@ -91,20 +106,7 @@ def engine_expected() -> bool:
     host = os.environ.get("DOCKER_HOST", "")
     if host:
         return not host.startswith("unix://") or Path(host[len("unix://"):]).exists()
-    return Path(DEFAULT_SOCKET).exists()
-
-
-def engine_answers_within(wait_s: float, ping_timeout: float = 3.0, pause_s: float = 1.0) -> bool:
-    """Ping until an engine answers or `wait_s` seconds have passed (a busy dockerd on a loaded
-    machine can miss one short ping); at least one ping is always made."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        if engine_available(ping_timeout):
-            return True
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        time.sleep(min(pause_s, left))
+    return Path(_docker().constants.DEFAULT_UNIX_SOCKET.removeprefix("http+unix://")).exists()
 
 
 def image_exists(image: str, client: docker.DockerClient | None = None) -> bool:
@@ -112,14 +114,21 @@ def image_exists(image: str, client: docker.DockerClient | None = None) -> bool:
 
     Raises BackendError when the engine itself cannot be asked.
     """
+    return image_config(image, client) is not None
+
+
+def image_config(image: str, client: docker.DockerClient | None = None) -> dict[str, Any] | None:
+    """The image's Config (USER, ENTRYPOINT...), or None when the engine has no such image.
+
+    Raises BackendError when the engine itself cannot be asked.
+    """
     docker = _docker()
     own = client is None
     client = client or make_client()
     try:
-        client.images.get(image)
-        return True
+        return dict(client.images.get(image).attrs.get("Config") or {})
     except docker.errors.ImageNotFound:
-        return False
+        return None
     except (docker.errors.DockerException, *_requests_errors()) as exc:
         raise BackendError(f"cannot ask the Docker engine about image {image}: {exc}", hint=ENGINE_HINT) from exc
     finally:
@@ -153,6 +162,10 @@ def remove_containers(label_filter: dict[str, str], client: docker.DockerClient 
     finally:
         if own:
             client.close()
+
+
+def _as_root() -> bool:
+    return not hasattr(os, "getuid") or os.getuid() == 0
 
 
 def container_name(run_id: str, task_id: str, attempt: int) -> str:
@@ -401,31 +414,32 @@ class DockerRuntime:
         if self.memory is not None:
             kwargs["mem_limit"] = self.memory
             kwargs["memswap_limit"] = self.memory  # MEMORY is the cap: no swap on top of it
-        if hasattr(os, "getuid") and os.getuid() != 0:
+        if not _as_root():
             kwargs["user"] = f"{os.getuid()}:{os.getgid()}"  # outputs belong to the user
         return kwargs
 
     def image_user(self) -> str:
         """The image's USER ('' when it runs as root); read from the engine once."""
         if self._image_user is None:
-            docker = _docker()
-            try:
-                config = self.client.images.get(self.image).attrs.get("Config") or {}
-            except docker.errors.ImageNotFound:
+            config = image_config(self.image, self.client)
+            if config is None:
                 return ""  # `start` reports the missing image
-            except (docker.errors.DockerException, *_requests_errors()) as exc:
-                raise BackendError(f"cannot ask the Docker engine about image {self.image}: {exc}", hint=ENGINE_HINT) from exc
             self._image_user = str(config.get("User") or "")
         return self._image_user
 
     def _open_outputs_to_image_user(self, output_dir: Path) -> None:
-        """As root, the container runs as the image's USER: a non-root USER could not write to
-        the root-owned outputs folder, so that one folder (only) is opened to everyone."""
-        if not hasattr(os, "getuid") or os.getuid() != 0:
+        """As root, the container runs as the image's USER, which could not write to the
+        root-owned outputs folder: a numeric USER (uid[:gid]) is given the folder; a named one
+        cannot be resolved on this machine, so that one folder (only) is opened to everyone."""
+        if not _as_root():
             return  # the container runs as the caller's uid:gid, the folder's owner
-        if self.image_user().split(":")[0] in ("", "0", "root"):
+        user, _, group = self.image_user().partition(":")
+        if user in ("", "0", "root"):
             return
-        os.chmod(output_dir, 0o777)
+        if user.isdigit() and (not group or group.isdigit()):
+            os.chown(output_dir, int(user), int(group) if group else -1)
+        else:
+            os.chmod(output_dir, 0o777)
 
     def start(self, spec: AttemptSpec) -> DockerAttempt:
         docker = _docker()

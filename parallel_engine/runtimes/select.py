@@ -32,24 +32,27 @@ def select_runtime(
         return _process(command), "process: RUNTIME is process"
 
     from parallel_engine.runtimes.docker import (
+        ENGINE_HINT,
+        ENGINE_WAIT_S,
         DockerRuntime,
         engine_available,
         image_exists,
     )
 
+    def docker_runtime(image: str) -> tuple[Runtime, str]:
+        return (DockerRuntime(image, network=network, cpus=cpus, memory=memory, labels=labels),
+                f"docker: engine answers and image {image} exists")
+
     if runtime == "docker":
         if not image:
             raise ConfigError("RUNTIME is docker but IMAGE is not set", hint="set IMAGE (and run `parallel-engine build`), or set RUNTIME: process")
-        if not engine_available():
-            raise BackendError(
-                "RUNTIME is docker but no Docker engine answers",
-                hint="start Docker (as root: PE_START_DOCKER=1 bash scripts/ensure-docker.sh), or set RUNTIME: process",
-            )
+        if not engine_available(wait_s=ENGINE_WAIT_S):  # asked for: worth waiting for a busy engine
+            raise BackendError("RUNTIME is docker but no Docker engine answers", hint=ENGINE_HINT)
         if not image_exists(image):
             raise BackendError(f"image {image} not found in the Docker engine", hint="run `parallel-engine build` or set IMAGE")
-        return DockerRuntime(image, network=network, cpus=cpus, memory=memory, labels=labels), f"docker: engine answers and image {image} exists"
+        return docker_runtime(image)
 
-    # auto
+    # auto: one quick probe; a machine without a running engine falls back at once
     if not image:
         return _process(command), "process: IMAGE is not set"
     if not engine_available():
@@ -60,4 +63,4 @@ def select_runtime(
         return _process(command), "process: the Docker engine answers a ping but not an image query"
     if not present:
         return _process(command), f"process: image {image} not built yet"
-    return DockerRuntime(image, network=network, cpus=cpus, memory=memory, labels=labels), f"docker: engine answers and image {image} exists"
+    return docker_runtime(image)
