@@ -226,6 +226,15 @@ class RunRecord:
         )
 
 
+def parse_attempt(name: str) -> tuple[str, int] | None:
+    """"<task_id>.<attempt>" (a claim's or an event's name, a worker's record) as (task_id, attempt);
+    None for anything else ("-": nothing claimed yet, or garbage)."""
+    task_id, _, number = name.rpartition(".")
+    if not task_id or not (number.isascii() and number.isdigit()):
+        return None
+    return task_id, int(number)
+
+
 def _dumps(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False).encode()
 
@@ -299,13 +308,14 @@ class RunStore:
         found: dict[str, list[AttemptStatus]] = {}
         prefix = f"runs/{run_id}/claims/"
         for key in self.blobs.list(prefix):
-            task_id, _, number = key[len(prefix):].rpartition(".")
-            if not number.isdigit():
+            parsed = parse_attempt(key[len(prefix):])
+            if parsed is None:
                 continue
-            status = self.read_status(run_id, task_id, int(number))
+            task_id, number = parsed
+            status = self.read_status(run_id, task_id, number)
             if status is None:
                 holder = (self.blobs.read(key) or b"").decode(errors="replace")
-                status = AttemptStatus(task_id, int(number), AttemptState.RUNNING, worker=holder)
+                status = AttemptStatus(task_id, number, AttemptState.RUNNING, worker=holder)
             found.setdefault(task_id, []).append(status)
         for statuses in found.values():
             statuses.sort(key=lambda s: s.attempt)

@@ -13,7 +13,7 @@ import pytest
 
 from parallel_engine.errors import StoreError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
-from parallel_engine.store import LocalBlobs, RunRecord, local_store
+from parallel_engine.store import LocalBlobs, RunRecord, local_store, parse_attempt
 
 
 def test_claim_is_granted_to_exactly_one_of_many_racing_workers(tmp_path: Path) -> None:
@@ -127,3 +127,10 @@ def test_disk_errors_in_the_store_are_store_errors_naming_the_path(tmp_path: Pat
     with pytest.raises(StoreError, match="Not a directory"):
         blobs.create("runs/r1/claims/t.1", b"w")
     assert blobs.read("runs/r1/run.json") is None  # missing is not an error
+
+
+def test_attempt_names_parse_as_task_and_number() -> None:
+    assert parse_attempt("t1.2") == ("t1", 2)
+    assert parse_attempt("c.d.3") == ("c.d", 3)  # a task id may hold dots: the last one splits
+    for bad in ("-", "", "t1", ".1", "t1.", "t1.x", "t1.\u00b2", "t1.-1"):  # "²" is a digit to str.isdigit
+        assert parse_attempt(bad) is None, bad

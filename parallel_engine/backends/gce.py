@@ -33,7 +33,7 @@ from parallel_engine.gce_vm import (
 from parallel_engine.google_clients import call_google, compute_client
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.names import gce_name, label_value
-from parallel_engine.store import RunStore
+from parallel_engine.store import RunStore, parse_attempt
 from parallel_engine.worker import encode_argv
 
 ScriptFor = Callable[[tuple[tuple[str, int], ...] | None], str]
@@ -47,12 +47,6 @@ ORCHESTRATOR = "orchestrator"
 EVENT_LOOKBACK_S = 60.0
 PUBLISHERS = 16  # concurrent uploads of argv and open markers
 INSERTERS = 32  # concurrent one-VM-per-task inserts (each waits for its zone operation)
-
-
-def parse_attempt(text: str) -> tuple[str, int] | None:
-    """"task.attempt" from a worker record; None for "-" (nothing claimed yet) or garbage."""
-    task_id, _, number = text.strip().rpartition(".")
-    return (task_id, int(number)) if task_id and number.isdigit() else None
 
 
 class CapacityRefused(BackendError):
@@ -399,8 +393,10 @@ class GcePool:
             name = key[len(prefix):]
             stamp, task_attempt = name[:17], name[18:]  # "<17-char stamp>-<task>.<attempt>"
             self._newest_stamp = max(self._newest_stamp, float(stamp))
-            task_id, _, number = task_attempt.rpartition(".")
-            status = self.store.read_status(self.run_id, task_id, int(number))
+            parsed = parse_attempt(task_attempt)
+            if parsed is None:
+                continue
+            status = self.store.read_status(self.run_id, *parsed)
             if status is not None:
                 self._finished(status)
         horizon = f"{prefix}{max(0.0, self._newest_stamp - EVENT_LOOKBACK_S):017.6f}"
@@ -422,7 +418,7 @@ class GcePool:
                 continue
             attempt = seen.attempt if seen is not None else None
             if not self.per_task and (seen is None or seen.md5 != md5):
-                attempt = parse_attempt((blobs.read(key) or b"").decode(errors="replace"))
+                attempt = parse_attempt((blobs.read(key) or b"").decode(errors="replace").strip())
             self._workers[vm] = WorkerSeen(generation, md5, now, attempt)
 
     def _finished(self, status: AttemptStatus) -> None:
