@@ -303,18 +303,23 @@ class RunStore:
         except (ValueError, KeyError, TypeError):
             return None
 
+    def claimed(self, run_id: str) -> list[tuple[str, int]]:
+        """(task_id, attempt) of every claim, from one listing of `claims/`."""
+        prefix = f"runs/{run_id}/claims/"
+        return [parsed for key in self.blobs.list(prefix) if (parsed := parse_attempt(key[len(prefix):]))]
+
+    def holder(self, run_id: str, task_id: str, attempt: int) -> str | None:
+        """Who claimed the attempt (a VM's or worker's name), or None if nobody did."""
+        raw = self.blobs.read(f"runs/{run_id}/claims/{task_id}.{attempt}")
+        return None if raw is None else raw.decode(errors="replace")
+
     def attempts(self, run_id: str) -> dict[str, list[AttemptStatus]]:
         """Every attempt, by task, in attempt order: a claim without a record is running."""
         found: dict[str, list[AttemptStatus]] = {}
-        prefix = f"runs/{run_id}/claims/"
-        for key in self.blobs.list(prefix):
-            parsed = parse_attempt(key[len(prefix):])
-            if parsed is None:
-                continue
-            task_id, number = parsed
+        for task_id, number in self.claimed(run_id):
             status = self.read_status(run_id, task_id, number)
             if status is None:
-                holder = (self.blobs.read(key) or b"").decode(errors="replace")
+                holder = self.holder(run_id, task_id, number) or ""
                 status = AttemptStatus(task_id, number, AttemptState.RUNNING, worker=holder)
             found.setdefault(task_id, []).append(status)
         for statuses in found.values():

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
@@ -174,16 +174,29 @@ class Compute:
         return {op.target_link.rsplit("/", 1)[-1] for op in call_google(self.operations.list, request=request)}
 
 
-def cancel_claimed(store: RunStore, run_id: str, candidates: list[tuple[str, int]]) -> list[AttemptStatus]:
-    """Record `cancelled` (and its event) for each candidate attempt that was claimed but has no
-    record: once the run's VMs are gone nobody else will, and `status` would say running forever."""
-    cancelled = []
-    for task_id, attempt in candidates:
-        holder = store.blobs.read(f"runs/{run_id}/claims/{task_id}.{attempt}")
-        if holder is None or store.read_status(run_id, task_id, attempt) is not None:
+def running_among(store: RunStore, run_id: str, candidates: Iterable[tuple[str, int]]) -> list[AttemptStatus]:
+    """The candidates that were claimed and have no record, as `running` with their holder as the
+    worker. One listing of `claims/`; only a claimed candidate's record (and then its claim) is
+    read, so cancelling a large run costs its running attempts, not its open ones."""
+    wanted = set(candidates)
+    running = []
+    for task_id, attempt in store.claimed(run_id):
+        if (task_id, attempt) not in wanted or store.read_status(run_id, task_id, attempt) is not None:
             continue
-        status = AttemptStatus(task_id, attempt, AttemptState.CANCELLED, None, None, time.time(),
-                               holder.decode(errors="replace"), "the run was cancelled")
+        holder = store.holder(run_id, task_id, attempt)
+        if holder is not None:
+            running.append(AttemptStatus(task_id, attempt, AttemptState.RUNNING, worker=holder))
+    return running
+
+
+def cancel_running(store: RunStore, run_id: str, running: Iterable[AttemptStatus]) -> list[AttemptStatus]:
+    """Record `cancelled` (and its event) for each attempt that was running (`running_among`, or
+    `RunStore.attempts`): once the run's VMs are gone nobody else will, and `status` would say
+    running forever. Writes only: the caller has read what is running."""
+    cancelled = []
+    for was in running:
+        status = AttemptStatus(was.task_id, was.attempt, AttemptState.CANCELLED, None, None, time.time(),
+                               was.worker, "the run was cancelled")
         store.write_status(run_id, status)
         store.add_event(run_id, status)
         cancelled.append(status)
@@ -324,7 +337,7 @@ class GcePool:
         self.close()
         with self._lock:
             candidates = list(self._open)
-        for status in cancel_claimed(self.store, self.run_id, candidates):
+        for status in cancel_running(self.store, self.run_id, running_among(self.store, self.run_id, candidates)):
             self.on_event("finished", status)
 
     def close(self) -> None:

@@ -609,6 +609,42 @@ def test_one_poll_costs_the_same_at_10_and_200_tasks_even_when_a_vm_vanishes(clo
     assert small[:2] == (2, 1 + 2 * 2 + 1 + 5), small
 
 
+def cancel_cost(cloud: Emulator, tasks: int) -> int:
+    """Storage object calls of cancelling a pool with `tasks` open attempts, two of them claimed:
+    one still running (it gets `cancelled`), one finished with its event not seen yet."""
+    config = config_for(cloud, "img")
+    store = open_store(config)
+    run_id = f"cancel-{tasks}"
+    events: list[tuple[str, Any]] = []
+    pool = GcePool(config, store, run_id, Compute(config), script_for(config, run_id, "img"),
+                   lambda kind, s: events.append((kind, s)), lambda m: None, quota=1)
+    for index in range(tasks):
+        pool.submit(Task(str(index), ("--i", str(index))), 1)
+    pool.wait_published()
+    assert store.claim(run_id, "0", 1, "pe-vm-a") and store.claim(run_id, "1", 1, "pe-vm-b")
+    store.write_status(run_id, AttemptStatus("1", 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, "pe-vm-b", ""))
+    cloud.control.reset_calls()
+    before = time.time()
+    pool.cancel()
+    storage = cloud.control.calls()["storage"]["byMethod"]
+    ((kind, cancelled),) = events
+    assert kind == "finished" and cancelled == store.read_status(run_id, "0", 1)
+    assert (cancelled.task_id, cancelled.attempt, cancelled.state, cancelled.exit_code, cancelled.started_at,
+            cancelled.worker, cancelled.reason) == ("0", 1, AttemptState.CANCELLED, None, None, "pe-vm-a",
+                                                    "the run was cancelled")
+    assert cancelled.finished_at is not None and cancelled.finished_at >= before
+    assert store.read_status(run_id, "1", 1).state is AttemptState.SUCCEEDED  # a record is never replaced
+    assert [key.rsplit("-", 1)[1] for key in store.events_after(run_id)] == ["0.1"]
+    return sum(n.get("orchestrator", 0) for method, n in storage.items() if method.startswith("storage.objects."))
+
+
+def test_cancelling_reads_only_the_claimed_attempts_not_every_open_one(cloud: Emulator) -> None:
+    small, large = cancel_cost(cloud, 10), cancel_cost(cloud, 200)
+    # 1 claims list; the finished one: its record read; the running one: its record and claim
+    # read, the cancelled record and its event written.
+    assert small == large == 1 + 1 + 4, (small, large)
+
+
 def test_one_task_vm_that_does_not_delete_itself_is_deleted(
     cloud: Emulator, example_image: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
