@@ -282,6 +282,7 @@ def test_one_vm_claims_and_runs_five_tasks_one_after_another(run: Run) -> None:
     for earlier, later in itertools.pairwise(ordered):
         assert earlier.finished_at <= later.started_at  # one after another, never two at once
     assert sorted(run.events()) == [(f"{task}.1", "succeeded") for task in tasks]
+    assert run.read(f"runs/{RUN}/workers/pe-worker-1") == b"t5.1"  # claim mode: the last attempt it claimed
     assert run.self_deletions() == 1
 
 
@@ -327,6 +328,8 @@ def test_rendered_tasks_one_vm_per_task_and_a_duplicate_worker_runs_nothing_twic
         _ok(status, (run.read(f"runs/{RUN}/claims/{task}.1") or b"").decode())
         assert run.log(task, "stdout").splitlines()[1] == task
     assert run.status("alpha").worker in ("pe-one-alpha", "pe-one-alpha-duplicate")
+    for vm in run.vms:  # rendered mode: the record is a heartbeat only, never rewritten per claim
+        assert run.read(f"runs/{RUN}/workers/{vm}") == b"-", vm
     assert run.self_deletions() == 4
 
 

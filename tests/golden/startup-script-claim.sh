@@ -276,10 +276,11 @@ watch_preemption() {
 
 # ---- the VM's record and heartbeat ----
 # runs/<run>/workers/<vm> holds the attempt this VM claimed last ("task.attempt"; "-" before its
-# first claim). It is written before each claim, so the orchestrator knows which attempt a VM
-# that vanished may hold without reading every claim, and rewritten every HEARTBEAT by the
-# beater, so a worker that died or hangs while its VM runs shows as a record that stopped
-# changing. The lock keeps a beat from putting back an older content after a newer one.
+# first claim, and always in rendered mode). In claim mode it is written before each claim, so
+# the orchestrator knows which attempt a VM that vanished may hold without reading every claim.
+# In both modes the beater rewrites it every HEARTBEAT, so a worker that died or hangs while its
+# VM runs shows as a record that stopped changing. The lock keeps a beat from putting back an
+# older content after a newer one.
 worker_record() { # TEXT: 0 when recorded
   local rc=0
   {
@@ -579,7 +580,9 @@ attempt_body() {
 # name in it (this VM booted again: that attempt ran, or was lost, in the previous boot).
 claim() {
   local key="${RUN_KEY}claims/$1.$2" rc=0
-  if ! worker_record "$1.$2"; then return 2; fi
+  # Claim mode only: with rendered attempts the orchestrator knows what this VM may hold, and
+  # reads the record for its heartbeat alone (the beater keeps rewriting it).
+  if [[ $PE_MODE == claim ]] && ! worker_record "$1.$2"; then return 2; fi
   HTTP_CURL_RETRIES=0 gcs_create "$key" "$VM_NAME" || rc=$?
   if ((rc == 1 && HTTP_TRIES > 1)) && gcs_get "$key" "$WORK/holder" && [[ $(<"$WORK/holder") == "$VM_NAME" ]]; then
     rc=0
