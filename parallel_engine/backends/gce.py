@@ -465,12 +465,16 @@ class GcePool:
     def _settle_gone(self, gone: list[str], vms: dict[str, str]) -> None:
         """The attempt each vanished VM held, if it is still open, ends with the VM's own record
         when one was written; otherwise as preempted (Google recorded a preemption) or lost.
-        Only that VM's attempt is read: the cost is per vanished VM, not per task."""
+        Only that VM's attempt is read: the cost is per vanished VM, not per task. Preemptions
+        are listed only in zones where a vanished VM still held an open attempt: a one-task VM
+        that finished and deleted itself (the common case) needs no Compute call."""
+        with self._lock:
+            holding = {vm: item for vm in gone if (item := self._held_by(vm)) is not None and item in self._open}
         preempted: set[str] = set()
-        for zone in {self._seen[name] for name in gone}:
+        for zone in {self._seen[vm] for vm in holding}:
             preempted |= self.compute.preempted(zone)
         for vm in gone:
-            item = self._held_by(vm)
+            item = holding.get(vm)
             with self._lock:
                 still_open = item in self._open
             if item is not None and still_open:

@@ -609,6 +609,41 @@ def test_one_poll_costs_the_same_at_10_and_200_tasks_even_when_a_vm_vanishes(clo
     assert small[:2] == (2, 1 + 2 * 2 + 1 + 5), small
 
 
+@pytest.mark.parametrize("per_task", [False, True], ids=["reuse", "one-vm-per-task"])
+def test_a_vm_gone_after_its_attempt_finished_costs_no_preemption_listing(cloud: Emulator, per_task: bool) -> None:
+    """The common end of a one-task VM: it recorded its attempt and deleted itself. Nothing is
+    left to settle, so Google's preemption operations are not listed (poll_cost: they are when
+    the vanished VM still held an open attempt)."""
+    from parallel_engine.gce_vm import instance_body, instance_properties
+
+    config = config_for(cloud, "img", **({"TASKS_PER_VM": 1} if per_task else {}))
+    store = open_store(config)
+    run_id = f"done-{int(per_task)}"
+    events: list[tuple[str, Any]] = []
+    pool = GcePool(config, store, run_id, Compute(config), script_for(config, run_id, "img"),
+                   lambda kind, s: events.append((kind, s)), lambda m: None, quota=1)
+    pool._create_workers = lambda alive: None  # type: ignore[method-assign]  # monitoring only
+    pool.submit(Task("t", ()), 1)
+    pool.wait_published()
+    vm = f"pe-{run_id}-finished"
+    pool.compute.insert(cloud.zone, instance_body(instance_properties(config, cloud.zone, "sleep 600", run_id, "w"), vm, cloud.zone))
+    if per_task:
+        pool._vm_attempt[vm] = ("t", 1)
+    store.blobs.write(f"runs/{run_id}/workers/{vm}", b"t.1")
+    assert store.claim(run_id, "t", 1, vm)
+    pool._poll()
+    status = AttemptStatus("t", 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, vm, "")
+    store.write_status(run_id, status)
+    store.add_event(run_id, status)
+    pool.compute.delete(cloud.zone, vm)  # it finished, then deleted itself
+    cloud.control.reset_calls()
+    pool._poll()
+    assert events == [("finished", status)]
+    assert vm in pool._settled and store.blobs.read(f"runs/{run_id}/workers/{vm}") is None
+    compute = cloud.control.calls()["compute"]["byMethod"]
+    assert compute.get("compute.zoneOperations.list", {}).get("orchestrator", 0) == 0, compute
+
+
 def cancel_cost(cloud: Emulator, tasks: int) -> int:
     """Storage object calls of cancelling a pool with `tasks` open attempts, two of them claimed:
     one still running (it gets `cancelled`), one finished with its event not seen yet."""
