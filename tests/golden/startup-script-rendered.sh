@@ -504,6 +504,16 @@ attempt_body() {
     why=$(grep -v '^[[:space:]]*$' "$A/run.err" | tail -n 1) || true
     why=${why:-"docker run exited with status $rc"}
     if [[ -n $CID ]]; then upload_logs final; docker rm -f "$CID" >/dev/null 2>&1 || true; CID=""; fi
+    if ((TERMINATING)); then
+      # The shutdown's SIGTERM reached `docker run` too (status 143): not the task's failure.
+      if [[ -e $WORK/preempted ]] || preempted_now; then
+        finish preempted "" "the VM was preempted"
+      else  # deleted or stopped: as below, no status (a started container's logs went up above)
+        log "$TASK.$ATTEMPT: the VM is shutting down: no status written"
+      fi
+      STOP_ALL=1
+      return 0
+    fi
     if ((rc == 125)); then
       finish infra "" "docker run failed: $why"
     else
