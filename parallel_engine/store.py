@@ -9,6 +9,7 @@ A claimed attempt with no status.json yet is running: the record is written once
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -38,6 +39,10 @@ class Blobs(Protocol):
 
     def list(self, prefix: str, start_after: str = "") -> list[str]:
         """Keys under `prefix`, sorted, strictly after `start_after` when given."""
+
+    def versions(self, prefix: str) -> dict[str, tuple[int, str]]:
+        """{key: (generation, content hash)} under `prefix`, without reading any object where the
+        medium allows: a rewrite shows as a new generation, new bytes as a new hash."""
 
     def children(self, prefix: str) -> list[str]:
         """Names directly under `prefix` (like a bucket listing with delimiter '/')."""
@@ -136,6 +141,23 @@ class LocalBlobs:
                     keys.append(key)
         keys.sort()
         return keys
+
+    def versions(self, prefix: str) -> dict[str, tuple[int, str]]:
+        # A write replaces the file (rename), so its mtime is the generation (two writes within the
+        # filesystem's timestamp granularity look like one); the hash reads the bytes, small here.
+        found: dict[str, tuple[int, str]] = {}
+        for key in self.list(prefix):
+            path = self._path(key)
+            try:
+                with open(path, "rb") as handle:
+                    stamp = os.fstat(handle.fileno()).st_mtime_ns
+                    digest = hashlib.md5(handle.read(), usedforsecurity=False).hexdigest()
+            except FileNotFoundError:
+                continue  # deleted since the listing
+            except OSError as exc:
+                raise _disk_error("read", Path(path), exc) from None
+            found[key] = (stamp, digest)
+        return found
 
     def children(self, prefix: str) -> list[str]:
         folder = self._path(prefix)
@@ -325,6 +347,12 @@ class RunStore:
         for statuses in found.values():
             statuses.sort(key=lambda s: s.attempt)
         return found
+
+    def worker_records(self, run_id: str) -> dict[str, tuple[int, str]]:
+        """{vm: (generation, content hash)} of the VMs' records (`runs/<run>/workers/<vm>`), from
+        one listing: what a gce monitor reads for liveness (docs/worker-protocol.md)."""
+        prefix = f"runs/{run_id}/workers/"
+        return {key[len(prefix):]: version for key, version in self.blobs.versions(prefix).items()}
 
     def events_after(self, run_id: str, after: str = "") -> list[str]:
         return self.blobs.list(f"runs/{run_id}/events/", start_after=after)

@@ -418,20 +418,15 @@ class GcePool:
     def _read_workers(self) -> None:
         """The workers' records in one listing: a new generation is a heartbeat; a new md5 is a
         new claim (reuse mode reads that record: which attempt this VM may hold)."""
-        from parallel_engine.gcs_blobs import GCSBlobs
-
-        blobs = self.store.blobs
-        assert isinstance(blobs, GCSBlobs), "the gce pool keeps its store in a bucket"
-        prefix = self._key("workers")
         now = time.monotonic()
-        for key, (generation, md5) in blobs.versions(prefix).items():
-            vm = key[len(prefix):]
+        for vm, (generation, md5) in self.store.worker_records(self.run_id).items():
             seen = self._workers.get(vm)
             if seen is not None and seen.generation == generation:
                 continue
             attempt = seen.attempt if seen is not None else None
             if not self.per_task and (seen is None or seen.md5 != md5):
-                attempt = parse_attempt((blobs.read(key) or b"").decode(errors="replace").strip())
+                record = self.store.blobs.read(self._key("workers", vm)) or b""
+                attempt = parse_attempt(record.decode(errors="replace").strip())
             self._workers[vm] = WorkerSeen(generation, md5, now, attempt)
 
     def _finished(self, status: AttemptStatus) -> None:

@@ -53,3 +53,15 @@ def test_bucket_store_keeps_the_local_layout_and_reads_back(cloud: Emulator) -> 
     assert store.run_ids() == ["r1"]
     names = [b.name for b in store.blobs.client.list_blobs(cloud.bucket, prefix="pe/runs/r1/")]  # type: ignore[attr-defined]
     assert "pe/runs/r1/tasks/t1/1/status.json" in names and "pe/runs/r1/claims/t1.1" in names
+
+
+def test_bucket_worker_records_show_a_rewrite_as_a_new_generation_and_new_bytes_as_a_new_hash(cloud: Emulator) -> None:
+    store = bucket_store(cloud)
+    versions = []
+    for data in (b"-", b"-", b"t1.1"):  # the prelude, a heartbeat, a new claim
+        store.blobs.write("runs/r1/workers/vm-a", data)
+        versions.append(store.worker_records("r1")["vm-a"])
+    first, beat, claimed = versions
+    assert beat[0] != first[0] and beat[1] == first[1]
+    assert claimed[1] != beat[1]
+    assert list(store.worker_records("r1")) == ["vm-a"] and store.worker_records("r2") == {}
