@@ -9,7 +9,6 @@ about retries: the scheduler does.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -33,6 +32,7 @@ from parallel_engine.gce_vm import (
 from parallel_engine.google_clients import call_google, compute_client
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.names import gce_name, label_value
+from parallel_engine.results import write_waiting
 from parallel_engine.store import RunStore, parse_attempt
 from parallel_engine.worker import encode_argv
 
@@ -580,8 +580,7 @@ class GcePool:
             if waiting == self._waiting:
                 return
             self._waiting = waiting
-        record = {"waiting": waiting is not None, "reason": waiting or "", "at": time.time()}
-        self.store.blobs.write(f"runs/{self.run_id}/capacity.json", json.dumps(record).encode())
+        write_waiting(self.store, self.run_id, waiting, time.time())
 
     def _create_reuse(self, zone: str, alive: int) -> int:
         with self._lock:

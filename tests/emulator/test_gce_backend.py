@@ -25,6 +25,7 @@ from parallel_engine.errors import BackendError
 from parallel_engine.emulator import Emulator
 from parallel_engine.gce_run import script_for
 from parallel_engine.model import AttemptState, AttemptStatus, Task
+from parallel_engine.results import capacity_key
 from tests.helpers import ROOT, cli
 from tests.test_local_run import HOSTILE
 
@@ -486,7 +487,7 @@ def test_queued_for_quota_shows_in_status_from_another_process(cloud: Emulator, 
     shown: dict[str, Any] = {}
     while time.monotonic() < deadline:
         run_ids = store.run_ids()
-        if run_ids and store.blobs.read(f"runs/{run_ids[0]}/capacity.json"):
+        if run_ids and store.blobs.read(capacity_key(run_ids[0])):
             done = cli("status", run_ids[0], "--json", cwd=workdir)
             assert done.returncode == 0, done.stdout + done.stderr
             shown = json.loads(done.stdout)
