@@ -194,7 +194,7 @@ def build_gce(config: Config, store: RunStore, context: Path, cloudbuild: Path,
         transport="rest", credentials=_credentials(config.cloudbuild_endpoint),
         client_options=_options(config.cloudbuild_endpoint),
     )
-    tag = f"pe-{new_run_id()}".lower().replace("_", "-")
+    tag = f"pe-{new_run_id()}"  # a run id is lowercase letters, digits and "-": a valid tag
     message = _build_message(spec, config.bucket, obj, config.image, cloudbuild, tag)
     try:
         build_id = _submit(client, config.project_id, message, tag)

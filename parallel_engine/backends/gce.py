@@ -111,7 +111,7 @@ class Compute:
             if isinstance(exc.__cause__, NotFound):
                 return False
             raise
-        return bool(vm.labels.get(RUN_LABEL)) and vm.labels.get(RUN_LABEL) == body["labels"][RUN_LABEL]
+        return vm.labels.get(RUN_LABEL) == body["labels"][RUN_LABEL]  # never empty: the run id
 
     def bulk_insert(self, zone: str, body: dict[str, Any]) -> None:
         """Create identical VMs in one call; its `requestId` makes a retried call one batch, not two."""
@@ -530,7 +530,7 @@ class GcePool:
     def _never_reported(self, vm: str) -> None:
         reason = (f"the VM's worker never reported within {boot_timeout(self.config):g} s of boot "
                   "(its startup script failed, or the VM cannot write the bucket: see its serial console)")
-        item = self._vm_attempt.get(vm) if self.per_task else None
+        item = self._held_by(vm)  # reuse: None, the VM has no record
         if item is not None:
             task_id, attempt = item
             if not self.store.claim(self.run_id, task_id, attempt, ORCHESTRATOR):

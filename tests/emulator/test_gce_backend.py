@@ -184,7 +184,9 @@ def test_server_errors_and_dropped_connections_are_retried(cloud: Emulator) -> N
     import requests
     from google.auth.exceptions import TransportError
 
-    from parallel_engine.google_clients import _transient
+    from google.api_core import exceptions as gexc
+
+    from parallel_engine.google_clients import _transient, is_google_error
 
     compute = Compute(config_for(cloud, "img"))
     for status in (500, 502, 504):
@@ -193,6 +195,12 @@ def test_server_errors_and_dropped_connections_are_retried(cloud: Emulator) -> N
     assert sum(cloud.control.calls()["compute"]["injected"].values()) == 3
     assert _transient(requests.ConnectionError("reset by peer")) and _transient(TransportError("dropped"))
     assert not _transient(ValueError("a bug is not retried"))
+    # What is retried and still fails becomes a BackendError: every transient error is a Google one.
+    transient = [requests.ConnectionError("x"), requests.Timeout("x"), TransportError("x"), ConnectionResetError(),
+                 gexc.TooManyRequests("x"), gexc.ResourceExhausted("x"), gexc.InternalServerError("x"),
+                 gexc.BadGateway("x"), gexc.ServiceUnavailable("x"), gexc.GatewayTimeout("x"),
+                 gexc.Forbidden("rateLimitExceeded")]
+    assert all(_transient(exc) and is_google_error(exc) for exc in transient)
 
 
 def test_an_insert_conflict_is_success_only_for_this_runs_own_vm(cloud: Emulator) -> None:
