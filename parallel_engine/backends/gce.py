@@ -442,13 +442,22 @@ class GcePool:
             self._count_infra(status.reason)
         self.on_event("finished", status)
 
-    def _count_infra(self, reason: str) -> None:
+    def _count_infra(self, reason: str, vm: bool = False) -> None:
+        """One more identical infra failure: of an attempt, or (`vm`) of a reuse VM whose worker
+        never reported, which no attempt carries. INFRA_FAILURE_LIMIT of them stop the run."""
         self._infra[reason] += 1
-        if self._infra[reason] >= self.config.infra_failure_limit:
+        count = self._infra[reason]
+        if count < self.config.infra_failure_limit:
+            return
+        if vm:
             raise BackendError(
-                f"stopping early: {self._infra[reason]} attempts failed the same way before starting: {reason}",
-                hint="fix the image or the VM settings (see `parallel-engine logs`), then run again",
+                f"stopping early: {count} VMs failed the same way before running any attempt: {reason}",
+                hint="fix the VM settings (service account, SCOPES, network), then run again",
             )
+        raise BackendError(
+            f"stopping early: {count} attempts failed the same way before starting: {reason}",
+            hint="fix the image or the VM settings (see `parallel-engine logs`), then run again",
+        )
 
     def _held_by(self, vm: str) -> tuple[str, int] | None:
         """The attempt `vm` may hold: its rendered one, or the one its record names."""
@@ -539,7 +548,7 @@ class GcePool:
         self.info(f"deleting {vm}: {reason}")
         self._doom(vm, reason)
         if item is None:
-            self._count_infra(reason)  # no attempt carries it (reuse): count it here
+            self._count_infra(reason, vm=True)  # no attempt carries it (reuse): count the VM
 
     def _doom(self, vm: str, reason: str) -> None:
         self._doomed[vm] = reason

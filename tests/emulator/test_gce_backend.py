@@ -329,7 +329,8 @@ def test_a_worker_that_cannot_write_the_bucket_stops_the_run_early_as_infra(
     with VmWatch(cloud) as watch:
         run, error = run_in_thread(workdir / "two.csv", config)
     assert run is None and isinstance(error, BackendError), error
-    assert "stopping early: 2 attempts failed the same way" in error.message
+    # Reuse VMs carry no attempt until they claim one: the VMs are counted, and said to be.
+    assert "stopping early: 2 VMs failed the same way before running any attempt: " in error.message
     assert "never reported" in error.message
     assert len(watch.names) == 2  # one VM, then one replacement, then the limit
     assert not [vm for vm in cloud.control.vms() if vm["name"] in watch.names]

@@ -696,7 +696,7 @@ main() {
   WORKER_KEY="${RUN_KEY}workers/$VM_NAME"
   : >"$WORK/running"
   if ! worker_record "-"; then
-    log "cannot write to gs://$PE_BUCKET/${PE_ROOT} (HTTP $HTTP_CODE): the VM's service account needs Storage write access (SCOPES, IAM)"
+    log "cannot write gs://$PE_BUCKET/$WORKER_KEY (HTTP $HTTP_CODE): the VM's service account needs Storage write access (SCOPES, IAM)"
     exit 1
   fi
   beat_loop "$$" &
