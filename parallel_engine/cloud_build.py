@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from parallel_engine.config import Config
-from parallel_engine.errors import BuildError, ConfigError
+from parallel_engine.errors import BackendError, BuildError, ConfigError
 from parallel_engine.google_clients import _credentials, _options, call_google
 from parallel_engine.names import new_run_id
 from parallel_engine.store import RunStore
@@ -133,34 +133,35 @@ def _build_message(spec: dict[str, Any], bucket: str, obj: str, image: str, wher
 
 def _duration(value: Any, where: Path) -> dict[str, int]:
     """cloudbuild.yaml's `timeout` ("1200s", or a number of seconds) as a protobuf Duration."""
-    text = str(value).strip()
-    number = text[:-1] if text.endswith("s") else text
+    from parallel_engine.config import parse_duration
+
     try:
-        seconds = float(number)
+        seconds = parse_duration(value)
+        if seconds <= 0:
+            raise ValueError(seconds)
     except ValueError:
-        raise BuildError(f"{where}: timeout {value!r} is not a duration", hint='write it like "1200s"') from None
+        raise BuildError(f"{where}: `timeout: {value}` is not a duration",
+                         hint='write seconds with an "s", as Cloud Build does: `timeout: 1200s`') from None
     return {"seconds": int(seconds), "nanos": int(round((seconds % 1) * 1e9))}
 
 
-def _submit(client: Any, project: str, build: Any, tag: str, tries: int = 5) -> str:
+def _submit(client: Any, project: str, build: Any, tag: str) -> str:
     """Create the build; its id. A create is not idempotent, so a failed call is never blindly
-    repeated: the builds tagged with this submission's unique tag are looked up first (the call
-    may have landed with its answer lost), and only if none exists is it sent again."""
-    from parallel_engine.google_clients import _transient, is_google_error
+    repeated: call_google retries it (transient errors, with backoff and jitter), and each retry
+    first looks up the builds tagged with this submission's unique tag (the call may have landed
+    with its answer lost), creating again only if none exists. What still fails is a BackendError."""
+    tries = 0
 
-    for attempt in range(1, tries + 1):
-        try:
-            return str(client.create_build(project_id=project, build=build).metadata.build.id)
-        except Exception as exc:
-            if not _transient(exc) or attempt == tries:
-                if is_google_error(exc):
-                    raise BuildError(f"Cloud Build refused the build: {exc}") from exc
-                raise
-        landed = list(call_google(client.list_builds, project_id=project, filter=f'tags="{tag}"'))
-        if landed:
-            return str(landed[0].id)
-        time.sleep(min(30.0, 0.5 * 2**attempt))
-    raise AssertionError("unreachable")
+    def create_once() -> str:
+        nonlocal tries
+        tries += 1
+        if tries > 1:
+            landed = list(client.list_builds(project_id=project, filter=f'tags="{tag}"'))
+            if landed:
+                return str(landed[0].id)
+        return str(client.create_build(project_id=project, build=build).metadata.build.id)
+
+    return call_google(create_once)
 
 
 def poll_limit(build: Any) -> float:
@@ -193,9 +194,16 @@ def build_gce(config: Config, store: RunStore, context: Path, cloudbuild: Path,
         transport="rest", credentials=_credentials(config.cloudbuild_endpoint),
         client_options=_options(config.cloudbuild_endpoint),
     )
-    tag = f"pe-{new_run_id()}".lower().replace("_", "-")
+    tag = f"pe-{new_run_id()}"  # a run id is lowercase letters, digits and "-": a valid tag
     message = _build_message(spec, config.bucket, obj, config.image, cloudbuild, tag)
-    build_id = _submit(client, config.project_id, message, tag)
+    try:
+        build_id = _submit(client, config.project_id, message, tag)
+    except BackendError as exc:
+        raise BuildError(
+            f"Cloud Build refused the build: {exc.__cause__ or exc}",
+            hint=f"check CLOUDBUILD_ENDPOINT ({config.cloudbuild_endpoint or 'unset: Google'}), that the Cloud Build API "
+                 f"is enabled in project {config.project_id}, and your credentials (gcloud auth application-default login)",
+        ) from exc
     on_line(f"Cloud Build {build_id} submitted")
     seen = ""
     deadline = None

@@ -131,13 +131,13 @@ def down(config: Config, run_id: str) -> int:
     """Delete every VM of a run, by label, from any machine, then record `cancelled` for each
     attempt that was running on one; returns how many VMs were deleted."""
     from parallel_engine.api import open_store
-    from parallel_engine.backends.gce import cancel_claimed
+    from parallel_engine.backends.gce import cancel_running
     from parallel_engine.model import AttemptState
 
     assert config.zone is not None
     deleted = delete_run_vms(Compute(config), run_id)
     store = open_store(config)
-    running = [(a.task_id, a.attempt) for attempts in store.attempts(run_id).values()
-               for a in attempts if a.state is AttemptState.RUNNING]
-    cancel_claimed(store, run_id, running)
+    # attempts() read every claim and record once: what it calls running is recorded as it is.
+    running = [a for attempts in store.attempts(run_id).values() for a in attempts if a.state is AttemptState.RUNNING]
+    cancel_running(store, run_id, running)
     return deleted

@@ -25,7 +25,9 @@ def _translated(method: Callable[..., T]) -> Callable[..., T]:
             return method(self, *args, **kwargs)
         except Exception as exc:
             if is_google_error(exc):
-                raise BackendError(f"Cloud Storage (gs://{self.bucket.name}/{self.prefix}): {exc}",
+                # The object (or the prefix listed) when the call names one; fetch takes a list.
+                where = self._name(args[0]) if args and isinstance(args[0], str) else self.prefix
+                raise BackendError(f"Cloud Storage (gs://{self.bucket.name}/{where}): {exc}",
                                    hint="check the bucket, your credentials and STORAGE_ENDPOINT") from exc
             raise
 

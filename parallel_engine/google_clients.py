@@ -90,7 +90,7 @@ def call_google(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return attempt()
     except Exception as exc:
-        if _transient(exc) or is_google_error(exc):
+        if is_google_error(exc):  # covers every type _transient retries
             raise BackendError(f"Google API call failed: {exc}") from exc
         raise
 

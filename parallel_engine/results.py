@@ -135,8 +135,19 @@ def status_of(
     return RunStatus(record, run_state, tuple(views), waiting)
 
 
+def capacity_key(run_id: str) -> str:
+    """`runs/<run>/capacity.json`: whether a gce run waits for capacity, for `status` anywhere."""
+    return f"runs/{run_id}/capacity.json"
+
+
+def write_waiting(store: RunStore, run_id: str, waiting: str | None, at: float) -> None:
+    """Record that the run waits for capacity (`waiting` says why) or, with None, that it does not."""
+    record = {"waiting": waiting is not None, "reason": waiting or "", "at": at}
+    store.blobs.write(capacity_key(run_id), json.dumps(record).encode())
+
+
 def _waiting(store: RunStore, run_id: str) -> str:
-    raw = store.blobs.read(f"runs/{run_id}/capacity.json")
+    raw = store.blobs.read(capacity_key(run_id))
     try:
         return str(json.loads(raw).get("reason", "")) if raw else ""
     except ValueError:

@@ -9,6 +9,7 @@ A claimed attempt with no status.json yet is running: the record is written once
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -38,6 +39,10 @@ class Blobs(Protocol):
 
     def list(self, prefix: str, start_after: str = "") -> list[str]:
         """Keys under `prefix`, sorted, strictly after `start_after` when given."""
+
+    def versions(self, prefix: str) -> dict[str, tuple[int, str]]:
+        """{key: (generation, content hash)} under `prefix`, without reading any object where the
+        medium allows: a rewrite shows as a new generation, new bytes as a new hash."""
 
     def children(self, prefix: str) -> list[str]:
         """Names directly under `prefix` (like a bucket listing with delimiter '/')."""
@@ -137,6 +142,23 @@ class LocalBlobs:
         keys.sort()
         return keys
 
+    def versions(self, prefix: str) -> dict[str, tuple[int, str]]:
+        # A write replaces the file (rename), so its mtime is the generation (two writes within the
+        # filesystem's timestamp granularity look like one); the hash reads the bytes, small here.
+        found: dict[str, tuple[int, str]] = {}
+        for key in self.list(prefix):
+            path = self._path(key)
+            try:
+                with open(path, "rb") as handle:
+                    stamp = os.fstat(handle.fileno()).st_mtime_ns
+                    digest = hashlib.md5(handle.read(), usedforsecurity=False).hexdigest()
+            except FileNotFoundError:
+                continue  # deleted since the listing
+            except OSError as exc:
+                raise _disk_error("read", Path(path), exc) from None
+            found[key] = (stamp, digest)
+        return found
+
     def children(self, prefix: str) -> list[str]:
         folder = self._path(prefix)
         if not os.path.isdir(folder):
@@ -226,6 +248,15 @@ class RunRecord:
         )
 
 
+def parse_attempt(name: str) -> tuple[str, int] | None:
+    """"<task_id>.<attempt>" (a claim's or an event's name, a worker's record) as (task_id, attempt);
+    None for anything else ("-": nothing claimed yet, or garbage)."""
+    task_id, _, number = name.rpartition(".")
+    if not task_id or not (number.isascii() and number.isdigit()):
+        return None
+    return task_id, int(number)
+
+
 def _dumps(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False).encode()
 
@@ -294,22 +325,34 @@ class RunStore:
         except (ValueError, KeyError, TypeError):
             return None
 
+    def claimed(self, run_id: str) -> list[tuple[str, int]]:
+        """(task_id, attempt) of every claim, from one listing of `claims/`."""
+        prefix = f"runs/{run_id}/claims/"
+        return [parsed for key in self.blobs.list(prefix) if (parsed := parse_attempt(key[len(prefix):]))]
+
+    def holder(self, run_id: str, task_id: str, attempt: int) -> str | None:
+        """Who claimed the attempt (a VM's or worker's name), or None if nobody did."""
+        raw = self.blobs.read(f"runs/{run_id}/claims/{task_id}.{attempt}")
+        return None if raw is None else raw.decode(errors="replace")
+
     def attempts(self, run_id: str) -> dict[str, list[AttemptStatus]]:
         """Every attempt, by task, in attempt order: a claim without a record is running."""
         found: dict[str, list[AttemptStatus]] = {}
-        prefix = f"runs/{run_id}/claims/"
-        for key in self.blobs.list(prefix):
-            task_id, _, number = key[len(prefix):].rpartition(".")
-            if not number.isdigit():
-                continue
-            status = self.read_status(run_id, task_id, int(number))
+        for task_id, number in self.claimed(run_id):
+            status = self.read_status(run_id, task_id, number)
             if status is None:
-                holder = (self.blobs.read(key) or b"").decode(errors="replace")
-                status = AttemptStatus(task_id, int(number), AttemptState.RUNNING, worker=holder)
+                holder = self.holder(run_id, task_id, number) or ""
+                status = AttemptStatus(task_id, number, AttemptState.RUNNING, worker=holder)
             found.setdefault(task_id, []).append(status)
         for statuses in found.values():
             statuses.sort(key=lambda s: s.attempt)
         return found
+
+    def worker_records(self, run_id: str) -> dict[str, tuple[int, str]]:
+        """{vm: (generation, content hash)} of the VMs' records (`runs/<run>/workers/<vm>`), from
+        one listing: what a gce monitor reads for liveness (docs/worker-protocol.md)."""
+        prefix = f"runs/{run_id}/workers/"
+        return {key[len(prefix):]: version for key, version in self.blobs.versions(prefix).items()}
 
     def events_after(self, run_id: str, after: str = "") -> list[str]:
         return self.blobs.list(f"runs/{run_id}/events/", start_after=after)

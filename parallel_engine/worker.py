@@ -39,7 +39,8 @@ _RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 _HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?")
 # REGISTRY as users write it: a host, or a repository under it (REGION-docker.pkg.dev/PROJECT/REPO).
-_REGISTRY_RE = re.compile(_HOST_RE.pattern + r"(/[A-Za-z0-9._-]+)*/?")
+# A path segment starts with a letter or digit, as in docker's reference grammar: never `.` or `..`.
+_REGISTRY_RE = re.compile(_HOST_RE.pattern + r"(/[A-Za-z0-9][A-Za-z0-9._-]*)*/?")
 _NETWORK_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ENDPOINT_RE = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")

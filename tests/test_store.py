@@ -13,7 +13,7 @@ import pytest
 
 from parallel_engine.errors import StoreError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
-from parallel_engine.store import LocalBlobs, RunRecord, local_store
+from parallel_engine.store import LocalBlobs, RunRecord, local_store, parse_attempt
 
 
 def test_claim_is_granted_to_exactly_one_of_many_racing_workers(tmp_path: Path) -> None:
@@ -127,3 +127,29 @@ def test_disk_errors_in_the_store_are_store_errors_naming_the_path(tmp_path: Pat
     with pytest.raises(StoreError, match="Not a directory"):
         blobs.create("runs/r1/claims/t.1", b"w")
     assert blobs.read("runs/r1/run.json") is None  # missing is not an error
+
+
+def test_attempt_names_parse_as_task_and_number() -> None:
+    assert parse_attempt("t1.2") == ("t1", 2)
+    assert parse_attempt("c.d.3") == ("c.d", 3)  # a task id may hold dots: the last one splits
+    for bad in ("-", "", "t1", ".1", "t1.", "t1.x", "t1.\u00b2", "t1.-1"):  # "²" is a digit to str.isdigit
+        assert parse_attempt(bad) is None, bad
+
+
+def test_worker_records_show_a_rewrite_as_a_new_generation_and_new_bytes_as_a_new_hash(tmp_path: Path) -> None:
+    store = local_store(tmp_path)
+    record = tmp_path / "runs/r1/workers/vm-a"
+
+    def rewrite(data: bytes) -> tuple[int, str]:
+        if record.exists():
+            os.utime(record, ns=(1, 1))  # as if written long ago: any rewrite now has a newer mtime
+        store.blobs.write("runs/r1/workers/vm-a", data)
+        return store.worker_records("r1")["vm-a"]
+
+    first = rewrite(b"-")
+    beat = rewrite(b"-")
+    claimed = rewrite(b"t1.1")
+    assert beat[0] != first[0] and beat[1] == first[1]  # a heartbeat: same bytes rewritten
+    assert claimed[1] != beat[1]  # a new claim: new bytes
+    store.blobs.write("runs/r1/workers/vm-b", b"-")
+    assert sorted(store.worker_records("r1")) == ["vm-a", "vm-b"] and store.worker_records("r2") == {}

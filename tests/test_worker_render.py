@@ -190,7 +190,9 @@ def test_the_template_is_found_in_a_source_checkout() -> None:
         ({"image": "--privileged"}, "image"),
         ({"image": "two words"}, "image"),
         ({"registry": "https://us-docker.pkg.dev"}, "registry"),
-        ({"registry": "us-docker.pkg.dev/p/../x y"}, "registry"),
+        ({"registry": "us-docker.pkg.dev/p/../x"}, "registry"),  # a registry path has no `..`
+        ({"registry": "us-docker.pkg.dev/p/./x"}, "registry"),
+        ({"registry": "us-docker.pkg.dev/p/x y"}, "registry"),
         ({"pull_policy": "sometimes"}, "pull_policy"),
         ({"storage_endpoint": "https://storage.googleapis.com/x"}, "storage_endpoint"),
         ({"heartbeat_s": 0}, "heartbeat_s"),

@@ -9,12 +9,11 @@ about retries: the scheduler does.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
@@ -33,7 +32,8 @@ from parallel_engine.gce_vm import (
 from parallel_engine.google_clients import call_google, compute_client
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.names import gce_name, label_value
-from parallel_engine.store import RunStore
+from parallel_engine.results import write_waiting
+from parallel_engine.store import RunStore, parse_attempt
 from parallel_engine.worker import encode_argv
 
 ScriptFor = Callable[[tuple[tuple[str, int], ...] | None], str]
@@ -47,12 +47,6 @@ ORCHESTRATOR = "orchestrator"
 EVENT_LOOKBACK_S = 60.0
 PUBLISHERS = 16  # concurrent uploads of argv and open markers
 INSERTERS = 32  # concurrent one-VM-per-task inserts (each waits for its zone operation)
-
-
-def parse_attempt(text: str) -> tuple[str, int] | None:
-    """"task.attempt" from a worker record; None for "-" (nothing claimed yet) or garbage."""
-    task_id, _, number = text.strip().rpartition(".")
-    return (task_id, int(number)) if task_id and number.isdigit() else None
 
 
 class CapacityRefused(BackendError):
@@ -117,7 +111,7 @@ class Compute:
             if isinstance(exc.__cause__, NotFound):
                 return False
             raise
-        return bool(vm.labels.get(RUN_LABEL)) and vm.labels.get(RUN_LABEL) == body["labels"][RUN_LABEL]
+        return vm.labels.get(RUN_LABEL) == body["labels"][RUN_LABEL]  # never empty: the run id
 
     def bulk_insert(self, zone: str, body: dict[str, Any]) -> None:
         """Create identical VMs in one call; its `requestId` makes a retried call one batch, not two."""
@@ -180,16 +174,29 @@ class Compute:
         return {op.target_link.rsplit("/", 1)[-1] for op in call_google(self.operations.list, request=request)}
 
 
-def cancel_claimed(store: RunStore, run_id: str, candidates: list[tuple[str, int]]) -> list[AttemptStatus]:
-    """Record `cancelled` (and its event) for each candidate attempt that was claimed but has no
-    record: once the run's VMs are gone nobody else will, and `status` would say running forever."""
-    cancelled = []
-    for task_id, attempt in candidates:
-        holder = store.blobs.read(f"runs/{run_id}/claims/{task_id}.{attempt}")
-        if holder is None or store.read_status(run_id, task_id, attempt) is not None:
+def running_among(store: RunStore, run_id: str, candidates: Iterable[tuple[str, int]]) -> list[AttemptStatus]:
+    """The candidates that were claimed and have no record, as `running` with their holder as the
+    worker. One listing of `claims/`; only a claimed candidate's record (and then its claim) is
+    read, so cancelling a large run costs its running attempts, not its open ones."""
+    wanted = set(candidates)
+    running = []
+    for task_id, attempt in store.claimed(run_id):
+        if (task_id, attempt) not in wanted or store.read_status(run_id, task_id, attempt) is not None:
             continue
-        status = AttemptStatus(task_id, attempt, AttemptState.CANCELLED, None, None, time.time(),
-                               holder.decode(errors="replace"), "the run was cancelled")
+        holder = store.holder(run_id, task_id, attempt)
+        if holder is not None:
+            running.append(AttemptStatus(task_id, attempt, AttemptState.RUNNING, worker=holder))
+    return running
+
+
+def cancel_running(store: RunStore, run_id: str, running: Iterable[AttemptStatus]) -> list[AttemptStatus]:
+    """Record `cancelled` (and its event) for each attempt that was running (`running_among`, or
+    `RunStore.attempts`): once the run's VMs are gone nobody else will, and `status` would say
+    running forever. Writes only: the caller has read what is running."""
+    cancelled = []
+    for was in running:
+        status = AttemptStatus(was.task_id, was.attempt, AttemptState.CANCELLED, None, None, time.time(),
+                               was.worker, "the run was cancelled")
         store.write_status(run_id, status)
         store.add_event(run_id, status)
         cancelled.append(status)
@@ -330,7 +337,7 @@ class GcePool:
         self.close()
         with self._lock:
             candidates = list(self._open)
-        for status in cancel_claimed(self.store, self.run_id, candidates):
+        for status in cancel_running(self.store, self.run_id, running_among(self.store, self.run_id, candidates)):
             self.on_event("finished", status)
 
     def close(self) -> None:
@@ -399,8 +406,10 @@ class GcePool:
             name = key[len(prefix):]
             stamp, task_attempt = name[:17], name[18:]  # "<17-char stamp>-<task>.<attempt>"
             self._newest_stamp = max(self._newest_stamp, float(stamp))
-            task_id, _, number = task_attempt.rpartition(".")
-            status = self.store.read_status(self.run_id, task_id, int(number))
+            parsed = parse_attempt(task_attempt)
+            if parsed is None:
+                continue
+            status = self.store.read_status(self.run_id, *parsed)
             if status is not None:
                 self._finished(status)
         horizon = f"{prefix}{max(0.0, self._newest_stamp - EVENT_LOOKBACK_S):017.6f}"
@@ -409,20 +418,15 @@ class GcePool:
     def _read_workers(self) -> None:
         """The workers' records in one listing: a new generation is a heartbeat; a new md5 is a
         new claim (reuse mode reads that record: which attempt this VM may hold)."""
-        from parallel_engine.gcs_blobs import GCSBlobs
-
-        blobs = self.store.blobs
-        assert isinstance(blobs, GCSBlobs), "the gce pool keeps its store in a bucket"
-        prefix = self._key("workers")
         now = time.monotonic()
-        for key, (generation, md5) in blobs.versions(prefix).items():
-            vm = key[len(prefix):]
+        for vm, (generation, md5) in self.store.worker_records(self.run_id).items():
             seen = self._workers.get(vm)
             if seen is not None and seen.generation == generation:
                 continue
             attempt = seen.attempt if seen is not None else None
             if not self.per_task and (seen is None or seen.md5 != md5):
-                attempt = parse_attempt((blobs.read(key) or b"").decode(errors="replace"))
+                record = self.store.blobs.read(self._key("workers", vm)) or b""
+                attempt = parse_attempt(record.decode(errors="replace").strip())
             self._workers[vm] = WorkerSeen(generation, md5, now, attempt)
 
     def _finished(self, status: AttemptStatus) -> None:
@@ -438,13 +442,22 @@ class GcePool:
             self._count_infra(status.reason)
         self.on_event("finished", status)
 
-    def _count_infra(self, reason: str) -> None:
+    def _count_infra(self, reason: str, vm: bool = False) -> None:
+        """One more identical infra failure: of an attempt, or (`vm`) of a reuse VM whose worker
+        never reported, which no attempt carries. INFRA_FAILURE_LIMIT of them stop the run."""
         self._infra[reason] += 1
-        if self._infra[reason] >= self.config.infra_failure_limit:
+        count = self._infra[reason]
+        if count < self.config.infra_failure_limit:
+            return
+        if vm:
             raise BackendError(
-                f"stopping early: {self._infra[reason]} attempts failed the same way before starting: {reason}",
-                hint="fix the image or the VM settings (see `parallel-engine logs`), then run again",
+                f"stopping early: {count} VMs failed the same way before running any attempt: {reason}",
+                hint="fix the VM settings (service account, SCOPES, network), then run again",
             )
+        raise BackendError(
+            f"stopping early: {count} attempts failed the same way before starting: {reason}",
+            hint="fix the image or the VM settings (see `parallel-engine logs`), then run again",
+        )
 
     def _held_by(self, vm: str) -> tuple[str, int] | None:
         """The attempt `vm` may hold: its rendered one, or the one its record names."""
@@ -456,12 +469,16 @@ class GcePool:
     def _settle_gone(self, gone: list[str], vms: dict[str, str]) -> None:
         """The attempt each vanished VM held, if it is still open, ends with the VM's own record
         when one was written; otherwise as preempted (Google recorded a preemption) or lost.
-        Only that VM's attempt is read: the cost is per vanished VM, not per task."""
+        Only that VM's attempt is read: the cost is per vanished VM, not per task. Preemptions
+        are listed only in zones where a vanished VM still held an open attempt: a one-task VM
+        that finished and deleted itself (the common case) needs no Compute call."""
+        with self._lock:
+            holding = {vm: item for vm in gone if (item := self._held_by(vm)) is not None and item in self._open}
         preempted: set[str] = set()
-        for zone in {self._seen[name] for name in gone}:
+        for zone in {self._seen[vm] for vm in holding}:
             preempted |= self.compute.preempted(zone)
         for vm in gone:
-            item = self._held_by(vm)
+            item = holding.get(vm)
             with self._lock:
                 still_open = item in self._open
             if item is not None and still_open:
@@ -522,7 +539,7 @@ class GcePool:
     def _never_reported(self, vm: str) -> None:
         reason = (f"the VM's worker never reported within {boot_timeout(self.config):g} s of boot "
                   "(its startup script failed, or the VM cannot write the bucket: see its serial console)")
-        item = self._vm_attempt.get(vm) if self.per_task else None
+        item = self._held_by(vm)  # reuse: None, the VM has no record
         if item is not None:
             task_id, attempt = item
             if not self.store.claim(self.run_id, task_id, attempt, ORCHESTRATOR):
@@ -531,7 +548,7 @@ class GcePool:
         self.info(f"deleting {vm}: {reason}")
         self._doom(vm, reason)
         if item is None:
-            self._count_infra(reason)  # no attempt carries it (reuse): count it here
+            self._count_infra(reason, vm=True)  # no attempt carries it (reuse): count the VM
 
     def _doom(self, vm: str, reason: str) -> None:
         self._doomed[vm] = reason
@@ -572,8 +589,7 @@ class GcePool:
             if waiting == self._waiting:
                 return
             self._waiting = waiting
-        record = {"waiting": waiting is not None, "reason": waiting or "", "at": time.time()}
-        self.store.blobs.write(f"runs/{self.run_id}/capacity.json", json.dumps(record).encode())
+        write_waiting(self.store, self.run_id, waiting, time.time())
 
     def _create_reuse(self, zone: str, alive: int) -> int:
         with self._lock:

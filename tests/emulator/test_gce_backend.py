@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from emulator_helpers import wait_for
 
 import parallel_engine as pe
 from parallel_engine.api import open_store
@@ -25,6 +26,7 @@ from parallel_engine.errors import BackendError
 from parallel_engine.emulator import Emulator
 from parallel_engine.gce_run import script_for
 from parallel_engine.model import AttemptState, AttemptStatus, Task
+from parallel_engine.results import capacity_key
 from tests.helpers import ROOT, cli
 from tests.test_local_run import HOSTILE
 
@@ -72,6 +74,7 @@ class VmWatch:
             try:
                 vms = self.cloud.control.vms()
             except Exception:  # noqa: BLE001 - a VM went away while it was listed: look again
+                self._stop.wait(0.01)
                 continue
             for vm in vms:
                 if vm["name"] not in self.zones:
@@ -183,7 +186,9 @@ def test_server_errors_and_dropped_connections_are_retried(cloud: Emulator) -> N
     import requests
     from google.auth.exceptions import TransportError
 
-    from parallel_engine.google_clients import _transient
+    from google.api_core import exceptions as gexc
+
+    from parallel_engine.google_clients import _transient, is_google_error
 
     compute = Compute(config_for(cloud, "img"))
     for status in (500, 502, 504):
@@ -192,10 +197,15 @@ def test_server_errors_and_dropped_connections_are_retried(cloud: Emulator) -> N
     assert sum(cloud.control.calls()["compute"]["injected"].values()) == 3
     assert _transient(requests.ConnectionError("reset by peer")) and _transient(TransportError("dropped"))
     assert not _transient(ValueError("a bug is not retried"))
+    # What is retried and still fails becomes a BackendError: every transient error is a Google one.
+    transient = [requests.ConnectionError("x"), requests.Timeout("x"), TransportError("x"), ConnectionResetError(),
+                 gexc.TooManyRequests("x"), gexc.ResourceExhausted("x"), gexc.InternalServerError("x"),
+                 gexc.BadGateway("x"), gexc.ServiceUnavailable("x"), gexc.GatewayTimeout("x"),
+                 gexc.Forbidden("rateLimitExceeded")]
+    assert all(_transient(exc) and is_google_error(exc) for exc in transient)
 
 
 def test_an_insert_conflict_is_success_only_for_this_runs_own_vm(cloud: Emulator) -> None:
-    from parallel_engine.errors import BackendError
     from parallel_engine.gce_vm import instance_body, instance_properties
 
     config = config_for(cloud, "img")
@@ -218,66 +228,80 @@ def test_quota_refusal_waits_for_capacity_then_runs(cloud: Emulator, example_ima
     assert any(line.startswith("queued (quota)") for line in said)
 
 
+class BackgroundRun:
+    """pe.run in a thread, with a deadline counted from its start: a run that would hang (until
+    maxRunDuration) fails the test instead. `outcome()` raises when the deadline passes; leaving
+    the `with` block cancels a run the test did not wait for (it failed before asking)."""
+
+    def __init__(self, source: Path, config: Config, timeout: float = 120) -> None:
+        self.timeout = timeout
+        self._deadline = time.monotonic() + timeout
+        self._box: dict[str, Any] = {}
+        self._cancel = threading.Event()
+        self._runner = threading.Thread(target=self._target, args=(source, config), daemon=True)
+        self._runner.start()
+
+    def _target(self, source: Path, config: Config) -> None:
+        try:
+            self._box["run"] = pe.run(source, config=config, cancel=self._cancel)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self._box["error"] = exc
+
+    def outcome(self) -> tuple[Any, BaseException | None]:
+        """(the run, None) or (None, what pe.run raised); AssertionError past the deadline."""
+        self._runner.join(max(0.0, self._deadline - time.monotonic()))
+        if self._runner.is_alive():
+            self._stop()
+            raise AssertionError(f"the run did not end within {self.timeout:g} s")
+        return self._box.get("run"), self._box.get("error")
+
+    def _stop(self) -> None:
+        self._cancel.set()
+        self._runner.join(60)
+
+    def __enter__(self) -> BackgroundRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._runner.is_alive():
+            self._stop()
+
+
+def run_in_thread(source: Path, config: Config, timeout: float = 120) -> tuple[Any, BaseException | None]:
+    """pe.run with a deadline (BackgroundRun), waited for at once."""
+    with BackgroundRun(source, config, timeout) as started:
+        return started.outcome()
+
+
+def first_claim_holder(store: Any, task_id: str, timeout: float = 60) -> tuple[str, str]:
+    """(run id, VM name) once attempt 1 of `task_id` is claimed."""
+
+    def claimed() -> tuple[str, str] | None:
+        for run_id in store.run_ids():
+            holder = store.blobs.read(f"runs/{run_id}/claims/{task_id}.1")
+            if holder:
+                return run_id, holder.decode()
+        return None
+
+    return wait_for(claimed, timeout=timeout, what=f"{task_id}.1 to be claimed")
+
+
 def test_preempted_vm_task_is_redone_and_not_counted_as_failure(
     cloud: Emulator, example_image: str, workdir: Path
 ) -> None:
     wait_first = "import os,time; time.sleep(60 if os.environ['PE_ATTEMPT'] == '1' else 0)"
     (workdir / "slow.yaml").write_text(yaml.safe_dump({"tasks": [{"id": "slow", "command": ["python", "-c", wait_first]}]}))
     config = config_for(cloud, example_image, SPOT=True, RETRIES=0)
-    store = open_store(config)
-    box: dict[str, Any] = {}
-    runner = threading.Thread(target=lambda: box.update(run=pe.run(workdir / "slow.yaml", config=config)))
-    runner.start()
-    deadline = time.monotonic() + 60
-    holder = b""
-    while time.monotonic() < deadline and not holder:
-        run_ids = store.run_ids()
-        if run_ids:
-            holder = store.blobs.read(f"runs/{run_ids[0]}/claims/slow.1") or b""
-        time.sleep(0.1)
-    assert holder, "the first attempt was never claimed"
-    cloud.control.preempt(holder.decode())
-    runner.join(timeout=120)
-    run = box["run"]
+    with BackgroundRun(workdir / "slow.yaml", config, timeout=180) as started:
+        _, holder = first_claim_holder(open_store(config), "slow")
+        cloud.control.preempt(holder)
+        run, error = started.outcome()
+    assert error is None, error
     (view,) = run.status().tasks
-    assert [(str(a.state), a.reason) for a in view.attempts][0][0] == "preempted", view.attempts
+    assert [str(a.state) for a in view.attempts] == ["preempted", "succeeded"], view.attempts
     assert str(view.state) == "succeeded"
-    assert [str(a.state) for a in view.attempts] == ["preempted", "succeeded"]
-    assert view.attempts[1].worker != holder.decode()
+    assert view.attempts[1].worker != holder
     assert run_vms(cloud, run.run_id) == []
-
-
-def run_in_thread(source: Path, config: Config, timeout: float = 120) -> tuple[Any, BaseException | None]:
-    """pe.run with a deadline: a run that would hang (until maxRunDuration) fails the test instead."""
-    box: dict[str, Any] = {}
-    cancel = threading.Event()
-
-    def target() -> None:
-        try:
-            box["run"] = pe.run(source, config=config, cancel=cancel)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            box["error"] = exc
-
-    runner = threading.Thread(target=target)
-    runner.start()
-    runner.join(timeout)
-    if runner.is_alive():
-        cancel.set()
-        runner.join(60)
-        raise AssertionError(f"the run did not end within {timeout} s")
-    return box.get("run"), box.get("error")
-
-
-def first_claim_holder(store: Any, task_id: str, timeout: float = 60) -> tuple[str, str]:
-    """(run id, VM name) once attempt 1 of `task_id` is claimed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for run_id in store.run_ids():
-            holder = store.blobs.read(f"runs/{run_id}/claims/{task_id}.1")
-            if holder:
-                return run_id, holder.decode()
-        time.sleep(0.05)
-    raise AssertionError(f"{task_id}.1 was never claimed")
 
 
 def test_a_worker_whose_heartbeat_stops_on_a_running_vm_is_lost_and_redone(
@@ -286,21 +310,17 @@ def test_a_worker_whose_heartbeat_stops_on_a_running_vm_is_lost_and_redone(
     wait_first = "import os,time; time.sleep(60 if os.environ['PE_ATTEMPT'] == '1' else 0)"
     (workdir / "hang.yaml").write_text(yaml.safe_dump({"tasks": [{"id": "hang", "command": ["python", "-c", wait_first]}]}))
     config = config_for(cloud, example_image, HEARTBEAT=1.0)
-    box: dict[str, Any] = {}
-    runner = threading.Thread(target=lambda: box.update(outcome=run_in_thread(workdir / "hang.yaml", config)))
-    runner.start()
-    run_id, holder = first_claim_holder(open_store(config), "hang")
-    wait_for_log = time.monotonic() + 30
-    while not (open_store(config).blobs.read(f"runs/{run_id}/tasks/hang/1/heartbeat")) and time.monotonic() < wait_for_log:
-        time.sleep(0.05)
-    for pid in cloud.control.pids(holder):  # the worker (and its task) hang: the VM stays RUNNING
-        try:
-            os.kill(pid, signal.SIGSTOP)
-        except ProcessLookupError:
-            pass
-    runner.join(180)
-    assert "outcome" in box, "the run did not end"
-    run, error = box["outcome"]
+    store = open_store(config)
+    with BackgroundRun(workdir / "hang.yaml", config) as started:
+        run_id, holder = first_claim_holder(store, "hang")
+        wait_for(lambda: store.blobs.read(f"runs/{run_id}/tasks/hang/1/heartbeat"), timeout=30,
+                 what="the first attempt's heartbeat")
+        for pid in cloud.control.pids(holder):  # the worker (and its task) hang: the VM stays RUNNING
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        run, error = started.outcome()
     assert error is None, error
     (view,) = run.status().tasks
     assert [str(a.state) for a in view.attempts] == ["lost", "succeeded"], view.attempts
@@ -320,7 +340,8 @@ def test_a_worker_that_cannot_write_the_bucket_stops_the_run_early_as_infra(
     with VmWatch(cloud) as watch:
         run, error = run_in_thread(workdir / "two.csv", config)
     assert run is None and isinstance(error, BackendError), error
-    assert "stopping early: 2 attempts failed the same way" in error.message
+    # Reuse VMs carry no attempt until they claim one: the VMs are counted, and said to be.
+    assert "stopping early: 2 VMs failed the same way before running any attempt: " in error.message
     assert "never reported" in error.message
     assert len(watch.names) == 2  # one VM, then one replacement, then the limit
     assert not [vm for vm in cloud.control.vms() if vm["name"] in watch.names]
@@ -370,17 +391,12 @@ def test_a_preempted_worker_that_records_during_the_soft_shutdown_is_believed(
     (workdir / "graceful.yaml").write_text(yaml.safe_dump({"tasks": [{"id": "g", "command": ["python", "-c", GRACEFUL]}]}))
     config = config_for(cloud, example_image, SPOT=True)
     store = open_store(config)
-    box: dict[str, Any] = {}
-    runner = threading.Thread(target=lambda: box.update(outcome=run_in_thread(workdir / "graceful.yaml", config)))
-    runner.start()
-    run_id, holder = first_claim_holder(store, "g")
-    deadline = time.monotonic() + 30
-    while b"ready" not in (store.read_log(run_id, "g", 1, "stdout") or b"") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    cloud.control.preempt(holder)
-    runner.join(180)
-    assert "outcome" in box, "the run did not end"
-    run, error = box["outcome"]
+    with BackgroundRun(workdir / "graceful.yaml", config) as started:
+        run_id, holder = first_claim_holder(store, "g")
+        wait_for(lambda: b"ready" in (store.read_log(run_id, "g", 1, "stdout") or b""), timeout=30,
+                 what="the task to be ready")
+        cloud.control.preempt(holder)
+        run, error = started.outcome()
     assert error is None, error
     (view,) = run.status().tasks
     assert [(str(a.state), a.worker) for a in view.attempts] == [("succeeded", holder)], view.attempts
@@ -478,28 +494,28 @@ def test_queued_for_quota_shows_in_status_from_another_process(cloud: Emulator, 
     (workdir / "one.csv").write_text("dataset\na\n")
     cloud.control.exhaust("quota")  # until cleared
     config = config_for(cloud, example_image)
-    box: dict[str, Any] = {}
-    runner = threading.Thread(target=lambda: box.update(outcome=run_in_thread(workdir / "one.csv", config)))
-    runner.start()
     store = open_store(config)
-    deadline = time.monotonic() + 60
-    shown: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+
+    def waiting_shown() -> dict[str, Any] | None:
         run_ids = store.run_ids()
-        if run_ids and store.blobs.read(f"runs/{run_ids[0]}/capacity.json"):
-            done = cli("status", run_ids[0], "--json", cwd=workdir)
-            assert done.returncode == 0, done.stdout + done.stderr
-            shown = json.loads(done.stdout)
-            if shown["waiting"]:
-                shown["table"] = cli("status", run_ids[0], cwd=workdir).stdout
-                break
-        time.sleep(0.1)
-    cloud.control.clear_exhaustion()
-    runner.join(120)
-    assert shown.get("waiting", "").startswith("queued (quota): "), shown
+        if not (run_ids and store.blobs.read(capacity_key(run_ids[0]))):
+            return None
+        done = cli("status", run_ids[0], "--json", cwd=workdir)
+        assert done.returncode == 0, done.stdout + done.stderr
+        shown = json.loads(done.stdout)
+        if not shown["waiting"]:
+            return None
+        return {**shown, "table": cli("status", run_ids[0], cwd=workdir).stdout}
+
+    with BackgroundRun(workdir / "one.csv", config, timeout=180) as started:
+        try:
+            shown = wait_for(waiting_shown, timeout=60, what="status --json to show the run waiting")
+        finally:
+            cloud.control.clear_exhaustion()
+        run, error = started.outcome()
+    assert shown["waiting"].startswith("queued (quota): "), shown
     assert "QUOTA_EXCEEDED" in shown["waiting"] or "Quota" in shown["waiting"]
     assert "queued (quota): " in shown["table"]  # the human table says it too
-    run, error = box["outcome"]
     assert error is None and run.status().counts == {"succeeded": 1}
     assert json.loads(cli("status", run.run_id, "--json", cwd=workdir).stdout)["waiting"] == ""
 
@@ -607,6 +623,77 @@ def test_one_poll_costs_the_same_at_10_and_200_tasks_even_when_a_vm_vanishes(clo
     # per new event a status read and an open-marker delete; 1 workers list; for the vanished VM
     # its claim and status read, the lost record and its event, its worker record deleted.
     assert small[:2] == (2, 1 + 2 * 2 + 1 + 5), small
+
+
+@pytest.mark.parametrize("per_task", [False, True], ids=["reuse", "one-vm-per-task"])
+def test_a_vm_gone_after_its_attempt_finished_costs_no_preemption_listing(cloud: Emulator, per_task: bool) -> None:
+    """The common end of a one-task VM: it recorded its attempt and deleted itself. Nothing is
+    left to settle, so Google's preemption operations are not listed (poll_cost: they are when
+    the vanished VM still held an open attempt)."""
+    from parallel_engine.gce_vm import instance_body, instance_properties
+
+    config = config_for(cloud, "img", **({"TASKS_PER_VM": 1} if per_task else {}))
+    store = open_store(config)
+    run_id = f"done-{int(per_task)}"
+    events: list[tuple[str, Any]] = []
+    pool = GcePool(config, store, run_id, Compute(config), script_for(config, run_id, "img"),
+                   lambda kind, s: events.append((kind, s)), lambda m: None, quota=1)
+    pool._create_workers = lambda alive: None  # type: ignore[method-assign]  # monitoring only
+    pool.submit(Task("t", ()), 1)
+    pool.wait_published()
+    vm = f"pe-{run_id}-finished"
+    pool.compute.insert(cloud.zone, instance_body(instance_properties(config, cloud.zone, "sleep 600", run_id, "w"), vm, cloud.zone))
+    if per_task:
+        pool._vm_attempt[vm] = ("t", 1)
+    store.blobs.write(f"runs/{run_id}/workers/{vm}", b"t.1")
+    assert store.claim(run_id, "t", 1, vm)
+    pool._poll()
+    status = AttemptStatus("t", 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, vm, "")
+    store.write_status(run_id, status)
+    store.add_event(run_id, status)
+    pool.compute.delete(cloud.zone, vm)  # it finished, then deleted itself
+    cloud.control.reset_calls()
+    pool._poll()
+    assert events == [("finished", status)]
+    assert vm in pool._settled and store.blobs.read(f"runs/{run_id}/workers/{vm}") is None
+    compute = cloud.control.calls()["compute"]["byMethod"]
+    assert compute.get("compute.zoneOperations.list", {}).get("orchestrator", 0) == 0, compute
+
+
+def cancel_cost(cloud: Emulator, tasks: int) -> int:
+    """Storage object calls of cancelling a pool with `tasks` open attempts, two of them claimed:
+    one still running (it gets `cancelled`), one finished with its event not seen yet."""
+    config = config_for(cloud, "img")
+    store = open_store(config)
+    run_id = f"cancel-{tasks}"
+    events: list[tuple[str, Any]] = []
+    pool = GcePool(config, store, run_id, Compute(config), script_for(config, run_id, "img"),
+                   lambda kind, s: events.append((kind, s)), lambda m: None, quota=1)
+    for index in range(tasks):
+        pool.submit(Task(str(index), ("--i", str(index))), 1)
+    pool.wait_published()
+    assert store.claim(run_id, "0", 1, "pe-vm-a") and store.claim(run_id, "1", 1, "pe-vm-b")
+    store.write_status(run_id, AttemptStatus("1", 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, "pe-vm-b", ""))
+    cloud.control.reset_calls()
+    before = time.time()
+    pool.cancel()
+    storage = cloud.control.calls()["storage"]["byMethod"]
+    ((kind, cancelled),) = events
+    assert kind == "finished" and cancelled == store.read_status(run_id, "0", 1)
+    assert (cancelled.task_id, cancelled.attempt, cancelled.state, cancelled.exit_code, cancelled.started_at,
+            cancelled.worker, cancelled.reason) == ("0", 1, AttemptState.CANCELLED, None, None, "pe-vm-a",
+                                                    "the run was cancelled")
+    assert cancelled.finished_at is not None and cancelled.finished_at >= before
+    assert store.read_status(run_id, "1", 1).state is AttemptState.SUCCEEDED  # a record is never replaced
+    assert [key.rsplit("-", 1)[1] for key in store.events_after(run_id)] == ["0.1"]
+    return sum(n.get("orchestrator", 0) for method, n in storage.items() if method.startswith("storage.objects."))
+
+
+def test_cancelling_reads_only_the_claimed_attempts_not_every_open_one(cloud: Emulator) -> None:
+    small, large = cancel_cost(cloud, 10), cancel_cost(cloud, 200)
+    # 1 claims list; the finished one: its record read; the running one: its record and claim
+    # read, the cancelled record and its event written.
+    assert small == large == 1 + 1 + 4, (small, large)
 
 
 def test_one_task_vm_that_does_not_delete_itself_is_deleted(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from parallel_engine.emulator import Emulator
+from parallel_engine.errors import BackendError
 from parallel_engine.gcs_blobs import GCSBlobs
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.store import RunRecord, RunStore
@@ -53,3 +55,25 @@ def test_bucket_store_keeps_the_local_layout_and_reads_back(cloud: Emulator) -> 
     assert store.run_ids() == ["r1"]
     names = [b.name for b in store.blobs.client.list_blobs(cloud.bucket, prefix="pe/runs/r1/")]  # type: ignore[attr-defined]
     assert "pe/runs/r1/tasks/t1/1/status.json" in names and "pe/runs/r1/claims/t1.1" in names
+
+
+def test_bucket_worker_records_show_a_rewrite_as_a_new_generation_and_new_bytes_as_a_new_hash(cloud: Emulator) -> None:
+    store = bucket_store(cloud)
+    versions = []
+    for data in (b"-", b"-", b"t1.1"):  # the prelude, a heartbeat, a new claim
+        store.blobs.write("runs/r1/workers/vm-a", data)
+        versions.append(store.worker_records("r1")["vm-a"])
+    first, beat, claimed = versions
+    assert beat[0] != first[0] and beat[1] == first[1]
+    assert claimed[1] != beat[1]
+    assert list(store.worker_records("r1")) == ["vm-a"] and store.worker_records("r2") == {}
+
+
+def test_a_storage_failure_names_the_object(cloud: Emulator) -> None:
+    store = bucket_store(cloud)
+    cloud.control.fail_next(1, 403, method="GET", path="status.json", service="storage")  # not retried
+    with pytest.raises(BackendError, match=rf"gs://{cloud.bucket}/pe/runs/r1/tasks/t1/1/status.json\): 403"):
+        store.read_status("r1", "t1", 1)
+    cloud.control.fail_next(1, 403, method="GET", path="/o", service="storage")
+    with pytest.raises(BackendError, match=rf"gs://{cloud.bucket}/pe/runs/r1/claims/\): 403"):
+        store.attempts("r1")  # a listing names its prefix

@@ -538,3 +538,33 @@ def test_the_cloudbuild_yaml_timeout_reaches_the_build(cloud: Any, tmp_path: Pat
     with pytest.raises(BuildError, match="ended TIMEOUT"):
         build_gce(config, open_store(config), code, tmp_path / "cloudbuild.yaml", lambda line: None)
     assert time.monotonic() - started < 40
+
+
+@pytest.mark.parametrize("timeout", ["soon", "-5s", ".inf", float("nan"), True])
+def test_a_cloudbuild_yaml_timeout_that_is_not_a_duration_is_a_build_error_saying_what_to_write(
+    tmp_path: Path, timeout: Any
+) -> None:
+    from parallel_engine.cloud_build import _build_message
+    from parallel_engine.errors import BuildError
+
+    spec = {"steps": [{"name": BASE_IMAGE}], "timeout": timeout}
+    with pytest.raises(BuildError, match=r"cloudbuild.yaml: `timeout: .*` is not a duration") as raised:
+        _build_message(spec, "b", "o.tgz", "img", tmp_path / "cloudbuild.yaml", "pe-tag")
+    assert raised.value.hint is not None and "timeout: 1200s" in raised.value.hint
+    assert _build_message({**spec, "timeout": "1200s"}, "b", "o.tgz", "img", tmp_path, "t").timeout.total_seconds() == 1200
+
+
+def test_a_refused_build_create_is_a_build_error_with_what_to_check(cloud: Any, tmp_path: Path) -> None:
+    from parallel_engine.api import open_store
+    from parallel_engine.cloud_build import build_gce
+    from parallel_engine.errors import BuildError
+
+    image = f"{cloud.registry_host}/{cloud.project}/parallel-engine/refused:{uuid.uuid4().hex[:8]}"
+    code = _tiny_project(tmp_path)
+    config = _gce_config(cloud, image)
+    cloud.control.fail_next(1, 403, method="POST", path="/builds", service="cloudbuild")  # not retried
+    with pytest.raises(BuildError, match="Cloud Build refused the build: 403") as raised:
+        build_gce(config, open_store(config), code, tmp_path / "cloudbuild.yaml", lambda line: None)
+    assert raised.value.hint is not None
+    assert "CLOUDBUILD_ENDPOINT" in raised.value.hint and "Cloud Build API is enabled" in raised.value.hint
+    assert sum(cloud.control.calls()["cloudbuild"]["injected"].values()) == 1  # one create, no retry

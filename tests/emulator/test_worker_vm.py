@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from emulator_helpers import Clients, make_instance, wait_for
@@ -44,11 +45,19 @@ RUN = "20250101-000000-wrkr1"
 UNPULLABLE = "127.0.0.1:1/pe/missing@sha256:" + "0" * 64  # nothing listens there: the pull fails
 
 # Writes its argv and PE_* environment to $PE_OUTPUT_DIR/argv.json (plus a file in a folder with
-# a space and an accent), prints to both streams, then acts on --print=/--sleep=/--exit= items.
+# a space and an accent), prints to both streams, then acts on --print=/--sleep=/--exit= and
+# --await=N:URL (until the Storage listing at URL holds N objects, read as the VM's service account).
 PROBE = r'''
 import json, os, sys, time
 out = os.environ["PE_OUTPUT_DIR"]
 args = sys.argv[1:]
+def listed(url):
+    import urllib.request
+    md = "http://" + os.environ.get("GCE_METADATA_HOST", "metadata.google.internal") + "/computeMetadata/v1/"
+    ask = urllib.request.Request(md + "instance/service-accounts/default/token", headers={"Metadata-Flavor": "Google"})
+    token = json.load(urllib.request.urlopen(ask, timeout=10))["access_token"]
+    call = urllib.request.Request(url, headers={"Authorization": "Bearer " + token})
+    return len(json.load(urllib.request.urlopen(call, timeout=10)).get("items", []))
 with open(os.path.join(out, "argv.json"), "w", encoding="utf-8") as f:
     json.dump({"argv": args, "env": {k: v for k, v in os.environ.items() if k.startswith(("PE_", "GCE_"))}}, f)
 os.makedirs(os.path.join(out, "sub dir"), exist_ok=True)
@@ -77,6 +86,14 @@ for a in args:
     elif a.startswith("--exit="):
         print("exiting with", a[len("--exit="):], file=sys.stderr, flush=True)
         sys.exit(int(a[len("--exit="):]))
+    elif a.startswith("--await="):
+        want, _, url = a[len("--await="):].partition(":")
+        deadline = time.time() + 60
+        while listed(url) < int(want):
+            if time.time() > deadline:
+                print("gave up: the listing never held", want, "objects", file=sys.stderr, flush=True)
+                sys.exit(9)
+            time.sleep(0.05)
 print("probe done", flush=True)
 '''
 
@@ -282,13 +299,20 @@ def test_one_vm_claims_and_runs_five_tasks_one_after_another(run: Run) -> None:
     for earlier, later in itertools.pairwise(ordered):
         assert earlier.finished_at <= later.started_at  # one after another, never two at once
     assert sorted(run.events()) == [(f"{task}.1", "succeeded") for task in tasks]
+    assert run.read(f"runs/{RUN}/workers/pe-worker-1") == b"t5.1"  # claim mode: the last attempt it claimed
     assert run.self_deletions() == 1
 
 
 def test_two_vms_racing_for_claims_run_each_attempt_exactly_once(run: Run) -> None:
     tasks = [f"race-{i}" for i in range(6)]
+    # Claimed by another worker before these boot: each VM's create of it must get 412.
+    run.publish("race-taken", ["--print=must not run"])
+    run.bucket.blob(f"runs/{RUN}/claims/race-taken.1").upload_from_string(b"pe-someone-else")
+    # Each task waits until claims/ holds 3 objects (that one, its own, one more): a VM runs one
+    # attempt at a time, so the first task cannot end before the other VM has claimed one too.
+    claims = f"{run.cloud.storage_endpoint}/storage/v1/b/{run.cloud.bucket}/o?prefix=" + quote(f"runs/{RUN}/claims/", safe="")
     for task in tasks:
-        run.publish(task, ["--sleep=0.2"])
+        run.publish(task, [f"--await=3:{claims}", "--sleep=0.2"])
     # Two identical workers booted together; one falls back to a temporary work folder (its base
     # is unwritable). Nothing deletes open/ markers here, so both sweep the same names.
     run.start_vms("pe-racer-a", "pe-racer-b", work_dir="/proc/parallel-engine-worker")
@@ -304,9 +328,11 @@ def test_two_vms_racing_for_claims_run_each_attempt_exactly_once(run: Run) -> No
         _ok(status, holder)
         holders[task] = holder
     assert set(holders.values()) == {"pe-racer-a", "pe-racer-b"}  # both won claims
+    assert run.read(f"runs/{RUN}/claims/race-taken.1") == b"pe-someone-else"
+    assert run.names("tasks/race-taken/") == []  # neither VM ran it: no heartbeat, log or status
     taken = [int(m) for vm in ("pe-racer-a", "pe-racer-b")
              for m in re.findall(r"; (\d+) were taken by other workers first", run.console(vm))]
-    assert len(taken) == 2 and sum(taken) >= 1, taken  # Storage answered 412 to at least one create
+    assert len(taken) == 2 and min(taken) >= 1, taken  # Storage answered 412 to each VM's create of it
     assert run.self_deletions() == 2  # every VM deleted itself
 
 
@@ -327,6 +353,8 @@ def test_rendered_tasks_one_vm_per_task_and_a_duplicate_worker_runs_nothing_twic
         _ok(status, (run.read(f"runs/{RUN}/claims/{task}.1") or b"").decode())
         assert run.log(task, "stdout").splitlines()[1] == task
     assert run.status("alpha").worker in ("pe-one-alpha", "pe-one-alpha-duplicate")
+    for vm in run.vms:  # rendered mode: the record is a heartbeat only, never rewritten per claim
+        assert run.read(f"runs/{RUN}/workers/{vm}") == b"-", vm
     assert run.self_deletions() == 4
 
 

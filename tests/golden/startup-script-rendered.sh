@@ -276,10 +276,11 @@ watch_preemption() {
 
 # ---- the VM's record and heartbeat ----
 # runs/<run>/workers/<vm> holds the attempt this VM claimed last ("task.attempt"; "-" before its
-# first claim). It is written before each claim, so the orchestrator knows which attempt a VM
-# that vanished may hold without reading every claim, and rewritten every HEARTBEAT by the
-# beater, so a worker that died or hangs while its VM runs shows as a record that stopped
-# changing. The lock keeps a beat from putting back an older content after a newer one.
+# first claim, and always in rendered mode). In claim mode it is written before each claim, so
+# the orchestrator knows which attempt a VM that vanished may hold without reading every claim.
+# In both modes the beater rewrites it every HEARTBEAT, so a worker that died or hangs while its
+# VM runs shows as a record that stopped changing. The lock keeps a beat from putting back an
+# older content after a newer one.
 worker_record() { # TEXT: 0 when recorded
   local rc=0
   {
@@ -503,6 +504,16 @@ attempt_body() {
     why=$(grep -v '^[[:space:]]*$' "$A/run.err" | tail -n 1) || true
     why=${why:-"docker run exited with status $rc"}
     if [[ -n $CID ]]; then upload_logs final; docker rm -f "$CID" >/dev/null 2>&1 || true; CID=""; fi
+    if ((TERMINATING)); then
+      # The shutdown's SIGTERM reached `docker run` too (status 143): not the task's failure.
+      if [[ -e $WORK/preempted ]] || preempted_now; then
+        finish preempted "" "the VM was preempted"
+      else  # deleted or stopped: as below, no status (a started container's logs went up above)
+        log "$TASK.$ATTEMPT: the VM is shutting down: no status written"
+      fi
+      STOP_ALL=1
+      return 0
+    fi
     if ((rc == 125)); then
       finish infra "" "docker run failed: $why"
     else
@@ -579,7 +590,9 @@ attempt_body() {
 # name in it (this VM booted again: that attempt ran, or was lost, in the previous boot).
 claim() {
   local key="${RUN_KEY}claims/$1.$2" rc=0
-  if ! worker_record "$1.$2"; then return 2; fi
+  # Claim mode only: with rendered attempts the orchestrator knows what this VM may hold, and
+  # reads the record for its heartbeat alone (the beater keeps rewriting it).
+  if [[ $PE_MODE == claim ]] && ! worker_record "$1.$2"; then return 2; fi
   HTTP_CURL_RETRIES=0 gcs_create "$key" "$VM_NAME" || rc=$?
   if ((rc == 1 && HTTP_TRIES > 1)) && gcs_get "$key" "$WORK/holder" && [[ $(<"$WORK/holder") == "$VM_NAME" ]]; then
     rc=0
@@ -683,7 +696,7 @@ main() {
   WORKER_KEY="${RUN_KEY}workers/$VM_NAME"
   : >"$WORK/running"
   if ! worker_record "-"; then
-    log "cannot write to gs://$PE_BUCKET/${PE_ROOT} (HTTP $HTTP_CODE): the VM's service account needs Storage write access (SCOPES, IAM)"
+    log "cannot write gs://$PE_BUCKET/$WORKER_KEY (HTTP $HTTP_CODE): the VM's service account needs Storage write access (SCOPES, IAM)"
     exit 1
   fi
   beat_loop "$$" &
