@@ -41,13 +41,13 @@ from parallel_engine.emulator.cloudbuild_runner import (
     INTERNAL_ERROR,
     LABEL_SERVER,
     QUEUED,
+    REMOVAL_TIMEOUTS,
     SUCCESS,
     TIMEOUT,
     BuildRecord,
     BuildRunner,
     RunnerSettings,
     now_rfc3339,
-    remove_containers,
 )
 from parallel_engine.emulator.cloudbuild_validate import (
     InvalidBuild,
@@ -58,6 +58,7 @@ from parallel_engine.emulator.cloudbuild_validate import (
 from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer
 from parallel_engine.emulator.identity import INVALID, MISSING, ORCHESTRATOR_CALLER, Caller, TokenRegistry
 from parallel_engine.emulator.traffic import AUTHENTICATE_HEADER, AUTH_MESSAGES, Traffic
+from parallel_engine.emulator.watchdog import remove_labelled
 
 _UNAUTHENTICATED = {MISSING: AUTH_MESSAGES[("compute", True)], INVALID: AUTH_MESSAGES[("compute", False)]}
 
@@ -183,7 +184,7 @@ class CloudBuildServer:
             record.cancel(self._docker_env())
         for thread in threads:
             thread.join(timeout=15)
-        remove_containers(self._docker_env(), f"{LABEL_SERVER}={self.server_id}")
+        remove_labelled([f"{LABEL_SERVER}={self.server_id}"], self._docker_env(), timeouts=REMOVAL_TIMEOUTS)
         self._server.stop()
         if self._workdir_arg is None and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
