@@ -106,31 +106,10 @@ class Guests:
         inode = peers.client_inode(client_port, server_port)
         if inode is None or peers.holds("self", inode):  # gone, or this process's own client
             return None
-        # One walk of /proc: a process whose environment names a VM's metadata address is that VM's;
-        # for the others, only their parent pid is read, to walk up to a VM's script afterwards.
-        parents: dict[int, int] = {}
-        for pid in peers.pids():
-            vm = _named_host(peers.environ(pid), hosts) if hosts else None
-            if vm is not None:
-                if peers.holds(pid, inode):
-                    return vm
-            elif roots:
-                parents[int(pid)] = peers.parent(pid)
-        for pid in parents:  # a process that cleared its environment: walk up to a VM's script
-            ancestor, hops = pid, 0
-            while ancestor > 1 and ancestor not in roots and hops < 64:
-                ancestor, hops = parents.get(ancestor) or peers.parent(ancestor), hops + 1
-            if ancestor in roots and peers.holds(pid, inode):
-                return roots[ancestor]
+        for pid, vm in peers.vm_processes(hosts, roots):
+            if peers.holds(pid, inode):
+                return vm
         return None
-
-
-def _named_host(environ: bytes, hosts: dict[bytes, str]) -> str | None:
-    """The VM whose metadata address an environment's GCE_METADATA_HOST names, if any."""
-    for entry in environ.split(b"\0"):
-        if entry.startswith(b"GCE_METADATA_HOST=") and entry[18:] in hosts:
-            return hosts[entry[18:]]
-    return None
 
 
 class TokenRegistry:
