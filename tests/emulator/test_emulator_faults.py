@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from emulator_helpers import Clients, claim_script, console, make_instance, wait_for
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
+
+from parallel_engine.emulator import Emulator
 
 
 def test_429_burst_on_insert_is_not_retried_by_the_client(clients: Clients) -> None:
@@ -211,3 +215,34 @@ def test_faults_can_target_only_the_vms_calls(clients: Clients) -> None:
     clients.wait(clients.insert(make_instance("target", script=claim_script(clients))))
     text = wait_for(lambda: (t := console(clients, "target")) and "upload 2:" in t and t, what="uploads")
     assert "upload 1: 503" in text and "upload 2: 200" in text
+
+
+@pytest.mark.parametrize("service", ["compute", "storage", "cloudbuild"])
+def test_only_a_401_carries_www_authenticate(cloud: Emulator, service: str) -> None:
+    """As on Google: every 401 has WWW-Authenticate, even an injected one; no other answer has it, not even
+    a fault injected after a call that was refused with 401 (the refusal happened, its answer was lost)."""
+    url = {
+        "compute": f"{cloud.compute_endpoint}/compute/v1/projects/{cloud.project}/zones/{cloud.zone}/instances",
+        "storage": f"{cloud.storage_endpoint}/storage/v1/b/{cloud.bucket}/o",
+        "cloudbuild": f"{cloud.cloudbuild_endpoint}/v1/projects/{cloud.project}/builds",
+    }[service]
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
+
+    def get(token: str | None = None) -> tuple[int, str | None]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            with opener.open(urllib.request.Request(url, headers=headers), timeout=30) as reply:
+                return reply.status, reply.headers.get("WWW-Authenticate")
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers.get("WWW-Authenticate")
+
+    challenge = 'Bearer realm="https://accounts.google.com/"'
+    assert get("ya29.made-up") == (401, challenge)
+    cloud.control.fail_next(1, 503, service=service, after=True)
+    assert get("ya29.made-up") == (503, None)
+    cloud.control.fail_next(1, 503, service=service)
+    assert get() == (503, None)
+    cloud.control.fail_next(1, 401, service=service)
+    assert get() == (401, challenge)
+    assert get() == (200, None)
+    assert cloud.control.calls()[service]["injected"] and cloud.control.pending_faults()[service] == 0
