@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -195,6 +196,41 @@ def test_request_id_is_forgotten_after_its_window(clients: Clients) -> None:
     time.sleep(0.1)  # past the window: the same id is a new request
     assert clients.instances.bulk_insert(request=request).name != first.name
     assert _names(clients) == ["lost-01", "lost-02"]
+
+
+def test_request_ids_act_once_per_id_and_never_wait_on_another_id() -> None:
+    from parallel_engine.emulator.clock import Clock
+    from parallel_engine.emulator.compute.idempotency import RequestIds
+
+    made: dict[str, dict] = {}
+    ids = RequestIds(Clock(), lambda zone, name: made[name])
+    acted: list[str] = []
+    both_acting = threading.Barrier(2, timeout=10)
+
+    def insert(name: str, meet: bool) -> dict:
+        acted.append(name)
+        if meet:
+            both_acting.wait()  # passes only while the other id's call acts too
+        else:
+            time.sleep(0.2)  # a slow validation: the repeat must wait for it, then replay it
+        made[name] = {"kind": "compute#operation", "zone": "zones/z", "name": name}
+        return made[name]
+
+    def call(request_id: str, name: str, meet: bool, out: list[dict]) -> None:
+        out.append(ids.once("compute.instances.insert", request_id, lambda: insert(name, meet)))
+
+    results: list[dict] = []
+    calls = [threading.Thread(target=call, args=(f"00000000-0000-4000-8000-00000000000{n}", f"op-{n}", True, results))
+             for n in (1, 2)]  # fmt: skip
+    calls += [threading.Thread(target=call, args=("00000000-0000-4000-8000-000000000003", f"op-3{n}", False, results))
+              for n in "ab"]  # fmt: skip
+    for thread in calls:
+        thread.start()
+    for thread in calls:
+        thread.join(timeout=15)
+    assert sorted(acted) in (["op-1", "op-2", "op-3a"], ["op-1", "op-2", "op-3b"])  # the repeat did not act
+    assert len(results) == 4 and len({r["name"] for r in results}) == 3  # it got the first call's operation
+    assert ids._busy == {}  # noqa: SLF001 - no lock is kept once its calls are over
 
 
 @pytest.mark.parametrize("request_id", ["not-a-uuid", "00000000-0000-0000-0000-000000000000"])
