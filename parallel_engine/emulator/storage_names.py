@@ -13,10 +13,11 @@ import json
 import re
 from email.message import Message
 from typing import Any
-from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
+from urllib.parse import unquote_to_bytes
 
 MAX_NAME_BYTES = 1024
-_UPLOAD = re.compile(r"^/upload/storage/v1/b/[^/]+/o/?$")
+#: The path of an upload (media, multipart, resumable); group 1 is the bucket.
+UPLOAD_PATH = re.compile(r"^/upload/storage/v1/b/([^/]+)/o/?$")
 _OBJECT = re.compile(r"^/(?:download/)?storage/v1/b/[^/]+/o/(?P<rest>.+)$")
 _COPY = re.compile(r"^(?P<source>[^/]+)/(?:copyTo|rewriteTo)/b/[^/]+/o/(?P<target>[^/]+)$")
 
@@ -52,11 +53,12 @@ def check_name(name: str | bytes | None) -> None:
         raise BadName(400, "invalid", f"Object name '{text}' is not valid: '.' and '..' are not allowed")
 
 
-def names_of(method: str, target: str, content_type: str, body: bytes) -> list[str | bytes | None]:
-    """Every object name the request `method target` (path?query) with `body` names."""
-    parts = urlsplit(target)
-    query = parse_qs(parts.query, keep_blank_values=True)
-    if _UPLOAD.match(parts.path):
+def names_of(
+    method: str, path: str, query: dict[str, list[str]], content_type: str, body: bytes
+) -> list[str | bytes | None]:
+    """Every object name a request names: `method` on the URL `path` with `query` (parse_qs with blank
+    values kept, so that an empty `name=` is seen) and `body`."""
+    if UPLOAD_PATH.match(path):
         if method != "POST":
             return []  # a resumable session's later chunks name no object
         kind = (query.get("uploadType") or ["media"])[0]
@@ -67,7 +69,7 @@ def names_of(method: str, target: str, content_type: str, body: bytes) -> list[s
         if "name" in metadata or not named:
             named.append(metadata.get("name"))
         return named
-    match = _OBJECT.match(parts.path)
+    match = _OBJECT.match(path)
     if match is None:
         return []
     rest = match.group("rest")

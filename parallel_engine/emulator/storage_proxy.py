@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer, Reply
 from parallel_engine.emulator.identity import STORAGE_READ_SCOPES, STORAGE_WRITE_SCOPES, VM, Caller, TokenRegistry
 from parallel_engine.emulator.netutil import LOOPBACK
-from parallel_engine.emulator.storage_names import BadName, check_name, names_of
+from parallel_engine.emulator.storage_names import UPLOAD_PATH, BadName, check_name, names_of
 from parallel_engine.emulator.traffic import FaultRule, Traffic, google_error, unauthenticated_error
 
 _HOP_BY_HOP = {
@@ -50,7 +50,6 @@ _PERMISSIONS = {
     "storage.objects.patch": "storage.objects.update", "storage.buckets.patch": "storage.buckets.update",
 }  # fmt: skip
 _OBJECT_PATH = re.compile(r"^/storage/v1/b/([^/]+)/o/([^/]+)$")
-_UPLOAD_PATH = re.compile(r"^/upload/storage/v1/b/([^/]+)/o/?$")
 
 #: fake-gcs-server puts the HTTP status text where Google puts a reason code.
 _REASONS = {400: "invalid", 401: "required", 403: "forbidden", 404: "notFound", 409: "conflict",
@@ -106,7 +105,7 @@ def precondition_target(method: str, target: str) -> tuple[str, str, str] | None
         return None
     if method == "DELETE" and (m := _OBJECT_PATH.match(parts.path)):
         return m.group(1), unquote(m.group(2)), wanted
-    if method == "POST" and (m := _UPLOAD_PATH.match(parts.path)) and query.get("uploadType") == ["media"]:
+    if method == "POST" and (m := UPLOAD_PATH.match(parts.path)) and query.get("uploadType") == ["media"]:
         name = query.get("name", [None])[0]
         if name is not None:
             return m.group(1), name, wanted
@@ -166,23 +165,27 @@ def _make_handler(proxy: StorageProxy) -> type[JsonHandler]:
         def _forward(self) -> None:
             body = self.read_body()
             caller = self.caller(proxy.tokens)
-            operation = classify(self.command, self.path_only)
+            parts = urlsplit(self.path)
+            operation = classify(self.command, parts.path)
             permission = _PERMISSIONS.get(operation, operation)
+            query = parse_qs(parts.query, keep_blank_values=True)
             self.answer_call(
                 proxy.traffic, caller, operation,
-                act=lambda: self._outcome(caller, operation, body),
+                act=lambda: self._outcome(caller, operation, parts.path, query, body),
                 unauthenticated=lambda: unauthenticated_error("storage", caller, permission),
                 fault_body=FaultRule.body,
             )  # fmt: skip
 
-        def _outcome(self, caller: Caller, operation: str, body: bytes) -> Reply:
+        def _outcome(
+            self, caller: Caller, operation: str, path: str, query: dict[str, list[str]], body: bytes
+        ) -> Reply:
             """What Google answers a caller with valid credentials: scopes, names, preconditions, upstream's answer."""
             if caller.kind == VM:
                 needed = STORAGE_WRITE_SCOPES if self.command in _WRITES else STORAGE_READ_SCOPES
                 if not caller.scopes & needed:
                     return Reply.json(403, google_error(403, "forbidden", "Provided scope(s) are not authorized"))
             try:
-                for name in names_of(self.command, self.path, self.headers.get("Content-Type", ""), body):
+                for name in names_of(self.command, path, query, self.headers.get("Content-Type", ""), body):
                     check_name(name)
             except BadName as bad:  # fake-gcs-server would store it; Google refuses it
                 return Reply.json(bad.status, google_error(bad.status, bad.reason, bad.message))
