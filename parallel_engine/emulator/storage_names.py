@@ -23,11 +23,12 @@ _COPY = re.compile(r"^(?P<source>[^/]+)/(?:copyTo|rewriteTo)/b/[^/]+/o/(?P<targe
 
 
 class BadName(Exception):
-    """A name Google refuses: HTTP status, reason, message."""
+    """A name Google refuses, always with 400: its reason and message."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    status = 400
+
+    def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
-        self.status = status
         self.reason = reason
         self.message = message
 
@@ -35,22 +36,21 @@ class BadName(Exception):
 def check_name(name: str | bytes | None) -> None:
     """Raise BadName unless `name` is a valid object name."""
     if name is None or name in ("", b""):
-        raise BadName(400, "required", "Required")
+        raise BadName("required", "Required")
     raw = name if isinstance(name, bytes) else name.encode("utf-8", "surrogatepass")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadName(400, "invalid", "The object name is not valid UTF-8.") from None
+        raise BadName("invalid", "The object name is not valid UTF-8.") from None
     if len(raw) > MAX_NAME_BYTES:
         raise BadName(
-            400,
             "invalid",
             f"The maximum object length is {MAX_NAME_BYTES} characters, but got a name with {len(raw)} characters",
         )
     if "\r" in text or "\n" in text:
-        raise BadName(400, "invalid", "Disallowed unicode characters present in object name")
+        raise BadName("invalid", "Disallowed unicode characters present in object name")
     if text in (".", ".."):
-        raise BadName(400, "invalid", f"Object name '{text}' is not valid: '.' and '..' are not allowed")
+        raise BadName("invalid", f"Object name '{text}' is not valid: '.' and '..' are not allowed")
 
 
 def names_of(
