@@ -164,7 +164,7 @@ class Emulator:
         self.cloudbuild_endpoint = self._cloudbuild.url
 
     def _fail_builds(self, count: int, status: str) -> None:
-        if self._cloudbuild is None:
+        if self._cloudbuild is None:  # the control API answers from before Cloud Build starts (after the registry)
             raise ControlError("Cloud Build is not running")
         self._cloudbuild.fail_next_builds(count, status)
 

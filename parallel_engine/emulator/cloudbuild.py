@@ -19,6 +19,7 @@ digests.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -41,13 +42,13 @@ from parallel_engine.emulator.cloudbuild_runner import (
     INTERNAL_ERROR,
     LABEL_SERVER,
     QUEUED,
+    REMOVAL_TIMEOUTS,
     SUCCESS,
     TIMEOUT,
     BuildRecord,
     BuildRunner,
     RunnerSettings,
     now_rfc3339,
-    remove_containers,
 )
 from parallel_engine.emulator.cloudbuild_validate import (
     InvalidBuild,
@@ -55,11 +56,10 @@ from parallel_engine.emulator.cloudbuild_validate import (
     built_in_values,
     check_build,
 )
-from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer
-from parallel_engine.emulator.identity import INVALID, MISSING, ORCHESTRATOR_CALLER, Caller, TokenRegistry
-from parallel_engine.emulator.traffic import AUTHENTICATE_HEADER, AUTH_MESSAGES, Traffic
-
-_UNAUTHENTICATED = {MISSING: AUTH_MESSAGES[("compute", True)], INVALID: AUTH_MESSAGES[("compute", False)]}
+from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer, Reply
+from parallel_engine.emulator.identity import ORCHESTRATOR_CALLER, Caller, TokenRegistry
+from parallel_engine.emulator.traffic import FaultRule, Traffic, unauthenticated_message
+from parallel_engine.emulator.watchdog import remove_labelled
 
 GLOBAL = "global"
 BUILD_TYPE = "type.googleapis.com/google.devtools.cloudbuild.v1.Build"
@@ -183,7 +183,7 @@ class CloudBuildServer:
             record.cancel(self._docker_env())
         for thread in threads:
             thread.join(timeout=15)
-        remove_containers(self._docker_env(), f"{LABEL_SERVER}={self.server_id}")
+        remove_labelled([f"{LABEL_SERVER}={self.server_id}"], self._docker_env(), timeouts=REMOVAL_TIMEOUTS)
         self._server.stop()
         if self._workdir_arg is None and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -390,37 +390,40 @@ def parse_filter(text: str | None) -> Callable[[dict[str, Any]], bool]:
 _P = r"^/v1/projects/(?P<project>[^/]+)"
 _L = _P + r"/locations/(?P<location>[^/]+)"
 _ID = r"(?P<id>[^/:]+)"
+Action = Callable[[re.Match[str], JsonHandler, bytes], Any]  # (route match, handler, request body) -> JSON
+
+
+def _fault_body(fault: FaultRule) -> dict[str, Any]:
+    return rpc_error_body(fault.status, fault.message)
 
 
 def _make_handler(server: CloudBuildServer) -> type[JsonHandler]:
-    def create(m: re.Match[str], h: JsonHandler) -> Any:
+    def create(m: re.Match[str], h: JsonHandler, raw: bytes) -> Any:
         try:
-            body = h.read_json()
+            body = json.loads(raw) if raw.strip() else {}
         except ValueError as exc:
             raise ApiError(400, f"Invalid JSON payload received. {exc}") from None
         return server.create(unquote(m["project"]), _location(m, h.query_one("parent")), body)
 
-    def get(m: re.Match[str], h: JsonHandler) -> Any:
+    def get(m: re.Match[str], h: JsonHandler, raw: bytes) -> Any:
         return server.get(unquote(m["project"]), m["id"], _location_or_none(m))
 
-    def cancel(m: re.Match[str], h: JsonHandler) -> Any:
-        h.read_body()
+    def cancel(m: re.Match[str], h: JsonHandler, raw: bytes) -> Any:
         return server.cancel(unquote(m["project"]), m["id"], _location_or_none(m))
 
-    def list_builds(m: re.Match[str], h: JsonHandler) -> Any:
+    def list_builds(m: re.Match[str], h: JsonHandler, raw: bytes) -> Any:
         q = h.query_one
         location = _location_or_none(m) or _parent_location(q("parent"))
         return server.list(unquote(m["project"]), location, q("filter"), q("pageSize"), q("pageToken"))
 
-    def get_operation(m: re.Match[str], h: JsonHandler) -> Any:
+    def get_operation(m: re.Match[str], h: JsonHandler, raw: bytes) -> Any:
         return server.get_operation(unquote(m["project"]), m["id"], _location(m))
 
-    def cancel_operation(m: re.Match[str], h: JsonHandler) -> Any:
-        h.read_body()
+    def cancel_operation(m: re.Match[str], h: JsonHandler, raw: bytes) -> Any:
         server.record(unquote(m["project"]), m["id"], _location(m)).cancel(server._docker_env())
         return {}
 
-    routes: list[tuple[str, re.Pattern[str], str, Callable[[re.Match[str], JsonHandler], Any]]] = [
+    routes: list[tuple[str, re.Pattern[str], str, Action]] = [
         ("POST", re.compile(_P + r"/builds$"), "cloudbuild.builds.create", create),
         ("POST", re.compile(_L + r"/builds$"), "cloudbuild.builds.create", create),
         ("GET", re.compile(_P + r"/builds$"), "cloudbuild.builds.list", list_builds),
@@ -451,6 +454,7 @@ def _make_handler(server: CloudBuildServer) -> type[JsonHandler]:
             return ORCHESTRATOR_CALLER if server.tokens is None else self.caller(server.tokens)
 
         def _dispatch(self) -> None:
+            raw = self.read_body()  # first, whatever the answer: the connection is kept alive
             path = unquote(self.path_only)
             if self.command in ("GET", "HEAD") and (m := log_route.match(path)):
                 try:
@@ -465,18 +469,13 @@ def _make_handler(server: CloudBuildServer) -> type[JsonHandler]:
                 if m is None or method != self.command:
                     continue
                 caller = self._caller()
-                traffic = server.traffic
-                fault = None if traffic is None else traffic.admit(self.command, self.path, caller, operation)
-                if fault is not None and not fault.after:
-                    self.read_body()
-                    self.send_json(fault.status, rpc_error_body(fault.status, fault.message))
-                    return
-                status, payload = self._outcome(m, action, caller)
-                if fault is not None:  # carried out, but the caller never hears so
-                    status, payload = fault.status, rpc_error_body(fault.status, fault.message)
-                self.send_json(status, payload, AUTHENTICATE_HEADER if status == 401 else None)
+                self.answer_call(
+                    server.traffic, caller, operation,
+                    act=lambda: self._outcome(m, action, raw),
+                    unauthenticated=lambda: rpc_error_body(401, unauthenticated_message("cloudbuild", caller)),
+                    fault_body=_fault_body,
+                )  # fmt: skip
                 return
-            self.read_body()
             known = any(pattern.match(path) for _, pattern, _, _ in routes)
             error = (
                 ApiError(405, "Method not allowed")
@@ -485,18 +484,13 @@ def _make_handler(server: CloudBuildServer) -> type[JsonHandler]:
             )
             self.send_json(error.code, error.body())
 
-        def _outcome(
-            self, m: re.Match[str], action: Callable[[re.Match[str], JsonHandler], Any], caller: Caller
-        ) -> tuple[int, Any]:
-            if caller.problem is not None:
-                self.read_body()
-                return 401, rpc_error_body(401, _UNAUTHENTICATED[caller.problem])
+        def _outcome(self, m: re.Match[str], action: Action, raw: bytes) -> Reply:
             try:
-                return 200, action(m, self)
+                return Reply.json(200, action(m, self, raw))
             except ApiError as error:
-                return error.code, error.body()
+                return Reply.json(error.code, error.body())
             except Exception as exc:  # never a hung client: a 500 in Google's shape
-                return 500, ApiError(500, f"Internal error: {exc!r}").body()
+                return Reply.json(500, ApiError(500, f"Internal error: {exc!r}").body())
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _dispatch
 

@@ -36,8 +36,11 @@ from typing import Any
 from urllib.parse import quote
 
 from parallel_engine.emulator.cloudbuild_validate import parse_duration, registry_of
+from parallel_engine.emulator.watchdog import remove_labelled
 
 LABEL_SERVER = "pe-emulator-cloudbuild"
+#: how long removing a build's containers may take: `docker ps`, then `docker rm -f` (seconds)
+REMOVAL_TIMEOUTS = (30.0, 60.0)
 LABEL_BUILD = "pe-emulator-cloudbuild-build"
 WORKSPACE = "/workspace"
 BUILDER_HOME = "/builder/home"
@@ -167,7 +170,8 @@ class BuildRecord:
         if not cancelled:
             return False
         # The container first: a step's PID 1 may ignore the SIGTERM the CLI forwards to it.
-        remove_containers(docker_env, f"{LABEL_BUILD}={self.id}", container)
+        also = [container] if container else []
+        remove_labelled([f"{LABEL_BUILD}={self.id}"], docker_env, also=also, timeouts=REMOVAL_TIMEOUTS)
         _kill_group(proc)
         return True
 
@@ -189,22 +193,6 @@ def _kill_group(proc: subprocess.Popen[bytes] | None) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
-
-
-def remove_containers(docker_env: dict[str, str], label: str, name: str | None = None) -> None:
-    """`docker rm -f` the containers carrying `label` (and `name`); quiet when Docker is absent."""
-    if shutil.which("docker") is None:
-        return
-    try:
-        listed = subprocess.run(
-            ["docker", "ps", "-aq", "--filter", f"label={label}"],
-            check=False, env=docker_env, capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        ids = listed.stdout.split() + ([name] if name else [])
-        if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], check=False, env=docker_env, capture_output=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        pass
 
 
 # -- the runner ---------------------------------------------------------------------------------
@@ -258,7 +246,7 @@ class BuildRunner:
             record.log(f"ERROR: internal error: {exc!r}")
             record.finish(INTERNAL_ERROR, f"internal error: {exc}")
         finally:
-            remove_containers(self.docker_env, f"{LABEL_BUILD}={record.id}")
+            remove_labelled([f"{LABEL_BUILD}={record.id}"], self.docker_env, timeouts=REMOVAL_TIMEOUTS)
             shutil.rmtree(self.workspace, ignore_errors=True)
             shutil.rmtree(self.home, ignore_errors=True)
             shutil.rmtree(self.scripts, ignore_errors=True)
@@ -526,7 +514,8 @@ class BuildRunner:
             time.sleep(0.05)
         if not isinstance(outcome, int):
             if container:
-                remove_containers(self.docker_env, f"{LABEL_BUILD}={record.id}", container)
+                label = f"{LABEL_BUILD}={record.id}"
+                remove_labelled([label], self.docker_env, also=[container], timeouts=REMOVAL_TIMEOUTS)
             _kill_group(proc)
         reader.join(timeout=10)
         record.set_running(None)

@@ -31,7 +31,7 @@ class ControlApi:
         traffic: dict[str, Traffic],
         limiter: RateLimiter,
         info: Callable[[], dict[str, Any]],
-        fail_builds: Callable[[int, str], None] | None = None,
+        fail_builds: Callable[[int, str], None],
     ) -> None:
         self.engine = engine
         self.fail_builds = fail_builds
@@ -85,8 +85,6 @@ class ControlApi:
                 traffic.clear_faults()
             return 200, {}
         if route == ("POST", "/emulator/v1/buildFaults"):
-            if self.fail_builds is None:
-                raise ControlError("no Cloud Build in this emulator")
             self.fail_builds(int(body.get("count", 1)), str(body["status"]))
             return 200, {}
         if route == ("PUT", "/emulator/v1/latency"):

@@ -9,12 +9,31 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from parallel_engine.emulator.identity import Caller, TokenRegistry
 from parallel_engine.emulator.netutil import LOOPBACK
+from parallel_engine.emulator.traffic import AUTHENTICATE_HEADER, FaultRule, Traffic
+
+JSON = "application/json; charset=UTF-8"
+
+
+@dataclass
+class Reply:
+    """One answer: status, body, Content-Type and any other headers."""
+
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
+        return cls(status, json.dumps(payload).encode(), JSON, dict(headers or {}))
 
 
 class LoopbackServer(ThreadingHTTPServer):
@@ -111,16 +130,43 @@ class JsonHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def read_json(self) -> Any:
-        body = self.read_body()
-        return json.loads(body) if body.strip() else {}
+    # -- one API call, as Google's front end answers it ------------------------------------------
+    def answer_call(
+        self,
+        traffic: Traffic | None,
+        caller: Caller,
+        operation: str,
+        act: Callable[[], Reply],
+        unauthenticated: Callable[[], Any],
+        fault_body: Callable[[FaultRule], Any],
+    ) -> None:
+        """Count the call and answer it, in the order every emulated service shares.
+
+        The call is admitted (counted, slowed by any latency rule); a fault injected for it answers in
+        its place; a caller without valid credentials (`caller.problem`) gets 401 with the service's
+        `unauthenticated()` body; any other call gets `act()`. A fault injected with `after` lets that
+        401 or action happen first, then replaces the answer (the work is done, the caller never hears
+        so). As on Google, a 401 carries WWW-Authenticate, whoever made it, and no other answer does.
+        The request body must have been read already.
+        """
+        fault = None if traffic is None else traffic.admit(self.command, self.path, caller, operation)
+        if fault is not None and not fault.after:
+            reply = Reply.json(fault.status, fault_body(fault))
+        else:
+            reply = Reply.json(401, unauthenticated()) if caller.problem is not None else act()
+            if fault is not None:  # carried out, but the caller never hears so
+                reply = Reply.json(fault.status, fault_body(fault))
+        headers = {key: value for key, value in reply.headers.items() if key.lower() != "www-authenticate"}
+        if reply.status == 401:
+            headers.update(AUTHENTICATE_HEADER)
+        self.send_bytes(reply.status, reply.body, reply.content_type, headers)
 
     # -- response -------------------------------------------------------------------------
     def send_bytes(
         self,
         status: int,
         body: bytes,
-        content_type: str = "application/json; charset=UTF-8",
+        content_type: str = JSON,
         headers: dict[str, str] | None = None,
     ) -> None:
         self.send_response(status)

@@ -106,22 +106,9 @@ class Guests:
         inode = peers.client_inode(client_port, server_port)
         if inode is None or peers.holds("self", inode):  # gone, or this process's own client
             return None
-        checked: set[str] = set()
-        for pid in peers.pids():
-            for entry in peers.environ(pid).split(b"\0"):
-                if entry.startswith(b"GCE_METADATA_HOST=") and entry[18:] in hosts:
-                    if peers.holds(pid, inode):
-                        return hosts[entry[18:]]
-                    checked.add(pid)
-        if not roots:
-            return None
-        parents = {int(pid): peers.parent(pid) for pid in peers.pids() if pid not in checked}
-        for pid in parents:  # a process that cleared its environment: walk up to a VM's script
-            ancestor, hops = pid, 0
-            while ancestor > 1 and ancestor not in roots and hops < 64:
-                ancestor, hops = parents.get(ancestor) or peers.parent(ancestor), hops + 1
-            if ancestor in roots and peers.holds(pid, inode):
-                return roots[ancestor]
+        for pid, vm in peers.vm_processes(hosts, roots):
+            if peers.holds(pid, inode):
+                return vm
         return None
 
 

@@ -15,7 +15,7 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 
 from parallel_engine.emulator.netutil import LOOPBACK
 
@@ -102,3 +102,42 @@ def parent(pid: int | str) -> int:
 
 def pids() -> Iterable[str]:
     return (name for name in os.listdir("/proc") if name.isdigit())
+
+
+def vm_processes(hosts: Mapping[bytes, str], roots: Mapping[int, str]) -> Iterator[tuple[int, str]]:
+    """The processes of this machine that are a VM's, as (pid, VM name), from one walk of /proc.
+
+    A process is a VM's when its environment's GCE_METADATA_HOST names a VM's metadata address
+    (`hosts`: b"127.0.0.1:PORT" -> VM; yielded as the walk finds them) or when it descends from a
+    VM's script (`roots`: script pid -> VM; a child that cleared its environment; yielded after the
+    walk). Only for the processes whose environment names no VM is the parent pid read. This process
+    (the emulator) is never a VM's. Used by the caller lookup (identity.py) and a VM's power-off
+    (guest/machine.py); the watchdog keeps its own stdlib copy, as it runs standalone.
+    """
+    if not hosts and not roots:
+        return
+    me = os.getpid()
+    parents: dict[int, int] = {}  # pid -> parent pid, of the processes whose environment names no VM
+    for name in pids():
+        pid = int(name)
+        if pid == me:
+            continue
+        vm = _named_host(environ(name), hosts) if hosts else None
+        if vm is not None:
+            yield pid, vm
+        elif roots:
+            parents[pid] = parent(name)
+    for pid in parents:  # a process that cleared its environment: walk up to a VM's script
+        ancestor, hops = pid, 0
+        while ancestor > 1 and ancestor not in roots and hops < 64:
+            ancestor, hops = parents.get(ancestor) or parent(ancestor), hops + 1
+        if ancestor in roots:
+            yield pid, roots[ancestor]
+
+
+def _named_host(environment: bytes, hosts: Mapping[bytes, str]) -> str | None:
+    """The VM whose metadata address an environment's GCE_METADATA_HOST names, if any."""
+    for entry in environment.split(b"\0"):
+        if entry.startswith(b"GCE_METADATA_HOST=") and entry[18:] in hosts:
+            return hosts[entry[18:]]
+    return None

@@ -13,20 +13,22 @@ import json
 import re
 from email.message import Message
 from typing import Any
-from urllib.parse import parse_qs, unquote_to_bytes, urlsplit
+from urllib.parse import unquote_to_bytes
 
 MAX_NAME_BYTES = 1024
-_UPLOAD = re.compile(r"^/upload/storage/v1/b/[^/]+/o/?$")
+#: The path of an upload (media, multipart, resumable); group 1 is the bucket.
+UPLOAD_PATH = re.compile(r"^/upload/storage/v1/b/([^/]+)/o/?$")
 _OBJECT = re.compile(r"^/(?:download/)?storage/v1/b/[^/]+/o/(?P<rest>.+)$")
 _COPY = re.compile(r"^(?P<source>[^/]+)/(?:copyTo|rewriteTo)/b/[^/]+/o/(?P<target>[^/]+)$")
 
 
 class BadName(Exception):
-    """A name Google refuses: HTTP status, reason, message."""
+    """A name Google refuses, always with 400: its reason and message."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    status = 400
+
+    def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
-        self.status = status
         self.reason = reason
         self.message = message
 
@@ -34,29 +36,29 @@ class BadName(Exception):
 def check_name(name: str | bytes | None) -> None:
     """Raise BadName unless `name` is a valid object name."""
     if name is None or name in ("", b""):
-        raise BadName(400, "required", "Required")
+        raise BadName("required", "Required")
     raw = name if isinstance(name, bytes) else name.encode("utf-8", "surrogatepass")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadName(400, "invalid", "The object name is not valid UTF-8.") from None
+        raise BadName("invalid", "The object name is not valid UTF-8.") from None
     if len(raw) > MAX_NAME_BYTES:
         raise BadName(
-            400,
             "invalid",
             f"The maximum object length is {MAX_NAME_BYTES} characters, but got a name with {len(raw)} characters",
         )
     if "\r" in text or "\n" in text:
-        raise BadName(400, "invalid", "Disallowed unicode characters present in object name")
+        raise BadName("invalid", "Disallowed unicode characters present in object name")
     if text in (".", ".."):
-        raise BadName(400, "invalid", f"Object name '{text}' is not valid: '.' and '..' are not allowed")
+        raise BadName("invalid", f"Object name '{text}' is not valid: '.' and '..' are not allowed")
 
 
-def names_of(method: str, target: str, content_type: str, body: bytes) -> list[str | bytes | None]:
-    """Every object name the request `method target` (path?query) with `body` names."""
-    parts = urlsplit(target)
-    query = parse_qs(parts.query, keep_blank_values=True)
-    if _UPLOAD.match(parts.path):
+def names_of(
+    method: str, path: str, query: dict[str, list[str]], content_type: str, body: bytes
+) -> list[str | bytes | None]:
+    """Every object name a request names: `method` on the URL `path` with `query` (parse_qs with blank
+    values kept, so that an empty `name=` is seen) and `body`."""
+    if UPLOAD_PATH.match(path):
         if method != "POST":
             return []  # a resumable session's later chunks name no object
         kind = (query.get("uploadType") or ["media"])[0]
@@ -67,7 +69,7 @@ def names_of(method: str, target: str, content_type: str, body: bytes) -> list[s
         if "name" in metadata or not named:
             named.append(metadata.get("name"))
         return named
-    match = _OBJECT.match(parts.path)
+    match = _OBJECT.match(path)
     if match is None:
         return []
     rest = match.group("rest")

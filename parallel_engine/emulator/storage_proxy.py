@@ -15,11 +15,11 @@ import threading
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer
-from parallel_engine.emulator.identity import STORAGE_READ_SCOPES, STORAGE_WRITE_SCOPES, VM, TokenRegistry
+from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer, Reply
+from parallel_engine.emulator.identity import STORAGE_READ_SCOPES, STORAGE_WRITE_SCOPES, VM, Caller, TokenRegistry
 from parallel_engine.emulator.netutil import LOOPBACK
-from parallel_engine.emulator.storage_names import BadName, check_name, names_of
-from parallel_engine.emulator.traffic import AUTHENTICATE_HEADER, Traffic, google_error, unauthenticated_error
+from parallel_engine.emulator.storage_names import UPLOAD_PATH, BadName, check_name, names_of
+from parallel_engine.emulator.traffic import FaultRule, Traffic, google_error, unauthenticated_error
 
 _HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -50,7 +50,6 @@ _PERMISSIONS = {
     "storage.objects.patch": "storage.objects.update", "storage.buckets.patch": "storage.buckets.update",
 }  # fmt: skip
 _OBJECT_PATH = re.compile(r"^/storage/v1/b/([^/]+)/o/([^/]+)$")
-_UPLOAD_PATH = re.compile(r"^/upload/storage/v1/b/([^/]+)/o/?$")
 
 #: fake-gcs-server puts the HTTP status text where Google puts a reason code.
 _REASONS = {400: "invalid", 401: "required", 403: "forbidden", 404: "notFound", 409: "conflict",
@@ -106,7 +105,7 @@ def precondition_target(method: str, target: str) -> tuple[str, str, str] | None
         return None
     if method == "DELETE" and (m := _OBJECT_PATH.match(parts.path)):
         return m.group(1), unquote(m.group(2)), wanted
-    if method == "POST" and (m := _UPLOAD_PATH.match(parts.path)) and query.get("uploadType") == ["media"]:
+    if method == "POST" and (m := UPLOAD_PATH.match(parts.path)) and query.get("uploadType") == ["media"]:
         name = query.get("name", [None])[0]
         if name is not None:
             return m.group(1), name, wanted
@@ -166,28 +165,30 @@ def _make_handler(proxy: StorageProxy) -> type[JsonHandler]:
         def _forward(self) -> None:
             body = self.read_body()
             caller = self.caller(proxy.tokens)
-            operation = classify(self.command, self.path_only)
-            fault = proxy.traffic.admit(self.command, self.path, caller, operation)
-            if fault is not None and not fault.after:
-                self.send_json(fault.status, fault.body())
-                return
-            if caller.problem is not None:
-                permission = _PERMISSIONS.get(operation, operation)
-                error = unauthenticated_error("storage", caller, permission)
-                self.send_json(fault.status if fault else 401, fault.body() if fault else error, AUTHENTICATE_HEADER)
-                return
+            parts = urlsplit(self.path)
+            operation = classify(self.command, parts.path)
+            permission = _PERMISSIONS.get(operation, operation)
+            query = parse_qs(parts.query, keep_blank_values=True)
+            self.answer_call(
+                proxy.traffic, caller, operation,
+                act=lambda: self._outcome(caller, operation, parts.path, query, body),
+                unauthenticated=lambda: unauthenticated_error("storage", caller, permission),
+                fault_body=FaultRule.body,
+            )  # fmt: skip
+
+        def _outcome(
+            self, caller: Caller, operation: str, path: str, query: dict[str, list[str]], body: bytes
+        ) -> Reply:
+            """What Google answers a caller with valid credentials: scopes, names, preconditions, upstream's answer."""
             if caller.kind == VM:
                 needed = STORAGE_WRITE_SCOPES if self.command in _WRITES else STORAGE_READ_SCOPES
                 if not caller.scopes & needed:
-                    message = "Provided scope(s) are not authorized"
-                    self.send_json(403, google_error(403, "forbidden", message))
-                    return
+                    return Reply.json(403, google_error(403, "forbidden", "Provided scope(s) are not authorized"))
             try:
-                for name in names_of(self.command, self.path, self.headers.get("Content-Type", ""), body):
+                for name in names_of(self.command, path, query, self.headers.get("Content-Type", ""), body):
                     check_name(name)
             except BadName as bad:  # fake-gcs-server would store it; Google refuses it
-                self.send_json(bad.status, google_error(bad.status, bad.reason, bad.message))
-                return
+                return Reply.json(bad.status, google_error(bad.status, bad.reason, bad.message))
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
             headers["Content-Length"] = str(len(body))
             try:
@@ -199,16 +200,10 @@ def _make_handler(proxy: StorageProxy) -> type[JsonHandler]:
                     bucket, name, wanted = checked
                     with object_lock(bucket, name):
                         if self._generation(bucket, name, headers) != wanted:
-                            error = google_error(412, "conditionNotMet", _PRECONDITION_MESSAGE)
-                            self.send_json(412, error)
-                            return
+                            return Reply.json(412, google_error(412, "conditionNotMet", _PRECONDITION_MESSAGE))
                         status, reply_headers, reply = self._relay(self.command, self.path, body, headers)
             except (http.client.HTTPException, OSError):
-                self.send_json(503, google_error(503, "backendError", "Backend Error"))
-                return
-            if fault is not None:  # carried out, but the caller never hears so
-                self.send_json(fault.status, fault.body())
-                return
+                return Reply.json(503, google_error(503, "backendError", "Backend Error"))
             if status >= 400:
                 reply = google_shaped(status, reply)
                 reply_headers = [(k, v) for k, v in reply_headers if k.lower() != "content-type"]
@@ -221,7 +216,7 @@ def _make_handler(proxy: StorageProxy) -> type[JsonHandler]:
                     value = value.replace(f"http://{LOOPBACK}:{proxy.upstream_port}", proxy.url)
                 out[key] = value
             content_type = dict((k.lower(), v) for k, v in reply_headers).get("content-type", "")
-            self.send_bytes(status, reply, content_type or "application/octet-stream", out)
+            return Reply(status, reply, content_type or "application/octet-stream", out)
 
         def _generation(self, bucket: str, name: str, headers: dict[str, str]) -> str:
             """The live generation of an object as a string, "0" when it does not exist."""

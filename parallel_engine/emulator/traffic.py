@@ -51,10 +51,19 @@ AUTH_MESSAGES = {
 AUTHENTICATE_HEADER = {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'}
 
 
-def unauthenticated_error(service: str, caller: Caller, permission: str) -> dict[str, Any]:
-    """Google's 401 body for a call whose token is missing (`caller.problem` MISSING) or invalid/expired."""
+def unauthenticated_message(service: str, caller: Caller, permission: str = "") -> str:
+    """What Google's front end says with a 401 for a token missing (`caller.problem` MISSING) or invalid/expired.
+
+    Storage has its own words; every other service (Compute, Cloud Build) the front end's generic ones.
+    """
     missing = caller.problem == MISSING
-    message = AUTH_MESSAGES[(service if service == "storage" else "compute", missing)].format(permission=permission)
+    return AUTH_MESSAGES[(service if service == "storage" else "compute", missing)].format(permission=permission)
+
+
+def unauthenticated_error(service: str, caller: Caller, permission: str) -> dict[str, Any]:
+    """Google's 401 body (JSON API shape, with `errors`) for a call whose token is missing or invalid/expired."""
+    missing = caller.problem == MISSING
+    message = unauthenticated_message(service, caller, permission)
     body = google_error(401, "required" if missing else "authError", message)
     body["error"]["errors"][0].update({"locationType": "header", "location": "Authorization"})
     return body

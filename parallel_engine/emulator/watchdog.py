@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -138,19 +139,43 @@ def _holders(hosts: set[str]) -> set[int]:
     return found
 
 
-def _remove_containers(labels: set[str]) -> None:
-    docker = shutil.which("docker")
+def remove_labelled(
+    labels: Iterable[str],
+    env: Mapping[str, str] | None = None,
+    also: Iterable[str] = (),
+    docker: str | None = None,
+    timeouts: tuple[float, float] = (30, 120),
+) -> list[str]:
+    """Force-remove the containers that carry every label in `labels` (K=V), and the containers `also` names.
+
+    The ids listed by label; [] when Docker is absent, does not answer or has none. `env` is the
+    docker CLI's environment (DOCKER_HOST; default: this process's), `docker` its path (default: on
+    PATH), `timeouts` the seconds `docker ps` and `docker rm` may take (a caller that must not block
+    long, a VM's power-off, gives shorter ones). Shared by the watchdog, a VM's power-off
+    (guest/containers.py) and Cloud Build (cloudbuild_runner.py); stdlib only, as the watchdog runs
+    standalone.
+    """
+    docker = docker or shutil.which("docker")
     if docker is None:
-        return
-    for label in labels:
+        return []
+    filters = [arg for label in labels for arg in ("--filter", f"label={label}")]
+    ids: list[str] = []
+    if filters:  # no label: never `docker ps -a` (every container)
         try:
-            listed = subprocess.run([docker, "ps", "-aq", "--filter", f"label={label}"],
-                                    capture_output=True, text=True, timeout=30)  # fmt: skip
-            ids = listed.stdout.split()
-            if ids:
-                subprocess.run([docker, "rm", "-f", *ids], capture_output=True, timeout=120)
+            listed = subprocess.run(
+                [docker, "ps", "-aq", *filters], capture_output=True, text=True, timeout=timeouts[0], env=env
+            )
+            if listed.returncode == 0:
+                ids = listed.stdout.split()
         except (OSError, subprocess.SubprocessError):
-            continue
+            pass
+    targets = [*ids, *also]
+    if targets:
+        try:
+            subprocess.run([docker, "rm", "-f", *targets], capture_output=True, timeout=timeouts[1], env=env)
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return ids
 
 
 def clean(registered: dict[str, set[str]]) -> None:
@@ -162,7 +187,8 @@ def clean(registered: dict[str, set[str]]) -> None:
             break
         _kill(servers | strays, groups)
         groups = set()
-    _remove_containers(registered["label"])
+    for label in registered["label"]:  # each label on its own: a container carrying any of them goes
+        remove_labelled([label])
     for folder in registered["dir"]:
         shutil.rmtree(folder, ignore_errors=True)
 

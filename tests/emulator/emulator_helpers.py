@@ -9,6 +9,7 @@ from typing import Any
 from google.auth import credentials as gauth
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1, storage
+from google.cloud.devtools import cloudbuild_v1
 
 from parallel_engine.emulator import Emulator
 
@@ -151,6 +152,15 @@ done
 def claim_script(clients: Clients) -> str:
     return CLAIM_SCRIPT.replace("__STORAGE__", clients.cloud.storage_endpoint).replace(
         "__BUCKET__", clients.cloud.bucket
+    )
+
+
+def cloudbuild_client(
+    endpoint: str, credentials: gauth.Credentials | None = None
+) -> cloudbuild_v1.CloudBuildClient:
+    """The real Cloud Build client (REST) at a Cloud Build endpoint; anonymous (the orchestrator) unless told."""
+    return cloudbuild_v1.CloudBuildClient(
+        transport="rest", client_options={"api_endpoint": endpoint}, credentials=credentials or AnonymousCredentials()
     )
 
 

@@ -5,23 +5,14 @@ The build pipeline itself (source, steps, push, digests) is pinned by test_regis
 
 from __future__ import annotations
 
-import time
-
 import pytest
-from emulator_helpers import FixedToken
+from emulator_helpers import FixedToken, cloudbuild_client, wait_for
 from google.api_core import exceptions as gexc
-from google.auth.credentials import AnonymousCredentials
 from google.cloud.devtools import cloudbuild_v1
 
 from parallel_engine.emulator import Emulator
 
 Status = cloudbuild_v1.Build.Status
-
-
-def _client(cloud: Emulator) -> cloudbuild_v1.CloudBuildClient:
-    return cloudbuild_v1.CloudBuildClient(
-        transport="rest", client_options={"api_endpoint": cloud.cloudbuild_endpoint}, credentials=AnonymousCredentials()
-    )
 
 
 def _sleeper() -> cloudbuild_v1.Build:
@@ -30,15 +21,15 @@ def _sleeper() -> cloudbuild_v1.Build:
 
 
 def _ended(client: cloudbuild_v1.CloudBuildClient, project: str, build_id: str) -> cloudbuild_v1.Build:
-    deadline = time.monotonic() + 30
-    while (build := client.get_build(project_id=project, id=build_id)).status in (Status.QUEUED, Status.WORKING):
-        assert time.monotonic() < deadline, f"build still {build.status.name}"
-        time.sleep(0.05)
-    return build
+    def ended() -> cloudbuild_v1.Build | None:
+        build = client.get_build(project_id=project, id=build_id)
+        return None if build.status in (Status.QUEUED, Status.WORKING) else build
+
+    return wait_for(ended, timeout=30, what=f"build {build_id} to end")
 
 
 def test_a_build_whose_answer_was_lost_was_still_created(cloud: Emulator) -> None:
-    client = _client(cloud)
+    client = cloudbuild_client(cloud.cloudbuild_endpoint)
     cloud.control.fail_next(1, status=503, method="POST", path=r"/builds(\?|$)", service="cloudbuild", after=True)
     with pytest.raises(gexc.ServiceUnavailable):
         client.create_build(project_id=cloud.project, build=_sleeper())
@@ -50,7 +41,7 @@ def test_a_build_whose_answer_was_lost_was_still_created(cloud: Emulator) -> Non
 
 @pytest.mark.parametrize("status", ["INTERNAL_ERROR", "EXPIRED"])
 def test_injected_build_failures_end_with_googles_status(cloud: Emulator, status: str) -> None:
-    client = _client(cloud)
+    client = cloudbuild_client(cloud.cloudbuild_endpoint)
     cloud.control.fail_next_builds(1, status)
     operation = client.create_build(project_id=cloud.project, build=_sleeper())
     build = _ended(client, cloud.project, operation.metadata.build.id)
@@ -63,9 +54,8 @@ def test_injected_build_failures_end_with_googles_status(cloud: Emulator, status
 
 
 def test_a_token_the_emulator_never_issued_is_401(cloud: Emulator) -> None:
-    client = cloudbuild_v1.CloudBuildClient(
-        transport="rest", client_options={"api_endpoint": cloud.cloudbuild_endpoint}, credentials=FixedToken("ya29.x")
-    )
+    client = cloudbuild_client(cloud.cloudbuild_endpoint, credentials=FixedToken("ya29.x"))
     with pytest.raises(gexc.Unauthorized):
         list(client.list_builds(project_id=cloud.project))
-    assert list(_client(cloud).list_builds(project_id=cloud.project)) == []  # anonymous: the orchestrator
+    anonymous = cloudbuild_client(cloud.cloudbuild_endpoint)
+    assert list(anonymous.list_builds(project_id=cloud.project)) == []  # anonymous: the orchestrator

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 import psutil
 import pytest
@@ -215,18 +216,36 @@ def test_max_run_duration_stop_terminates_and_frees_cpus(clients: Clients) -> No
     assert _cpus(clients)[0] == 0.0
 
 
+def _seconds(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp).timestamp()
+
+
 def _limits_reached(seed: int) -> list[float]:
-    """When maxRunDuration acted on three VMs (30 s limits) of a fresh emulator seeded with `seed`."""
+    """When maxRunDuration acted on three VMs (30 s limits) of a fresh emulator seeded with `seed`.
+
+    The lateness drawn for each VM is what its console prints; each VM must also really reach
+    TERMINATED that long after it started running, plus the stop grace (its own timestamps, read on
+    the emulator's time scale).
+    """
     with Emulator(time_scale=TIME_SCALE, seed=seed) as cloud:
         clients = Clients(cloud)
+        clock = cloud.control.clock()
+        scale, grace = clock["timeScale"], clock["stopSeconds"]
+        resolution = 0.001 / scale  # the timestamps count milliseconds
+        slack = 0.25 / scale  # real time for the power-off itself (kill the tree, remove containers), generously
         names = [f"late-{n}" for n in range(3)]
         for name in names:
             clients.wait(clients.insert(make_instance(name, script="sleep 300", max_run_seconds=30, action="STOP")))
         found = re.compile(r"maxRunDuration reached after ([0-9.]+) s")
-        return [
+        drawn = [
             float(wait_for(lambda n=name: found.search(console(clients, n)), what="the limit").group(1))
             for name in names
         ]
+        for name, after in zip(names, drawn, strict=True):
+            vm = clients.wait_status(name, "TERMINATED", timeout=10)
+            ran = (_seconds(vm.last_stop_timestamp) - _seconds(vm.last_start_timestamp)) / scale
+            assert after + grace - resolution <= ran <= after + grace + slack, (name, after, ran)
+        return drawn
 
 
 def test_max_run_duration_acts_up_to_30_s_late_repeatably_under_a_seed() -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from emulator_helpers import Clients, claim_script, console, make_instance, wait_for
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
+
+from parallel_engine.emulator import Emulator
 
 
 def test_429_burst_on_insert_is_not_retried_by_the_client(clients: Clients) -> None:
@@ -193,6 +198,41 @@ def test_request_id_is_forgotten_after_its_window(clients: Clients) -> None:
     assert _names(clients) == ["lost-01", "lost-02"]
 
 
+def test_request_ids_act_once_per_id_and_never_wait_on_another_id() -> None:
+    from parallel_engine.emulator.clock import Clock
+    from parallel_engine.emulator.compute.idempotency import RequestIds
+
+    made: dict[str, dict] = {}
+    ids = RequestIds(Clock(), lambda zone, name: made[name])
+    acted: list[str] = []
+    both_acting = threading.Barrier(2, timeout=10)
+
+    def insert(name: str, meet: bool) -> dict:
+        acted.append(name)
+        if meet:
+            both_acting.wait()  # passes only while the other id's call acts too
+        else:
+            time.sleep(0.2)  # a slow validation: the repeat must wait for it, then replay it
+        made[name] = {"kind": "compute#operation", "zone": "zones/z", "name": name}
+        return made[name]
+
+    def call(request_id: str, name: str, meet: bool, out: list[dict]) -> None:
+        out.append(ids.once("compute.instances.insert", request_id, lambda: insert(name, meet)))
+
+    results: list[dict] = []
+    calls = [threading.Thread(target=call, args=(f"00000000-0000-4000-8000-00000000000{n}", f"op-{n}", True, results))
+             for n in (1, 2)]  # fmt: skip
+    calls += [threading.Thread(target=call, args=("00000000-0000-4000-8000-000000000003", f"op-3{n}", False, results))
+              for n in "ab"]  # fmt: skip
+    for thread in calls:
+        thread.start()
+    for thread in calls:
+        thread.join(timeout=15)
+    assert sorted(acted) in (["op-1", "op-2", "op-3a"], ["op-1", "op-2", "op-3b"])  # the repeat did not act
+    assert len(results) == 4 and len({r["name"] for r in results}) == 3  # it got the first call's operation
+    assert ids._busy == {}  # noqa: SLF001 - no lock is kept once its calls are over
+
+
 @pytest.mark.parametrize("request_id", ["not-a-uuid", "00000000-0000-0000-0000-000000000000"])
 def test_request_id_must_be_a_non_zero_uuid(clients: Clients, request_id: str) -> None:
     request = compute_v1.InsertInstanceRequest(
@@ -211,3 +251,34 @@ def test_faults_can_target_only_the_vms_calls(clients: Clients) -> None:
     clients.wait(clients.insert(make_instance("target", script=claim_script(clients))))
     text = wait_for(lambda: (t := console(clients, "target")) and "upload 2:" in t and t, what="uploads")
     assert "upload 1: 503" in text and "upload 2: 200" in text
+
+
+@pytest.mark.parametrize("service", ["compute", "storage", "cloudbuild"])
+def test_only_a_401_carries_www_authenticate(cloud: Emulator, service: str) -> None:
+    """As on Google: every 401 has WWW-Authenticate, even an injected one; no other answer has it, not even
+    a fault injected after a call that was refused with 401 (the refusal happened, its answer was lost)."""
+    url = {
+        "compute": f"{cloud.compute_endpoint}/compute/v1/projects/{cloud.project}/zones/{cloud.zone}/instances",
+        "storage": f"{cloud.storage_endpoint}/storage/v1/b/{cloud.bucket}/o",
+        "cloudbuild": f"{cloud.cloudbuild_endpoint}/v1/projects/{cloud.project}/builds",
+    }[service]
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
+
+    def get(token: str | None = None) -> tuple[int, str | None]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            with opener.open(urllib.request.Request(url, headers=headers), timeout=30) as reply:
+                return reply.status, reply.headers.get("WWW-Authenticate")
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers.get("WWW-Authenticate")
+
+    challenge = 'Bearer realm="https://accounts.google.com/"'
+    assert get("ya29.made-up") == (401, challenge)
+    cloud.control.fail_next(1, 503, service=service, after=True)
+    assert get("ya29.made-up") == (503, None)
+    cloud.control.fail_next(1, 503, service=service)
+    assert get() == (503, None)
+    cloud.control.fail_next(1, 401, service=service)
+    assert get() == (401, challenge)
+    assert get() == (200, None)
+    assert cloud.control.calls()[service]["injected"] and cloud.control.pending_faults()[service] == 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from emulator_helpers import TIME_SCALE, Clients, make_instance, wait_for
+from emulator_helpers import TIME_SCALE, Clients, cloudbuild_client, make_instance, wait_for
 
 from parallel_engine.emulator import ControlClient, Emulator, serve
 from parallel_engine.emulator.serve import render_config
@@ -209,13 +209,11 @@ def test_nothing_outlives_the_emulator_not_even_a_sigkill(tmp_path: Path, signum
 
 @pytest.mark.docker
 def test_ctrl_c_stops_a_running_build_and_its_container(tmp_path: Path, docker_engine: object) -> None:
-    from google.auth.credentials import AnonymousCredentials
     from google.cloud.devtools import cloudbuild_v1
 
     process, values = _start_emulator(tmp_path)
     try:
-        options = {"api_endpoint": values["CLOUDBUILD_ENDPOINT"]}
-        builds = cloudbuild_v1.CloudBuildClient(transport="rest", credentials=AnonymousCredentials(), client_options=options)
+        builds = cloudbuild_client(values["CLOUDBUILD_ENDPOINT"])
         step = cloudbuild_v1.BuildStep(name="python:3.11-slim", entrypoint="sleep", args=["300"])
         created = builds.create_build(project_id=values["PROJECT_ID"], build=cloudbuild_v1.Build(steps=[step]))
         build_id = created.metadata.build.id

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from emulator_helpers import cloudbuild_client
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
@@ -83,9 +84,7 @@ def cloudbuild(storage_endpoint: str, registry: Registry) -> Iterator[CloudBuild
 
 @pytest.fixture(scope="module")
 def builds(cloudbuild: CloudBuildServer) -> cloudbuild_v1.CloudBuildClient:
-    return cloudbuild_v1.CloudBuildClient(
-        transport="rest", client_options={"api_endpoint": cloudbuild.url}, credentials=AnonymousCredentials()
-    )
+    return cloudbuild_client(cloudbuild.url)
 
 
 @pytest.fixture(scope="module")
@@ -521,8 +520,7 @@ def test_a_build_create_whose_answer_was_lost_is_not_submitted_twice(cloud: Any,
     digest = build_gce(config, open_store(config), code, tmp_path / "cloudbuild.yaml", lambda line: None)
     assert digest.startswith("sha256:")
     assert cloud.control.calls()["cloudbuild"]["injected"]  # the first answer was lost
-    client = cloudbuild_v1.CloudBuildClient(transport="rest", credentials=AnonymousCredentials(),
-                                            client_options={"api_endpoint": cloud.cloudbuild_endpoint})
+    client = cloudbuild_client(cloud.cloudbuild_endpoint)
     assert len(list(client.list_builds(project_id=cloud.project))) == 1  # one build, not two
 
 

@@ -106,8 +106,11 @@ class ComputeEngine:
         self.quotas = quotas
         self.hypervisor = hypervisor
         self.tokens = tokens
-        self.known_zones = zones
-        self.known_regions = sorted({catalog.region_of(z) for z in zones})
+        self._zones = tuple(zones)  # in the order zones.list answers
+        self._zone_set = frozenset(zones)  # checked on every zonal call
+        self._zones_by_region: dict[str, list[str]] = {}
+        for zone in zones:
+            self._zones_by_region.setdefault(catalog.region_of(zone), []).append(zone)
         self.operations = Operations(project, base_url)
         self.exhaustion = Exhaustion()
         self._lock = threading.RLock()
@@ -123,7 +126,7 @@ class ComputeEngine:
     def check_zone(self, project: str, zone: str) -> None:
         """400 invalid "Unknown zone." for a zone Google does not have, as Google answers zonal calls."""
         self.check_project(project)
-        if zone not in self.known_zones:
+        if zone not in self._zone_set:
             raise invalid("zone", zone, "Unknown zone.")
 
     def _path(self, zone: str, name: str) -> str:
@@ -228,20 +231,20 @@ class ComputeEngine:
 
     def region(self, project: str, region: str) -> dict[str, Any]:
         self.check_project(project)
-        if region not in self.known_regions:
+        zones = self._zones_by_region.get(region)
+        if zones is None:
             raise not_found(f"projects/{project}/regions/{region}")
-        zones = [z for z in self.known_zones if catalog.region_of(z) == region]
         return region_resource(region, self.quotas.report(region), self.links, zones)
 
     def zone(self, project: str, zone: str) -> dict[str, Any]:
         self.check_project(project)
-        if zone not in self.known_zones:
+        if zone not in self._zone_set:
             raise not_found(f"projects/{project}/zones/{zone}")
         return zone_resource(zone, self.links)
 
     def zones(self, project: str) -> dict[str, Any]:
         self.check_project(project)
-        return {"kind": "compute#zoneList", "items": [zone_resource(z, self.links) for z in self.known_zones]}
+        return {"kind": "compute#zoneList", "items": [zone_resource(z, self.links) for z in self._zones]}
 
     # -- creation -------------------------------------------------------------------------
     def _admission(self, zone: str, spec: InstanceSpec, need: dict[str, float]) -> OperationFailure | None:

@@ -36,8 +36,12 @@ class RequestIds:
     def __init__(self, clock: Clock, find: Callable[[str, str], dict[str, Any]]) -> None:
         self._clock = clock
         self._find = find  # (zone, operation name) -> the operation now; ApiError when it is gone
-        self._lock = threading.Lock()  # held across the call: two concurrent repeats act once
-        self._seen: dict[tuple[str, str], tuple[str, str, float]] = {}  # -> zone, operation, when first made
+        self._lock = threading.Lock()  # guards the two dicts below, never held across a call
+        #: -> zone, operation, when recorded; in the order recorded, so the oldest are first
+        self._seen: dict[tuple[str, str], tuple[str, str, float]] = {}
+        #: a lock per key with a call in flight, and how many calls use it: two concurrent repeats act
+        #: once, calls with different ids run (and validate) side by side
+        self._busy: dict[tuple[str, str], tuple[threading.Lock, int]] = {}
 
     def once(self, method: str, request_id: str | None, act: Callable[[], Any]) -> Any:
         """`act()`, unless a call of `method` with `request_id` already returned an operation."""
@@ -46,17 +50,43 @@ class RequestIds:
         check_request_id(request_id)
         key = (method, request_id)
         with self._lock:
-            now = time.monotonic()
-            window = self._clock.real(self._clock.durations.request_id_window_seconds)
-            self._seen = {k: v for k, v in self._seen.items() if now - v[2] < window}
+            lock, users = self._busy.get(key) or (threading.Lock(), 0)
+            self._busy[key] = (lock, users + 1)
+        try:
+            with lock:
+                return self._once(key, act)
+        finally:
+            with self._lock:  # the last user drops the lock: ids are unique per call, the dict must not grow
+                users = self._busy[key][1] - 1
+                if users:
+                    self._busy[key] = (lock, users)
+                else:
+                    del self._busy[key]
+
+    def _once(self, key: tuple[str, str], act: Callable[[], Any]) -> Any:
+        with self._lock:
+            self._forget_old()
             known = self._seen.get(key)
-            if known is not None:
-                try:
-                    return self._find(known[0], known[1])
-                except ApiError:  # the operation was deleted meanwhile: nothing to replay
-                    del self._seen[key]
-            result = act()
-            if isinstance(result, dict) and result.get("kind") == "compute#operation":
-                zone = str(result["zone"]).rsplit("/", 1)[-1]
-                self._seen[key] = (zone, str(result["name"]), now)
-            return result
+        if known is not None:
+            try:
+                return self._find(known[0], known[1])
+            except ApiError:  # the operation was deleted meanwhile: nothing to replay
+                with self._lock:
+                    self._seen.pop(key, None)
+        result = act()
+        if isinstance(result, dict) and result.get("kind") == "compute#operation":
+            zone = str(result["zone"]).rsplit("/", 1)[-1]
+            with self._lock:  # recorded now, at the end of the dict: it stays in time order
+                self._seen.pop(key, None)
+                self._seen[key] = (zone, str(result["name"]), time.monotonic())
+        return result
+
+    def _forget_old(self) -> None:
+        """Drop the entries older than the window, from the front (the caller holds the lock)."""
+        now = time.monotonic()
+        window = self._clock.real(self._clock.durations.request_id_window_seconds)
+        while self._seen:
+            oldest = next(iter(self._seen))
+            if now - self._seen[oldest][2] < window:
+                break
+            del self._seen[oldest]

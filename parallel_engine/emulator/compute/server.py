@@ -17,9 +17,9 @@ from parallel_engine.emulator.compute.engine import ComputeEngine
 from parallel_engine.emulator.compute.errors import ApiError, insufficient_scopes, not_found, rate_limit_exceeded
 from parallel_engine.emulator.compute.idempotency import RequestIds
 from parallel_engine.emulator.compute.ratelimit import MUTATION, READ, RateLimiter
-from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer
+from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer, Reply
 from parallel_engine.emulator.identity import COMPUTE_READ_SCOPES, COMPUTE_SCOPES, VM, Caller, TokenRegistry
-from parallel_engine.emulator.traffic import AUTHENTICATE_HEADER, Traffic, google_error, unauthenticated_error
+from parallel_engine.emulator.traffic import FaultRule, Traffic, google_error, unauthenticated_error
 
 log = logging.getLogger(__name__)
 ORCHESTRATOR_USER = "user@example.com"
@@ -175,45 +175,39 @@ def _make_handler(server: ComputeServer) -> type[JsonHandler]:
                 return
             name, action, params = routed
             caller = self.caller(server.tokens)
-            fault = server.traffic.admit(self.command, self.path, caller, name)
-            if fault is not None and not fault.after:
-                self.send_json(fault.status, fault.body())
-                return
-            status, payload, headers = self._outcome(name, action, params, caller, raw)
-            if fault is not None:  # carried out, but the caller never hears so
-                status, payload, headers = fault.status, fault.body(), {}
-            self.send_json(status, payload, headers)
+            self.answer_call(
+                server.traffic, caller, name,
+                act=lambda: self._outcome(name, action, params, caller, raw),
+                unauthenticated=lambda: unauthenticated_error("compute", caller, name),
+                fault_body=FaultRule.body,
+            )  # fmt: skip
 
-        def _outcome(
-            self, name: str, action: Action, params: dict[str, str], caller: Caller, raw: bytes
-        ) -> tuple[int, Any, dict[str, str]]:
-            """What Google would answer: 401, rate limit, scopes, parse error, the action's result or error."""
-            if caller.problem is not None:
-                return 401, unauthenticated_error("compute", caller, name), AUTHENTICATE_HEADER
+        def _outcome(self, name: str, action: Action, params: dict[str, str], caller: Caller, raw: bytes) -> Reply:
+            """What Google answers a caller with valid credentials: rate limit, scopes, parse error, the outcome."""
             read_only = self.command == "GET" or name == "compute.zoneOperations.wait"
             if not server.limiter.take(READ if read_only else MUTATION):
                 error = rate_limit_exceeded(server.engine.project_number, "Read" if read_only else "Write")
-                return error.status, error.body(), {}
+                return Reply.json(error.status, error.body())
             if caller.kind == VM and not caller.scopes & (COMPUTE_READ_SCOPES if read_only else COMPUTE_SCOPES):
                 error = insufficient_scopes()
-                return error.status, error.body(), {}
+                return Reply.json(error.status, error.body())
             try:
                 body = json.loads(raw, object_pairs_hook=_unique_keys) if raw.strip() else {}
             except DuplicateKey as duplicate:  # json.loads would keep the last: a bulkInsert name made twice
                 message = f"Invalid JSON payload received. Duplicate key: {duplicate}"
-                return 400, google_error(400, "invalid", message), {}
+                return Reply.json(400, google_error(400, "invalid", message))
             except ValueError:
-                return 400, google_error(400, "parseError", "Parse Error"), {}
+                return Reply.json(400, google_error(400, "parseError", "Parse Error"))
             user = caller.email if caller.kind == VM and caller.email else ORCHESTRATOR_USER
             request_id = None if read_only else self.query_one("requestId")
             call = Call(params, self.query, body, caller, user)
             try:
-                return 200, server.request_ids.once(name, request_id, lambda: action(call)), {}
+                return Reply.json(200, server.request_ids.once(name, request_id, lambda: action(call)))
             except ApiError as error:
-                return error.status, error.body(), {}
+                return Reply.json(error.status, error.body())
             except Exception:  # a bug here must look like a Google 500, not a hung client
                 log.exception("emulated compute failed on %s %s", self.command, self.path)
-                return 500, google_error(500, "backendError", "Internal Error"), {}
+                return Reply.json(500, google_error(500, "backendError", "Internal Error"))
 
         def _control(self, path: str, raw: bytes) -> None:
             if server.control is None:

@@ -21,7 +21,7 @@ LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
 METADATA_KEY_RE = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 MAX_LABELS = 64
 MAX_METADATA_VALUE = 262144  # 256 KiB per value
-MAX_METADATA_TOTAL = 524288  # 512 KiB for all of an instance's metadata
+MAX_METADATA_TOTAL = 524287  # all of an instance's metadata (keys and values) must be less than 512 KiB
 MIN_RUN_SECONDS = 30
 MAX_RUN_SECONDS = 120 * 24 * 3600
 MIN_COS_DISK_GB = 10
@@ -105,11 +105,11 @@ def check_metadata(metadata: Any, field_name: str = "resource.metadata") -> dict
             )
         total += size + len(key.encode())
         result[key] = value
-    if total >= MAX_METADATA_TOTAL:  # Google: all metadata must be less than 512 KiB
+    if total > MAX_METADATA_TOTAL:
         raise ApiError(
             400,
             "invalid",
-            f"Value for field '{field_name}' is too large: maximum size {MAX_METADATA_TOTAL - 1} character(s); "
+            f"Value for field '{field_name}' is too large: maximum size {MAX_METADATA_TOTAL} character(s); "
             f"actual size {total}.",
         )
     return result

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-import subprocess
+
+from parallel_engine.emulator.watchdog import remove_labelled
 
 LABEL_VM = "emulator-vm"
 LABEL_EMULATOR = "emulator-id"
+#: `docker ps`, `docker rm -f` (seconds): short, a VM's power-off (and the emulator's stop) waits on them
+TIMEOUTS = (10.0, 30.0)
 
 
 class Containers:
@@ -17,27 +21,11 @@ class Containers:
         self._env = {"DOCKER_HOST": docker_host} if docker_host else {}
         self._docker = shutil.which("docker")
 
-    def _run(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str] | None:
-        if self._docker is None:
-            return None
-        import os
-
-        try:
-            return subprocess.run(
-                [self._docker, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **self._env}
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-
     def remove(self, vm: str | None = None) -> list[str]:
         """Force-remove the containers of one VM (or of every VM of this emulator); their ids."""
-        filters = ["--filter", f"label={LABEL_EMULATOR}={self.emulator_id}"]
+        labels = [f"{LABEL_EMULATOR}={self.emulator_id}"]
         if vm is not None:
-            filters += ["--filter", f"label={LABEL_VM}={vm}"]
-        listed = self._run("ps", "-aq", *filters, timeout=10)
-        if listed is None or listed.returncode != 0:
+            labels.append(f"{LABEL_VM}={vm}")  # docker ANDs label filters: this emulator's and this VM's
+        if self._docker is None:
             return []
-        ids = listed.stdout.split()
-        if ids:
-            self._run("rm", "-f", *ids)
-        return ids
+        return remove_labelled(labels, {**os.environ, **self._env}, docker=self._docker, timeouts=TIMEOUTS)

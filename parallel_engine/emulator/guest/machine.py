@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 
+from parallel_engine.emulator import peers
 from parallel_engine.emulator.guest.containers import Containers
 from parallel_engine.emulator.guest.metadata import GuestInfo, MetadataService
 from parallel_engine.emulator.netutil import LOOPBACK
@@ -112,22 +113,19 @@ class Machine:
         return sorted(p.pid for p in self._tree())
 
     def _tree(self) -> set[psutil.Process]:
-        found: set[psutil.Process] = set()
+        """The VM's live processes: its running scripts and their descendants, and every process whose
+        environment names its metadata address (one that escaped with setsid)."""
         with self._lock:
-            roots = list(self._processes)
-        for process in roots:
+            scripts = list(self._processes)
+        name, port = self.info.name, self.port
+        roots = {process.pid: name for process in scripts if process.poll() is None}
+        hosts = {f"{LOOPBACK}:{port}".encode(): name} if port is not None else {}
+        found: set[psutil.Process] = set()
+        for pid, _ in peers.vm_processes(hosts, roots):
             try:
-                root = psutil.Process(process.pid)
-                if process.poll() is None:
-                    found.add(root)
-                    found.update(root.children(recursive=True))
-            except psutil.NoSuchProcess:
+                found.add(psutil.Process(pid))
+            except psutil.Error:  # gone meanwhile
                 pass
-        if self.port is not None:
-            for proc in psutil.process_iter(["environ"]):
-                env = proc.info.get("environ") or {}
-                if proc.pid != os.getpid() and env.get("GCE_METADATA_HOST") == self.metadata_host:
-                    found.add(proc)
         return {p for p in found if _alive(p)}
 
     def signal_shutdown(self) -> None:
