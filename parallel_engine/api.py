@@ -22,7 +22,7 @@ from typing import Any
 
 from parallel_engine.backends.local import LocalPool
 from parallel_engine.config import Config, load_config
-from parallel_engine.errors import BackendError, ConfigError, ParallelEngineError
+from parallel_engine.errors import BackendError, ConfigError, ParallelEngineError, StoreError
 from parallel_engine.model import AttemptStatus, Task
 from parallel_engine.names import new_run_id
 from parallel_engine.results import RunStatus, collect, read_log, run_status, status_of, write_end
@@ -46,6 +46,21 @@ def open_store(config: Config) -> RunStore:
         blobs = GCSBlobs(storage_client(config), config.bucket, config.bucket_prefix)
         return RunStore(blobs, f"gs://{config.bucket}/{config.bucket_prefix}")
     return local_store(Path(config.store).expanduser().resolve())
+
+
+def existing_store(config: Config) -> RunStore:
+    """The run store to read from: a local STORE folder that does not exist is an error (a
+    mistyped --store, or a command run from another folder), never an empty store."""
+    if config.backend != "gce":
+        root = Path(config.store).expanduser().resolve()
+        if not root.is_dir():
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            raise StoreError(
+                f"no run store at {root} (STORE, {config.origin('STORE')}): {what}",
+                hint="a store is made by `parallel-engine run` in the folder it runs from (STORE, "
+                "default .parallel-engine): run this command there, or give the store with --store",
+            )
+    return open_store(config)
 
 
 @dataclass
@@ -270,7 +285,7 @@ def down_local(run_id: str, config: Config | None = None) -> LocalDown:
     from parallel_engine.runtimes.process import kill_run_processes
 
     config = config or load_config()
-    store = open_store(config)
+    store = existing_store(config)
     record = store.load_run(run_id)  # raises RunNotFoundError with a hint
     owner = record.spec.get("orchestrator", {})
     if run_status(store, run_id).run_state == "running" and owner.get("host") == socket.gethostname():
@@ -292,7 +307,7 @@ def down_local(run_id: str, config: Config | None = None) -> LocalDown:
 
 def get_run(run_id: str, config: Config | None = None) -> Run:
     config = config or load_config()
-    store = open_store(config)
+    store = existing_store(config)
     store.load_run(run_id)  # raises RunNotFoundError with a hint
     return Run(run_id, store)
 
@@ -300,6 +315,6 @@ def get_run(run_id: str, config: Config | None = None) -> Run:
 def list_runs(config: Config | None = None) -> list[RunStatus]:
     """Every run in the store, newest first by creation time (ids tell only the second)."""
     config = config or load_config()
-    store = open_store(config)
+    store = existing_store(config)
     found = [run_status(store, run_id) for run_id in store.run_ids()]
     return sorted(found, key=lambda s: (s.record.created, s.record.run_id), reverse=True)

@@ -8,6 +8,7 @@ EXIT_TASKS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BACKEND = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # the reader of our output stopped early (`status --all | head`): 128 + SIGPIPE
 
 
 class ParallelEngineError(Exception):

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -65,7 +66,7 @@ class RunStatus:
             counts[str(view.state)] = counts.get(str(view.state), 0) + 1
         return counts
 
-    def to_json(self) -> dict[str, object]:
+    def _head(self) -> dict[str, object]:
         return {
             "run_id": self.record.run_id,
             "state": self.run_state,
@@ -74,8 +75,21 @@ class RunStatus:
             "source": self.record.source,
             "counts": self.counts,
             "waiting": self.waiting,
-            "tasks": [view.to_json() for view in self.tasks],
         }
+
+    def to_json(self) -> dict[str, object]:
+        return {**self._head(), "tasks": [view.to_json() for view in self.tasks]}
+
+    def iter_json(self) -> Iterator[str]:
+        """`to_json()` as JSON text, one task per line, a piece at a time: `status --json` of a
+        big run never holds the whole document's text (it took 1.8 GB at 50,000 tasks)."""
+        head = json.dumps(self._head(), ensure_ascii=False)
+        yield head[:-1] + ', "tasks": ['
+        separator = "\n"
+        for view in self.tasks:
+            yield separator + json.dumps(view.to_json(), ensure_ascii=False)
+            separator = ",\n"
+        yield "\n]}\n"
 
 
 def budgets_of(record: RunRecord) -> Budgets:
