@@ -113,3 +113,11 @@ def record_run(store: RunStore, run_id: str, histories: Mapping[str, Sequence[Ou
     if ended:
         write_end(store, run_id, ended, 20.0)
     return record
+
+
+def alias_bomb(depth: int, use: str) -> str:
+    """A "billion laughs" YAML: anchors a0..a<depth>, each nine aliases of the one before (9**depth
+    values from a few hundred bytes), on lines 1..depth+1; then `use`, which may alias *a<depth>."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, depth + 1)]
+    return "\n".join([*lines, use]) + "\n"
