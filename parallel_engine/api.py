@@ -12,6 +12,7 @@ import re
 import shlex
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,11 +23,12 @@ from typing import Any
 
 from parallel_engine.backends.local import LocalPool
 from parallel_engine.config import Config, load_config
+from parallel_engine.exec_limits import CONTAINER_RESERVE, check_tasks_can_start
 from parallel_engine.errors import BackendError, ConfigError, ParallelEngineError, StoreError
-from parallel_engine.model import AttemptStatus, Task
+from parallel_engine.model import AttemptStatus, Task, TaskList
 from parallel_engine.names import new_run_id
 from parallel_engine.results import RunStatus, collect, read_log, run_status, status_of, write_end
-from parallel_engine.runtimes.base import Runtime
+from parallel_engine.runtimes.base import Runtime, attempt_env
 from parallel_engine.runtimes.select import select_runtime
 from parallel_engine.scheduler import Outcome, Pool, ProgressFn, Scheduler
 from parallel_engine.state import Budgets
@@ -164,6 +166,7 @@ def run(
         plan = _local_plan(config, store, run_id, quota, say)
         if plan.spec["runtime"] == "process":
             check_script(config, task_list.tasks, Path.cwd())
+    check_can_start(task_list, store, run_id, plan.spec["runtime"], config.command_argv())
     budgets = Budgets(retries=config.retries, infra_retries=config.preemption_retries)
     record = RunRecord(
         run_id=run_id,
@@ -225,6 +228,21 @@ def check_script(config: Config, tasks: tuple[Task, ...], cwd: Path) -> None:
         hint="run from the folder that holds it (the repository root for code/main.py), "
         "or set COMMAND with the script's full path (--command, or COMMAND in .config.yaml)",
     )
+
+
+def check_can_start(task_list: TaskList, store: RunStore, run_id: str, runtime: str, command: list[str]) -> None:
+    """Refuse a task whose command line the kernel would refuse (E2BIG), before anything runs:
+    with what it gets on this machine (process runtime), or in a container (docker, gce)."""
+    longest_id, last_attempt = "x" * 100, 9999
+    if runtime == "process":
+        outputs = store.blobs.local_path(store.attempt_prefix(run_id, longest_id, last_attempt) + "outputs")
+        environ = {**os.environ, **attempt_env(run_id, longest_id, last_attempt, os.path.abspath(str(outputs)))}
+        check_tasks_can_start(task_list, command, environ, per_argument=sys.platform.startswith("linux"))
+    else:
+        from parallel_engine.runtimes.docker import CONTAINER_OUTPUT_DIR
+
+        environ = attempt_env(run_id, longest_id, last_attempt, CONTAINER_OUTPUT_DIR)
+        check_tasks_can_start(task_list, (), environ, reserve=CONTAINER_RESERVE)
 
 
 def _local_plan(config: Config, store: RunStore, run_id: str, quota: int, say: InfoFn) -> Plan:

@@ -83,6 +83,7 @@ YAML_KINDS = ("args", "argv", "command", "launch_cmd")
 
 _BOM = b"\xef\xbb\xbf"
 _SHELL_BLANKS = " \t\r\n"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def load_tasks(
@@ -165,14 +166,23 @@ def _read_text(src: _Source) -> str:
     return text
 
 
-def _check_no_nul(src: _Source, line: int, text: str, what: str) -> None:
-    """YAML escapes can make a NUL the raw-byte check never saw; the spawn would refuse it later."""
+def _check_argv_text(src: _Source, line: int, text: str, what: str) -> None:
+    """YAML escapes can make what the raw-byte checks never saw: a NUL (the spawn would refuse
+    it), or a lone surrogate (`\\ud800`: not UTF-8, no argv item can carry it as text)."""
     if "\0" in text:
         raise src.error(
             line,
             f"{what} contains a NUL character (written as an escape such as \\0): "
             "NUL cannot travel in argv",
             hint="remove the NUL escape (\\0, \\x00 or \\u0000) from the value",
+        )
+    surrogate = _SURROGATE.search(text)
+    if surrogate:
+        raise src.error(
+            line,
+            f"{what} contains a lone surrogate (an escape such as \\u{ord(surrogate.group()):04x}): "
+            "it is not a character, and cannot travel in argv as UTF-8",
+            hint="write the character itself, or its escape as one \\U0001xxxx (not a surrogate pair)",
         )
 
 
@@ -316,7 +326,14 @@ def _load_params(src: _Source, template: str | None, arg_style: str) -> TaskList
 
 
 def _read_rows(src: _Source, text: str) -> list[tuple[int, list[str]]]:
-    """Non-blank rows with the physical line each starts on (quoted cells may span lines)."""
+    """Non-blank rows with the physical line each starts on (quoted cells may span lines).
+
+    A cell may be as long as the file: csv's own limit (128 Ki characters, process-wide) is
+    raised, never lowered, so a long cell is judged by what a program can take as an argument
+    (api.run checks that, naming the cell's line) instead of a csv error about quotes.
+    """
+    if csv.field_size_limit() <= len(text):
+        csv.field_size_limit(len(text) + 1)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows: list[tuple[int, list[str]]] = []
     while True:
@@ -543,7 +560,7 @@ def _yaml_task(src: _Source, node: yaml.Node, item: Any, arg_style: str) -> tupl
         words = _yaml_words(src, where, kind, value, _child(node, kind))
         return line, Task(id=task_id, argv=tuple(words), source=source)
     if isinstance(value, str):
-        _check_no_nul(src, where, value, f"`{kind}`")
+        _check_argv_text(src, where, value, f"`{kind}`")
         try:
             words = shell_split(value)
         except ValueError as exc:
@@ -601,7 +618,7 @@ def _yaml_args(src: _Source, line: int, item_node: yaml.MappingNode, value: Any)
                 f"argument {shown(name)} has a {type(raw).__name__} value; it needs a single value",
                 hint="give a string or a number (one task per parameter set)",
             )
-        _check_no_nul(src, name_line, text, f"argument {shown(name)}")
+        _check_argv_text(src, name_line, text, f"argument {shown(name)}")
         params[name] = text
     return params
 
@@ -622,7 +639,7 @@ def _yaml_words(
                 hint="every item must be a single string (quote it)",
             )
         at = lines[index] if index < len(lines) else line
-        _check_no_nul(src, at, text, f"`{kind}` item {index + 1}")
+        _check_argv_text(src, at, text, f"`{kind}` item {index + 1}")
         words.append(text)
     return words
 

@@ -649,3 +649,9 @@ def test_a_value_shown_in_an_error_is_cut_short(tmp_path: Path) -> None:
     path = write(tmp_path / "long.yaml", "tasks:\n  - id: a\n    argv: [[" + ", ".join(["x" * 1000] * 1000) + "]]\n")
     error = refused(path, 3, "`argv` item [")
     assert len(str(error)) < 200
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udc80", "\\ud83d\\ude80"])
+def test_a_lone_surrogate_written_as_a_yaml_escape_is_refused_at_its_line(tmp_path: Path, escape: str) -> None:
+    path = write(tmp_path / "t.yaml", f'tasks:\n  - id: a\n    argv: ["x{escape}y"]\n')
+    refused(path, 3, "`argv` item 1 contains a lone surrogate")
