@@ -6,7 +6,8 @@ PyYAML builds them as shared references, cheaply, but anything that walks or pri
 while composing, how much the aliases add and stops at the first alias past the budget; it also
 refuses an alias inside its own anchor (an infinite value) and nesting deeper than MAX_DEPTH
 (PyYAML composes recursively: Python's stack would overflow first). Each refusal is a
-`YamlLimitError` with the line of the alias or node at fault.
+`YamlRefused` with the line of the alias or node at fault, as is a character YAML does not
+allow (PyYAML's ReaderError, raised before parsing and without a line).
 """
 
 from __future__ import annotations
@@ -23,20 +24,31 @@ ALIAS_MIN = 1_000_000
 MAX_DEPTH = 100
 
 
-class YamlLimitError(yaml.YAMLError):
-    """The document is refused for its shape, not its syntax: `line` (1-based) says where."""
+_NESTING_HINT = "write the values out, or nest fewer aliases and levels"
 
-    def __init__(self, line: int, problem: str) -> None:
+
+class YamlRefused(yaml.YAMLError):
+    """The document is refused before it is read whole: `line` (1-based) says where."""
+
+    def __init__(self, line: int, problem: str, hint: str = _NESTING_HINT) -> None:
         super().__init__(problem)
         self.line = line
         self.problem = problem
+        self.hint = hint
 
 
 class BoundedLoader(yaml.SafeLoader):
     """SafeLoader whose aliases, nesting and unreadable scalars are refused with a line."""
 
     def __init__(self, text: str) -> None:
-        super().__init__(text)
+        try:
+            super().__init__(text)
+        except yaml.reader.ReaderError as exc:
+            raise YamlRefused(
+                text.count("\n", 0, exc.position) + 1,
+                f"character U+{exc.character:04X} is not allowed in YAML (a control character)",
+                hint="remove it, or write it as an escape in a double-quoted string (e.g. \\x01)",
+            ) from None
         self.alias_budget = max(ALIAS_MIN, ALIAS_RATIO * len(text))
         self._added = 0  # what the aliases composed so far add to the document
         self._sizes: dict[int, int] = {}  # id(node) -> its expanded size, once the node is complete
@@ -50,18 +62,18 @@ class BoundedLoader(yaml.SafeLoader):
             if target is not None:  # an undefined alias is left to PyYAML's own error
                 size = self._sizes.get(id(target))
                 if size is None:
-                    raise YamlLimitError(line, f"alias *{event.anchor} is inside its own anchor: "
+                    raise YamlRefused(line, f"alias *{event.anchor} is inside its own anchor: "
                                                "its value would be infinite")
                 self._added += size
                 if self._added > self.alias_budget:
-                    raise YamlLimitError(
+                    raise YamlRefused(
                         line, f"aliases expand this file beyond {self.alias_budget:,} characters "
                               f"(alias *{event.anchor} here brings it to {self._added:,})")
             return super().compose_node(parent, index)
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise YamlLimitError(line, f"nested more than {MAX_DEPTH} levels deep")
+                raise YamlRefused(line, f"nested more than {MAX_DEPTH} levels deep")
             node = super().compose_node(parent, index)
         finally:
             self._depth -= 1

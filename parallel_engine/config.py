@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from parallel_engine.bounded_yaml import BoundedLoader, YamlLimitError
+from parallel_engine.bounded_yaml import BoundedLoader, YamlRefused
 from parallel_engine.errors import ConfigError, brief, shown
 
 __all__ = [
@@ -648,17 +648,18 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    loader = BoundedLoader(text)
+    loader: BoundedLoader | None = None
     try:
+        loader = BoundedLoader(text)
         node = loader.get_single_node()
         if node is None:  # empty file, or only comments: all defaults
             return {}, {}
         _check_duplicates(node, str(path))
         data = loader.construct_document(node)
-    except YamlLimitError as exc:
+    except YamlRefused as exc:
         raise ConfigError(
             f"config file {path}, line {exc.line}: {exc.problem}",
-            hint="each line is KEY: value, e.g. ZONE: europe-west1-b; write values out rather than nesting aliases",
+            hint=f"{exc.hint} (each line is KEY: value, e.g. ZONE: europe-west1-b)",
         ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
@@ -672,7 +673,8 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
             hint="each line is KEY: value, e.g. ZONE: europe-west1-b",
         ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError(
             f"config file {path} must be a mapping of KEY: value lines, not a {type(data).__name__}",

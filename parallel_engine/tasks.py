@@ -67,7 +67,7 @@ from typing import Any
 
 import yaml
 
-from parallel_engine.bounded_yaml import BoundedLoader, YamlLimitError
+from parallel_engine.bounded_yaml import BoundedLoader, YamlRefused
 from parallel_engine.errors import ConfigError, TaskSourceError, brief, shown
 from parallel_engine.model import RESULT_COLUMNS, Task, TaskList
 
@@ -450,14 +450,13 @@ def _line(node: yaml.Node) -> int:
 
 def _load_yaml(src: _Source, arg_style: str) -> TaskList:
     text = _read_text(src)
-    loader = BoundedLoader(text)
+    loader: BoundedLoader | None = None
     try:
+        loader = BoundedLoader(text)
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
-    except YamlLimitError as exc:
-        raise src.error(
-            exc.line, exc.problem, hint="write the values out, or nest fewer aliases and levels"
-        ) from None
+    except YamlRefused as exc:
+        raise src.error(exc.line, exc.problem, hint=exc.hint) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -467,7 +466,8 @@ def _load_yaml(src: _Source, arg_style: str) -> TaskList:
     except yaml.YAMLError as exc:
         raise src.error(1, f"not valid YAML: {exc}", hint="fix the YAML syntax") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if root is None:
         raise src.error(1, "the file is empty: no tasks", hint="add a list of tasks")
     items_node, items = _find_items(src, root, data)

@@ -442,6 +442,11 @@ def test_a_config_value_shown_in_an_error_is_cut_short(tmp_path: Path) -> None:
     assert line.endswith("...") and len(line.split(", got ", 1)[1]) <= 80
 
 
+def test_a_character_yaml_does_not_allow_is_refused_at_its_line_not_a_traceback(tmp_path: Path) -> None:
+    message = error(tmp_path, "ZONE: europe-west1-b\nNETWORK: a\x01\n")
+    assert "line 2: character U+0001 is not allowed in YAML" in message
+
+
 def test_a_config_alias_inside_its_own_anchor_is_refused_not_a_recursion_error(tmp_path: Path) -> None:
     message = error(tmp_path, "ZONE: europe-west1-b\nLABELS: &x [*x]\n")
     assert "line 2: alias *x is inside its own anchor" in message

@@ -655,3 +655,8 @@ def test_a_value_shown_in_an_error_is_cut_short(tmp_path: Path) -> None:
 def test_a_lone_surrogate_written_as_a_yaml_escape_is_refused_at_its_line(tmp_path: Path, escape: str) -> None:
     path = write(tmp_path / "t.yaml", f'tasks:\n  - id: a\n    argv: ["x{escape}y"]\n')
     refused(path, 3, "`argv` item 1 contains a lone surrogate")
+
+
+def test_a_character_yaml_does_not_allow_is_refused_at_its_line_not_a_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path / "t.yaml", "tasks:\n  - {id: a, argv: [x\x7f]}\n")  # found by test_tasks_properties
+    refused(path, 2, "character U+007F is not allowed in YAML")
