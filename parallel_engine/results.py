@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from parallel_engine.errors import StoreError
+from parallel_engine.errors import StoreError, brief
 from parallel_engine.model import RESULT_COLUMNS, AttemptState, AttemptStatus, TaskState
 from parallel_engine.state import Budgets, task_state, winning_attempt
 from parallel_engine.store import RunRecord, RunStore, write_atomic
@@ -169,14 +169,15 @@ def _waiting(store: RunStore, run_id: str) -> str:
 
 
 def read_log(store: RunStore, run_id: str, task_id: str, attempt: int | None, stream: str) -> tuple[int, bytes]:
-    status = run_status(store, run_id)
-    view = next((v for v in status.tasks if v.task_id == task_id), None)
-    if view is None:
-        known = ", ".join(v.task_id for v in status.tasks[:10])
-        raise StoreError(f"run {run_id} has no task '{task_id}'", hint=f"task ids look like: {known}")
-    if not view.attempts:
+    """One attempt's log (the latest by default). The task's attempts are its claims: one listing,
+    no attempt record read (a big run's `logs` used to read all of them)."""
+    record = store.load_run(run_id)
+    if not any(task.id == task_id for task in record.tasks):
+        known = ", ".join(task.id for task in record.tasks[:10])
+        raise StoreError(f"run {run_id} has no task '{brief(task_id)}'", hint=f"task ids look like: {known}")
+    numbers = sorted(number for claimed, number in store.claimed(run_id) if claimed == task_id)
+    if not numbers:
         raise StoreError(f"task {task_id} of run {run_id} has not started yet: no logs")
-    numbers = [a.attempt for a in view.attempts]
     chosen = attempt if attempt is not None else numbers[-1]
     if chosen not in numbers:
         raise StoreError(f"task {task_id} has no attempt {chosen}", hint=f"its attempts: {numbers}")

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from parallel_engine.model import AttemptState
-from parallel_engine.results import run_status
+from parallel_engine.errors import StoreError
+from parallel_engine.results import read_log, run_status
 from parallel_engine.store import LocalBlobs, RunStore, local_store
 from tests.helpers import FAILED, SUCCEEDED, cli, record_run
 
@@ -53,6 +54,19 @@ def test_attempts_are_read_with_one_listing_and_claims_read_only_for_running_att
     assert sorted(records) == sorted(f"runs/{RUN}/tasks/{t}/{n}/status.json"
                                      for t, n in [("a", 1), ("b", 1), ("b", 2), ("c", 1), ("c", 2)])
     assert holders == [f"runs/{RUN}/claims/c.2"]
+
+
+def test_a_log_is_found_from_the_claims_without_reading_every_attempt_record(tmp_path: Path) -> None:
+    store = local_store(tmp_path)
+    record_run(store, RUN, {"a": [SUCCEEDED], "b": [FAILED, SUCCEEDED], "c": [FAILED]}, retries=1)
+    store.blobs.write(f"runs/{RUN}/tasks/b/2/stdout.log", b"second try\n")
+    blobs = CountingBlobs(tmp_path)
+    assert read_log(RunStore(blobs, str(tmp_path)), RUN, "b", None, "stdout") == (2, b"second try\n")
+    assert blobs.reads == [f"runs/{RUN}/run.json", f"runs/{RUN}/tasks/b/2/stdout.log"] and blobs.batches == []
+    with pytest.raises(StoreError, match="task b has no attempt 3"):
+        read_log(store, RUN, "b", 3, "stdout")
+    with pytest.raises(StoreError, match="has no task 'z'"):
+        read_log(store, RUN, "z", None, "stdout")
 
 
 def big_run(tmp_path: Path, tasks: int = 250) -> dict[str, Any]:
