@@ -48,7 +48,10 @@ All formats
 - A UTF-8 byte order mark at the start is dropped; CRLF line endings are fine. Anything not
   UTF-8 is refused at the line of the first bad byte, and a NUL anywhere is refused because
   NUL cannot travel in argv: a raw NUL byte, and in YAML one written as an escape (`"\\0"`,
-  `"\\x00"`, `"\\u0000"`) at the line of the value that holds it.
+  `"\\x00"`, `"\\u0000"`) at the line of the value that holds it; likewise an escaped lone
+  surrogate (`"\\ud800"`), which is no character. YAML is read within bounds (bounded_yaml).
+- A value may be of any length here; whether a program can be started with it is checked when
+  the run is planned (exec_limits), naming the task's line.
 - Task ids match `[A-Za-z0-9][A-Za-z0-9._-]{0,99}` (they name folders in the store and claims).
   Two ids that differ only in case are refused as duplicates, because some filesystems fold
   case and the store keeps one folder per task.
