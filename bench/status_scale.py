@@ -8,7 +8,8 @@ some succeed on a retry (after a failure, a timeout or an infra failure), some f
 few were cancelled; each attempt has its claim, status.json, event, two logs and an output
 file, as a real attempt does. `--store DIR` keeps it there and reuses it on the next call.
 
-Each command runs in a child process; its peak RSS is that child's own (os.wait4's rusage).
+Each command runs in a child process: its wall time, its CPU time (user + system, which a busy
+machine changes least) and its own peak RSS (os.wait4's rusage).
 The baseline is the package as it was at REF (default: BASELINE, main before the status work),
 taken with `git archive` into a temporary folder and put first on PYTHONPATH. Targets
 (README "Benchmarks"): each command <= 5 s and <= 300 MB at 50,000 tasks; exit 1 if this
@@ -100,6 +101,7 @@ def build_run(store: RunStore, tasks: int, seed: int = 1) -> None:
 @dataclass(frozen=True)
 class Measure:
     seconds: float
+    cpu_seconds: float  # user + system: what a busy machine changes least
     peak_mb: float
     exit_code: int
     output_bytes: int
@@ -118,7 +120,8 @@ def measure(args: list[str], pythonpath: str | None, cwd: Path, out: Path) -> Me
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-    return Measure(seconds, usage.ru_maxrss / 1024, proc.returncode, out.stat().st_size)
+    return Measure(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode,
+                   out.stat().st_size)
 
 
 @contextmanager
@@ -151,7 +154,8 @@ def _line(label: str, m: Measure, note: str = "") -> str:
         verdict = f"meets <= {TARGET_S:g} s, <= {TARGET_MB:g} MB"
     else:
         verdict = f"MISSES <= {TARGET_S:g} s, <= {TARGET_MB:g} MB"
-    return f"{label:<16} {m.seconds:7.2f} s {m.peak_mb:7.0f} MB  ({verdict})" + (f"  {note}" if note else "")
+    text = f"{label:<16} {m.seconds:7.2f} s (cpu {m.cpu_seconds:6.2f} s) {m.peak_mb:7.0f} MB  ({verdict})"
+    return text + (f"  {note}" if note else "")
 
 
 def _sides(ref: str | None, stack: ExitStack) -> list[tuple[str, str | None]]:
@@ -185,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             build_run(store, args.tasks)
             print(f"built a {args.tasks}-task run in {time.perf_counter() - started:.1f} s ({root})", flush=True)
-        print(f"status of {args.tasks} tasks ({len(store.claimed(RUN_ID))} attempts): wall time and peak RSS "
-              "of the command, each a fresh process", flush=True)
+        print(f"status of {args.tasks} tasks ({len(store.claimed(RUN_ID))} attempts): wall time, CPU time and "
+              "peak RSS of the command, each a fresh process", flush=True)
         commands = [("status", ["status", RUN_ID]), ("status --all", ["status", RUN_ID, "--all"]),
                     ("status --json", ["status", RUN_ID, "--json"])]
         missed = False

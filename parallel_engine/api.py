@@ -23,8 +23,8 @@ from typing import Any
 
 from parallel_engine.backends.local import LocalPool
 from parallel_engine.config import Config, load_config
-from parallel_engine.exec_limits import CONTAINER_RESERVE, check_tasks_can_start
 from parallel_engine.errors import BackendError, ConfigError, ParallelEngineError, StoreError
+from parallel_engine.exec_limits import CONTAINER_RESERVE, check_tasks_can_start
 from parallel_engine.model import AttemptStatus, Task, TaskList
 from parallel_engine.names import new_run_id
 from parallel_engine.results import RunStatus, collect, read_log, run_status, status_of, write_end

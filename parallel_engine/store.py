@@ -304,6 +304,10 @@ class RunStore:
     def attempt_prefix(run_id: str, task_id: str, attempt: int) -> str:
         return f"runs/{run_id}/tasks/{task_id}/{attempt}/"
 
+    @staticmethod
+    def claim_key(run_id: str, task_id: str, attempt: int) -> str:
+        return f"runs/{run_id}/claims/{task_id}.{attempt}"
+
     # -- runs -------------------------------------------------------------------------
     def save_run(self, record: RunRecord) -> None:
         self.blobs.write(f"runs/{record.run_id}/run.json", _dumps(record.to_json()))
@@ -329,7 +333,7 @@ class RunStore:
     # -- attempts ---------------------------------------------------------------------
     def claim(self, run_id: str, task_id: str, attempt: int, worker: str) -> bool:
         """Atomically take an attempt; a second claimant (a duplicated worker) gets False."""
-        return self.blobs.create(f"runs/{run_id}/claims/{task_id}.{attempt}", worker.encode())
+        return self.blobs.create(self.claim_key(run_id, task_id, attempt), worker.encode())
 
     def write_status(self, run_id: str, status: AttemptStatus) -> None:
         key = self.attempt_prefix(run_id, status.task_id, status.attempt) + "status.json"
@@ -358,7 +362,7 @@ class RunStore:
 
     def holder(self, run_id: str, task_id: str, attempt: int) -> str | None:
         """Who claimed the attempt (a VM's or worker's name), or None if nobody did."""
-        raw = self.blobs.read(f"runs/{run_id}/claims/{task_id}.{attempt}")
+        raw = self.blobs.read(self.claim_key(run_id, task_id, attempt))
         return None if raw is None else raw.decode(errors="replace")
 
     def attempts(self, run_id: str) -> dict[str, list[AttemptStatus]]:
@@ -371,7 +375,7 @@ class RunStore:
         raws = self.blobs.read_many([self.attempt_prefix(run_id, t, n) + "status.json" for t, n in claimed])
         statuses = [_attempt_status(raw) for raw in raws]
         running = [pair for pair, status in zip(claimed, statuses) if status is None]
-        holders = iter(self.blobs.read_many([f"runs/{run_id}/claims/{t}.{n}" for t, n in running]))
+        holders = iter(self.blobs.read_many([self.claim_key(run_id, t, n) for t, n in running]))
         found: dict[str, list[AttemptStatus]] = {}
         for (task_id, number), status in zip(claimed, statuses):
             if status is None:
