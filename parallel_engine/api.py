@@ -326,7 +326,7 @@ def down_local(run_id: str, config: Config | None = None) -> LocalDown:
 def get_run(run_id: str, config: Config | None = None) -> Run:
     config = config or load_config()
     store = existing_store(config)
-    store.load_run(run_id)  # raises RunNotFoundError with a hint
+    store.check_run(run_id)  # raises RunNotFoundError with a hint
     return Run(run_id, store)
 
 

@@ -312,13 +312,22 @@ class RunStore:
     def save_run(self, record: RunRecord) -> None:
         self.blobs.write(f"runs/{record.run_id}/run.json", _dumps(record.to_json()))
 
-    def load_run(self, run_id: str) -> RunRecord:
+    def _run_json(self, run_id: str) -> bytes:
         raw = self.blobs.read(f"runs/{run_id}/run.json") if "/" not in run_id else None
         if raw is None:
             raise RunNotFoundError(
                 f"no run '{run_id}' in {self.where}",
                 hint="`parallel-engine runs` lists the runs this store holds",
             )
+        return raw
+
+    def check_run(self, run_id: str) -> None:
+        """RunNotFoundError unless the store holds `run_id`; its record is not parsed (that is
+        most of what a 50,000-task run.json costs, and `load_run` does it when needed)."""
+        self._run_json(run_id)
+
+    def load_run(self, run_id: str) -> RunRecord:
+        raw = self._run_json(run_id)
         try:
             return RunRecord.from_json(json.loads(raw))
         except (ValueError, KeyError, TypeError) as exc:
