@@ -4,6 +4,8 @@ tasks (bench/status_scale.py prints the figures), and a store that is not there 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from parallel_engine.model import AttemptState
 from parallel_engine.errors import StoreError
 from parallel_engine.results import read_log, run_status
 from parallel_engine.store import LocalBlobs, RunStore, local_store
-from tests.helpers import FAILED, SUCCEEDED, cli, record_run
+from tests.helpers import FAILED, SUCCEEDED, cli, cli_env, record_run
 
 RUN = "20260101-120000-abcde"
 
@@ -129,3 +131,16 @@ def test_a_store_folder_that_does_not_exist_is_said_so_with_exit_2(tmp_path: Pat
     assert f"error: no run store at {tmp_path / 'no-such-store'}" in done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reader_that_stops_early_ends_status_quietly_with_141(tmp_path: Path) -> None:
+    # 4,000 lines (~200 kB): more than the pipe holds, so writing meets the closed pipe
+    record_run(local_store(tmp_path / "store"), RUN, {f"t{i:04d}": [SUCCEEDED] for i in range(4000)})
+    proc = subprocess.Popen([sys.executable, "-m", "parallel_engine", "status", RUN, "--all", "--store", "store"],
+                            cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().split()[:2] == [b"task", b"state"]
+    proc.stdout.close()  # as `| head -1` does
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141, stderr
+    assert stderr == b""
