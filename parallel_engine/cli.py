@@ -6,6 +6,7 @@ import functools
 import gc
 import json
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from rich.table import Table  # rich.progress is imported only when a bar is dra
 
 from parallel_engine import api
 from parallel_engine.config import load_config
+from parallel_engine.credentials import ProjectMismatchWarning
 from parallel_engine.errors import EXIT_INTERRUPTED, EXIT_TASKS_FAILED, ParallelEngineError
 from parallel_engine.model import TaskState
 from parallel_engine.results import RunStatus, read_log
@@ -32,6 +34,7 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+_default_showwarning = warnings.showwarning
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="config file (default: ./.config.yaml)")]
 SetOpt = Annotated[
@@ -358,7 +361,8 @@ def render(
     chosen = run_id or new_run_id()
     if run_id is None:
         err.print(f"# rendered for a new run id {chosen}", markup=False)
-    sys.stdout.write(render_script(cfg, chosen, (task, 1) if task is not None else None, vm_request) + "\n")
+    say = (lambda line: err.print(line, markup=False, soft_wrap=True))
+    sys.stdout.write(render_script(cfg, chosen, (task, 1) if task is not None else None, vm_request, say) + "\n")
 
 
 @app.command()
@@ -382,10 +386,19 @@ def emulator(
     raise typer.Exit(serve(config_out, time_scale, project=project, zone=zone, bucket=bucket, workdir=workdir))
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Our warnings (e.g. PROJECT_ID against the credentials' project) as one `warning:` line."""
+    if issubclass(category, ProjectMismatchWarning):
+        err.print(f"warning: {message}", markup=False, soft_wrap=True)
+    else:
+        _default_showwarning(message, category, *args, **kwargs)
+
+
 def main() -> None:
     # Everything imported so far lives as long as the process: out of the collector's sight, a
     # run's full collections no longer walk the ~100k objects of typer, rich and yaml.
     gc.freeze()
+    warnings.showwarning = _show_warning
     app()
 
 

@@ -37,6 +37,7 @@ def settings(cloud: Emulator, image: str, **extra: Any) -> dict[str, Any]:
     return {
         "BACKEND": "gce", "PROJECT_ID": cloud.project, "ZONE": cloud.zone, "BUCKET": cloud.bucket,
         "COMPUTE_ENDPOINT": cloud.compute_endpoint, "STORAGE_ENDPOINT": cloud.storage_endpoint,
+        "CREDENTIALS_FILE": str(cloud.credentials_file), "TOKEN_URI": cloud.token_uri,
         "IMAGE": image, "PULL_POLICY": "if-missing", "HEARTBEAT": 0.5, "POLL_INTERVAL": 0.2, **extra,
     }
 
