@@ -19,7 +19,6 @@ from rich.table import Table  # rich.progress is imported only when a bar is dra
 
 from parallel_engine import api
 from parallel_engine.config import load_config
-from parallel_engine.credentials import ProjectMismatchWarning
 from parallel_engine.errors import EXIT_INTERRUPTED, EXIT_TASKS_FAILED, ParallelEngineError
 from parallel_engine.model import TaskState
 from parallel_engine.results import RunStatus, read_log
@@ -34,7 +33,6 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
-_default_showwarning = warnings.showwarning
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="config file (default: ./.config.yaml)")]
 SetOpt = Annotated[
@@ -378,7 +376,8 @@ def emulator(
     """Run the emulated Google cloud here until Ctrl-C: Compute, Storage, metadata, Cloud Build and an image registry.
 
     Writes .config.yaml (or .config.emulator.yaml beside a file it must not touch) pointing every client at it.
-    Keys: BACKEND, PROJECT_ID, ZONE, BUCKET, COMPUTE_ENDPOINT, STORAGE_ENDPOINT, CLOUDBUILD_ENDPOINT, REGISTRY, IMAGE.
+    Keys: BACKEND, PROJECT_ID, ZONE, BUCKET, COMPUTE_ENDPOINT, STORAGE_ENDPOINT, CLOUDBUILD_ENDPOINT,
+    CREDENTIALS_FILE and TOKEN_URI (credentials it hands out, as gcloud writes them), REGISTRY, IMAGE.
     Not enforced: COS's read-only / and HOME, noexec mounts (see parallel_engine/emulator/README.md).
     """
     from parallel_engine.emulator import serve
@@ -387,11 +386,10 @@ def emulator(
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
-    """Our warnings (e.g. PROJECT_ID against the credentials' project) as one `warning:` line."""
-    if issubclass(category, ProjectMismatchWarning):
-        err.print(f"warning: {message}", markup=False, soft_wrap=True)
-    else:
-        _default_showwarning(message, category, *args, **kwargs)
+    """A warning (PROJECT_ID against the credentials' project, google-auth's about a login) as one
+    `warning:` line, not Python's file:line and source."""
+    first = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+    err.print(f"warning: {first}", markup=False, soft_wrap=True)
 
 
 def main() -> None:
