@@ -213,14 +213,15 @@ APIS = {
     "storage": ("Cloud Storage", "storage.googleapis.com"),
     "cloudbuild": ("Cloud Build", "cloudbuild.googleapis.com"),
 }
-#: The predefined role that grants a permission, by its prefix (README "What you need on Google Cloud").
+#: The predefined role that grants a permission, by its prefix, and where it is granted
+#: (README "What you need on Google Cloud"); None: on the project.
 ROLES = (
-    ("iam.serviceAccounts.actAs", "roles/iam.serviceAccountUser (on the VMs' service account)"),
-    ("compute.", "roles/compute.instanceAdmin.v1"),
-    ("storage.buckets.", "roles/storage.admin (or create the bucket yourself)"),
-    ("storage.", "roles/storage.objectAdmin (on the bucket)"),
-    ("cloudbuild.", "roles/cloudbuild.builds.editor"),
-    ("artifactregistry.", "roles/artifactregistry.writer (on the repository)"),
+    ("iam.serviceAccounts.actAs", "roles/iam.serviceAccountUser", "the VMs' service account"),
+    ("compute.", "roles/compute.instanceAdmin.v1", None),
+    ("storage.buckets.", "roles/storage.admin", "the bucket"),
+    ("storage.", "roles/storage.objectAdmin", "the bucket"),
+    ("cloudbuild.", "roles/cloudbuild.builds.editor", None),
+    ("artifactregistry.", "roles/artifactregistry.writer", "the repository"),
 )
 _PERMISSION = re.compile(r"Required '([a-zA-Z]+\.[\w.]+)' permission|Permission '([a-zA-Z]+\.[\w.]+)' denied"
                          r"|does not have ([a-zA-Z]+\.[\w.]+) access|\b(iam\.serviceAccounts\.actAs)\b")  # fmt: skip
@@ -228,9 +229,12 @@ _DISABLED = re.compile(r"apis/api/([a-z0-9.-]+\.googleapis\.com)")
 _SCOPES = ("insufficient authentication scopes", "scope(s) are not authorized", "ACCESS_TOKEN_SCOPE_INSUFFICIENT")
 
 
-def role_for(permission: str) -> str:
-    return next((role for prefix, role in ROLES if permission.startswith(prefix)),
-                "a role that grants it (https://cloud.google.com/iam/docs/permissions-reference)")  # fmt: skip
+def role_for(permission: str, project: str = "") -> str:
+    """The role to grant for `permission`, and on what."""
+    for prefix, role, scope in ROLES:
+        if permission.startswith(prefix):
+            return f"{role} on {scope}" if scope else role + (f" in project {project}" if project else "")
+    return "a role that grants it (https://cloud.google.com/iam/docs/permissions-reference)"
 
 
 def access_error(exc: BaseException, api: str, permission: str = "", project: str = "") -> AccessError | None:
@@ -297,4 +301,4 @@ def _forbidden(exc: Any, api: str, permission: str, project: str) -> AccessError
     if not needed:
         return None
     return PermissionDenied(f"{title} refused the call: your credentials lack the permission {needed}",
-                            hint=f"grant your account {role_for(needed)}" + (f" in project {project}" if project else ""))
+                            hint=f"grant your account {role_for(needed, project)}")
