@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -414,7 +415,8 @@ def render(
     chosen = run_id or new_run_id()
     if run_id is None:
         err.print(f"# rendered for a new run id {chosen}", markup=False)
-    sys.stdout.write(render_script(cfg, chosen, (task, 1) if task is not None else None, vm_request) + "\n")
+    say = (lambda line: err.print(line, markup=False, soft_wrap=True))
+    sys.stdout.write(render_script(cfg, chosen, (task, 1) if task is not None else None, vm_request, say) + "\n")
 
 
 @app.command()
@@ -430,7 +432,8 @@ def emulator(
     """Run the emulated Google cloud here until Ctrl-C: Compute, Storage, metadata, Cloud Build and an image registry.
 
     Writes .config.yaml (or .config.emulator.yaml beside a file it must not touch) pointing every client at it.
-    Keys: BACKEND, PROJECT_ID, ZONE, BUCKET, COMPUTE_ENDPOINT, STORAGE_ENDPOINT, CLOUDBUILD_ENDPOINT, REGISTRY, IMAGE.
+    Keys: BACKEND, PROJECT_ID, ZONE, BUCKET, COMPUTE_ENDPOINT, STORAGE_ENDPOINT, CLOUDBUILD_ENDPOINT,
+    CREDENTIALS_FILE and TOKEN_URI (credentials it hands out, as gcloud writes them), REGISTRY, IMAGE.
     Not enforced: COS's read-only / and HOME, noexec mounts (see parallel_engine/emulator/README.md).
     """
     from parallel_engine.emulator import serve
@@ -438,10 +441,18 @@ def emulator(
     raise typer.Exit(serve(config_out, time_scale, project=project, zone=zone, bucket=bucket, workdir=workdir))
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """A warning (PROJECT_ID against the credentials' project, google-auth's about a login) as one
+    `warning:` line, not Python's file:line and source."""
+    first = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+    err.print(f"warning: {first}", markup=False, soft_wrap=True)
+
+
 def main() -> None:
     # Everything imported so far lives as long as the process: out of the collector's sight, a
     # run's full collections no longer walk the ~100k objects of typer, rich and yaml.
     gc.freeze()
+    warnings.showwarning = _show_warning
     app()
 
 

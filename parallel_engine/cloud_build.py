@@ -18,7 +18,8 @@ import yaml
 
 from parallel_engine.config import Config
 from parallel_engine.errors import BackendError, BuildError, ConfigError
-from parallel_engine.google_clients import _credentials, _options, call_google
+from parallel_engine.credentials import google_project
+from parallel_engine.google_clients import call_google, cloudbuild_client
 from parallel_engine.names import new_run_id
 from parallel_engine.store import RunStore
 
@@ -152,16 +153,16 @@ def _submit(client: Any, project: str, build: Any, tag: str) -> str:
     with its answer lost), creating again only if none exists. What still fails is a BackendError."""
     tries = 0
 
-    def create_once() -> str:
+    def create_once(project_id: str) -> str:
         nonlocal tries
         tries += 1
         if tries > 1:
-            landed = list(client.list_builds(project_id=project, filter=f'tags="{tag}"'))
+            landed = list(client.list_builds(project_id=project_id, filter=f'tags="{tag}"'))
             if landed:
                 return str(landed[0].id)
-        return str(client.create_build(project_id=project, build=build).metadata.build.id)
+        return str(client.create_build(project_id=project_id, build=build).metadata.build.id)
 
-    return call_google(create_once)
+    return call_google(create_once, project_id=project, api="cloudbuild", needs="cloudbuild.builds.create")
 
 
 def poll_limit(build: Any) -> float:
@@ -175,14 +176,15 @@ def poll_limit(build: Any) -> float:
 def build_gce(config: Config, store: RunStore, context: Path, cloudbuild: Path,
               on_line: Callable[[str], None]) -> str:
     """Build CONTEXT into IMAGE with Cloud Build; returns the image digest and records it for `run`."""
-    from google.cloud.devtools import cloudbuild_v1
     from google.cloud.devtools.cloudbuild_v1.types import Build
 
     if not config.image:
         raise ConfigError("IMAGE is not set: `build` needs the image name to push",
                           hint="set IMAGE, e.g. REGION-docker.pkg.dev/PROJECT/REPO/app:latest")
-    assert config.bucket is not None and config.project_id is not None
+    assert config.bucket is not None
     archive = pack_source(context, cloudbuild)
+    project = google_project(config)
+    client = cloudbuild_client(config)
     obj = f"{config.bucket_prefix}/sources/{new_run_id()}.tgz".lstrip("/")
     store.blobs.write(obj[len(config.bucket_prefix) + 1:] if config.bucket_prefix else obj, archive)
     on_line(f"uploaded {len(archive)} bytes of {context}/ to gs://{config.bucket}/{obj}")
@@ -190,25 +192,21 @@ def build_gce(config: Config, store: RunStore, context: Path, cloudbuild: Path,
         spec = yaml.safe_load(cloudbuild.read_text())
     except yaml.YAMLError as exc:
         raise BuildError(f"{cloudbuild}: not valid YAML ({exc})") from exc
-    client = cloudbuild_v1.CloudBuildClient(
-        transport="rest", credentials=_credentials(config.cloudbuild_endpoint),
-        client_options=_options(config.cloudbuild_endpoint),
-    )
     tag = f"pe-{new_run_id()}"  # a run id is lowercase letters, digits and "-": a valid tag
     message = _build_message(spec, config.bucket, obj, config.image, cloudbuild, tag)
     try:
-        build_id = _submit(client, config.project_id, message, tag)
+        build_id = _submit(client, project, message, tag)
     except BackendError as exc:
         raise BuildError(
             f"Cloud Build refused the build: {exc.__cause__ or exc}",
             hint=f"check CLOUDBUILD_ENDPOINT ({config.cloudbuild_endpoint or 'unset: Google'}), that the Cloud Build API "
-                 f"is enabled in project {config.project_id}, and your credentials (gcloud auth application-default login)",
+                 f"is enabled in project {project}, and your credentials (gcloud auth application-default login)",
         ) from exc
     on_line(f"Cloud Build {build_id} submitted")
     seen = ""
     deadline = None
     while True:
-        build = call_google(client.get_build, project_id=config.project_id, id=build_id)
+        build = call_google(client.get_build, project_id=project, id=build_id, needs="cloudbuild.builds.get")
         status = Build.Status(build.status).name
         if status != seen:
             on_line(f"build {build_id}: {status}" + (f"  log: {build.log_url}" if build.log_url and not seen else ""))

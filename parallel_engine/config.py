@@ -464,6 +464,10 @@ _KEY_TABLE: tuple[Key, ...] = (
     Key("STORAGE_ENDPOINT", Url(), None, "Cloud Storage endpoint (set by the emulator; unset: Google)"),
     Key("CLOUDBUILD_ENDPOINT", Url(), None, "Cloud Build endpoint (set by the emulator; unset: Google)"),
     Key("METADATA_HOST", HostPort(), None, "metadata server host:port (set by the emulator; unset: Google)"),
+    Key("CREDENTIALS_FILE", Str(), None,
+        "Google credentials: a service-account key or an ADC file (relative to the working directory)",
+        default_doc="unset: Application Default Credentials (gcloud auth application-default login)"),
+    Key("TOKEN_URI", Url(), None, "OAuth token endpoint (set by the emulator; unset: Google's)"),
     Key("REGISTRY", Str(), None, "image registry, e.g. europe-west1-docker.pkg.dev/PROJECT/REPO or 127.0.0.1:5000"),
     Key("POLL_INTERVAL", Duration(), 2.0, "how often the orchestrator looks at the store"),
     Key("PULL_POLICY", Choice("always", "if-missing", "never"), "always",
@@ -476,10 +480,11 @@ _KEY_TABLE: tuple[Key, ...] = (
 #: Every key by name, in the table's order (the seed's six first).
 KEYS: dict[str, Key] = {key.name: key for key in _KEY_TABLE}
 
-#: What each backend cannot start without.
+#: What each backend cannot start without (gce also needs a project: PROJECT_ID, or the one the
+#: credentials carry; see credentials.google_project).
 BACKEND_NEEDS: dict[str, tuple[str, ...]] = {
     "local": (),
-    "gce": ("PROJECT_ID", "ZONE", "BUCKET"),
+    "gce": ("ZONE", "BUCKET"),
 }
 
 
@@ -541,6 +546,8 @@ class Config:
     storage_endpoint: str | None = _default("STORAGE_ENDPOINT")
     cloudbuild_endpoint: str | None = _default("CLOUDBUILD_ENDPOINT")
     metadata_host: str | None = _default("METADATA_HOST")
+    credentials_file: str | None = _default("CREDENTIALS_FILE")
+    token_uri: str | None = _default("TOKEN_URI")
     registry: str | None = _default("REGISTRY")
     poll_interval: float = _default("POLL_INTERVAL")
     pull_policy: str = _default("PULL_POLICY")

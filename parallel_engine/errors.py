@@ -47,6 +47,20 @@ class RunNotFoundError(StoreError):
     """No run with that id exists in the store."""
 
 
+class AccessError(ParallelEngineError):
+    """Google refused us for a reason the user must fix in their setup: credentials missing,
+    unreadable or refused, or a permission or an API missing (exit 2, like bad input)."""
+
+
+class CredentialsError(AccessError):
+    """No Google credentials, an unreadable or malformed credentials file, or credentials Google
+    refuses (a revoked or expired refresh token, a deleted key)."""
+
+
+class PermissionDenied(AccessError):
+    """Google answered 403: the credentials lack a permission, or an API is not enabled."""
+
+
 class BackendError(ParallelEngineError):
     """A backend (local runtime, Docker, Google) failed in a way the user must act on."""
 

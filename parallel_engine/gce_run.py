@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 
 from parallel_engine.backends.gce import Compute, GcePool, delete_run_vms
 from parallel_engine.config import Config
-from parallel_engine.errors import ConfigError
-from parallel_engine.google_clients import is_emulated
+from parallel_engine.errors import ConfigError, CredentialsError
 from parallel_engine.model import AttemptStatus
 from parallel_engine.store import RunStore
 
@@ -20,19 +19,31 @@ DEFAULT_COMPUTE = "https://compute.googleapis.com"
 BUILD_RECORD = "builds/latest.json"
 
 
+def _image(config: Config) -> str:
+    if not config.image:
+        raise ConfigError("IMAGE is not set: the VMs need an image to run",
+                          hint="set IMAGE (e.g. REGION-docker.pkg.dev/PROJECT/REPO/app:latest) and run `parallel-engine build`")
+    return config.image
+
+
+def pinned(image: str) -> bool:
+    """Whether an image reference names a digest (`...@sha256:...`): nothing to look up."""
+    return "@" in image.rsplit("/", 1)[-1]
+
+
 def resolve_image(config: Config, store: RunStore) -> str:
     """IMAGE pinned to the digest `parallel-engine build` recorded for it, else IMAGE as given."""
     import json
 
-    if not config.image:
-        raise ConfigError("IMAGE is not set: the VMs need an image to run",
-                          hint="set IMAGE (e.g. REGION-docker.pkg.dev/PROJECT/REPO/app:latest) and run `parallel-engine build`")
+    image = _image(config)
+    if pinned(image):
+        return image
     raw = store.blobs.read(BUILD_RECORD)
     if raw:
         built = json.loads(raw)
-        if built.get("image") == config.image and built.get("digest"):
-            return f"{without_tag(config.image)}@{built['digest']}"
-    return config.image
+        if built.get("image") == image and built.get("digest"):
+            return f"{without_tag(image)}@{built['digest']}"
+    return image
 
 
 def without_tag(image: str) -> str:
@@ -65,8 +76,6 @@ def script_for(
             poll_s=config.poll_interval,
             idle_s=3 * config.poll_interval,
             self_delete=self_delete,
-            # Emulated VMs share this machine's filesystem: a private temp folder, not /var/lib.
-            **({"work_dir": ""} if is_emulated(config.compute_endpoint) else {}),
         ))
 
     return render
@@ -94,7 +103,7 @@ def gce_plan(config: Config, store: RunStore, run_id: str, quota: int, say: Call
         "runtime": "gce",
         "image": image,
         "tasks_per_vm": config.tasks_per_vm,
-        "project": config.project_id,
+        "project": compute.project,
         "zones": [config.zone, *config.fallback_zones],
     }
 
@@ -104,17 +113,33 @@ def gce_plan(config: Config, store: RunStore, run_id: str, quota: int, say: Call
     return Plan(spec, make_pool)
 
 
-def render(config: Config, run_id: str, task: tuple[str, int] | None, vm_request: bool) -> str:
+def render_image(config: Config, say: Callable[[str], None]) -> str:
+    """The image `render` shows: as `run` would pin it, reading the bucket only when IMAGE names
+    no digest. Without credentials it is IMAGE as given, and `say` tells what `run` would do."""
+    from parallel_engine.api import open_store
+
+    image = _image(config)
+    if pinned(image):
+        return image
+    try:
+        return resolve_image(config, open_store(config))
+    except CredentialsError as exc:
+        say(f"note: IMAGE {image} is rendered as given: `run` would pin it to the digest of the last "
+            f"`parallel-engine build`, which it reads from the bucket with Google credentials ({exc.message})")
+        return image
+
+
+def render(config: Config, run_id: str, task: tuple[str, int] | None, vm_request: bool,
+           say: Callable[[str], None] = lambda line: None) -> str:
     """Exactly what `run` would give a VM: the startup script, or the whole VM request as JSON,
     with IMAGE pinned to the digest `build` recorded (read from the bucket, as `run` does)."""
     import json
 
-    from parallel_engine.api import open_store
     from parallel_engine.gce_vm import bulk_body, instance_body, instance_properties
     from parallel_engine.names import gce_name, label_value
 
     assert config.zone is not None
-    image = resolve_image(config, open_store(config))
+    image = render_image(config, say)
     script = script_for(config, run_id, image)((task,) if task else None)
     if not vm_request:
         return script

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from parallel_engine.credentials import access_error
 from parallel_engine.errors import BackendError
 from parallel_engine.google_clients import is_google_error
 
@@ -18,13 +19,17 @@ READERS = 8  # concurrent reads in read_many, within requests' pool of 10 connec
 
 
 def _translated(method: Callable[..., T]) -> Callable[..., T]:
-    """The boundary: a Storage failure the client's own retries did not cure is a BackendError."""
+    """The boundary: refused credentials or a missing permission are an AccessError with the fix;
+    another Storage failure the client's own retries did not cure is a BackendError."""
 
     @functools.wraps(method)
     def wrapper(self: GCSBlobs, *args: Any, **kwargs: Any) -> T:
         try:
             return method(self, *args, **kwargs)
         except Exception as exc:
+            refused = access_error(exc, "storage", project=str(self.client.project or ""))
+            if refused is not None:
+                raise refused from exc
             if is_google_error(exc):
                 # The object (or the prefix listed) when the call names one; fetch takes a list.
                 where = self._name(args[0]) if args and isinstance(args[0], str) else self.prefix

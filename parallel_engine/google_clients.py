@@ -1,18 +1,18 @@
 """The official Google clients, pointed at Google or at the emulated cloud, and one retry policy.
 
-Endpoints come from config (COMPUTE_ENDPOINT, STORAGE_ENDPOINT, CLOUDBUILD_ENDPOINT); a loopback
-endpoint means the emulated cloud, which takes anonymous credentials. Everything else uses
-Application Default Credentials. Google libraries are imported lazily: local runs never pay for them.
+Endpoints come from config (COMPUTE_ENDPOINT, STORAGE_ENDPOINT, CLOUDBUILD_ENDPOINT; unset:
+Google's): they are all the emulated cloud changes. Every client gets the command's one set of
+credentials (credentials.py). Google libraries are imported lazily: local runs never pay for them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlparse
 
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from parallel_engine.credentials import access_error, credentials, google_project
 from parallel_engine.errors import BackendError
 
 if TYPE_CHECKING:
@@ -21,19 +21,6 @@ if TYPE_CHECKING:
     from parallel_engine.config import Config
 
 T = TypeVar("T")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def is_emulated(endpoint: str | None) -> bool:
-    return bool(endpoint) and (urlparse(endpoint).hostname or "") in LOOPBACK
-
-
-def _credentials(endpoint: str | None) -> Any:
-    if is_emulated(endpoint):
-        from google.auth.credentials import AnonymousCredentials
-
-        return AnonymousCredentials()
-    return None  # Application Default Credentials
 
 
 def _options(endpoint: str | None) -> dict[str, str] | None:
@@ -44,8 +31,8 @@ def storage_client(config: Config) -> storage.Client:
     from google.cloud import storage
 
     return storage.Client(
-        project=config.project_id,
-        credentials=_credentials(config.storage_endpoint),
+        project=google_project(config),
+        credentials=credentials(config),
         client_options=_options(config.storage_endpoint),
     )
 
@@ -54,8 +41,15 @@ def compute_client(config: Config, kind: str) -> Any:
     """`kind` is a compute_v1 client class name: InstancesClient, ZoneOperationsClient, RegionsClient, …"""
     from google.cloud import compute_v1
 
-    return getattr(compute_v1, kind)(
-        credentials=_credentials(config.compute_endpoint), client_options=_options(config.compute_endpoint)
+    return getattr(compute_v1, kind)(credentials=credentials(config), client_options=_options(config.compute_endpoint))
+
+
+def cloudbuild_client(config: Config) -> Any:
+    """Cloud Build over REST (its default gRPC transport cannot reach a plain-HTTP endpoint)."""
+    from google.cloud.devtools import cloudbuild_v1
+
+    return cloudbuild_v1.CloudBuildClient(
+        transport="rest", credentials=credentials(config), client_options=_options(config.cloudbuild_endpoint)
     )
 
 
@@ -74,9 +68,17 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, requests.ConnectionError | requests.Timeout | TransportError | ConnectionError)
 
 
-def call_google(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def _api_of(func: Callable[..., Any]) -> str:
+    """compute, cloudbuild or storage: the API a client method calls."""
+    owner = type(getattr(func, "__self__", None)).__module__
+    return next((api for api in ("compute", "cloudbuild", "storage") if api in owner), "google")
+
+
+def call_google(func: Callable[..., T], *args: Any, api: str = "", needs: str = "", **kwargs: Any) -> T:
     """Call a Google API, retried with backoff and jitter on 429, 5xx, exhausted resources, rate
-    limits and connection errors; what still fails becomes a BackendError."""
+    limits and connection errors. Refused credentials, a missing permission or a disabled API
+    become an AccessError saying what fixes it (`api`, default: the client's, and `needs`, the
+    permission the call needs, sharpen it); what else still fails becomes a BackendError."""
 
     @retry(
         retry=retry_if_exception(_transient),
@@ -90,6 +92,11 @@ def call_google(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return attempt()
     except Exception as exc:
+        request = kwargs.get("request")
+        project = str(kwargs.get("project") or kwargs.get("project_id") or getattr(request, "project", "") or "")
+        refused = access_error(exc, api or _api_of(func), needs, project)
+        if refused is not None:
+            raise refused from exc
         if is_google_error(exc):  # covers every type _transient retries
             raise BackendError(f"Google API call failed: {exc}") from exc
         raise

@@ -72,7 +72,7 @@ class WorkerSettings:
     task_timeout_s: float | None = None
     tasks: tuple[tuple[str, int], ...] | None = None
     docker_network: str = "host"  # host: tasks reach the metadata server (the VM's service account)
-    work_dir: str = DEFAULT_WORK_DIR  # base of a private folder; "" or unwritable: `mktemp -d`
+    work_dir: str = DEFAULT_WORK_DIR  # base of a private folder (the VM's TMPDIR wins); "" or unwritable: `mktemp -d`
     self_delete: bool = True
     poll_s: float = 10.0  # claim mode: how often open/ is listed again while nothing is claimable
     idle_s: float = 60.0  # claim mode: how long nothing claimable is tolerated before leaving

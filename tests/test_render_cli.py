@@ -28,7 +28,8 @@ def cloud() -> Iterator[Emulator]:
 
 def flags(cloud: Emulator) -> dict[str, Any]:
     return {"BACKEND": "gce", "PROJECT_ID": cloud.project, "ZONE": "europe-west1-b", "BUCKET": cloud.bucket,
-            "STORAGE_ENDPOINT": cloud.storage_endpoint, "COMPUTE_ENDPOINT": cloud.compute_endpoint, "IMAGE": IMAGE}
+            "STORAGE_ENDPOINT": cloud.storage_endpoint, "COMPUTE_ENDPOINT": cloud.compute_endpoint, "IMAGE": IMAGE,
+            "CREDENTIALS_FILE": str(cloud.credentials_file), "TOKEN_URI": cloud.token_uri}
 
 
 def sets(cloud: Emulator) -> list[str]:

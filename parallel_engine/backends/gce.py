@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parallel_engine.config import Config
-from parallel_engine.errors import BackendError, ParallelEngineError
+from parallel_engine.credentials import google_project
+from parallel_engine.errors import AccessError, BackendError, ParallelEngineError
 from parallel_engine.gce_vm import (
     RUN_LABEL,
     bulk_body,
@@ -57,8 +58,7 @@ class Compute:
     """The few Compute verbs the backend needs; every call retried, zone operations waited on by hand."""
 
     def __init__(self, config: Config) -> None:
-        assert config.project_id is not None
-        self.project = config.project_id
+        self.project = google_project(config)
         self.instances = compute_client(config, "InstancesClient")
         self.operations = compute_client(config, "ZoneOperationsClient")
 
@@ -646,6 +646,13 @@ class GcePool:
             self._torn_down = True
         self._writer.shutdown(wait=True, cancel_futures=True)
         self._inserter.shutdown(wait=True, cancel_futures=True)  # no insert lands after the teardown
-        deleted = delete_run_vms(self.compute, self.run_id)
+        try:
+            deleted = delete_run_vms(self.compute, self.run_id)
+        except AccessError as exc:  # e.g. the login was revoked mid-run: say what is left, and how to end it
+            raise type(exc)(
+                f"{exc.message}; the VMs of run {self.run_id} could not be checked or deleted",
+                hint=f"{exc.hint}; then `parallel-engine down {self.run_id}` (each VM also deletes itself "
+                     f"after MAX_RUN_DURATION, {self.config.max_run_duration:g} s)",
+            ) from exc
         if deleted:
             self.info(f"deleted {deleted} VM(s) of run {self.run_id}")

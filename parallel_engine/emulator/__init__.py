@@ -1,10 +1,14 @@
-"""The emulated Google cloud on 127.0.0.1, no Google account: Compute, Storage, metadata, Cloud Build, a registry.
+"""The emulated Google cloud on 127.0.0.1, no Google account: OAuth, Compute, Storage, metadata,
+Cloud Build, a registry.
 
-The real Google clients and a real VM startup script run against it unchanged. It imports nothing
-from the orchestrator: it only speaks HTTP, as Google does.
+The real Google clients and a real VM startup script run against it unchanged, with credentials
+it hands out (an ADC file and a service-account key refreshing at its token endpoint): a call
+without a valid token gets 401, as on Google. It imports nothing from the orchestrator: it only
+speaks HTTP, as Google does.
 
     with Emulator(time_scale=0.01) as cloud:
-        compute_v1.InstancesClient(client_options=cloud.client_options(), credentials=AnonymousCredentials())
+        creds = Credentials.from_authorized_user_file(str(cloud.credentials_file)).with_token_uri(cloud.token_uri)
+        compute_v1.InstancesClient(client_options=cloud.client_options(), credentials=creds)
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """`Emulator`: the emulated Google cloud on loopback, in this process.
 
-It wires the pieces together: fake-gcs-server behind the counting Storage proxy, the Compute REST
-server with its engine and control API, the VMs' hypervisor (bin folder, metadata servers,
-container cleanup), the image registry, Cloud Build, one clock, one set of timers and a watchdog.
+It wires the pieces together: the OAuth token endpoint and the credentials files it serves,
+fake-gcs-server behind the counting Storage proxy, the Compute REST server with its engine and
+control API, the VMs' hypervisor (bin folder, metadata servers, container cleanup), the image
+registry behind its gate, Cloud Build, one clock, one token registry, one access policy, one set
+of timers and a watchdog.
 `stop()` leaves no process behind; the watchdog sees to it when this process dies without stopping.
 """
 
@@ -20,6 +22,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from parallel_engine.emulator.access import AccessPolicy
 from parallel_engine.emulator.clock import Clock, Durations
 from parallel_engine.emulator.cloudbuild import CloudBuildServer
 from parallel_engine.emulator.cloudbuild_runner import LABEL_SERVER
@@ -35,6 +38,7 @@ from parallel_engine.emulator.gcs import FakeGcs
 from parallel_engine.emulator.guest.containers import LABEL_EMULATOR
 from parallel_engine.emulator.guest.hypervisor import Hypervisor
 from parallel_engine.emulator.identity import TokenRegistry
+from parallel_engine.emulator.oauth import CredentialsFiles, OAuthServer, write_credentials
 from parallel_engine.emulator.registry import Registry, RegistryUnavailable
 from parallel_engine.emulator.storage_proxy import StorageProxy
 from parallel_engine.emulator.timers import Timers
@@ -85,8 +89,11 @@ class Emulator:
         self.storage_endpoint = ""
         self.control: ControlClient | None = None
         self.tokens = TokenRegistry(self.clock)
+        self.access = AccessPolicy(project, self.project_number)
         self.traffic = {"compute": Traffic("compute"), "storage": Traffic("storage"),
-                        "cloudbuild": Traffic("cloudbuild")}  # fmt: skip
+                        "cloudbuild": Traffic("cloudbuild"), "oauth": Traffic("oauth")}  # fmt: skip
+        self._oauth: OAuthServer | None = None
+        self._credentials: CredentialsFiles | None = None
         self.cloudbuild_endpoint = ""
         self.registry_host = ""
         self._registry: Registry | None = None
@@ -124,7 +131,12 @@ class Emulator:
         if self._workdir_arg is None:
             watchdog.tell("dir", self.workdir)
         self._timers = Timers()
+        self._oauth = OAuthServer(self.tokens, self.traffic["oauth"]).start()
+        self._credentials = write_credentials(
+            self.tokens, self._oauth.token_uri, self.project, self.project_number, self.workdir / "credentials"
+        )
         self._proxy = StorageProxy(self.traffic["storage"], self.tokens)
+        self._proxy.access = self.access
         self._gcs = FakeGcs(self._proxy.url, self.workdir / "fake-gcs-server.log", self._storage_dir)
         self._gcs.start()
         watchdog.tell("pid", self._gcs.pid)
@@ -142,14 +154,16 @@ class Emulator:
             )  # fmt: skip
 
         self._compute = ComputeServer(engine, self.traffic["compute"], self.tokens, limiter)
+        self._compute.access = self.access
         self._compute.control = ControlApi(
-            self._compute.engine, self.clock, self.traffic, limiter, self.describe, self._fail_builds
+            self._compute.engine, self.clock, self.traffic, limiter, self.describe, self._fail_builds,
+            self.tokens, self.access,
         )
         self._compute.start()
         self.compute_endpoint = self._compute.url
         self.control = ControlClient(self.compute_endpoint, self.zone)
         self._create_bucket(self.bucket)
-        self._registry = Registry(self.workdir / "registry")
+        self._registry = Registry(self.workdir / "registry", tokens=self.tokens)
         try:
             self.registry_host = self._registry.start().host
             watchdog.tell("pid", self._registry.pid)
@@ -159,7 +173,9 @@ class Emulator:
             self._gcs.url, self.registry_host or None, project=self.project, project_number=self.project_number,
             workdir=self.workdir / "cloudbuild", docker_host=self._docker_host,
             traffic=self.traffic["cloudbuild"], tokens=self.tokens,
-        ).start()
+        )
+        self._cloudbuild.access = self.access
+        self._cloudbuild.start()
         watchdog.tell("label", f"{LABEL_SERVER}={self._cloudbuild.server_id}")
         self.cloudbuild_endpoint = self._cloudbuild.url
 
@@ -205,6 +221,8 @@ class Emulator:
             self._hypervisor.stop()
         if self._proxy is not None:
             self._proxy.stop()
+        if self._oauth is not None:
+            self._oauth.stop()
         if self._gcs is not None:
             self._gcs.stop()
         if self._workdir_arg is None and self.workdir is not None:
@@ -234,6 +252,24 @@ class Emulator:
         return self._compute.engine
 
     @property
+    def credentials_file(self) -> Path:
+        """The user's `authorized_user` file (as `gcloud auth application-default login` writes
+        it) whose token_uri is this emulator's: what CREDENTIALS_FILE names in the config it writes."""
+        assert self._credentials is not None, "emulator not started"
+        return self._credentials.user
+
+    @property
+    def service_account_file(self) -> Path:
+        """A service-account key (project_id included) whose token_uri is this emulator's."""
+        assert self._credentials is not None, "emulator not started"
+        return self._credentials.service_account
+
+    @property
+    def token_uri(self) -> str:
+        assert self._oauth is not None, "emulator not started"
+        return self._oauth.token_uri
+
+    @property
     def fake_gcs_pid(self) -> int | None:
         return self._gcs.pid if self._gcs else None
 
@@ -254,6 +290,9 @@ class Emulator:
             "storageEndpoint": self.storage_endpoint,
             "cloudbuildEndpoint": self.cloudbuild_endpoint,
             "registryHost": self.registry_host,
+            "tokenUri": self._oauth.token_uri if self._oauth else None,
+            "credentialsFile": str(self._credentials.user) if self._credentials else None,
+            "serviceAccountFile": str(self._credentials.service_account) if self._credentials else None,
             "emulatorId": self.emulator_id,
             "pids": {"fakeGcs": self.fake_gcs_pid, "registry": self._registry.pid if self._registry else None,
                      "watchdog": self._watchdog.pid if self._watchdog else None},  # fmt: skip

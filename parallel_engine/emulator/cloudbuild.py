@@ -1,8 +1,8 @@
 """The Cloud Build v1 REST endpoint of the emulated cloud.
 
 `CloudBuildClient(transport="rest", client_options={"api_endpoint": server.url},
-credentials=AnonymousCredentials())` works against it unchanged. It implements what a build
-pipeline uses:
+credentials=...)` works against it unchanged (with credentials the emulator's token endpoint
+issued: a call without a valid token gets 401). It implements what a build pipeline uses:
 
     POST /v1/projects/{p}/builds                      (and /v1/projects/{p}/locations/{l}/builds)
     GET  /v1/projects/{p}/builds/{id}                 GET .../builds (filter, pageSize, pageToken)
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
+from parallel_engine.emulator.access import AccessPolicy
 from parallel_engine.emulator.cloudbuild_runner import (
     ACTIVE,
     CANCELLED,
@@ -57,7 +58,7 @@ from parallel_engine.emulator.cloudbuild_validate import (
     check_build,
 )
 from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer, Reply
-from parallel_engine.emulator.identity import ORCHESTRATOR_CALLER, Caller, TokenRegistry
+from parallel_engine.emulator.identity import CLOUD_PLATFORM, Caller, TokenRegistry
 from parallel_engine.emulator.traffic import FaultRule, Traffic, unauthenticated_message
 from parallel_engine.emulator.watchdog import remove_labelled
 
@@ -135,9 +136,11 @@ class CloudBuildServer:
         self._workdir_arg = workdir
         self.workdir: Path | None = None
         self.traffic = traffic
-        self.tokens = tokens
+        self.tokens = tokens or TokenRegistry()  # its own: only tokens minted there are accepted
+        self.access: AccessPolicy | None = None  # what the project refuses (IAM, disabled APIs)
         self.server_id = secrets.token_hex(6)
-        self.settings = RunnerSettings(self.storage_url, registry_host, docker_host, self.server_id)
+        self.settings = RunnerSettings(self.storage_url, registry_host, docker_host, self.server_id,
+                                       self._service_agent_token)
         self._slots = threading.Semaphore(max_concurrent_builds)
         self._lock = threading.Lock()
         self._builds: dict[str, BuildRecord] = {}
@@ -193,6 +196,12 @@ class CloudBuildServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _service_agent_token(self, project: str, lifetime: float) -> str:
+        """A token of the project's Cloud Build service account, for pushing its images (as on
+        Google, where builds push as that account): valid as long as the build may run."""
+        email = f"{self.project_number(project)}@cloudbuild.gserviceaccount.com"
+        return self.tokens.issue_for(email, (CLOUD_PLATFORM,), lifetime)
 
     def _docker_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -451,7 +460,7 @@ def _make_handler(server: CloudBuildServer) -> type[JsonHandler]:
 
     class Handler(JsonHandler):
         def _caller(self) -> Caller:
-            return ORCHESTRATOR_CALLER if server.tokens is None else self.caller(server.tokens)
+            return self.caller(server.tokens)
 
         def _dispatch(self) -> None:
             raw = self.read_body()  # first, whatever the answer: the connection is kept alive
@@ -471,7 +480,7 @@ def _make_handler(server: CloudBuildServer) -> type[JsonHandler]:
                 caller = self._caller()
                 self.answer_call(
                     server.traffic, caller, operation,
-                    act=lambda: self._outcome(m, action, raw),
+                    act=lambda: self._outcome(m, action, raw, operation, caller),
                     unauthenticated=lambda: rpc_error_body(401, unauthenticated_message("cloudbuild", caller)),
                     fault_body=_fault_body,
                 )  # fmt: skip
@@ -484,7 +493,10 @@ def _make_handler(server: CloudBuildServer) -> type[JsonHandler]:
             )
             self.send_json(error.code, error.body())
 
-        def _outcome(self, m: re.Match[str], action: Action, raw: bytes) -> Reply:
+        def _outcome(self, m: re.Match[str], action: Action, raw: bytes, operation: str, caller: Caller) -> Reply:
+            refused = server.access and server.access.refusal("cloudbuild", operation, caller, "")
+            if refused:
+                return Reply.json(*refused)
             try:
                 return Reply.json(200, action(m, self, raw))
             except ApiError as error:

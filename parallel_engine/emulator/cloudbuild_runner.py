@@ -13,6 +13,7 @@ registry, and images are pushed only to a registry on 127.0.0.1.
 
 from __future__ import annotations
 
+import base64
 import copy
 import io
 import json
@@ -94,6 +95,8 @@ class RunnerSettings:
     registry_host: str | None
     docker_host: str | None
     server_id: str
+    #: (project, lifetime in seconds) -> a token of the project's Cloud Build service account
+    service_token: Callable[[str, float], str] | None = None
 
 
 class BuildRecord:
@@ -235,6 +238,7 @@ class BuildRunner:
                     record.resource["startTime"] = now_rfc3339()
                     timeout = parse_duration("build.timeout", record.resource["timeout"])
                 self.deadline = time.monotonic() + timeout
+                self._registry_credentials(timeout)
                 if self.injected == INTERNAL_ERROR:
                     raise BuildEnded(INTERNAL_ERROR, "internal error (injected by the emulator's control API)")
                 self._run()
@@ -271,6 +275,20 @@ class BuildRunner:
         self._check_cancel()
         record.log("DONE")
         record.finish(SUCCESS)
+
+    def _registry_credentials(self, lifetime: float) -> None:
+        """Docker's credentials for the emulator's registry, as the build's service account (a
+        DOCKER_CONFIG of this build's own): its pushes, pulls and `docker` steps authenticate."""
+        host, mint = self.settings.registry_host, self.settings.service_token
+        if not host or mint is None:
+            return
+        secret = base64.b64encode(f"oauth2accesstoken:{mint(self.record.project, lifetime)}".encode()).decode()
+        folder = self.record.build_dir / "docker-config"
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(folder / "config.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            json.dump({"auths": {host: {"auth": secret}}}, out)
+        self.docker_env["DOCKER_CONFIG"] = str(folder)
 
     def _phase(self, name: str, action: Callable[[], None]) -> None:
         self._check_cancel()

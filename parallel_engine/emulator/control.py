@@ -124,9 +124,33 @@ class ControlClient:
         """Preempt a Spot VM; returns the `compute.instances.preempted` operation."""
         return self._call("POST", f"/zones/{self._zone(zone)}/instances/{quote(name)}/preempt")
 
+    # -- credentials and access -------------------------------------------------------------
+    def expire_tokens(self, caller: str | None = None) -> int:
+        """End every live access token now (of "orchestrator" or "vm" callers only, if told), as if
+        its lifetime were over: the next call with one gets 401, a refresh gets a new one."""
+        return int(self._call("POST", "/tokens:expire", {"caller": caller})["expired"])
+
+    def revoke_credentials(self) -> int:
+        """Revoke every refresh token and service-account key the emulator handed out (as `gcloud
+        auth application-default revoke` or deleting a key does): their tokens stop working and a
+        refresh fails with `invalid_grant`."""
+        return int(self._call("POST", "/tokens:revoke", {})["revoked"])
+
+    def deny(self, *permissions: str) -> None:
+        """The orchestrator's account lacks these IAM permissions (e.g. compute.instances.create): 403."""
+        self._call("PUT", "/access", {"deny": list(permissions)})
+
+    def disable_api(self, *services: str) -> None:
+        """These APIs ("compute", "storage", "cloudbuild") are not enabled in the project: 403 SERVICE_DISABLED."""
+        self._call("PUT", "/access", {"disable": list(services)})
+
+    def reset_access(self) -> None:
+        self._call("DELETE", "/access")
+
     # -- observation ----------------------------------------------------------------------
     def calls(self) -> dict[str, Any]:
-        """{"compute": counts, "storage": counts}; counts = {total, byCaller, byVm, byMethod, injected}."""
+        """{"compute": counts, "storage": counts, "cloudbuild": ..., "oauth": ...}; counts = {total, byCaller,
+        byVm, byMethod, injected, unauthenticated} (unauthenticated: calls answered 401, by method and caller)."""
         return self._call("GET", "/calls")
 
     def reset_calls(self) -> None:

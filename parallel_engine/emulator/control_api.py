@@ -2,7 +2,8 @@
 
 Tests and the orchestrator's own test suite use it to read the time scale, preempt a VM, fail or
 slow the next calls, end the next builds EXPIRED or INTERNAL_ERROR, exhaust a zone or the quota,
-change quota limits and read call counts.
+change quota limits, read call counts, expire or revoke credentials early, and deny permissions
+or disable APIs.
 Its calls are neither counted nor faulted.
 """
 
@@ -12,11 +13,13 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from parallel_engine.emulator.access import AccessPolicy
 from parallel_engine.emulator.clock import Clock
 from parallel_engine.emulator.compute.engine import ComputeEngine
 from parallel_engine.emulator.compute.errors import ApiError
 from parallel_engine.emulator.compute.exhaustion import ControlError
 from parallel_engine.emulator.compute.ratelimit import RateLimiter
+from parallel_engine.emulator.identity import TokenRegistry
 from parallel_engine.emulator.traffic import Traffic
 
 _VM_PATH = re.compile(r"^/emulator/v1/zones/(?P<zone>[^/]+)/instances/(?P<name>[^/]+)/(?P<verb>preempt|pids|console)$")
@@ -32,8 +35,12 @@ class ControlApi:
         limiter: RateLimiter,
         info: Callable[[], dict[str, Any]],
         fail_builds: Callable[[int, str], None],
+        tokens: TokenRegistry,
+        access: AccessPolicy,
     ) -> None:
         self.engine = engine
+        self.tokens = tokens
+        self.access = access
         self.fail_builds = fail_builds
         self.clock = clock
         self.traffic = traffic
@@ -105,6 +112,17 @@ class ControlApi:
         if route == ("DELETE", "/emulator/v1/exhaustion"):
             self.engine.exhaustion.clear(body.get("kind") or (query.get("kind") or [None])[0])
             return 200, self.engine.exhaustion.describe()
+        if route == ("POST", "/emulator/v1/tokens:expire"):
+            return 200, {"expired": self.tokens.expire(body.get("caller"))}
+        if route == ("POST", "/emulator/v1/tokens:revoke"):
+            return 200, {"revoked": self.tokens.revoke()}
+        if route == ("PUT", "/emulator/v1/access"):
+            self.access.deny(list(body.get("deny") or []))
+            self.access.disable(list(body.get("disable") or []))
+            return 200, self.access.describe()
+        if route == ("DELETE", "/emulator/v1/access"):
+            self.access.reset()
+            return 200, self.access.describe()
         if route == ("PUT", "/emulator/v1/quotas"):
             self.engine.quotas.set_limit(str(body["metric"]), float(body["limit"]), body.get("region"))
             return 200, {}

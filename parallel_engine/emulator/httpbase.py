@@ -7,9 +7,10 @@ front ends, and stop cleanly.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -78,6 +79,18 @@ class LoopbackServer(ThreadingHTTPServer):
         self.server_close()
 
 
+def read_chunked(rfile: io.BufferedIOBase) -> Iterator[bytes]:
+    """A chunked request body, chunk by chunk as it arrives (trailers are read and dropped)."""
+    while True:
+        size = int(rfile.readline().split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            while rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            return
+        yield rfile.read(size)
+        rfile.readline()
+
+
 class JsonHandler(BaseHTTPRequestHandler):
     """Request handler with the few helpers every emulated API needs."""
 
@@ -117,16 +130,7 @@ class JsonHandler(BaseHTTPRequestHandler):
     def read_body(self) -> bytes:
         """The whole request body, plain or chunked (curl -T - sends chunked)."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            return b"".join(chunks)
+            return b"".join(read_chunked(self.rfile))
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
@@ -153,7 +157,12 @@ class JsonHandler(BaseHTTPRequestHandler):
         if fault is not None and not fault.after:
             reply = Reply.json(fault.status, fault_body(fault))
         else:
-            reply = Reply.json(401, unauthenticated()) if caller.problem is not None else act()
+            if caller.problem is not None:
+                reply = Reply.json(401, unauthenticated())
+                if traffic is not None:
+                    traffic.refused(operation, caller)
+            else:
+                reply = act()
             if fault is not None:  # carried out, but the caller never hears so
                 reply = Reply.json(fault.status, fault_body(fault))
         headers = {key: value for key, value in reply.headers.items() if key.lower() != "www-authenticate"}

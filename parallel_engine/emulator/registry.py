@@ -3,7 +3,9 @@
 It stands in for Artifact Registry: the Cloud Build fake pushes to it, VMs pull from it by digest.
 The Docker engine trusts registries on 127.0.0.0/8 without TLS, so no certificate and no daemon
 setting is needed. Images are named `127.0.0.1:PORT/PROJECT/REPO/NAME:TAG`, the same shape as
-`REGION-docker.pkg.dev/PROJECT/REPO/NAME:TAG`.
+`REGION-docker.pkg.dev/PROJECT/REPO/NAME:TAG`. PORT is its gate's (registry_gate.py): every call
+needs a token the emulator minted, as Artifact Registry needs one; distribution itself listens on
+another port that only the emulator uses (`upstream_url`).
 
 The binary is not vendored: install it with `apt-get install -y docker-registry` (CI's setup script
 does) and keep the package's own service stopped (`systemctl disable --now docker-registry` where
@@ -24,7 +26,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from parallel_engine.emulator.identity import TokenRegistry
 from parallel_engine.emulator.netutil import LOOPBACK, free_port, wait_http
+from parallel_engine.emulator.registry_gate import RegistryGate
 
 APT_PACKAGE = "docker-registry"
 #: Debian names the binary `docker-registry`; upstream builds of distribution name it `registry`.
@@ -88,23 +92,26 @@ class Registry:
     then only sends what changed); by default they live in a temporary folder removed by `stop()`.
     """
 
-    def __init__(self, workdir: Path | None = None, storage_dir: Path | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, storage_dir: Path | None = None,
+                 tokens: TokenRegistry | None = None) -> None:  # fmt: skip
         self._workdir_arg = workdir
         self._storage_arg = storage_dir
         self.workdir: Path | None = None
         self.storage_dir: Path | None = None
-        self.port = 0
+        self.port = 0  # distribution's own
         self._process: subprocess.Popen[bytes] | None = None
+        self.gate = RegistryGate(tokens or TokenRegistry())
 
     # -- what clients need ----------------------------------------------------------------
     @property
     def host(self) -> str:
-        """`127.0.0.1:PORT`: the registry part of an image name."""
-        return f"{LOOPBACK}:{self.port}"
+        """`127.0.0.1:PORT`: the registry part of an image name (its gate: a token is needed)."""
+        return self.gate.host
 
     @property
-    def url(self) -> str:
-        return f"http://{self.host}"
+    def upstream_url(self) -> str:
+        """distribution itself, without the gate: for the emulator's own look-ups."""
+        return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -121,7 +128,7 @@ class Registry:
     def manifest_digest(self, repository: str, reference: str) -> str | None:
         """The digest the registry serves for `repository:reference` (path without host), or None."""
         request = urllib.request.Request(
-            f"{self.url}/v2/{repository}/manifests/{reference}", method="HEAD", headers={"Accept": _MANIFEST_TYPES}
+            f"{self.upstream_url}/v2/{repository}/manifests/{reference}", method="HEAD", headers={"Accept": _MANIFEST_TYPES}
         )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -132,7 +139,7 @@ class Registry:
             raise
 
     def catalog(self) -> list[str]:
-        with urllib.request.urlopen(f"{self.url}/v2/_catalog?n=1000", timeout=10) as response:
+        with urllib.request.urlopen(f"{self.upstream_url}/v2/_catalog?n=1000", timeout=10) as response:
             return list(json.load(response).get("repositories") or [])
 
     # -- life -----------------------------------------------------------------------------
@@ -168,7 +175,8 @@ class Registry:
             finally:
                 log.close()
             try:
-                wait_http(f"{self.url}/v2/", timeout=20, alive=self._alive)
+                wait_http(f"{self.upstream_url}/v2/", timeout=20, alive=self._alive)
+                self.gate.start(self.port)
                 return self
             except (RuntimeError, TimeoutError) as exc:
                 last_error = exc
@@ -196,6 +204,7 @@ class Registry:
 
     def stop(self) -> None:
         """Stop the registry; remove its folder when it was a temporary one. Idempotent."""
+        self.gate.stop()
         self._kill()
         if self._workdir_arg is None and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)

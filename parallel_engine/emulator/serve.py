@@ -36,6 +36,8 @@ def config_values(cloud: Emulator) -> dict[str, str]:
         "COMPUTE_ENDPOINT": cloud.compute_endpoint,
         "STORAGE_ENDPOINT": cloud.storage_endpoint,
         "CLOUDBUILD_ENDPOINT": cloud.cloudbuild_endpoint,
+        "CREDENTIALS_FILE": str(cloud.credentials_file),  # an ADC file, as gcloud writes it
+        "TOKEN_URI": cloud.token_uri,  # where it refreshes: google-auth ignores an ADC file's own token_uri
     }
     if cloud.registry_host:  # `build` pushes here and VMs pull from here, by digest
         values["REGISTRY"] = f"{cloud.registry_host}/{cloud.project}/parallel-engine"
@@ -126,6 +128,7 @@ def serve(
         )
         print(f"  Cloud Build  {cloud.cloudbuild_endpoint}/v1", file=out)
         print(f"  Registry     {cloud.registry_host or 'unavailable (apt-get install docker-registry)'}", file=out)
+        print(f"  OAuth        {cloud.token_uri}   credentials: {cloud.credentials_file}", file=out)
         print("  Metadata     one server per VM on 127.0.0.1 (GCE_METADATA_HOST inside each VM)", file=out)
         print(f"  Work folder  {cloud.workdir} (VM consoles under vms/)", file=out)
         if target != requested:

@@ -2,8 +2,8 @@
 
 It exists so that Storage calls can be counted per caller (orchestrator or VM), slowed down and
 failed on demand, and so that what fake-gcs-server lets through is refused as Google refuses it:
-VM tokens without Storage scopes, invalid object names (storage_names.py), preconditions on media
-uploads and deletes.
+calls without a valid token, tokens without Storage scopes, permissions the project denies
+(access.py), invalid object names (storage_names.py), preconditions on media uploads and deletes.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import threading
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
+from parallel_engine.emulator.access import AccessPolicy
 from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer, Reply
-from parallel_engine.emulator.identity import STORAGE_READ_SCOPES, STORAGE_WRITE_SCOPES, VM, Caller, TokenRegistry
+from parallel_engine.emulator.identity import STORAGE_READ_SCOPES, STORAGE_WRITE_SCOPES, Caller, TokenRegistry
 from parallel_engine.emulator.netutil import LOOPBACK
 from parallel_engine.emulator.storage_names import UPLOAD_PATH, BadName, check_name, names_of
 from parallel_engine.emulator.traffic import FaultRule, Traffic, google_error, unauthenticated_error
@@ -126,6 +127,7 @@ class StorageProxy:
     def __init__(self, traffic: Traffic, tokens: TokenRegistry) -> None:
         self.traffic = traffic
         self.tokens = tokens
+        self.access: AccessPolicy | None = None  # what the project refuses (IAM, disabled APIs)
         self.upstream_port = 0
         self._server = LoopbackServer(_make_handler(self))
 
@@ -180,10 +182,13 @@ def _make_handler(proxy: StorageProxy) -> type[JsonHandler]:
             self, caller: Caller, operation: str, path: str, query: dict[str, list[str]], body: bytes
         ) -> Reply:
             """What Google answers a caller with valid credentials: scopes, names, preconditions, upstream's answer."""
-            if caller.kind == VM:
-                needed = STORAGE_WRITE_SCOPES if self.command in _WRITES else STORAGE_READ_SCOPES
-                if not caller.scopes & needed:
-                    return Reply.json(403, google_error(403, "forbidden", "Provided scope(s) are not authorized"))
+            needed = STORAGE_WRITE_SCOPES if self.command in _WRITES else STORAGE_READ_SCOPES
+            if not caller.scopes & needed:
+                return Reply.json(403, google_error(403, "forbidden", "Provided scope(s) are not authorized"))
+            resource = "object" if "/o/" in path or path.startswith("/upload/") else "bucket"
+            refused = proxy.access and proxy.access.refusal("storage", _PERMISSIONS.get(operation, operation), caller, resource)
+            if refused:
+                return Reply.json(*refused)
             try:
                 for name in names_of(self.command, path, query, self.headers.get("Content-Type", ""), body):
                     check_name(name)

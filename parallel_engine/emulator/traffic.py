@@ -108,6 +108,7 @@ class _Counts:
     by_vm: Counter[str] = field(default_factory=Counter)
     by_method: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     injected: Counter[str] = field(default_factory=Counter)
+    unauthenticated: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
 
 class Traffic:
@@ -190,6 +191,11 @@ class Traffic:
             time.sleep(delay)
         return fault
 
+    def refused(self, operation: str, caller: Caller) -> None:
+        """Count a call answered 401 (its token missing, expired, revoked or unknown)."""
+        with self._lock:
+            self._counts.unauthenticated[operation][caller.kind] += 1
+
     def counts(self) -> dict[str, Any]:
         with self._lock:
             c = self._counts
@@ -199,6 +205,7 @@ class Traffic:
                 "byVm": dict(c.by_vm),
                 "byMethod": {name: dict(per) for name, per in sorted(c.by_method.items())},
                 "injected": dict(c.injected),
+                "unauthenticated": {name: dict(per) for name, per in sorted(c.unauthenticated.items())},
             }
 
     def reset_counts(self) -> None:

@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import google.oauth2.credentials
 from google.auth import credentials as gauth
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1, storage
 from google.cloud.devtools import cloudbuild_v1
 
@@ -19,13 +19,40 @@ COS_IMAGE = "projects/cos-cloud/global/images/family/cos-stable"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 
 
+def file_credentials(path: str, token_uri: str) -> gauth.Credentials:
+    """An `authorized_user` file (as `gcloud auth application-default login` writes it) loaded as
+    google-auth loads it, refreshing at `token_uri`: tokens come from the emulator's token
+    endpoint (the real OAuth flow, no shortcut)."""
+    credentials = google.oauth2.credentials.Credentials.from_authorized_user_file(path, scopes=[CLOUD_PLATFORM])
+    return credentials.with_token_uri(token_uri)
+
+
+def user_credentials(cloud: Emulator) -> gauth.Credentials:
+    """The emulator's `authorized_user` file (what CREDENTIALS_FILE names in the config it writes)."""
+    return file_credentials(str(cloud.credentials_file), cloud.token_uri)
+
+
+def bearer(credentials: gauth.Credentials) -> str:
+    """A live access token of `credentials`, for a raw HTTP call (fetched at the token endpoint)."""
+    from google.auth.transport.requests import Request
+
+    if not credentials.valid:
+        credentials.refresh(Request())
+    return str(credentials.token)
+
+
+def config_credentials(values: dict[str, Any]) -> gauth.Credentials:
+    """The credentials a config `parallel-engine emulator` wrote names (CREDENTIALS_FILE, TOKEN_URI)."""
+    return file_credentials(values["CREDENTIALS_FILE"], values["TOKEN_URI"])
+
+
 class Clients:
     """The real google-cloud clients pointed at one emulator, and the helpers every test needs."""
 
     def __init__(self, cloud: Emulator) -> None:
         self.cloud = cloud
         options = {"api_endpoint": cloud.compute_endpoint}
-        credentials = AnonymousCredentials()
+        credentials = self.credentials = user_credentials(cloud)
         self.instances = compute_v1.InstancesClient(client_options=options, credentials=credentials)
         self.operations = compute_v1.ZoneOperationsClient(client_options=options, credentials=credentials)
         self.regions = compute_v1.RegionsClient(client_options=options, credentials=credentials)
@@ -35,6 +62,10 @@ class Clients:
         )
         self.project = cloud.project
         self.zone = cloud.zone
+
+    def auth(self) -> str:
+        """`Authorization: Bearer <token>` of the user's credentials, for curl or urllib."""
+        return f"Authorization: Bearer {bearer(self.credentials)}"
 
     def wait(self, operation: Any, timeout: float = 30, zone: str | None = None) -> compute_v1.Operation:
         """Wait on a zone operation (of the emulator's zone unless told) until DONE (never `.result()`)."""
@@ -155,12 +186,10 @@ def claim_script(clients: Clients) -> str:
     )
 
 
-def cloudbuild_client(
-    endpoint: str, credentials: gauth.Credentials | None = None
-) -> cloudbuild_v1.CloudBuildClient:
-    """The real Cloud Build client (REST) at a Cloud Build endpoint; anonymous (the orchestrator) unless told."""
+def cloudbuild_client(endpoint: str, credentials: gauth.Credentials) -> cloudbuild_v1.CloudBuildClient:
+    """The real Cloud Build client (REST) at a Cloud Build endpoint."""
     return cloudbuild_v1.CloudBuildClient(
-        transport="rest", client_options={"api_endpoint": endpoint}, credentials=credentials or AnonymousCredentials()
+        transport="rest", client_options={"api_endpoint": endpoint}, credentials=credentials
     )
 
 

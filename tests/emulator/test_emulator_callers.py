@@ -1,4 +1,5 @@
-"""Who is calling: a VM's calls are told from the orchestrator's, with or without a token, as on Google."""
+"""Who is calling: a VM's calls are told from the orchestrator's, with or without a token; a call
+without a valid token is refused (401) whoever makes it, as on Google."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def test_a_vm_call_without_a_token_is_401_and_counted_under_the_vm(clients: Clie
     assert calls["storage"]["byMethod"]["storage.objects.list"] == {"vm": 4}
 
 
-def test_token_less_calls_from_other_processes_are_the_orchestrators(clients: Clients) -> None:
+def test_token_less_calls_from_other_processes_are_refused_and_no_vms(clients: Clients) -> None:
     import subprocess
 
     clients.wait(clients.insert(make_instance("bystander", script="sleep 300")))
@@ -64,7 +65,10 @@ def test_token_less_calls_from_other_processes_are_the_orchestrators(clients: Cl
     clients.cloud.control.reset_calls()
     url = f"{clients.cloud.storage_endpoint}/storage/v1/b/{clients.cloud.bucket}/o"
     out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url], capture_output=True, text=True)
-    assert out.stdout == "200"  # another process of this machine, not a VM's: the orchestrator
-    list(clients.storage.list_blobs(clients.cloud.bucket))  # this process's own client
+    assert out.stdout == "401"  # another process of this machine, not a VM's: no token, no entry
+    authorized = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", clients.auth(), url]
+    assert subprocess.run(authorized, capture_output=True, text=True).stdout == "200"  # the user's token
+    list(clients.storage.list_blobs(clients.cloud.bucket))  # this process's own client, the user's credentials
     storage = clients.cloud.control.calls()["storage"]
-    assert set(storage["byCaller"]) == {"orchestrator"} and storage["byVm"] == {}
+    assert storage["byCaller"]["unknown"] == 1 and set(storage["byCaller"]) == {"unknown", "orchestrator"}
+    assert storage["byVm"] == {}

@@ -5,8 +5,12 @@ The build pipeline itself (source, steps, push, digests) is pinned by test_regis
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
+
 import pytest
-from emulator_helpers import FixedToken, cloudbuild_client, wait_for
+from emulator_helpers import FixedToken, cloudbuild_client, user_credentials, wait_for
 from google.api_core import exceptions as gexc
 from google.cloud.devtools import cloudbuild_v1
 
@@ -29,7 +33,7 @@ def _ended(client: cloudbuild_v1.CloudBuildClient, project: str, build_id: str) 
 
 
 def test_a_build_whose_answer_was_lost_was_still_created(cloud: Emulator) -> None:
-    client = cloudbuild_client(cloud.cloudbuild_endpoint)
+    client = cloudbuild_client(cloud.cloudbuild_endpoint, user_credentials(cloud))
     cloud.control.fail_next(1, status=503, method="POST", path=r"/builds(\?|$)", service="cloudbuild", after=True)
     with pytest.raises(gexc.ServiceUnavailable):
         client.create_build(project_id=cloud.project, build=_sleeper())
@@ -41,7 +45,7 @@ def test_a_build_whose_answer_was_lost_was_still_created(cloud: Emulator) -> Non
 
 @pytest.mark.parametrize("status", ["INTERNAL_ERROR", "EXPIRED"])
 def test_injected_build_failures_end_with_googles_status(cloud: Emulator, status: str) -> None:
-    client = cloudbuild_client(cloud.cloudbuild_endpoint)
+    client = cloudbuild_client(cloud.cloudbuild_endpoint, user_credentials(cloud))
     cloud.control.fail_next_builds(1, status)
     operation = client.create_build(project_id=cloud.project, build=_sleeper())
     build = _ended(client, cloud.project, operation.metadata.build.id)
@@ -53,9 +57,13 @@ def test_injected_build_failures_end_with_googles_status(cloud: Emulator, status
     client.cancel_build(project_id=cloud.project, id=second.metadata.build.id)
 
 
-def test_a_token_the_emulator_never_issued_is_401(cloud: Emulator) -> None:
+def test_a_token_the_emulator_never_issued_or_none_is_401(cloud: Emulator) -> None:
     client = cloudbuild_client(cloud.cloudbuild_endpoint, credentials=FixedToken("ya29.x"))
     with pytest.raises(gexc.Unauthorized):
         list(client.list_builds(project_id=cloud.project))
-    anonymous = cloudbuild_client(cloud.cloudbuild_endpoint)
-    assert list(anonymous.list_builds(project_id=cloud.project)) == []  # anonymous: the orchestrator
+    anonymous = urllib.request.Request(f"{cloud.cloudbuild_endpoint}/v1/projects/{cloud.project}/builds")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(anonymous, timeout=30)
+    assert refused.value.code == 401 and json.load(refused.value)["error"]["status"] == "UNAUTHENTICATED"
+    user = cloudbuild_client(cloud.cloudbuild_endpoint, user_credentials(cloud))
+    assert list(user.list_builds(project_id=cloud.project)) == []  # the token endpoint's token: welcome

@@ -21,7 +21,6 @@ from urllib.parse import quote
 import pytest
 from emulator_helpers import Clients, make_instance
 from google.api_core import exceptions as gexc
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
 
@@ -232,7 +231,7 @@ def test_a_zone_google_does_not_have_is_refused(shared: Clients, zone: str) -> N
         400, "invalid")  # fmt: skip
     assert refused(lambda: list(shared.instances.list(project=shared.project, zone=zone))) == (400, "invalid")
     zones = compute_v1.ZonesClient(client_options={"api_endpoint": shared.cloud.compute_endpoint},
-                                   credentials=AnonymousCredentials())  # fmt: skip
+                                   credentials=shared.credentials)  # fmt: skip
     assert refused(lambda: zones.get(project=shared.project, zone=zone)) == (404, "notFound")
 
 
@@ -320,7 +319,9 @@ def test_bulk_insert_refuses_a_name_given_twice(clients: Clients) -> None:
     )
     zone = f"{clients.cloud.compute_endpoint}/compute/v1/projects/{clients.project}/zones/{clients.zone}"
     url = f"{zone}/instances/bulkInsert"
-    request = urllib.request.Request(url, data=body.encode(), method="POST", headers={"Content-Type": "application/json"})
+    key, _, token = clients.auth().partition(": ")
+    headers = {"Content-Type": "application/json", key: token}
+    request = urllib.request.Request(url, data=body.encode(), method="POST", headers=headers)
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(request, timeout=10)
     assert (info.value.code, json.load(info.value)["error"]["errors"][0]["reason"]) == (400, "invalid")
@@ -373,7 +374,8 @@ def _upload(shared: Clients, kind: str, name: str) -> tuple[int, str]:
                 "--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B--\r\n")  # fmt: skip
         args = ["-X", "POST", "-H", "Content-Type: multipart/related; boundary=B", "--data-binary", body,
                 f"{base}?uploadType=multipart"]  # fmt: skip
-    out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True, text=True, check=True)
+    out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "-H", shared.auth(), *args],
+                         capture_output=True, text=True, check=True)  # fmt: skip
     reply, _, code = out.stdout.rpartition("\n")
     reason = json.loads(reply)["error"]["errors"][0]["reason"] if int(code) >= 400 else ""
     return int(code), reason

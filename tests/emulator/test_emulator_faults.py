@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from emulator_helpers import Clients, claim_script, console, make_instance, wait_for
+from emulator_helpers import Clients, bearer, claim_script, console, make_instance, user_credentials, wait_for
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
@@ -273,12 +273,14 @@ def test_only_a_401_carries_www_authenticate(cloud: Emulator, service: str) -> N
             return error.code, error.headers.get("WWW-Authenticate")
 
     challenge = 'Bearer realm="https://accounts.google.com/"'
+    valid = bearer(user_credentials(cloud))
     assert get("ya29.made-up") == (401, challenge)
+    assert get() == (401, challenge)  # no token at all
     cloud.control.fail_next(1, 503, service=service, after=True)
     assert get("ya29.made-up") == (503, None)
     cloud.control.fail_next(1, 503, service=service)
-    assert get() == (503, None)
+    assert get(valid) == (503, None)
     cloud.control.fail_next(1, 401, service=service)
-    assert get() == (401, challenge)
-    assert get() == (200, None)
+    assert get(valid) == (401, challenge)
+    assert get(valid) == (200, None)
     assert cloud.control.calls()[service]["injected"] and cloud.control.pending_faults()[service] == 0

@@ -142,7 +142,7 @@ def test_metadata_tokens_expire_on_the_scaled_clock(clients: Clients) -> None:
 def test_a_bearer_token_the_emulator_never_issued_is_401(clients: Clients) -> None:
     clients.wait(clients.insert(make_instance("holder")))
     _refused_with(clients, "ya29.made-up")
-    assert clients.get("holder").name == "holder"  # anonymous: the orchestrator, still welcome
+    assert clients.get("holder").name == "holder"  # the user's own credentials: welcome
     calls = clients.cloud.control.calls()
     assert calls["compute"]["byCaller"]["unknown"] >= 1 and calls["compute"]["byVm"] == {}
     assert set(calls["storage"]["byCaller"]) == {"unknown"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from emulator_helpers import TIME_SCALE, Clients, cloudbuild_client, make_instance, wait_for
+from emulator_helpers import TIME_SCALE, Clients, cloudbuild_client, config_credentials, make_instance, wait_for
 
 from parallel_engine.emulator import ControlClient, Emulator, serve
 from parallel_engine.emulator.serve import render_config
@@ -66,15 +67,20 @@ def test_serve_writes_a_config_pointing_every_client_at_the_emulator(tmp_path: P
     wait_for(lambda: config.exists() and "Ctrl-C" in out.getvalue(), what="the config")
     values = yaml.safe_load(config.read_text())
     assert values["BACKEND"] == "gce"
-    assert set(values) >= {"PROJECT_ID", "ZONE", "BUCKET", "COMPUTE_ENDPOINT", "STORAGE_ENDPOINT"}
+    assert set(values) >= {"PROJECT_ID", "ZONE", "BUCKET", "COMPUTE_ENDPOINT", "STORAGE_ENDPOINT",
+                           "CREDENTIALS_FILE", "TOKEN_URI"}
+    assert json.loads(Path(values["CREDENTIALS_FILE"]).read_text())["type"] == "authorized_user"
+    from google.api_core import exceptions as gexc
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    client = storage.Client(
-        project=values["PROJECT_ID"], credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": values["STORAGE_ENDPOINT"]},
-    )  # fmt: skip
-    assert client.bucket(values["BUCKET"]).exists()
+    def client(credentials: object) -> storage.Client:
+        return storage.Client(project=values["PROJECT_ID"], credentials=credentials,
+                              client_options={"api_endpoint": values["STORAGE_ENDPOINT"]})  # fmt: skip
+
+    assert client(config_credentials(values)).bucket(values["BUCKET"]).exists()
+    with pytest.raises((gexc.Unauthorized, ValueError)):  # no credentials: 401, as on Google
+        client(AnonymousCredentials()).bucket(values["BUCKET"]).exists()
     stop.set()
     thread.join(timeout=30)
     assert result == [0] and "stopped" in out.getvalue()
@@ -143,11 +149,10 @@ def _start_emulator(tmp_path: Path) -> tuple[subprocess.Popen[str], dict]:
 
 
 def _insert(values: dict, script: str) -> None:
-    from google.auth.credentials import AnonymousCredentials
     from google.cloud import compute_v1
 
     instances = compute_v1.InstancesClient(
-        client_options={"api_endpoint": values["COMPUTE_ENDPOINT"]}, credentials=AnonymousCredentials()
+        client_options={"api_endpoint": values["COMPUTE_ENDPOINT"]}, credentials=config_credentials(values)
     )
     instances.insert(project=values["PROJECT_ID"], zone=values["ZONE"],
                      instance_resource=make_instance("lingering", script=script))  # fmt: skip
@@ -213,7 +218,7 @@ def test_ctrl_c_stops_a_running_build_and_its_container(tmp_path: Path, docker_e
 
     process, values = _start_emulator(tmp_path)
     try:
-        builds = cloudbuild_client(values["CLOUDBUILD_ENDPOINT"])
+        builds = cloudbuild_client(values["CLOUDBUILD_ENDPOINT"], config_credentials(values))
         step = cloudbuild_v1.BuildStep(name="python:3.11-slim", entrypoint="sleep", args=["300"])
         created = builds.create_build(project_id=values["PROJECT_ID"], build=cloudbuild_v1.Build(steps=[step]))
         build_id = created.metadata.build.id

@@ -37,8 +37,9 @@ def test_if_generation_match_zero_is_an_atomic_create(clients: Clients) -> None:
     assert blob.download_as_bytes() == b"worker-a"
 
 
-def _curl(*args: str) -> tuple[int, dict]:
-    out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True, text=True, check=True)
+def _curl(clients: Clients, *args: str) -> tuple[int, dict]:
+    out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "-H", clients.auth(), *args],
+                         capture_output=True, text=True, check=True)  # fmt: skip
     body, _, code = out.stdout.rpartition("\n")
     return int(code), json.loads(body) if body.strip() else {}
 
@@ -47,8 +48,8 @@ def test_precondition_failure_has_google_reason_on_every_upload_kind(clients: Cl
     url = clients.cloud.storage_endpoint
     bucket = clients.cloud.bucket
     media = f"{url}/upload/storage/v1/b/{bucket}/o?uploadType=media&name=claims%2Fm&ifGenerationMatch=0"
-    assert _curl("-X", "POST", "--data-binary", "a", media)[0] == 200
-    code, body = _curl("-X", "POST", "--data-binary", "b", media)  # fake-gcs-server alone would accept this
+    assert _curl(clients, "-X", "POST", "--data-binary", "a", media)[0] == 200
+    code, body = _curl(clients, "-X", "POST", "--data-binary", "b", media)  # fake-gcs-server alone would accept this
     assert (code, body["error"]["errors"][0]["reason"]) == (412, "conditionNotMet")
     multipart = (
         '--B\r\nContent-Type: application/json\r\n\r\n{"name":"claims/p"}\r\n'
@@ -56,10 +57,10 @@ def test_precondition_failure_has_google_reason_on_every_upload_kind(clients: Cl
     )
     target = f"{url}/upload/storage/v1/b/{bucket}/o?uploadType=multipart&ifGenerationMatch=0"
     headers = ["-H", "Content-Type: multipart/related; boundary=B", "-X", "POST", "--data-binary", multipart, target]
-    assert _curl(*headers)[0] == 200
-    code, body = _curl(*headers)
+    assert _curl(clients, *headers)[0] == 200
+    code, body = _curl(clients, *headers)
     assert (code, body["error"]["errors"][0]["reason"]) == (412, "conditionNotMet")
-    code, body = _curl(f"{url}/storage/v1/b/{bucket}/o/missing")
+    code, body = _curl(clients, f"{url}/storage/v1/b/{bucket}/o/missing")
     assert (code, body["error"]["errors"][0]["reason"]) == (404, "notFound")
 
 
@@ -96,9 +97,10 @@ def test_storage_client_retries_through_a_503_burst(clients: Clients) -> None:
 def test_object_lists_page_at_one_thousand(clients: Clients) -> None:
     bucket = clients.cloud.bucket
     upload = f"{clients.cloud.storage_endpoint}/upload/storage/v1/b/{bucket}/o?uploadType=media&name="
+    key, _, value = clients.auth().partition(": ")
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: urllib.request.urlopen(
-            urllib.request.Request(f"{upload}e{i:05d}", data=b"x", method="POST")).close(), range(1003)))  # fmt: skip
+        list(pool.map(lambda i: urllib.request.urlopen(urllib.request.Request(
+            f"{upload}e{i:05d}", data=b"x", method="POST", headers={key: value})).close(), range(1003)))  # fmt: skip
     iterator = clients.storage.list_blobs(bucket, max_results=None)
     pages = [len(list(page)) for page in iterator.pages]
     assert pages == [1000, 3]

@@ -37,6 +37,7 @@ def settings(cloud: Emulator, image: str, **extra: Any) -> dict[str, Any]:
     return {
         "BACKEND": "gce", "PROJECT_ID": cloud.project, "ZONE": cloud.zone, "BUCKET": cloud.bucket,
         "COMPUTE_ENDPOINT": cloud.compute_endpoint, "STORAGE_ENDPOINT": cloud.storage_endpoint,
+        "CREDENTIALS_FILE": str(cloud.credentials_file), "TOKEN_URI": cloud.token_uri,
         "IMAGE": image, "PULL_POLICY": "if-missing", "HEARTBEAT": 0.5, "POLL_INTERVAL": 0.2, **extra,
     }
 
@@ -716,7 +717,9 @@ def test_one_task_vm_that_does_not_delete_itself_is_deleted(
 
 def test_the_emulators_own_config_builds_runs_and_collects(cloud: Emulator, docker_engine: Any, workdir: Path) -> None:
     """The README's flow with exactly the config `parallel-engine emulator` writes (REGISTRY with a
-    path included): build -> run -> collect, the VMs pulling the image by digest from the registry."""
+    path included; its CREDENTIALS_FILE and TOKEN_URI): build -> run -> collect -> status, logs,
+    runs, down, the VMs pulling the image by digest from the registry (through its gate, with their
+    metadata tokens)."""
     from parallel_engine.emulator.serve import config_values, render_config
 
     assert cloud.registry_host, "the emulated cloud has no registry (apt-get install docker-registry)"
@@ -741,6 +744,15 @@ def test_the_emulators_own_config_builds_runs_and_collects(cloud: Emulator, dock
     rows = list(csv.DictReader(open(workdir / "results" / "results.csv", newline="")))
     assert len(rows) == 12 and {r["state"] for r in rows} == {"succeeded"}
     assert run_vms(cloud, run_id) == []
+    # The rest of the README's commands, with the same credentials (the config's CREDENTIALS_FILE).
+    status = cli("status", run_id, "--json", cwd=workdir)
+    assert status.returncode == 0 and json.loads(status.stdout)["counts"] == {"succeeded": 12}, status.stderr
+    logs = cli("logs", run_id, rows[0]["task_id"], cwd=workdir)
+    assert logs.returncode == 0 and rows[0]["dataset"] in logs.stdout, logs.stderr
+    assert run_id in cli("runs", cwd=workdir).stdout
+    down = cli("down", run_id, cwd=workdir)
+    assert down.returncode == 0 and "deleted 0 VM(s); none left" in down.stdout, down.stderr
+    assert cloud.control.calls()["oauth"]["byMethod"]["oauth2.token.refresh_token"]["orchestrator"] > 0
 
 
 def test_a_bad_worker_setting_is_one_clear_error_before_any_vm(cloud: Emulator, workdir: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from google.auth.credentials import AnonymousCredentials
+from emulator_helpers import user_credentials
 from google.cloud import storage
 
 from parallel_engine.emulator import Emulator
@@ -16,7 +16,7 @@ from parallel_engine.store import RunRecord, RunStore
 
 
 def bucket_store(cloud: Emulator, prefix: str = "pe") -> RunStore:
-    client = storage.Client(project=cloud.project, credentials=AnonymousCredentials(),
+    client = storage.Client(project=cloud.project, credentials=user_credentials(cloud),
                             client_options={"api_endpoint": cloud.storage_endpoint})
     return RunStore(GCSBlobs(client, cloud.bucket, prefix), f"gs://{cloud.bucket}/{prefix}")
 

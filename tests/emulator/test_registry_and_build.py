@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 import yaml
-from emulator_helpers import cloudbuild_client
+from emulator_helpers import bearer, cloudbuild_client, file_credentials, user_credentials
 from google.api_core import exceptions as gexc
-from google.auth.credentials import AnonymousCredentials
+from google.auth import credentials as gauth
 from google.cloud import storage
 from google.cloud.devtools import cloudbuild_v1
 
@@ -35,6 +35,7 @@ from parallel_engine.emulator.cloudbuild_runner import LABEL_BUILD, docker_cli_a
 from parallel_engine.emulator.cloudbuild_validate import substitute, template_parameters
 from parallel_engine.emulator.gcs import FakeGcs
 from parallel_engine.emulator.identity import TokenRegistry
+from parallel_engine.emulator.oauth import CredentialsFiles, OAuthServer, write_credentials
 from parallel_engine.emulator.registry import Registry, RegistryUnavailable, ensure_registry_binary
 from parallel_engine.emulator.storage_proxy import StorageProxy
 from parallel_engine.emulator.traffic import Traffic
@@ -51,46 +52,82 @@ DONE = {Status.SUCCESS, Status.FAILURE, Status.INTERNAL_ERROR, Status.TIMEOUT, S
 
 # -- the emulated pieces, once per module ---------------------------------------------------------
 @pytest.fixture(scope="module")
-def storage_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """fake-gcs-server behind the counting proxy, wired as the Emulator wires them."""
-    proxy = StorageProxy(Traffic("storage"), TokenRegistry())
-    gcs = FakeGcs(proxy.url, tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log")
-    gcs.start()
-    try:
-        proxy.start(gcs.port)
-        yield proxy.url
-    finally:
-        proxy.stop()
-        gcs.stop()
+def tokens() -> TokenRegistry:
+    """One token registry for every piece, as the Emulator shares one."""
+    return TokenRegistry()
 
 
 @pytest.fixture(scope="module")
-def registry(docker_engine: Any, request: pytest.FixtureRequest) -> Iterator[Registry]:
+def user(tokens: TokenRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[gauth.Credentials]:
+    """The user's credentials: the token endpoint and the authorized_user file, wired as the Emulator
+    wires them (tokens come from the real OAuth refresh flow)."""
+    server = OAuthServer(tokens).start()
+    try:
+        files: CredentialsFiles = write_credentials(tokens, server.token_uri, PROJECT, 1, tmp_path_factory.mktemp("auth"))
+        yield file_credentials(str(files.user), server.token_uri)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def gcs(tokens: TokenRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """fake-gcs-server behind the counting proxy, wired as the Emulator wires them: (proxy, fake-gcs-server)."""
+    proxy = StorageProxy(Traffic("storage"), tokens)
+    server = FakeGcs(proxy.url, tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log")
+    server.start()
+    try:
+        proxy.start(server.port)
+        yield proxy.url, server.url
+    finally:
+        proxy.stop()
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def storage_endpoint(gcs: tuple[str, str]) -> str:
+    return gcs[0]
+
+
+@pytest.fixture(scope="module")
+def registry(docker_engine: Any, request: pytest.FixtureRequest, tokens: TokenRegistry) -> Iterator[Registry]:
     try:
         ensure_registry_binary()
     except RegistryUnavailable as missing:
         pytest.skip(str(missing))
     cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider: then a fresh store
     store = cache.mkdir("emulator-registry") if cache is not None else None
-    with Registry(storage_dir=store) as running:
+    with Registry(storage_dir=store, tokens=tokens) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def cloudbuild(storage_endpoint: str, registry: Registry) -> Iterator[CloudBuildServer]:
-    with CloudBuildServer(storage_endpoint, registry.host, project=PROJECT) as server:
+def cloudbuild(gcs: tuple[str, str], registry: Registry, tokens: TokenRegistry) -> Iterator[CloudBuildServer]:
+    # As in the Emulator, Cloud Build reads sources from the storage server itself, as Google's own service.
+    with CloudBuildServer(gcs[1], registry.host, project=PROJECT, tokens=tokens) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def builds(cloudbuild: CloudBuildServer) -> cloudbuild_v1.CloudBuildClient:
-    return cloudbuild_client(cloudbuild.url)
+def builds(cloudbuild: CloudBuildServer, user: gauth.Credentials) -> cloudbuild_v1.CloudBuildClient:
+    return cloudbuild_client(cloudbuild.url, user)
 
 
 @pytest.fixture(scope="module")
-def gcs_client(storage_endpoint: str) -> storage.Client:
+def docker_login(user: gauth.Credentials, registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DOCKER_CONFIG holding the user's access token for the registry (what `gcloud auth
+    configure-docker` arranges through docker-credential-gcloud)."""
+    import base64
+
+    folder = tmp_path_factory.mktemp("docker-config")
+    secret = base64.b64encode(f"oauth2accesstoken:{bearer(user)}".encode()).decode()
+    (folder / "config.json").write_text(json.dumps({"auths": {registry.host: {"auth": secret}}}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gcs_client(storage_endpoint: str, user: gauth.Credentials) -> storage.Client:
     client = storage.Client(
-        project=PROJECT, credentials=AnonymousCredentials(), client_options={"api_endpoint": storage_endpoint}
+        project=PROJECT, credentials=user, client_options={"api_endpoint": storage_endpoint}
     )
     client.create_bucket(BUCKET)
     return client
@@ -136,8 +173,9 @@ def fetch(url: str) -> str:
         return response.read().decode()
 
 
-def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=300, check=check)
+def docker(*args: str, check: bool = True, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    where = ["--config", str(config)] if config is not None else []
+    return subprocess.run(["docker", *where, *args], capture_output=True, text=True, timeout=300, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -169,12 +207,14 @@ def test_cloudbuild_yaml_builds_and_pushes_the_image_with_its_registry_digest(pu
     assert set(build.timing) >= {"FETCHSOURCE", "BUILD", "PUSH"}
 
 
-def test_the_pushed_image_pulls_by_digest_after_the_local_tag_is_gone(pushed: Any) -> None:
+def test_the_pushed_image_pulls_by_digest_after_the_local_tag_is_gone(pushed: Any, docker_login: Path) -> None:
     _, build, image = pushed
     digest = build.results.images[0].digest
     repository = image.rsplit(":", 1)[0]
     docker("rmi", image)
-    pulled = docker("pull", f"{repository}@{digest}")
+    refused = docker("pull", f"{repository}@{digest}", check=False, config=docker_login.parent / "nobody")
+    assert refused.returncode != 0 and "unauthorized" in refused.stderr.lower()  # no token: as Artifact Registry
+    pulled = docker("pull", f"{repository}@{digest}", config=docker_login)
     assert digest in pulled.stdout
     assert (
         f"{repository}@{digest}"
@@ -266,12 +306,12 @@ def test_allow_loose_accepts_unused_substitutions(builds: cloudbuild_v1.CloudBui
     assert wait_done(builds, operation.metadata.build.id).status == Status.SUCCESS
 
 
-def test_unknown_field_is_refused_as_invalid_json(cloudbuild: CloudBuildServer) -> None:
+def test_unknown_field_is_refused_as_invalid_json(cloudbuild: CloudBuildServer, user: gauth.Credentials) -> None:
     """The client cannot send an unknown field; a raw caller can, and Google says which one."""
     request = urllib.request.Request(
         f"{cloudbuild.url}/v1/projects/{PROJECT}/builds",
         data=json.dumps({"steps": [{"name": "busybox", "argz": ["x"]}]}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {bearer(user)}"},
         method="POST",
     )
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -505,7 +545,8 @@ def _gce_config(cloud: Any, image: str) -> Any:
     return load_config(None, environ={}, flags={
         "BACKEND": "gce", "PROJECT_ID": cloud.project, "ZONE": cloud.zone, "BUCKET": cloud.bucket, "IMAGE": image,
         "STORAGE_ENDPOINT": cloud.storage_endpoint, "COMPUTE_ENDPOINT": cloud.compute_endpoint,
-        "CLOUDBUILD_ENDPOINT": cloud.cloudbuild_endpoint})
+        "CLOUDBUILD_ENDPOINT": cloud.cloudbuild_endpoint, "CREDENTIALS_FILE": str(cloud.credentials_file),
+        "TOKEN_URI": cloud.token_uri})
 
 
 def test_a_build_create_whose_answer_was_lost_is_not_submitted_twice(cloud: Any, tmp_path: Path) -> None:
@@ -520,7 +561,7 @@ def test_a_build_create_whose_answer_was_lost_is_not_submitted_twice(cloud: Any,
     digest = build_gce(config, open_store(config), code, tmp_path / "cloudbuild.yaml", lambda line: None)
     assert digest.startswith("sha256:")
     assert cloud.control.calls()["cloudbuild"]["injected"]  # the first answer was lost
-    client = cloudbuild_client(cloud.cloudbuild_endpoint)
+    client = cloudbuild_client(cloud.cloudbuild_endpoint, user_credentials(cloud))
     assert len(list(client.list_builds(project_id=cloud.project))) == 1  # one build, not two
 
 

@@ -313,8 +313,8 @@ def test_two_vms_racing_for_claims_run_each_attempt_exactly_once(run: Run) -> No
     claims = f"{run.cloud.storage_endpoint}/storage/v1/b/{run.cloud.bucket}/o?prefix=" + quote(f"runs/{RUN}/claims/", safe="")
     for task in tasks:
         run.publish(task, [f"--await=3:{claims}", "--sleep=0.2"])
-    # Two identical workers booted together; one falls back to a temporary work folder (its base
-    # is unwritable). Nothing deletes open/ markers here, so both sweep the same names.
+    # Two identical workers booted together (each works in its VM's own TMPDIR, whatever the base
+    # says). Nothing deletes open/ markers here, so both sweep the same names.
     run.start_vms("pe-racer-a", "pe-racer-b", work_dir="/proc/parallel-engine-worker")
     run.wait_all_gone()
 

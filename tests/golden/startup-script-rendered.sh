@@ -307,10 +307,12 @@ beat_loop() {
   done
 }
 
-# A private work folder: PE_WORK_BASE when writable, else a temporary folder.
+# A private work folder: under the machine's TMPDIR when it names one (COS sets none: there,
+# under PE_WORK_BASE, which is on disk), else a temporary folder.
 make_work_dir() {
-  if [[ -n $PE_WORK_BASE ]] && mkdir -p "$PE_WORK_BASE" 2>/dev/null; then
-    WORK=$(mktemp -d "$PE_WORK_BASE/worker.XXXXXX" 2>/dev/null) || WORK=""
+  local base=${TMPDIR:-$PE_WORK_BASE}
+  if [[ -n $base ]] && mkdir -p "$base" 2>/dev/null; then
+    WORK=$(mktemp -d "$base/worker.XXXXXX" 2>/dev/null) || WORK=""
   fi
   if [[ -z $WORK ]]; then WORK=$(mktemp -d); fi
   chmod 700 "$WORK"

@@ -12,13 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from parallel_engine.emulator.access import AccessPolicy
 from parallel_engine.emulator.compute import filters
 from parallel_engine.emulator.compute.engine import ComputeEngine
 from parallel_engine.emulator.compute.errors import ApiError, insufficient_scopes, not_found, rate_limit_exceeded
 from parallel_engine.emulator.compute.idempotency import RequestIds
 from parallel_engine.emulator.compute.ratelimit import MUTATION, READ, RateLimiter
 from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer, Reply
-from parallel_engine.emulator.identity import COMPUTE_READ_SCOPES, COMPUTE_SCOPES, VM, Caller, TokenRegistry
+from parallel_engine.emulator.identity import COMPUTE_READ_SCOPES, COMPUTE_SCOPES, Caller, TokenRegistry
 from parallel_engine.emulator.traffic import FaultRule, Traffic, google_error, unauthenticated_error
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class ComputeServer:
         self.tokens = tokens
         self.limiter = limiter
         self.control: ControlHandler | None = None
+        self.access: AccessPolicy | None = None  # what the project refuses (IAM, disabled APIs)
         self._server = LoopbackServer(_make_handler(self))
         self.engine = engine_factory(f"{self._server.url}/compute/v1")
         clock = self.engine.clock
@@ -156,6 +158,16 @@ class ComputeServer:
             if route_method == method and (match := pattern.match(path)):
                 return name, action, match.groupdict()
         return None
+
+
+def _resource(params: dict[str, str]) -> str:
+    """The resource a call names, as Google's permission errors spell it."""
+    parts = [f"projects/{params.get('project', '')}"]
+    if "zone" in params:
+        parts.append(f"zones/{params['zone']}")
+    if "name" in params:
+        parts.append(f"instances/{params['name']}")
+    return "/".join(parts)
 
 
 def _make_handler(server: ComputeServer) -> type[JsonHandler]:
@@ -188,9 +200,12 @@ def _make_handler(server: ComputeServer) -> type[JsonHandler]:
             if not server.limiter.take(READ if read_only else MUTATION):
                 error = rate_limit_exceeded(server.engine.project_number, "Read" if read_only else "Write")
                 return Reply.json(error.status, error.body())
-            if caller.kind == VM and not caller.scopes & (COMPUTE_READ_SCOPES if read_only else COMPUTE_SCOPES):
+            if not caller.scopes & (COMPUTE_READ_SCOPES if read_only else COMPUTE_SCOPES):
                 error = insufficient_scopes()
                 return Reply.json(error.status, error.body())
+            refused = server.access and server.access.refusal("compute", name, caller, _resource(params))
+            if refused:
+                return Reply.json(*refused)
             try:
                 body = json.loads(raw, object_pairs_hook=_unique_keys) if raw.strip() else {}
             except DuplicateKey as duplicate:  # json.loads would keep the last: a bulkInsert name made twice
@@ -198,7 +213,7 @@ def _make_handler(server: ComputeServer) -> type[JsonHandler]:
                 return Reply.json(400, google_error(400, "invalid", message))
             except ValueError:
                 return Reply.json(400, google_error(400, "parseError", "Parse Error"))
-            user = caller.email if caller.kind == VM and caller.email else ORCHESTRATOR_USER
+            user = caller.email or ORCHESTRATOR_USER
             request_id = None if read_only else self.query_one("requestId")
             call = Call(params, self.query, body, caller, user)
             try:
