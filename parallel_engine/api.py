@@ -12,6 +12,7 @@ import re
 import shlex
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,11 +23,12 @@ from typing import Any
 
 from parallel_engine.backends.local import LocalPool
 from parallel_engine.config import Config, load_config
-from parallel_engine.errors import BackendError, ConfigError, ParallelEngineError
-from parallel_engine.model import AttemptStatus, Task
+from parallel_engine.errors import BackendError, ConfigError, ParallelEngineError, StoreError
+from parallel_engine.exec_limits import CONTAINER_RESERVE, check_tasks_can_start
+from parallel_engine.model import AttemptStatus, Task, TaskList
 from parallel_engine.names import new_run_id
 from parallel_engine.results import RunStatus, collect, read_log, run_status, status_of, write_end
-from parallel_engine.runtimes.base import Runtime
+from parallel_engine.runtimes.base import Runtime, attempt_env
 from parallel_engine.runtimes.select import select_runtime
 from parallel_engine.scheduler import Outcome, Pool, ProgressFn, Scheduler
 from parallel_engine.state import Budgets
@@ -46,6 +48,21 @@ def open_store(config: Config) -> RunStore:
         blobs = GCSBlobs(storage_client(config), config.bucket, config.bucket_prefix)
         return RunStore(blobs, f"gs://{config.bucket}/{config.bucket_prefix}")
     return local_store(Path(config.store).expanduser().resolve())
+
+
+def existing_store(config: Config) -> RunStore:
+    """The run store to read from: a local STORE folder that does not exist is an error (a
+    mistyped --store, or a command run from another folder), never an empty store."""
+    if config.backend != "gce":
+        root = Path(config.store).expanduser().resolve()
+        if not root.is_dir():
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            raise StoreError(
+                f"no run store at {root} (STORE, {config.origin('STORE')}): {what}",
+                hint="a store is made by `parallel-engine run` in the folder it runs from (STORE, "
+                "default .parallel-engine): run this command there, or give the store with --store",
+            )
+    return open_store(config)
 
 
 @dataclass
@@ -149,6 +166,7 @@ def run(
         plan = _local_plan(config, store, run_id, quota, say)
         if plan.spec["runtime"] == "process":
             check_script(config, task_list.tasks, Path.cwd())
+    check_can_start(task_list, store, run_id, plan.spec["runtime"], config.command_argv())
     budgets = Budgets(retries=config.retries, infra_retries=config.preemption_retries)
     record = RunRecord(
         run_id=run_id,
@@ -212,6 +230,21 @@ def check_script(config: Config, tasks: tuple[Task, ...], cwd: Path) -> None:
     )
 
 
+def check_can_start(task_list: TaskList, store: RunStore, run_id: str, runtime: str, command: list[str]) -> None:
+    """Refuse a task whose command line the kernel would refuse (E2BIG), before anything runs:
+    with what it gets on this machine (process runtime), or in a container (docker, gce)."""
+    longest_id, last_attempt = "x" * 100, 9999
+    if runtime == "process":
+        outputs = store.blobs.local_path(store.attempt_prefix(run_id, longest_id, last_attempt) + "outputs")
+        environ = {**os.environ, **attempt_env(run_id, longest_id, last_attempt, os.path.abspath(str(outputs)))}
+        check_tasks_can_start(task_list, command, environ, per_argument=sys.platform.startswith("linux"))
+    else:
+        from parallel_engine.runtimes.docker import CONTAINER_OUTPUT_DIR
+
+        environ = attempt_env(run_id, longest_id, last_attempt, CONTAINER_OUTPUT_DIR)
+        check_tasks_can_start(task_list, (), environ, reserve=CONTAINER_RESERVE)
+
+
 def _local_plan(config: Config, store: RunStore, run_id: str, quota: int, say: InfoFn) -> Plan:
     runtime = _select_runtime(config, say)
     spec = {
@@ -270,7 +303,7 @@ def down_local(run_id: str, config: Config | None = None) -> LocalDown:
     from parallel_engine.runtimes.process import kill_run_processes
 
     config = config or load_config()
-    store = open_store(config)
+    store = existing_store(config)
     record = store.load_run(run_id)  # raises RunNotFoundError with a hint
     owner = record.spec.get("orchestrator", {})
     if run_status(store, run_id).run_state == "running" and owner.get("host") == socket.gethostname():
@@ -292,14 +325,14 @@ def down_local(run_id: str, config: Config | None = None) -> LocalDown:
 
 def get_run(run_id: str, config: Config | None = None) -> Run:
     config = config or load_config()
-    store = open_store(config)
-    store.load_run(run_id)  # raises RunNotFoundError with a hint
+    store = existing_store(config)
+    store.check_run(run_id)  # raises RunNotFoundError with a hint
     return Run(run_id, store)
 
 
 def list_runs(config: Config | None = None) -> list[RunStatus]:
     """Every run in the store, newest first by creation time (ids tell only the second)."""
     config = config or load_config()
-    store = open_store(config)
+    store = existing_store(config)
     found = [run_status(store, run_id) for run_id in store.run_ids()]
     return sorted(found, key=lambda s: (s.record.created, s.record.run_id), reverse=True)

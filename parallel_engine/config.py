@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from parallel_engine.errors import ConfigError
+from parallel_engine.bounded_yaml import BoundedLoader, YamlRefused
+from parallel_engine.errors import ConfigError, brief, shown
 
 __all__ = [
     "CONFIG_FILE_NAME",
@@ -622,11 +623,13 @@ if _FIELDS != {key.attr for key in _KEY_TABLE}:  # a key added to the table need
 # --------------------------------------------------------------------------- loading
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: YAML would silently keep the last one."""
-
-
-def _check_duplicates(node: yaml.Node, source: str) -> None:
+def _check_duplicates(node: yaml.Node, source: str, visited: set[int] | None = None) -> None:
+    """Refuse a key set twice in any mapping: YAML would silently keep the last one. A node that
+    aliases share is checked once (a walk of the expanded tree is what an alias bomb exploits)."""
+    visited = set() if visited is None else visited
+    if id(node) in visited:
+        return
+    visited.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
@@ -634,14 +637,14 @@ def _check_duplicates(node: yaml.Node, source: str) -> None:
                 line = key_node.start_mark.line + 1
                 if key_node.value in seen:
                     raise ConfigError(
-                        f"{key_node.value} is set twice in {source} (lines {seen[key_node.value]} and {line}):"
-                        " keep one"
+                        f"{brief(key_node.value)} is set twice in {source} "
+                        f"(lines {seen[key_node.value]} and {line}): keep one"
                     )
                 seen[key_node.value] = line
-            _check_duplicates(value_node, source)
+            _check_duplicates(value_node, source, visited)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _check_duplicates(item, source)
+            _check_duplicates(item, source, visited)
 
 
 def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
@@ -652,13 +655,19 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    loader = _UniqueKeyLoader(text)
+    loader: BoundedLoader | None = None
     try:
+        loader = BoundedLoader(text)
         node = loader.get_single_node()
         if node is None:  # empty file, or only comments: all defaults
             return {}, {}
         _check_duplicates(node, str(path))
         data = loader.construct_document(node)
+    except YamlRefused as exc:
+        raise ConfigError(
+            f"config file {path}, line {exc.line}: {exc.problem}",
+            hint=f"{exc.hint} (each line is KEY: value, e.g. ZONE: europe-west1-b)",
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -671,7 +680,8 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
             hint="each line is KEY: value, e.g. ZONE: europe-west1-b",
         ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError(
             f"config file {path} must be a mapping of KEY: value lines, not a {type(data).__name__}",
@@ -686,17 +696,12 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
 
 
 def _unknown_key_message(name: Any, where: str) -> str:
-    text = str(name)
+    text = brief(str(name)) if isinstance(name, str) else shown(name)
     if text.upper() in KEYS and text != text.upper():
         return f"{text} {where} is not a key: keys are upper case, write {text.upper()}"
     close = difflib.get_close_matches(text.upper(), list(KEYS), n=1, cutoff=0.6)
     guess = f"; did you mean {close[0]}?" if close else " (see .config.example.yaml for every key)"
     return f"unknown key {text} {where}{guess}"
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _resolve_file(path: str | Path | None, environ: Mapping[str, str], cwd: Path) -> Path | None:
@@ -788,7 +793,7 @@ def load_config(
                     values[name], origins[name] = KEYS[name].type(raw), origin
                 except _Invalid as exc:
                     why = str(exc) or f"must be {KEYS[name].type.expected}"
-                    problems.append(f"{name} {where} {why}, got {_show(raw)}")
+                    problems.append(f"{name} {where} {why}, got {shown(raw)}")
 
     if not problems:  # checks between keys only make sense once each key is right
         problems.extend(_cross_checks(values, origins))

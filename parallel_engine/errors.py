@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import reprlib
+
 # Documented exit codes (README "Exit codes").
 EXIT_OK = 0
 EXIT_TASKS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BACKEND = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # the reader of our output stopped early (`status --all | head`): 128 + SIGPIPE
 
 
 class ParallelEngineError(Exception):
@@ -76,3 +79,23 @@ class Interrupted(ParallelEngineError):
     """The run was stopped by SIGINT/SIGTERM; running attempts were cancelled."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother = 2, 60, 60
+_BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxdict = _BRIEF.maxset = 4
+
+
+def brief(text: str, limit: int = 80) -> str:
+    """Text from the user's input as a message shows it: whole if short, else its start and '...'."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """A value from the user's input as a message quotes it: its repr, at most `limit` characters.
+    Cheap however big the value is (reprlib never builds the whole text): a message must never
+    print, or even build, a 1 MB cell or an expanded YAML structure."""
+    try:
+        return brief(_BRIEF.repr(value), limit)
+    except ValueError:  # e.g. an int past Python's digit limit
+        return f"<a {type(value).__name__}>"

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from google.cloud import storage
 
 T = TypeVar("T")
+READERS = 8  # concurrent reads in read_many, within requests' pool of 10 connections (as fetch)
 
 
 def _translated(method: Callable[..., T]) -> Callable[..., T]:
@@ -80,6 +81,16 @@ class GCSBlobs:
             return self.bucket.blob(self._name(key)).download_as_bytes(retry=self._retry)
         except self._exceptions.NotFound:
             return None
+
+    def read_many(self, keys: list[str]) -> list[bytes | None]:
+        """Concurrent reads (threads: each is a round trip): 50,000 records one after the other
+        would take minutes."""
+        if len(keys) < 2:
+            return [self.read(key) for key in keys]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=READERS) as pool:
+            return list(pool.map(self.read, keys))
 
     @_translated
     def delete(self, key: str) -> None:

@@ -8,10 +8,11 @@ import json
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from parallel_engine.errors import StoreError
+from parallel_engine.errors import StoreError, brief
 from parallel_engine.model import RESULT_COLUMNS, AttemptState, AttemptStatus, TaskState
 from parallel_engine.state import Budgets, task_state, winning_attempt
 from parallel_engine.store import RunRecord, RunStore, write_atomic
@@ -65,7 +66,7 @@ class RunStatus:
             counts[str(view.state)] = counts.get(str(view.state), 0) + 1
         return counts
 
-    def to_json(self) -> dict[str, object]:
+    def _head(self) -> dict[str, object]:
         return {
             "run_id": self.record.run_id,
             "state": self.run_state,
@@ -74,8 +75,21 @@ class RunStatus:
             "source": self.record.source,
             "counts": self.counts,
             "waiting": self.waiting,
-            "tasks": [view.to_json() for view in self.tasks],
         }
+
+    def to_json(self) -> dict[str, object]:
+        return {**self._head(), "tasks": [view.to_json() for view in self.tasks]}
+
+    def iter_json(self) -> Iterator[str]:
+        """`to_json()` as JSON text, one task per line, a piece at a time: `status --json` of a
+        big run never holds the whole document's text (rich's print_json of it took 2.4 GB at 50,000 tasks)."""
+        head = json.dumps(self._head(), ensure_ascii=False)
+        yield head[:-1] + ', "tasks": ['
+        separator = "\n"
+        for view in self.tasks:
+            yield separator + json.dumps(view.to_json(), ensure_ascii=False)
+            separator = ",\n"
+        yield "\n]}\n"
 
 
 def budgets_of(record: RunRecord) -> Budgets:
@@ -155,14 +169,15 @@ def _waiting(store: RunStore, run_id: str) -> str:
 
 
 def read_log(store: RunStore, run_id: str, task_id: str, attempt: int | None, stream: str) -> tuple[int, bytes]:
-    status = run_status(store, run_id)
-    view = next((v for v in status.tasks if v.task_id == task_id), None)
-    if view is None:
-        known = ", ".join(v.task_id for v in status.tasks[:10])
-        raise StoreError(f"run {run_id} has no task '{task_id}'", hint=f"task ids look like: {known}")
-    if not view.attempts:
+    """One attempt's log (the latest by default). The task's attempts are its claims: one listing,
+    no attempt record read (a big run's `logs` used to read all of them)."""
+    record = store.load_run(run_id)
+    if not any(task.id == task_id for task in record.tasks):
+        known = ", ".join(task.id for task in record.tasks[:10])
+        raise StoreError(f"run {run_id} has no task '{brief(task_id)}'", hint=f"task ids look like: {known}")
+    numbers = sorted(number for claimed, number in store.claimed(run_id) if claimed == task_id)
+    if not numbers:
         raise StoreError(f"task {task_id} of run {run_id} has not started yet: no logs")
-    numbers = [a.attempt for a in view.attempts]
     chosen = attempt if attempt is not None else numbers[-1]
     if chosen not in numbers:
         raise StoreError(f"task {task_id} has no attempt {chosen}", hint=f"its attempts: {numbers}")

@@ -34,6 +34,10 @@ class Blobs(Protocol):
 
     def read(self, key: str) -> bytes | None: ...
 
+    def read_many(self, keys: list[str]) -> list[bytes | None]:
+        """Each key's bytes (None where missing), in `keys`' order, as fast as the medium allows:
+        what reading a whole run costs (`RunStore.attempts`)."""
+
     def delete(self, key: str) -> None:
         """Remove `key`; no error if it is already gone."""
 
@@ -110,12 +114,14 @@ class LocalBlobs:
     def read(self, key: str) -> bytes | None:
         path = self._path(key)
         try:
-            with open(path, "rb") as handle:
-                return handle.read()
+            return _read_file(path)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
         except OSError as exc:
             raise _disk_error("read", Path(path), exc) from None
+
+    def read_many(self, keys: list[str]) -> list[bytes | None]:
+        return [self.read(key) for key in keys]
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -132,11 +138,14 @@ class LocalBlobs:
         if not os.path.isdir(folder):
             return []
         keys: list[str] = []
-        for dirpath, _dirs, files in os.walk(folder):
+        # Keys by slicing, not os.path.relpath: 10x faster, which shows at 50,000 claims.
+        skip = len(os.path.normpath(self._root).rstrip(os.sep)) + 1
+        for dirpath, _dirs, files in os.walk(os.path.normpath(folder)):
+            folder_key = dirpath[skip:] + "/" if len(dirpath) >= skip else ""
             for name in files:
                 if name.startswith(".tmp-"):
                     continue
-                key = os.path.relpath(os.path.join(dirpath, name), self.root)
+                key = folder_key + name
                 if key.startswith(prefix) and key > start_after:
                     keys.append(key)
         keys.sort()
@@ -180,6 +189,19 @@ class LocalBlobs:
 
     def link(self, source: str, target: str) -> bool:
         return _link(self._path(source), self._path(target))
+
+
+def _read_file(path: str) -> bytes:
+    """A whole file with bare os calls: half the cost of open().read() for a small record, which
+    counts when `status` reads 50,000 of them."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -257,6 +279,16 @@ def parse_attempt(name: str) -> tuple[str, int] | None:
     return task_id, int(number)
 
 
+def _attempt_status(raw: bytes | None) -> AttemptStatus | None:
+    """A status.json's record; None when there is none (yet) or it cannot be read."""
+    if raw is None:
+        return None
+    try:
+        return AttemptStatus.from_json(json.loads(raw))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _dumps(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False).encode()
 
@@ -272,17 +304,30 @@ class RunStore:
     def attempt_prefix(run_id: str, task_id: str, attempt: int) -> str:
         return f"runs/{run_id}/tasks/{task_id}/{attempt}/"
 
+    @staticmethod
+    def claim_key(run_id: str, task_id: str, attempt: int) -> str:
+        return f"runs/{run_id}/claims/{task_id}.{attempt}"
+
     # -- runs -------------------------------------------------------------------------
     def save_run(self, record: RunRecord) -> None:
         self.blobs.write(f"runs/{record.run_id}/run.json", _dumps(record.to_json()))
 
-    def load_run(self, run_id: str) -> RunRecord:
+    def _run_json(self, run_id: str) -> bytes:
         raw = self.blobs.read(f"runs/{run_id}/run.json") if "/" not in run_id else None
         if raw is None:
             raise RunNotFoundError(
                 f"no run '{run_id}' in {self.where}",
                 hint="`parallel-engine runs` lists the runs this store holds",
             )
+        return raw
+
+    def check_run(self, run_id: str) -> None:
+        """RunNotFoundError unless the store holds `run_id`; its record is not parsed (that is
+        most of what a 50,000-task run.json costs, and `load_run` does it when needed)."""
+        self._run_json(run_id)
+
+    def load_run(self, run_id: str) -> RunRecord:
+        raw = self._run_json(run_id)
         try:
             return RunRecord.from_json(json.loads(raw))
         except (ValueError, KeyError, TypeError) as exc:
@@ -297,7 +342,7 @@ class RunStore:
     # -- attempts ---------------------------------------------------------------------
     def claim(self, run_id: str, task_id: str, attempt: int, worker: str) -> bool:
         """Atomically take an attempt; a second claimant (a duplicated worker) gets False."""
-        return self.blobs.create(f"runs/{run_id}/claims/{task_id}.{attempt}", worker.encode())
+        return self.blobs.create(self.claim_key(run_id, task_id, attempt), worker.encode())
 
     def write_status(self, run_id: str, status: AttemptStatus) -> None:
         key = self.attempt_prefix(run_id, status.task_id, status.attempt) + "status.json"
@@ -317,13 +362,7 @@ class RunStore:
         self.blobs.create(key, str(status.state).encode())
 
     def read_status(self, run_id: str, task_id: str, attempt: int) -> AttemptStatus | None:
-        raw = self.blobs.read(self.attempt_prefix(run_id, task_id, attempt) + "status.json")
-        if raw is None:
-            return None
-        try:
-            return AttemptStatus.from_json(json.loads(raw))
-        except (ValueError, KeyError, TypeError):
-            return None
+        return _attempt_status(self.blobs.read(self.attempt_prefix(run_id, task_id, attempt) + "status.json"))
 
     def claimed(self, run_id: str) -> list[tuple[str, int]]:
         """(task_id, attempt) of every claim, from one listing of `claims/`."""
@@ -332,20 +371,29 @@ class RunStore:
 
     def holder(self, run_id: str, task_id: str, attempt: int) -> str | None:
         """Who claimed the attempt (a VM's or worker's name), or None if nobody did."""
-        raw = self.blobs.read(f"runs/{run_id}/claims/{task_id}.{attempt}")
+        raw = self.blobs.read(self.claim_key(run_id, task_id, attempt))
         return None if raw is None else raw.decode(errors="replace")
 
     def attempts(self, run_id: str) -> dict[str, list[AttemptStatus]]:
-        """Every attempt, by task, in attempt order: a claim without a record is running."""
+        """Every attempt, by task, in attempt order: a claim without a record is running.
+
+        One listing of the claims, then the records read together (`read_many`: concurrent in a
+        bucket), and a claim's bytes (its holder) only for the attempts still running.
+        """
+        claimed = self.claimed(run_id)
+        raws = self.blobs.read_many([self.attempt_prefix(run_id, t, n) + "status.json" for t, n in claimed])
+        statuses = [_attempt_status(raw) for raw in raws]
+        running = [pair for pair, status in zip(claimed, statuses) if status is None]
+        holders = iter(self.blobs.read_many([self.claim_key(run_id, t, n) for t, n in running]))
         found: dict[str, list[AttemptStatus]] = {}
-        for task_id, number in self.claimed(run_id):
-            status = self.read_status(run_id, task_id, number)
+        for (task_id, number), status in zip(claimed, statuses):
             if status is None:
-                holder = self.holder(run_id, task_id, number) or ""
+                raw = next(holders)
+                holder = "" if raw is None else raw.decode(errors="replace")
                 status = AttemptStatus(task_id, number, AttemptState.RUNNING, worker=holder)
             found.setdefault(task_id, []).append(status)
-        for statuses in found.values():
-            statuses.sort(key=lambda s: s.attempt)
+        for history in found.values():
+            history.sort(key=lambda s: s.attempt)
         return found
 
     def worker_records(self, run_id: str) -> dict[str, tuple[int, str]]:

@@ -48,7 +48,10 @@ All formats
 - A UTF-8 byte order mark at the start is dropped; CRLF line endings are fine. Anything not
   UTF-8 is refused at the line of the first bad byte, and a NUL anywhere is refused because
   NUL cannot travel in argv: a raw NUL byte, and in YAML one written as an escape (`"\\0"`,
-  `"\\x00"`, `"\\u0000"`) at the line of the value that holds it.
+  `"\\x00"`, `"\\u0000"`) at the line of the value that holds it; likewise an escaped lone
+  surrogate (`"\\ud800"`), which is no character. YAML is read within bounds (bounded_yaml).
+- A value may be of any length here; whether a program can be started with it is checked when
+  the run is planned (exec_limits), naming the task's line.
 - Task ids match `[A-Za-z0-9][A-Za-z0-9._-]{0,99}` (they name folders in the store and claims).
   Two ids that differ only in case are refused as duplicates, because some filesystems fold
   case and the store keeps one folder per task.
@@ -67,7 +70,8 @@ from typing import Any
 
 import yaml
 
-from parallel_engine.errors import ConfigError, TaskSourceError
+from parallel_engine.bounded_yaml import BoundedLoader, YamlRefused
+from parallel_engine.errors import ConfigError, TaskSourceError, brief, shown
 from parallel_engine.model import RESULT_COLUMNS, Task, TaskList
 
 ARG_STYLES = ("equals", "space")
@@ -82,6 +86,7 @@ YAML_KINDS = ("args", "argv", "command", "launch_cmd")
 
 _BOM = b"\xef\xbb\xbf"
 _SHELL_BLANKS = " \t\r\n"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def load_tasks(
@@ -90,7 +95,7 @@ def load_tasks(
     """Read a task source into Tasks, refusing anything that would surprise at run time."""
     if arg_style not in ARG_STYLES:
         raise ConfigError(
-            f"unknown argument style {arg_style!r}",
+            f"unknown argument style {shown(arg_style)}",
             hint=f"use one of: {', '.join(ARG_STYLES)}",
         )
     src = _Source(Path(path), str(path))
@@ -164,8 +169,9 @@ def _read_text(src: _Source) -> str:
     return text
 
 
-def _check_no_nul(src: _Source, line: int, text: str, what: str) -> None:
-    """YAML escapes can make a NUL the raw-byte check never saw; the spawn would refuse it later."""
+def _check_argv_text(src: _Source, line: int, text: str, what: str) -> None:
+    """YAML escapes can make what the raw-byte checks never saw: a NUL (the spawn would refuse
+    it), or a lone surrogate (`\\ud800`: not UTF-8, no argv item can carry it as text)."""
     if "\0" in text:
         raise src.error(
             line,
@@ -173,13 +179,27 @@ def _check_no_nul(src: _Source, line: int, text: str, what: str) -> None:
             "NUL cannot travel in argv",
             hint="remove the NUL escape (\\0, \\x00 or \\u0000) from the value",
         )
+    surrogate = _SURROGATE.search(text)
+    if surrogate:
+        raise src.error(
+            line,
+            f"{what} contains a lone surrogate (an escape such as \\u{ord(surrogate.group()):04x}): "
+            "it is not a character, and cannot travel in argv as UTF-8",
+            hint="write the character itself, or its escape as one \\U0001xxxx (not a surrogate pair)",
+        )
+
+
+def _listed(names: list[str], most: int = 10) -> str:
+    """Names for a message: the first `most`, and how many there are in all."""
+    text = ", ".join(brief(name, 40) for name in names[:most])
+    return text + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def _check_id(src: _Source, line: int, task_id: str) -> None:
     if not TASK_ID_RE.fullmatch(task_id):
         raise src.error(
             line,
-            f"invalid task id {task_id!r}: a task id is {TASK_ID_RULE}",
+            f"invalid task id {shown(task_id)}: a task id is {TASK_ID_RULE}",
             hint="change the id so that it follows that rule",
         )
 
@@ -205,16 +225,16 @@ def _check_option_name(src: _Source, line: int, name: str, what: str) -> None:
     hint = f"{what}s become option names (--NAME): use {OPTION_NAME_RULE}"
     if name != name.strip():
         hint += "; remove the spaces around it"
-    raise src.error(line, f"{what} {name!r} cannot be an option name", hint=hint)
+    raise src.error(line, f"{what} {shown(name)} cannot be an option name", hint=hint)
 
 
 def _check_not_reserved(src: _Source, line: int, name: str, what: str, reserved: tuple[str, ...]) -> None:
     if name in reserved:
         raise src.error(
             line,
-            f"{what} {name!r} is taken: results.csv adds its own columns "
+            f"{what} {shown(name)} is taken: results.csv adds its own columns "
             f"{', '.join(reserved)} after the parameters",
-            hint=f"rename {name!r} (e.g. to 'my_{name}') and the option your program reads",
+            hint=f"rename {shown(name)} (e.g. to 'my_{name}') and the option your program reads",
         )
 
 
@@ -309,7 +329,14 @@ def _load_params(src: _Source, template: str | None, arg_style: str) -> TaskList
 
 
 def _read_rows(src: _Source, text: str) -> list[tuple[int, list[str]]]:
-    """Non-blank rows with the physical line each starts on (quoted cells may span lines)."""
+    """Non-blank rows with the physical line each starts on (quoted cells may span lines).
+
+    A cell may be as long as the file: csv's own limit (128 Ki characters, process-wide) is
+    raised, never lowered, so a long cell is judged by what a program can take as an argument
+    (api.run checks that, naming the cell's line) instead of a csv error about quotes.
+    """
+    if csv.field_size_limit() <= len(text):
+        csv.field_size_limit(len(text) + 1)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows: list[tuple[int, list[str]]] = []
     while True:
@@ -342,7 +369,7 @@ def _check_header(src: _Source, line: int, header: list[str]) -> None:
         if name in first:
             raise src.error(
                 line,
-                f"column name {name!r} appears twice (columns {first[name]} and {position})",
+                f"column name {shown(name)} appears twice (columns {first[name]} and {position})",
                 hint="give every column its own name",
             )
         first[name] = position
@@ -356,7 +383,7 @@ def _compile_template(
         words = shlex.split(template, posix=True)
     except ValueError as exc:
         raise TaskSourceError(
-            f"args template {template!r} cannot be split into words: {exc}",
+            f"args template {shown(template)} cannot be split into words: {exc}",
             hint="balance the quotes in the args template",
         ) from None
     compiled = [_parse_word(template, word) for word in words]
@@ -366,9 +393,9 @@ def _compile_template(
             if isinstance(piece, _Field) and piece.column not in columns:
                 raise src.error(
                     header_line,
-                    f"args template placeholder {{{piece.column}}} names no column; "
-                    f"the columns are: {', '.join(header)}",
-                    hint=f"fix the placeholder, or add a column {piece.column!r} to the header",
+                    f"args template placeholder {{{brief(piece.column)}}} names no column; "
+                    f"the columns are: {_listed(header)}",
+                    hint=f"fix the placeholder, or add a column {shown(piece.column)} to the header",
                 )
     return compiled
 
@@ -384,12 +411,12 @@ def _parse_word(template: str, word: str) -> list[_Piece]:
             i += 2
             continue
         if ch == "}":
-            raise _template_error(template, f"a lone '}}' in {word!r}")
+            raise _template_error(template, f"a lone '}}' in {shown(word)}")
         if ch == "{":
             end = word.find("}", i + 1)
             name = word[i + 1 : end] if end >= 0 else ""
             if end < 0 or "{" in name:
-                raise _template_error(template, f"a '{{' that is never closed in {word!r}")
+                raise _template_error(template, f"a '{{' that is never closed in {shown(word)}")
             if literal:
                 pieces.append("".join(literal))
                 literal = []
@@ -405,7 +432,7 @@ def _parse_word(template: str, word: str) -> list[_Piece]:
 
 def _template_error(template: str, what: str) -> TaskSourceError:
     return TaskSourceError(
-        f"args template {template!r}: {what}",
+        f"args template {shown(template)}: {what}",
         hint="write {column} for a value, and {{ or }} for a literal brace",
     )
 
@@ -426,10 +453,13 @@ def _line(node: yaml.Node) -> int:
 
 def _load_yaml(src: _Source, arg_style: str) -> TaskList:
     text = _read_text(src)
-    loader = yaml.SafeLoader(text)
+    loader: BoundedLoader | None = None
     try:
+        loader = BoundedLoader(text)
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
+    except YamlRefused as exc:
+        raise src.error(exc.line, exc.problem, hint=exc.hint) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -439,7 +469,8 @@ def _load_yaml(src: _Source, arg_style: str) -> TaskList:
     except yaml.YAMLError as exc:
         raise src.error(1, f"not valid YAML: {exc}", hint="fix the YAML syntax") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if root is None:
         raise src.error(1, "the file is empty: no tasks", hint="add a list of tasks")
     items_node, items = _find_items(src, root, data)
@@ -507,7 +538,7 @@ def _yaml_task(src: _Source, node: yaml.Node, item: Any, arg_style: str) -> tupl
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
         raise src.error(
             id_line,
-            f"task id {raw_id!r} is not a string or an integer",
+            f"task id {shown(raw_id)} is not a string or an integer",
             hint="quote the id",
         )
     task_id = str(raw_id)
@@ -517,7 +548,7 @@ def _yaml_task(src: _Source, node: yaml.Node, item: Any, arg_style: str) -> tupl
         found = "none" if not kinds else " and ".join(kinds)
         raise src.error(
             line,
-            f"task {task_id!r} has {found} of: {', '.join(YAML_KINDS)}; it needs exactly one",
+            f"task {shown(task_id)} has {found} of: {', '.join(YAML_KINDS)}; it needs exactly one",
             hint="give `args` (a mapping), `argv` (a list), `command` or `launch_cmd`",
         )
     kind = kinds[0]
@@ -532,7 +563,7 @@ def _yaml_task(src: _Source, node: yaml.Node, item: Any, arg_style: str) -> tupl
         words = _yaml_words(src, where, kind, value, _child(node, kind))
         return line, Task(id=task_id, argv=tuple(words), source=source)
     if isinstance(value, str):
-        _check_no_nul(src, where, value, f"`{kind}`")
+        _check_argv_text(src, where, value, f"`{kind}`")
         try:
             words = shell_split(value)
         except ValueError as exc:
@@ -558,7 +589,7 @@ def _key_lines(src: _Source, node: yaml.MappingNode) -> dict[str, int]:
         if key_node.value in lines:
             raise src.error(
                 _line(key_node),
-                f"key {key_node.value!r} repeated (first at line {lines[key_node.value]})",
+                f"key {shown(key_node.value)} repeated (first at line {lines[key_node.value]})",
                 hint="keep one of the two",
             )
         lines[key_node.value] = _line(key_node)
@@ -579,7 +610,7 @@ def _yaml_args(src: _Source, line: int, item_node: yaml.MappingNode, value: Any)
         name_line = key_lines.get(str(name), line)
         if not isinstance(name, str):
             raise src.error(
-                name_line, f"argument name {name!r} is not a string", hint="quote the name"
+                name_line, f"argument name {shown(name)} is not a string", hint="quote the name"
             )
         _check_option_name(src, name_line, name, "argument name")
         _check_not_reserved(src, name_line, name, "argument name", (TASK_ID_COLUMN, *RESULT_COLUMNS))
@@ -587,10 +618,10 @@ def _yaml_args(src: _Source, line: int, item_node: yaml.MappingNode, value: Any)
         if text is None:
             raise src.error(
                 name_line,
-                f"argument {name!r} has a {type(raw).__name__} value; it needs a single value",
+                f"argument {shown(name)} has a {type(raw).__name__} value; it needs a single value",
                 hint="give a string or a number (one task per parameter set)",
             )
-        _check_no_nul(src, name_line, text, f"argument {name!r}")
+        _check_argv_text(src, name_line, text, f"argument {shown(name)}")
         params[name] = text
     return params
 
@@ -607,11 +638,11 @@ def _yaml_words(
         if text is None:
             raise src.error(
                 line,
-                f"`{kind}` item {word!r} is not a string",
+                f"`{kind}` item {shown(word)} is not a string",
                 hint="every item must be a single string (quote it)",
             )
         at = lines[index] if index < len(lines) else line
-        _check_no_nul(src, at, text, f"`{kind}` item {index + 1}")
+        _check_argv_text(src, at, text, f"`{kind}` item {index + 1}")
         words.append(text)
     return words
 

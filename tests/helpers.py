@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from parallel_engine.model import AttemptState, AttemptStatus, Task
+from parallel_engine.results import write_end
+from parallel_engine.store import RunRecord, RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "python:3.11-slim"  # what code/Dockerfile's FROM names; ensure-docker.sh makes it
@@ -67,3 +74,50 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_id_of(done: subprocess.CompletedProcess[str]) -> str:
+    """The run id `parallel-engine run` printed ("run <id>: ..."): never guess it from the store,
+    where another run may have started in the same second."""
+    match = re.search(r"^run (\S+):", done.stdout, re.MULTILINE)
+    assert match, done.stdout + done.stderr
+    return match.group(1)
+
+
+#: An attempt as record_run writes it: its end state, exit code and reason.
+Outcome = tuple[AttemptState, int | None, str]
+SUCCEEDED: Outcome = (AttemptState.SUCCEEDED, 0, "")
+FAILED: Outcome = (AttemptState.FAILED, 3, "exit code 3")
+
+
+def record_run(store: RunStore, run_id: str, histories: Mapping[str, Sequence[Outcome | None]],
+               retries: int = 0, ended: str | None = "finished") -> RunRecord:
+    """A local run written straight through the store API, as its workers would have written it:
+    per task, its attempts in order (None: claimed and still running, no record yet)."""
+    record = RunRecord(
+        run_id=run_id, created=time.time(), backend="local", source="params.csv", columns=("x",),
+        tasks=tuple(Task(task_id, (f"--x={task_id}",), {"x": task_id}, source=f"params.csv:{line}")
+                    for line, task_id in enumerate(histories, start=2)),
+        spec={"runtime": "process", "retries": retries, "preemption_retries": 3,
+              "orchestrator": {"host": "elsewhere", "pid": 1}},
+    )
+    store.save_run(record)
+    for task_id, history in histories.items():
+        for number, outcome in enumerate(history, start=1):
+            store.claim(run_id, task_id, number, f"worker-{task_id}")
+            if outcome is not None:
+                state, exit_code, reason = outcome
+                status = AttemptStatus(task_id, number, state, exit_code, 10.0, 12.5, f"worker-{task_id}", reason)
+                store.write_status(run_id, status)
+                store.add_event(run_id, status)
+    if ended:
+        write_end(store, run_id, ended, 20.0)
+    return record
+
+
+def alias_bomb(depth: int, use: str) -> str:
+    """A "billion laughs" YAML: anchors a0..a<depth>, each nine aliases of the one before (9**depth
+    values from a few hundred bytes), on lines 1..depth+1; then `use`, which may alias *a<depth>."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, depth + 1)]
+    return "\n".join([*lines, use]) + "\n"

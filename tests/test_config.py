@@ -14,6 +14,7 @@ import yaml
 
 from parallel_engine.config import KEYS, Config, describe_keys, load_config
 from parallel_engine.errors import ConfigError
+from tests.helpers import alias_bomb
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / ".config.example.yaml"
@@ -425,6 +426,30 @@ def test_invalid_yaml_bad_indentation_reports_its_line(tmp_path: Path) -> None:
 def test_duplicate_key_is_refused_with_both_lines(tmp_path: Path) -> None:
     message = error(tmp_path, "ZONE: europe-west1-b\nNETWORK: default\nZONE: europe-west1-c\n")
     assert "ZONE" in message and "lines 1 and 3" in message and ".config.yaml" in message
+
+
+@pytest.mark.timeout(60)  # main took minutes: the bound is this test's own timeout
+def test_a_yaml_alias_bomb_in_the_config_file_is_refused_at_the_alias_that_overflows(tmp_path: Path) -> None:
+    message = error(tmp_path, alias_bomb(9, "LABELS: *a9"))
+    where = f"config file {(tmp_path / '.config.yaml').resolve()}, line 6:"  # a5: [*a4, ...]
+    assert message.startswith(f"{where} aliases expand this file beyond 1,000,000 characters (alias *a4 here")
+    assert "lol" not in message
+
+
+def test_a_config_value_shown_in_an_error_is_cut_short(tmp_path: Path) -> None:
+    message = error(tmp_path, alias_bomb(3, "LABELS: *a3"))  # within the budget: a 6,561-value list
+    (line,) = [line for line in message.splitlines() if "LABELS" in line]
+    assert line.endswith("...") and len(line.split(", got ", 1)[1]) <= 80
+
+
+def test_a_character_yaml_does_not_allow_is_refused_at_its_line_not_a_traceback(tmp_path: Path) -> None:
+    message = error(tmp_path, "ZONE: europe-west1-b\nNETWORK: a\x01\n")
+    assert "line 2: character U+0001 is not allowed in YAML" in message
+
+
+def test_a_config_alias_inside_its_own_anchor_is_refused_not_a_recursion_error(tmp_path: Path) -> None:
+    message = error(tmp_path, "ZONE: europe-west1-b\nLABELS: &x [*x]\n")
+    assert "line 2: alias *x is inside its own anchor" in message
 
 
 @pytest.mark.parametrize("text, kind", [("- ZONE: x\n", "list"), ("just a string\n", "str"), ("42\n", "int")])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import ROOT, cli, cli_env, containers_of, read_json
+from tests.helpers import ROOT, cli, cli_env, containers_of, read_json, run_id_of
 from tests.test_local_run import HOSTILE
 from tests.test_signals import wait_for
 
@@ -39,15 +38,11 @@ def built(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def latest_run(folder: Path) -> str:
-    return sorted((folder / ".parallel-engine" / "runs").iterdir())[-1].name
-
-
 def test_build_then_run_example_params_in_containers_and_collect(built: Path, docker_engine: Any) -> None:
     done = cli("run", "code/params.csv", "-j", "2", cwd=built, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"runtime: docker: engine answers and image {IMAGE} exists" in done.stderr
-    run_id = latest_run(built)
+    run_id = run_id_of(done)
     assert json.loads((built / ".parallel-engine" / "runs" / run_id / "run.json").read_text())["spec"]["runtime"] == "docker"
     assert cli("collect", run_id, "--dest", "out", cwd=built).returncode == 0
     rows = list(csv.DictReader(open(built / "out" / "results.csv", newline="")))
@@ -64,7 +59,7 @@ def test_failing_container_fails_its_task_with_exit_code(built: Path, docker_eng
     done = cli("run", "fail.csv", "--args-template", "--dataset {dataset} --fail", cwd=built, timeout=300)
     assert done.returncode == 1
     assert "failing on purpose for dataset broken" in done.stdout  # last stderr lines in the summary
-    run_id = latest_run(built)
+    run_id = run_id_of(done)
     status = read_json(built / ".parallel-engine" / "runs" / run_id / "tasks" / "1" / "1" / "status.json")
     assert status["state"] == "failed" and status["exit_code"] == 1
     assert containers_of(docker_engine, run_id) == []
@@ -78,7 +73,7 @@ def test_timeout_kills_the_container(built: Path, docker_engine: Any) -> None:
     done = cli("run", "slow.yaml", "--timeout", "2s", cwd=built, timeout=300)
     assert done.returncode == 1
     assert time.monotonic() - started < 60
-    run_id = latest_run(built)
+    run_id = run_id_of(done)
     status = read_json(built / ".parallel-engine" / "runs" / run_id / "tasks" / "slow" / "1" / "status.json")
     assert status["state"] == "timeout"
     assert containers_of(docker_engine, run_id) == []
@@ -91,7 +86,7 @@ def test_hostile_argv_arrives_byte_exact_inside_the_container(built: Path, docke
     ), encoding="utf-8")
     done = cli("run", "hostile.yaml", cwd=built, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    run_id = latest_run(built)
+    run_id = run_id_of(done)
     seen = read_json(built / ".parallel-engine" / "runs" / run_id / "tasks" / "h" / "1" / "outputs" / "argv.json")
     assert seen == [*HOSTILE, ""]
     assert containers_of(docker_engine, run_id) == []
@@ -190,7 +185,7 @@ def test_an_out_of_memory_kill_is_named_in_the_attempt_record(built: Path, docke
     done = cli("run", "hog.yaml", "--set", "MEMORY=32m", cwd=built, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "killed: out of memory (MEMORY=32m)" in done.stdout  # the failed-tasks table
-    run_id = latest_run(built)
+    run_id = run_id_of(done)
     status = read_json(built / ".parallel-engine" / "runs" / run_id / "tasks" / "hog" / "1" / "status.json")
     assert (status["state"], status["exit_code"], status["reason"]) == ("failed", 137, "killed: out of memory (MEMORY=32m)")
     assert containers_of(docker_engine, run_id) == []
@@ -222,7 +217,7 @@ def test_hostile_params_csv_values_reach_the_image_entrypoint_byte_exact(
         done = cli("run", "hostile.csv", "--image", image, cwd=built, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"runtime: docker: engine answers and image {image} exists" in done.stderr
-        run_id = latest_run(built)
+        run_id = run_id_of(done)
         for task, row in enumerate(rows, start=1):
             seen = json.loads((built / ".parallel-engine" / "runs" / run_id / "tasks" / str(task) / "1" / "outputs"
                                / "argv.json").read_text(encoding="utf-8"))

@@ -93,6 +93,7 @@ def test_down_refuses_a_run_whose_orchestrator_still_runs_here(
 
 
 def test_down_of_an_unknown_run_says_so(tmp_path: Path) -> None:
+    (tmp_path / ".parallel-engine" / "runs").mkdir(parents=True)  # a store, without that run
     done = cli("down", "no-such-run", cwd=tmp_path)
     assert done.returncode == 2
     assert "no-such-run" in done.stderr and "Traceback" not in done.stderr

@@ -6,9 +6,7 @@ import csv
 import dataclasses
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 
 import parallel_engine as pe
 from parallel_engine.store import local_store
-from tests.helpers import ROOT, cli, read_json, write_probe
+from tests.helpers import ROOT, cli, read_json, run_id_of, write_probe
 
 
 @pytest.fixture()
@@ -176,12 +174,6 @@ def test_program_that_cannot_start_is_an_infra_attempt(workdir: Path) -> None:
     assert "cannot start '/nonexistent/program'" in view.attempts[0].reason
 
 
-def run_id_of(done: subprocess.CompletedProcess[str]) -> str:
-    match = re.search(r"^run (\S+):", done.stdout, re.MULTILINE)
-    assert match, done.stdout
-    return match.group(1)
-
-
 def test_runs_lists_newest_first_and_status_json_has_counts(workdir: Path) -> None:
     (workdir / "params.csv").write_text("x\n1\n2\n")
     first = cli("run", "params.csv", "--command", probe_cmd(workdir), cwd=workdir)
@@ -251,6 +243,7 @@ def test_summary_lists_failed_tasks_with_their_exit_codes(workdir: Path) -> None
 
 
 def test_unknown_run_is_a_clear_error_not_a_traceback(workdir: Path) -> None:
+    (workdir / ".parallel-engine" / "runs").mkdir(parents=True)  # a store, without that run
     done = cli("status", "no-such-run", cwd=workdir)
     assert done.returncode == 2
     assert "no run 'no-such-run'" in done.stderr and "Traceback" not in done.stderr

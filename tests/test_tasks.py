@@ -14,6 +14,7 @@ import yaml
 
 from parallel_engine.errors import ConfigError, TaskSourceError
 from parallel_engine.tasks import load_tasks, shell_split
+from tests.helpers import alias_bomb
 
 HOSTILE = [
     "plain",
@@ -610,3 +611,52 @@ def test_task_list_nul_and_bad_bytes_are_refused(tmp_path: Path) -> None:
 )
 def test_shell_split_starts_comments_only_at_word_start(line: str, words: list[str]) -> None:
     assert shell_split(line) == words
+
+
+# --------------------------------------------------------------------------- bounds: sizes and shapes
+
+
+@pytest.mark.timeout(60)  # main took minutes and gigabytes: the bound is this test's own timeout
+def test_a_yaml_alias_bomb_in_a_task_file_is_refused_at_the_alias_that_overflows(tmp_path: Path) -> None:
+    path = write(tmp_path / "bomb.yaml", alias_bomb(9, "tasks: [{id: a, argv: [*a9]}]"))
+    error = refused(path, 6, "aliases expand this file beyond 1,000,000 characters", "alias *a4 here")  # line 6 holds a5: [*a4, ...]
+    assert len(str(error)) < 200 and "lol" not in str(error)
+
+
+def test_a_few_aliases_in_a_task_file_are_fine(tmp_path: Path) -> None:
+    path = write(tmp_path / "tasks.yaml", "defaults: &d {dataset: era5, var: t2m}\n"
+                                          "tasks:\n  - {id: a, args: *d}\n  - {id: b, args: {<<: *d, seed: 1}}\n")
+    assert [t.argv for t in load_tasks(path).tasks] == [
+        ("--dataset=era5", "--var=t2m"), ("--dataset=era5", "--var=t2m", "--seed=1")]
+
+
+def test_a_yaml_alias_inside_its_own_anchor_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "loop.yaml", "tasks:\n  - id: a\n    argv: &x [1, *x]\n")
+    refused(path, 3, "alias *x is inside its own anchor")
+
+
+def test_yaml_nested_deeper_than_the_limit_is_refused_not_a_recursion_error(tmp_path: Path) -> None:
+    path = write(tmp_path / "deep.yaml", "tasks:\n  - {id: a, argv: " + "[" * 5000 + "]" * 5000 + "}\n")
+    refused(path, 2, "nested more than 100 levels deep")
+
+
+def test_a_yaml_number_python_cannot_read_is_refused_at_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "big.yaml", "tasks:\n  - id: a\n    argv:\n      - " + "1" * 5000 + "\n")
+    refused(path, 4, "this int cannot be read", "quote it")
+
+
+def test_a_value_shown_in_an_error_is_cut_short(tmp_path: Path) -> None:
+    path = write(tmp_path / "long.yaml", "tasks:\n  - id: a\n    argv: [[" + ", ".join(["x" * 1000] * 1000) + "]]\n")
+    error = refused(path, 3, "`argv` item [")
+    assert len(str(error)) < 200
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udc80", "\\ud83d\\ude80"])
+def test_a_lone_surrogate_written_as_a_yaml_escape_is_refused_at_its_line(tmp_path: Path, escape: str) -> None:
+    path = write(tmp_path / "t.yaml", f'tasks:\n  - id: a\n    argv: ["x{escape}y"]\n')
+    refused(path, 3, "`argv` item 1 contains a lone surrogate")
+
+
+def test_a_character_yaml_does_not_allow_is_refused_at_its_line_not_a_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path / "t.yaml", "tasks:\n  - {id: a, argv: [x\x7f]}\n")  # found by test_tasks_properties
+    refused(path, 2, "character U+007F is not allowed in YAML")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from parallel_engine.errors import BackendError, ParallelEngineError, StoreError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
-from parallel_engine.runtimes.base import AttemptSpec, RunningAttempt, Runtime
+from parallel_engine.runtimes.base import AttemptSpec, RunningAttempt, Runtime, attempt_env
 from parallel_engine.store import RunStore
 
 
@@ -121,12 +121,7 @@ class LocalPool:
             attempt=attempt,
             argv=task.command if task.command is not None else task.argv,
             command_override=task.command is not None,
-            env={
-                "PE_RUN_ID": self.run_id,
-                "PE_TASK_ID": task.id,
-                "PE_ATTEMPT": str(attempt),
-                "PE_OUTPUT_DIR": os.path.abspath(outputs),
-            },
+            env=attempt_env(self.run_id, task.id, attempt, os.path.abspath(outputs)),
             output_dir=Path(outputs),
             stdout_path=Path(os.path.join(folder, "stdout.log")),
             stderr_path=Path(os.path.join(folder, "stderr.log")),

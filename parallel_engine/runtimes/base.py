@@ -27,6 +27,11 @@ class AttemptSpec:
     timeout_s: float | None
 
 
+def attempt_env(run_id: str, task_id: str, attempt: int, output_dir: str) -> dict[str, str]:
+    """The PE_* variables of an attempt (README "Configuration"): what `AttemptSpec.env` holds."""
+    return {"PE_RUN_ID": run_id, "PE_TASK_ID": task_id, "PE_ATTEMPT": str(attempt), "PE_OUTPUT_DIR": output_dir}
+
+
 class RunningAttempt(Protocol):
     def wait(self, timeout: float | None) -> int | None:
         """The exit code, or None if still running after `timeout` seconds."""

@@ -77,3 +77,14 @@ def test_a_storage_failure_names_the_object(cloud: Emulator) -> None:
     cloud.control.fail_next(1, 403, method="GET", path="/o", service="storage")
     with pytest.raises(BackendError, match=rf"gs://{cloud.bucket}/pe/runs/r1/claims/\): 403"):
         store.attempts("r1")  # a listing names its prefix
+
+
+def test_bucket_reads_many_objects_together_in_order_and_a_failure_names_its_object(cloud: Emulator) -> None:
+    store = bucket_store(cloud)
+    keys = [f"runs/r1/records/k{i:02d}.json" for i in range(20)]
+    for key in keys[::2]:
+        store.blobs.write(key, key.encode())
+    assert store.blobs.read_many(keys) == [key.encode() if i % 2 == 0 else None for i, key in enumerate(keys)]
+    cloud.control.fail_next(1, 403, method="GET", path="k08.json", service="storage")  # not retried
+    with pytest.raises(BackendError, match=rf"gs://{cloud.bucket}/pe/runs/r1/records/k08.json\): 403"):
+        store.blobs.read_many(keys)
