@@ -49,7 +49,9 @@ All formats
   UTF-8 is refused at the line of the first bad byte, and a NUL anywhere is refused because
   NUL cannot travel in argv: a raw NUL byte, and in YAML one written as an escape (`"\\0"`,
   `"\\x00"`, `"\\u0000"`) at the line of the value that holds it.
-- Task ids match `[A-Za-z0-9][A-Za-z0-9._-]{0,99}` (they name folders in the store and claims).
+- Task ids match `[A-Za-z0-9][A-Za-z0-9._-]{0,99}` (they name folders in the store and claims),
+  and are none of the files `collect` writes beside the task folders (`results.csv`, `skipped.csv`,
+  in any case).
   Two ids that differ only in case are refused as duplicates, because some filesystems fold
   case and the store keeps one folder per task.
 """
@@ -68,7 +70,7 @@ from typing import Any
 import yaml
 
 from parallel_engine.errors import ConfigError, TaskSourceError
-from parallel_engine.model import RESULT_COLUMNS, Task, TaskList
+from parallel_engine.model import COLLECT_FILES, RESULT_COLUMNS, Task, TaskList
 
 ARG_STYLES = ("equals", "space")
 TASK_ID_COLUMN = "task_id"
@@ -181,6 +183,12 @@ def _check_id(src: _Source, line: int, task_id: str) -> None:
             line,
             f"invalid task id {task_id!r}: a task id is {TASK_ID_RULE}",
             hint="change the id so that it follows that rule",
+        )
+    if task_id.casefold() in COLLECT_FILES:
+        raise src.error(
+            line,
+            f"task id {task_id!r} is reserved: `collect` writes {', '.join(COLLECT_FILES)} beside the task folders",
+            hint=f"rename the task (e.g. to 'task-{task_id}')",
         )
 
 
