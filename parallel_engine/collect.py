@@ -290,10 +290,12 @@ def _stage(store: RunStore, plan: _Plan, staging: Path) -> None:
     pairs: list[tuple[str, Path]] = []
     owner: dict[str, tuple[str, str]] = {}
     made: set[Path] = set()
+    name_max = os.pathconf(staging, "PC_NAME_MAX")
     for task_id, copies in plan.copies.items():
         for key, parts in copies:
             target = staging.joinpath(task_id, *parts)
-            refused = _make_folders(target.parent, made)
+            too_long = any(len(os.fsencode(part)) > name_max for part in parts)
+            refused = f"a name longer than {name_max} bytes" if too_long else _make_folders(target.parent, made)
             if refused is not None:
                 plan.skipped.append(SkippedOutput(task_id, "/".join(parts), "name refused here", refused))
                 continue

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from parallel_engine.model import AttemptState, AttemptStatus, Task
+from parallel_engine.nofollow import NAME_ERRNOS, Skipped
 from parallel_engine.results import write_end
 from parallel_engine.store import Blobs, RunRecord, RunStore
 
@@ -94,11 +95,17 @@ class MemoryBlobs:
     def scan(self, prefix: str) -> tuple[list[str], list[object]]:
         return self.list(prefix), []
 
-    def fetch(self, pairs: list[tuple[str, Path]]) -> list[object]:
+    def fetch(self, pairs: list[tuple[str, Path]]) -> list[Skipped]:
+        skipped = []
         for key, target in pairs:
-            with open(target, "xb") as handle:
-                handle.write(self.objects[key])
-        return []
+            try:
+                with open(target, "xb") as handle:
+                    handle.write(self.objects[key])
+            except OSError as exc:
+                if exc.errno not in NAME_ERRNOS:
+                    raise
+                skipped.append(Skipped(key, "name refused here", exc.strerror or ""))
+        return skipped
 
     def local_path(self, key: str) -> Path | None:
         return None
