@@ -24,7 +24,9 @@ import io
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -149,9 +151,9 @@ def _write_marker(dest: Path, run_id: str, names: set[str]) -> None:
     write_atomic(str(dest / COLLECTED_MARKER), json.dumps({"run_id": run_id, "names": sorted(names)}).encode())
 
 
-def _take_over(dest: Path, run_id: str, names: set[str], replace: bool) -> set[str]:
-    """Refuse a folder that holds another run's collection (unless `replace`) or anything in the
-    way that collect did not write; then record `run_id` as its owner. Returns what it owned."""
+def _check_owner(dest: Path, run_id: str, names: set[str], replace: bool) -> _Marker | None:
+    """Refuse a folder that holds another run's collection (unless `replace`), or anything in the
+    way that collect did not write. Changes nothing; returns the earlier collection's marker."""
     marker = _read_marker(dest)
     if marker is not None and marker.run_id != run_id and not replace:
         which = f"run {marker.run_id}" if marker.run_id else "a run it does not name (an older collect)"
@@ -160,7 +162,7 @@ def _take_over(dest: Path, run_id: str, names: set[str], replace: bool) -> set[s
             hint=f"collect into another folder (e.g. --dest results-{run_id}), or pass --replace to "
             "replace the whole previous collection",
         )
-    owned = set(marker.names) if marker else set()
+    owned = marker.names if marker else frozenset()
     foreign = sorted(name for name in names if name not in owned and os.path.lexists(dest / name))
     if foreign:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
@@ -169,13 +171,7 @@ def _take_over(dest: Path, run_id: str, names: set[str], replace: bool) -> set[s
             "refusing to replace it",
             hint="collect into a new or empty folder (e.g. --dest results), or move it out of the way",
         )
-    # From here on the folder is this run's: what the earlier collection wrote is ours to remove.
-    _write_marker(dest, run_id, owned | names)
-    if marker is not None and marker.run_id != run_id:
-        _remove(dest / RESULTS_CSV)  # never a results.csv of one run beside folders of another
-    for name in owned - names:
-        _remove(dest / name)
-    return owned
+    return marker
 
 
 def _remove(path: Path) -> None:
@@ -192,6 +188,20 @@ def _clear_staging(dest: Path) -> None:
             _remove(Path(entry.path))
 
 
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends, then act as usual: the few renames that
+    switch --dest to the new collection, and the cleanup, are never cut in half by Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are delivered to the main thread only
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 # ---------------------------------------------------------------------------- what to copy
 
 
@@ -206,7 +216,7 @@ def _attempt_number(text: str) -> bool:
     return text.isascii() and text.isdigit() and str(int(text)) == text
 
 
-def _plan(store: RunStore, status: RunStatus, winners: dict[str, int]) -> _Plan:
+def _plan(store: RunStore, status: RunStatus, winners: dict[str, int], name_max: int) -> _Plan:
     prefix = f"runs/{status.record.run_id}/tasks/"
     known = {view.task_id for view in status.tasks}
     files, odd = store.blobs.scan(prefix)  # one listing for the whole run
@@ -227,6 +237,9 @@ def _plan(store: RunStore, status: RunStatus, winners: dict[str, int]) -> _Plan:
         parts = parts_of(path)
         if parts is None:
             plan.skipped.append(SkippedOutput(task_id, path, "unsafe name", "not a path beneath the outputs folder"))
+            continue
+        if any(len(os.fsencode(part)) > name_max for part in parts):
+            plan.skipped.append(SkippedOutput(task_id, path, "name refused here", f"a name longer than {name_max} bytes"))
             continue
         plan.copies[task_id].append((key, parts))
     for task_id, copies in plan.copies.items():
@@ -256,33 +269,56 @@ def _collect(store: RunStore, status: RunStatus, dest: Path, replace: bool, exce
     winners = {view.task_id: view.result.attempt for view in status.tasks
                if view.state is TaskState.SUCCEEDED and view.result is not None}
     _clear_staging(dest)
-    _take_over(dest, run_id, {*winners, *COLLECT_FILES}, replace)
-    plan = _plan(store, status, winners)
+    marker = _check_owner(dest, run_id, {*winners, *COLLECT_FILES}, replace)
+    plan = _plan(store, status, winners, os.pathconf(dest, "PC_NAME_MAX"))
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dest))
     try:
-        _stage(store, plan, staging)
-        for task_id in winners:
-            _remove(dest / task_id)
-            staged = staging / task_id
-            if staged.is_dir():
-                os.replace(staged, dest / task_id)
-            else:
-                (dest / task_id).mkdir()  # it succeeded and wrote nothing: an empty folder says so
+        _stage(store, plan, staging)  # the long part: Ctrl-C here leaves --dest as it was
+        with _signals_held():
+            skipped = _commit(dest, staging, status, marker, plan, excel_safe)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    skipped = sorted(plan.skipped, key=lambda item: (item.task_id, item.path))
-    written = set(winners) | {RESULTS_CSV}
+        with _signals_held():
+            shutil.rmtree(staging, ignore_errors=True)
+    return Collected(dest / RESULTS_CSV, status, skipped, tuple(plan.ignored))
+
+
+def _commit(dest: Path, staging: Path, status: RunStatus, marker: _Marker | None, plan: _Plan,
+            excel_safe: bool) -> tuple[SkippedOutput, ...]:
+    """Switch --dest to this collection: what the earlier one wrote is moved aside (into staging,
+    removed with it), each task folder moved in whole, then the tables and the marker."""
+    run_id = status.record.run_id
+    winners = list(plan.copies)
+    skipped = tuple(sorted(plan.skipped, key=lambda item: (item.task_id, item.path)))
+    written = {*winners, RESULTS_CSV, *([SKIPPED_CSV] if skipped else [])}
+    owned = set(marker.names) if marker else set()
+    _write_marker(dest, run_id, owned | written)  # from here on every name is this run's to replace
+    aside = staging / ".replaced"  # task ids never start with '.'
+    aside.mkdir()
+    if marker is not None and marker.run_id != run_id:
+        _move_aside(dest / RESULTS_CSV, aside)  # never a results.csv of one run beside folders of another
+    for name in sorted((owned | {SKIPPED_CSV}) - written):
+        _move_aside(dest / name, aside)
+    for task_id in winners:
+        _move_aside(dest / task_id, aside)
+        staged = staging / task_id
+        if staged.is_dir():
+            os.replace(staged, dest / task_id)
+        else:
+            (dest / task_id).mkdir()  # it succeeded and wrote nothing: an empty folder says so
     if skipped:
         _write_csv(dest / SKIPPED_CSV, [list(SKIPPED_COLUMNS)] + [
             [cell(item.task_id, excel_safe), cell(item.path, excel_safe), item.kind, cell(item.detail, excel_safe)]
             for item in skipped
         ])
-        written.add(SKIPPED_CSV)
-    else:
-        _remove(dest / SKIPPED_CSV)
     _write_csv(dest / RESULTS_CSV, _results_rows(status, excel_safe))
     _write_marker(dest, run_id, written)
-    return Collected(dest / RESULTS_CSV, status, tuple(skipped), tuple(plan.ignored))
+    return skipped
+
+
+def _move_aside(path: Path, aside: Path) -> None:
+    """One rename (never a half-removed folder); `aside` goes with the staging folder."""
+    if os.path.lexists(path):
+        os.rename(path, aside / path.name)
 
 
 def _stage(store: RunStore, plan: _Plan, staging: Path) -> None:
@@ -290,12 +326,10 @@ def _stage(store: RunStore, plan: _Plan, staging: Path) -> None:
     pairs: list[tuple[str, Path]] = []
     owner: dict[str, tuple[str, str]] = {}
     made: set[Path] = set()
-    name_max = os.pathconf(staging, "PC_NAME_MAX")
     for task_id, copies in plan.copies.items():
         for key, parts in copies:
             target = staging.joinpath(task_id, *parts)
-            too_long = any(len(os.fsencode(part)) > name_max for part in parts)
-            refused = f"a name longer than {name_max} bytes" if too_long else _make_folders(target.parent, made)
+            refused = _make_folders(target.parent, made)
             if refused is not None:
                 plan.skipped.append(SkippedOutput(task_id, "/".join(parts), "name refused here", refused))
                 continue
