@@ -45,6 +45,9 @@ COLLECTED_MARKER = ".parallel-engine-collected"
 RESULTS_CSV, SKIPPED_CSV = COLLECT_FILES
 STAGING_PREFIX = ".collecting-"
 SKIPPED_COLUMNS = ("task_id", "path", "kind", "detail")
+#: The VM worker's list of the outputs it did not upload, beside status.json in the attempt's folder.
+WORKER_SKIPPED = "skipped"
+WORKER_KINDS = frozenset({"link", "fifo", "socket", "device", "other", "name refused here"})
 #: OWASP's list for CSV injection: a cell starting with one of these is a formula to a spreadsheet.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -229,8 +232,13 @@ def _plan(store: RunStore, status: RunStatus, winners: dict[str, int], name_max:
         if task_id not in known or not _attempt_number(attempt) or not tail:
             plan.ignored.append(key)
             continue
-        if folder != "outputs" or winners.get(task_id) != int(attempt):
-            continue  # the attempt's own record and logs, or an attempt that did not win
+        if winners.get(task_id) != int(attempt):
+            continue  # an attempt that did not win
+        if folder == WORKER_SKIPPED and not path:
+            plan.skipped += _listed(task_id, store.blobs.read(key) or b"")
+            continue
+        if folder != "outputs":
+            continue  # the attempt's own record and logs
         if item is not None:
             plan.skipped.append(SkippedOutput(task_id, path or ".", item.kind, item.detail))
             continue
@@ -246,6 +254,14 @@ def _plan(store: RunStore, status: RunStatus, winners: dict[str, int], name_max:
         plan.copies[task_id] = _without_clashes(task_id, copies, plan.skipped)
     plan.ignored.sort()
     return plan
+
+
+def _listed(task_id: str, data: bytes) -> list[SkippedOutput]:
+    """What a VM worker did not upload (docs/worker-protocol.md): kind, path and a link's target,
+    NUL-separated; a bucket holds no links, so this is how they reach skipped.csv."""
+    fields = [field.decode("utf-8", "surrogateescape") for field in data.split(b"\0")]
+    return [SkippedOutput(task_id, path or ".", kind if kind in WORKER_KINDS else "other", target)
+            for kind, path, target in zip(fields[0::3], fields[1::3], fields[2::3], strict=False)]
 
 
 def _without_clashes(task_id: str, copies: list[tuple[str, tuple[str, ...]]],

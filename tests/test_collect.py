@@ -193,6 +193,22 @@ def test_a_file_and_a_folder_of_the_same_name_in_a_bucket_keep_the_folder(tmp_pa
     assert [(s.path, s.kind) for s in done.skipped] == [("x", "name clash")]
 
 
+def test_what_a_vm_worker_did_not_upload_is_listed_in_skipped_csv(tmp_path: Path) -> None:
+    store = memory_store()
+    finished_run(store, {"a": OK, "b": AttemptState.FAILED})
+    store.blobs.write(outputs_key(RUN_ID, "a") + "kept.txt", b"kept")
+    listed = b"link\0host-link\0/etc/hostname\0fifo\0pipe\0\0made-up\0odd\0\0name refused here\0a\nb\0why\0"
+    store.blobs.write(RunStore.attempt_prefix(RUN_ID, "a", 1) + "skipped", listed)
+    store.blobs.write(RunStore.attempt_prefix(RUN_ID, "b", 1) + "skipped", b"link\0lost\0/x\0")  # b did not win
+    done = collect(store, RUN_ID, tmp_path / "res")
+    assert tree(tmp_path / "res" / "a") == {"kept.txt": b"kept"}
+    assert [(r["task_id"], r["path"], r["kind"], r["detail"]) for r in skipped_rows(tmp_path / "res")] == [
+        ("a", "a\nb", "name refused here", "why"), ("a", "host-link", "link", "/etc/hostname"),
+        ("a", "odd", "other", ""), ("a", "pipe", "fifo", ""),
+    ]
+    assert len(done.skipped) == 4
+
+
 def test_a_run_json_whose_task_id_is_no_folder_name_is_refused(tmp_path: Path) -> None:
     store = memory_store()
     finished_run(store, {"a": OK})
