@@ -283,8 +283,8 @@ def collect(
         try:
             done = collect_run(handle.store, run_id, dest, replace=replace, excel_safe=excel_safe)
         except KeyboardInterrupt:
-            raise Interrupted(f"collect interrupted: {dest} keeps what it held before, "
-                              "or the tasks already moved in whole") from None
+            raise Interrupted(f"collect interrupted: {dest} holds what it held before, or all of this "
+                              "collection if it was already being moved in") from None
     for line in done.warnings(dest):
         err.print(f"warning: {line}", markup=False)
     counts = done.status.counts
