@@ -10,10 +10,11 @@ and skipped.csv for what was not copied. The rules (README "Collect"):
 - Nothing a task wrote fails the collect; only --dest itself can (StoreError, exit 2).
 - A collected folder belongs to one run: the marker records the run and the names it wrote.
   Collecting the same run again replaces them; another run is refused unless `replace`, which
-  removes the whole previous collection first. Names not written by collect are never touched.
-- Everything is staged in one `.collecting-*` folder inside --dest and moved in per task, so no
-  task folder is ever half-copied; the staging folder goes on every way out (errors, Ctrl-C), and
-  one a killed collect left is removed by the next. Two collects into one folder: the second is refused.
+  replaces the whole previous collection. Names not written by collect are never touched.
+- Everything is staged in one `.collecting-*` folder inside --dest; --dest changes only once all
+  of it is there, by renames made while SIGINT/SIGTERM wait, so Ctrl-C never leaves a half-copied
+  or half-removed folder. The staging folder goes on every way out (errors, Ctrl-C); one a killed
+  collect left is removed by the next. Two collects into one folder: the second is refused.
 """
 
 from __future__ import annotations
@@ -223,6 +224,7 @@ def _plan(store: RunStore, status: RunStatus, winners: dict[str, int], name_max:
     prefix = f"runs/{status.record.run_id}/tasks/"
     known = {view.task_id for view in status.tasks}
     files, odd = store.blobs.scan(prefix)  # one listing for the whole run
+    bucket = store.blobs.local_path("") is None
     plan = _Plan({task_id: [] for task_id in winners}, [], [])
     entries = [(key, None) for key in files] + [(item.key, item) for item in odd]
     for key, item in entries:
@@ -235,7 +237,8 @@ def _plan(store: RunStore, status: RunStatus, winners: dict[str, int], name_max:
         if winners.get(task_id) != int(attempt):
             continue  # an attempt that did not win
         if folder == WORKER_SKIPPED and not path:
-            plan.skipped += _listed(task_id, store.blobs.read(key) or b"")
+            if bucket and item is None:  # a local store is scanned itself, and read() follows links
+                plan.skipped += _listed(task_id, store.blobs.read(key) or b"")
             continue
         if folder != "outputs":
             continue  # the attempt's own record and logs

@@ -209,6 +209,18 @@ def test_what_a_vm_worker_did_not_upload_is_listed_in_skipped_csv(tmp_path: Path
     assert len(done.skipped) == 4
 
 
+def test_a_local_attempt_file_named_like_the_workers_list_is_never_read(tmp_path: Path) -> None:
+    """A local store is scanned itself: a `skipped` beside the outputs (here a link to /dev/zero
+    that a process-runtime task made with $PE_OUTPUT_DIR/../skipped) is not the worker's list."""
+    store = local_store(tmp_path / "store")
+    finished_run(store, {"a": OK})
+    (outputs_dir(tmp_path / "store", RUN_ID, "a").parent / "skipped").symlink_to("/dev/zero")
+    started = time.monotonic()
+    done = collect(store, RUN_ID, tmp_path / "res")
+    assert time.monotonic() - started < 10
+    assert done.skipped == () and done.ignored == ()
+
+
 def test_a_run_json_whose_task_id_is_no_folder_name_is_refused(tmp_path: Path) -> None:
     store = memory_store()
     finished_run(store, {"a": OK})
