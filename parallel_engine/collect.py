@@ -315,7 +315,7 @@ def _commit(dest: Path, staging: Path, status: RunStatus, marker: _Marker | None
     aside.mkdir()
     if marker is not None and marker.run_id != run_id:
         _move_aside(dest / RESULTS_CSV, aside)  # never a results.csv of one run beside folders of another
-    for name in sorted((owned | {SKIPPED_CSV}) - written):
+    for name in sorted(owned - written):  # e.g. the skipped.csv of an earlier collect; nothing foreign is here
         _move_aside(dest / name, aside)
     for task_id in winners:
         _move_aside(dest / task_id, aside)
