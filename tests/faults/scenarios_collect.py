@@ -231,7 +231,8 @@ def hostile_object_names(rng: random.Random, tmp: Path) -> None:
         store = open_store(load_config(tmp / ".config.yaml", environ={}))
         finished_run(store, {"a": AttemptState.SUCCEEDED})  # writes through the bucket's own client
         prefix = RunStore.attempt_prefix(RUN_ID, "a", 1) + "outputs/"
-        contents = {name: rng.randbytes(rng.randrange(0, 200)) for name in sorted(names)}
+        fits = [n for n in sorted(names) if len(f"{store.blobs.prefix}{prefix}{n}".encode()) <= 1024]  # type: ignore[attr-defined]
+        contents = {name: rng.randbytes(rng.randrange(0, 200)) for name in fits}  # Storage's limit: 1,024 bytes
         for name, data in contents.items():
             store.blobs.write(prefix + name, data)
         dest = tmp / "box" / "one" / "two" / "dest"
