@@ -27,7 +27,8 @@ from parallel_engine.errors import BackendError, ConfigError, ParallelEngineErro
 from parallel_engine.exec_limits import CONTAINER_RESERVE, check_tasks_can_start
 from parallel_engine.model import AttemptStatus, Task, TaskList
 from parallel_engine.names import new_run_id
-from parallel_engine.results import RunStatus, collect, read_log, run_status, status_of, write_end
+from parallel_engine.collect import collect
+from parallel_engine.results import RunStatus, read_log, run_status, status_of, write_end
 from parallel_engine.runtimes.base import Runtime, attempt_env
 from parallel_engine.runtimes.select import select_runtime
 from parallel_engine.scheduler import Outcome, Pool, ProgressFn, Scheduler
@@ -86,9 +87,15 @@ class Run:
         _, data = read_log(self.store, self.run_id, task_id, attempt, "stderr" if stderr else "stdout")
         return data.decode("utf-8", errors="replace")
 
-    def collect(self, dest: str | Path) -> Path:
-        path, _ = collect(self.store, self.run_id, Path(dest))
-        return path
+    def collect(self, dest: str | Path, *, replace: bool = False, excel_safe: bool = False,
+                info: InfoFn | None = None) -> Path:
+        """Outputs into dest/<task_id>/, dest/results.csv (returned) and, for what was not copied
+        (links, special files, unsafe names), dest/skipped.csv; `info` hears one line per warning.
+        `replace`: replace another run's collection found in dest; `excel_safe`: see README "Collect"."""
+        done = collect(self.store, self.run_id, Path(dest), replace=replace, excel_safe=excel_safe)
+        for line in done.warnings(Path(dest)):
+            (info or (lambda message: None))(line)
+        return done.results_csv
 
     @property
     def cancelled(self) -> bool:

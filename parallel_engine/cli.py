@@ -6,10 +6,12 @@ import functools
 import gc
 import json
 import os
+import signal
 import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
@@ -20,7 +22,13 @@ from rich.table import Table  # rich.progress is imported only when a bar is dra
 
 from parallel_engine import api
 from parallel_engine.config import load_config
-from parallel_engine.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_TASKS_FAILED, ParallelEngineError
+from parallel_engine.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_TASKS_FAILED,
+    Interrupted,
+    ParallelEngineError,
+)
 from parallel_engine.model import TaskState
 from parallel_engine.results import RunStatus, TaskView, read_log
 
@@ -320,15 +328,44 @@ def logs(
 def collect(
     run_id: Annotated[str, typer.Argument(help="the run id")],
     dest: Annotated[Path, typer.Option("--dest", help="folder for outputs and results.csv")] = Path("results"),
+    replace: Annotated[bool, typer.Option("--replace", help="replace the collection of another run found in --dest")] = False,
+    excel_safe: Annotated[bool, typer.Option("--excel-safe", help="prefix cells a spreadsheet would run as a formula (=, +, -, @) with '")] = False,
     store: StoreOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Copy each task's outputs (from its winning attempt) and write results.csv."""
+    """Copy each task's outputs (from its winning attempt) and write results.csv.
+
+    Only regular files are copied; links (never followed), special files and unsafe names are
+    listed in skipped.csv. --dest holds one run's collection: the same run again replaces it.
+    """
+    from parallel_engine.collect import collect as collect_run
+
     handle = api.get_run(run_id, _config(config, _flags(set_, STORE=store)))
-    path = handle.collect(dest)
-    counts = handle.status().counts
-    out.print(f"collected {counts.get('succeeded', 0)} task outputs into {dest}/ and {path}", markup=False)
+    with _terminate_as_interrupt():
+        try:
+            done = collect_run(handle.store, run_id, dest, replace=replace, excel_safe=excel_safe)
+        except KeyboardInterrupt:
+            raise Interrupted(f"collect interrupted: {dest} holds what it held before, or all of this "
+                              "collection if it was already being moved in") from None
+    for line in done.warnings(dest):
+        err.print(f"warning: {line}", markup=False)
+    counts = done.status.counts
+    out.print(f"collected {counts.get('succeeded', 0)} task outputs into {dest}/ and {done.results_csv}", markup=False)
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C (so `finally` cleans up) instead of ending the process on the spot."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from parallel_engine.credentials import access_error
-from parallel_engine.errors import BackendError
+from parallel_engine.errors import BackendError, StoreError
 from parallel_engine.google_clients import is_google_error
+from parallel_engine.nofollow import NAME_ERRNOS, Listing, Pairs, Skipped, Skips
 
 if TYPE_CHECKING:
     from google.cloud import storage
 
 T = TypeVar("T")
 READERS = 8  # concurrent reads in read_many, within requests' pool of 10 connections (as fetch)
+_HINT = "check the bucket, your credentials and STORAGE_ENDPOINT"
 
 
 def _translated(method: Callable[..., T]) -> Callable[..., T]:
@@ -33,8 +37,7 @@ def _translated(method: Callable[..., T]) -> Callable[..., T]:
             if is_google_error(exc):
                 # The object (or the prefix listed) when the call names one; fetch takes a list.
                 where = self._name(args[0]) if args and isinstance(args[0], str) else self.prefix
-                raise BackendError(f"Cloud Storage (gs://{self.bucket.name}/{where}): {exc}",
-                                   hint="check the bucket, your credentials and STORAGE_ENDPOINT") from exc
+                raise BackendError(f"Cloud Storage (gs://{self.bucket.name}/{where}): {exc}", hint=_HINT) from exc
             raise
 
     return wrapper
@@ -126,17 +129,42 @@ class GCSBlobs:
         names |= {p.rstrip("/").rsplit("/", 1)[-1] for p in iterator.prefixes}
         return sorted(names)
 
+    def scan(self, prefix: str) -> Listing:
+        return self.list(prefix), []  # a bucket holds objects only: no links, no special files
+
     @_translated
-    def fetch(self, pairs: list[tuple[str, Path]]) -> None:
-        """Concurrent downloads with transfer_manager (threads: the work is network-bound)."""
+    def fetch(self, pairs: Pairs) -> Skips:
+        """Concurrent downloads with transfer_manager (threads: the work is network-bound). An
+        object deleted since the listing is skipped; any other failure stops the fetch."""
         from google.cloud.storage import transfer_manager
 
         if not pairs:
-            return
-        transfer_manager.download_many(
+            return []
+        outcomes = transfer_manager.download_many(
             [(self.bucket.blob(self._name(key)), str(target)) for key, target in pairs],
-            max_workers=8, worker_type=transfer_manager.THREAD, raise_exception=True,
+            max_workers=8, worker_type=transfer_manager.THREAD, raise_exception=False,
         )
+        skipped: list[Skipped] = []
+        failures: list[tuple[str, Path, BaseException]] = []
+        for (key, target), outcome in zip(pairs, outcomes, strict=True):
+            if not isinstance(outcome, BaseException):
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(target)  # what a failed download wrote: never half a file
+            if isinstance(outcome, self._exceptions.NotFound):
+                skipped.append(Skipped(key, "gone", "deleted since it was listed"))
+            elif isinstance(outcome, OSError) and outcome.errno in NAME_ERRNOS and not is_google_error(outcome):
+                skipped.append(Skipped(key, "name refused here", outcome.strerror or str(outcome)))
+            else:
+                failures.append((key, target, outcome))
+        if failures:
+            key, target, exc = failures[0]
+            if isinstance(exc, OSError) and not is_google_error(exc):
+                raise StoreError(f"cannot write {target}: {exc.strerror or exc}",
+                                 hint="check that you may write there, and free space") from exc
+            raise BackendError(f"Cloud Storage (gs://{self.bucket.name}/{self._name(key)}): {exc}",
+                               hint=_HINT) from exc
+        return skipped
 
     def local_path(self, key: str) -> Path | None:
         return None

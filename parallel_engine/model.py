@@ -47,6 +47,10 @@ class Task:
 #: YAML argument cannot take one of these names, or results.csv would have two of them.
 RESULT_COLUMNS = ("state", "exit_code", "attempts", "duration_s")
 
+#: The files `collect` writes at the top of --dest, beside one folder per task: no task id may take
+#: one of these names (compared case-insensitively, as some filesystems compare names).
+COLLECT_FILES = ("results.csv", "skipped.csv")
+
 
 @dataclass(frozen=True)
 class TaskList:

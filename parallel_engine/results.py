@@ -1,21 +1,16 @@
-"""Reading a run back: task states, logs, and collected outputs with results.csv."""
+"""Reading a run back: task states and logs (collecting outputs is parallel_engine/collect.py)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import os
-import shutil
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from parallel_engine.errors import StoreError, brief
-from parallel_engine.model import RESULT_COLUMNS, AttemptState, AttemptStatus, TaskState
+from parallel_engine.model import AttemptState, AttemptStatus, TaskState
 from parallel_engine.state import Budgets, task_state, winning_attempt
-from parallel_engine.store import RunRecord, RunStore, write_atomic
+from parallel_engine.store import RunRecord, RunStore
 
 
 @dataclass(frozen=True)
@@ -182,115 +177,3 @@ def read_log(store: RunStore, run_id: str, task_id: str, attempt: int | None, st
     if chosen not in numbers:
         raise StoreError(f"task {task_id} has no attempt {chosen}", hint=f"its attempts: {numbers}")
     return chosen, store.read_log(run_id, task_id, chosen, stream) or b""
-
-
-def result_columns(record: RunRecord) -> list[str]:
-    if record.columns:
-        return list(record.columns)
-    seen: dict[str, None] = {}
-    for task in record.tasks:
-        for name in task.params:
-            seen.setdefault(name, None)
-    return list(seen)
-
-
-#: In a --dest folder: the names (task folders, results.csv) that `collect` wrote and may replace.
-COLLECTED_MARKER = ".parallel-engine-collected"
-RESULTS_CSV = "results.csv"
-
-
-def collect(store: RunStore, run_id: str, dest: Path) -> tuple[Path, RunStatus]:
-    """Outputs of each task's winning attempt under dest/<task_id>/, and dest/results.csv.
-
-    Written to a staging folder beside `dest` and moved in per task, so an interrupted
-    collect never leaves a half-copied task folder. Only what an earlier collect wrote is
-    ever replaced (COLLECTED_MARKER lists it): `--dest .` never deletes a folder of yours
-    that happens to share a task's name. Disk errors become a StoreError naming the path.
-    """
-    status = run_status(store, run_id)
-    if dest.exists() and not dest.is_dir():
-        raise StoreError(f"{dest} is a file, not a folder: cannot collect into it",
-                         hint="give --dest a folder (a missing one is created)")
-    try:
-        _collect(store, status, dest)
-    except OSError as exc:
-        raise StoreError(f"cannot collect into {dest}: {exc.filename or dest}: {exc.strerror or exc}",
-                         hint="check that you may write there, and free space") from None
-    return dest / RESULTS_CSV, status
-
-
-def _owned(dest: Path) -> set[str]:
-    """What earlier collects wrote into `dest` (nothing, if the marker is missing or unreadable)."""
-    try:
-        names = json.loads((dest / COLLECTED_MARKER).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return set()
-    return {name for name in names if isinstance(name, str)} if isinstance(names, list) else set()
-
-
-def _claim_names(dest: Path, names: list[str]) -> None:
-    """Refuse to touch what collect did not write; then record what it is about to write."""
-    owned = _owned(dest)
-    foreign = [name for name in names if name not in owned and os.path.lexists(dest / name)]
-    if foreign:
-        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
-        raise StoreError(
-            f"{dest / foreign[0]} already exists and was not written by `parallel-engine collect`{more}: "
-            "refusing to replace it",
-            hint="collect into a new or empty folder (e.g. --dest results), or move it out of the way",
-        )
-    write_atomic(str(dest / COLLECTED_MARKER), json.dumps(sorted(owned | set(names))).encode())
-
-
-def _replace(final: Path, staged: Path | None) -> None:
-    if final.is_symlink() or final.is_file():
-        final.unlink()
-    elif final.exists():
-        shutil.rmtree(final)
-    if staged is not None:
-        os.replace(staged, final)
-    else:
-        final.mkdir()  # it succeeded and wrote nothing: an empty folder says so
-
-
-def _collect(store: RunStore, status: RunStatus, dest: Path) -> None:
-    run_id = status.record.run_id
-    dest.mkdir(parents=True, exist_ok=True)
-    winners = {view.task_id: view.result.attempt for view in status.tasks
-               if view.state is TaskState.SUCCEEDED and view.result is not None}
-    _claim_names(dest, [*winners, RESULTS_CSV])
-    tasks_prefix = f"runs/{run_id}/tasks/"
-    pairs: list[tuple[str, Path]] = []
-    staged: dict[str, Path] = {}
-    for key in store.blobs.list(tasks_prefix):  # one listing for the whole run
-        task_id, attempt, kind, *rest = key[len(tasks_prefix):].split("/")
-        if kind != "outputs" or not rest or winners.get(task_id) != int(attempt):
-            continue
-        if task_id not in staged:
-            staged[task_id] = dest / f".collecting-{task_id}"
-            shutil.rmtree(staged[task_id], ignore_errors=True)
-        target = staged[task_id].joinpath(*rest)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        pairs.append((key, target))
-    store.blobs.fetch(pairs)
-    for task_id in winners:
-        _replace(dest / task_id, staged.get(task_id))
-    columns = result_columns(status.record)
-    extra = [c for c in ("task_id",) if c not in columns]
-    header = columns + extra + list(RESULT_COLUMNS)
-    table = io.StringIO(newline="")
-    writer = csv.writer(table)
-    writer.writerow(header)
-    for view in status.tasks:
-        duration = view.duration_s
-        row = [view.params.get(c, "") for c in columns]
-        row += [view.task_id] if extra else []
-        row += [
-            str(view.state),
-            "" if view.exit_code is None else view.exit_code,
-            len(view.attempts),
-            "" if duration is None else f"{duration:.3f}",
-        ]
-        writer.writerow(row)
-    write_atomic(str(dest / RESULTS_CSV), table.getvalue().encode("utf-8"))
-

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +20,17 @@ from typing import Any, Protocol
 
 from parallel_engine.errors import RunNotFoundError, StoreError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
+from parallel_engine.nofollow import (
+    Beneath,
+    DestError,
+    Listing,
+    Pairs,
+    Skipped,
+    Skips,
+    copy_to_new,
+    walk,
+)
+from parallel_engine.paths import unsafe_segment
 
 
 class Blobs(Protocol):
@@ -51,8 +61,17 @@ class Blobs(Protocol):
     def children(self, prefix: str) -> list[str]:
         """Names directly under `prefix` (like a bucket listing with delimiter '/')."""
 
-    def fetch(self, pairs: list[tuple[str, Path]]) -> None:
-        """Copy each key to its local path (folders must exist), as fast as the medium allows."""
+    def scan(self, prefix: str) -> Listing:
+        """The keys of the regular objects under `prefix`, sorted, and every other entry there
+        (a link, fifo, socket or device on local disk; a bucket has none), from one listing that
+        follows no link."""
+
+    def fetch(self, pairs: Pairs) -> Skips:
+        """Copy each key's bytes to its local path, a new file in a folder that exists, as fast
+        as the medium allows, never through a link. What is not (or no longer) a regular object,
+        or whose name the local disk refuses, is not copied and is returned with why; a copy
+        that cannot be written (no space, no permission) raises StoreError. Nothing half-written
+        is left at a path."""
 
     def local_path(self, key: str) -> Path | None:
         """Where `key` lives on this machine, if it does (a local runtime writes logs there)."""
@@ -133,23 +152,17 @@ class LocalBlobs:
             raise _disk_error("delete", Path(path), exc) from None
 
     def list(self, prefix: str, start_after: str = "") -> list[str]:
-        base = self._path(prefix)
-        folder = base if prefix.endswith("/") else os.path.dirname(base)
-        if not os.path.isdir(folder):
-            return []
-        keys: list[str] = []
-        # Keys by slicing, not os.path.relpath: 10x faster, which shows at 50,000 claims.
-        skip = len(os.path.normpath(self._root).rstrip(os.sep)) + 1
-        for dirpath, _dirs, files in os.walk(os.path.normpath(folder)):
-            folder_key = dirpath[skip:] + "/" if len(dirpath) >= skip else ""
-            for name in files:
-                if name.startswith(".tmp-"):
-                    continue
-                key = folder_key + name
-                if key.startswith(prefix) and key > start_after:
-                    keys.append(key)
-        keys.sort()
-        return keys
+        keys, _ = self.scan(prefix)
+        return [key for key in keys if key > start_after and not key.rpartition("/")[2].startswith(".tmp-")]
+
+    def scan(self, prefix: str) -> Listing:
+        # Unlike list(), a `.tmp-` name is kept: in a task's outputs it is the task's file.
+        folder_key = prefix[: prefix.rfind("/") + 1]  # the folder that holds every key under prefix
+        folder = self._path(folder_key)
+        try:
+            return walk(folder, folder_key, prefix)
+        except OSError as exc:
+            raise _disk_error("list", Path(folder), exc) from None
 
     def versions(self, prefix: str) -> dict[str, tuple[int, str]]:
         # A write replaces the file (rename), so its mtime is the generation (two writes within the
@@ -177,12 +190,21 @@ class LocalBlobs:
         except OSError as exc:
             raise _disk_error("list", Path(folder), exc) from None
 
-    def fetch(self, pairs: list[tuple[str, Path]]) -> None:
-        for key, target in pairs:
-            try:
-                shutil.copyfile(self._path(key), target)
-            except OSError as exc:
-                raise _disk_error(f"copy {self._path(key)} to", target, exc) from None
+    def fetch(self, pairs: Pairs) -> Skips:
+        skipped: list[Skipped] = []
+        with Beneath(self._root) as tree:
+            for key, target in pairs:
+                opened = tree.open_regular(key)
+                if isinstance(opened, Skipped):
+                    skipped.append(opened)
+                    continue
+                try:
+                    refused = copy_to_new(*opened, str(target), key)
+                except DestError as exc:
+                    raise _disk_error(f"copy {self._path(key)} to", target, exc) from None
+                if refused is not None:
+                    skipped.append(refused)
+        return skipped
 
     def local_path(self, key: str) -> Path | None:
         return Path(self._path(key))
@@ -313,7 +335,7 @@ class RunStore:
         self.blobs.write(f"runs/{record.run_id}/run.json", _dumps(record.to_json()))
 
     def _run_json(self, run_id: str) -> bytes:
-        raw = self.blobs.read(f"runs/{run_id}/run.json") if "/" not in run_id else None
+        raw = self.blobs.read(f"runs/{run_id}/run.json") if not unsafe_segment(run_id) else None
         if raw is None:
             raise RunNotFoundError(
                 f"no run '{run_id}' in {self.where}",
@@ -329,9 +351,15 @@ class RunStore:
     def load_run(self, run_id: str) -> RunRecord:
         raw = self._run_json(run_id)
         try:
-            return RunRecord.from_json(json.loads(raw))
+            record = RunRecord.from_json(json.loads(raw))
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{self.where}: runs/{run_id}/run.json is unreadable ({exc})") from exc
+        # Task ids become keys and folders (collect): one that is no single safe name is refused.
+        bad = next((task.id for task in record.tasks if not isinstance(task.id, str) or unsafe_segment(task.id)), None)
+        if bad is not None:
+            raise StoreError(f"{self.where}: runs/{run_id}/run.json holds a task id that cannot name a folder: {bad!r}",
+                             hint="that run.json was not written by parallel-engine: do not use this run")
+        return record
 
     def run_ids(self) -> list[str]:
         """Every run in the store, by id descending: newest second first, but runs started in the

@@ -52,7 +52,9 @@ All formats
   surrogate (`"\\ud800"`), which is no character. YAML is read within bounds (bounded_yaml).
 - A value may be of any length here; whether a program can be started with it is checked when
   the run is planned (exec_limits), naming the task's line.
-- Task ids match `[A-Za-z0-9][A-Za-z0-9._-]{0,99}` (they name folders in the store and claims).
+- Task ids match `[A-Za-z0-9][A-Za-z0-9._-]{0,99}` (they name folders in the store and claims),
+  and are none of the files `collect` writes beside the task folders (`results.csv`, `skipped.csv`,
+  in any case).
   Two ids that differ only in case are refused as duplicates, because some filesystems fold
   case and the store keeps one folder per task.
 """
@@ -72,7 +74,7 @@ import yaml
 
 from parallel_engine.bounded_yaml import BoundedLoader, YamlRefused
 from parallel_engine.errors import ConfigError, TaskSourceError, brief, shown
-from parallel_engine.model import RESULT_COLUMNS, Task, TaskList
+from parallel_engine.model import COLLECT_FILES, RESULT_COLUMNS, Task, TaskList
 
 ARG_STYLES = ("equals", "space")
 TASK_ID_COLUMN = "task_id"
@@ -201,6 +203,12 @@ def _check_id(src: _Source, line: int, task_id: str) -> None:
             line,
             f"invalid task id {shown(task_id)}: a task id is {TASK_ID_RULE}",
             hint="change the id so that it follows that rule",
+        )
+    if task_id.casefold() in COLLECT_FILES:
+        raise src.error(
+            line,
+            f"task id {task_id!r} is reserved: `collect` writes {', '.join(COLLECT_FILES)} beside the task folders",
+            hint=f"rename the task (e.g. to 'task-{task_id}')",
         )
 
 

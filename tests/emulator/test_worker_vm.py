@@ -83,6 +83,11 @@ for a in args:
         print(a[len("--print="):], flush=True)
     elif a.startswith("--sleep="):
         time.sleep(float(a[len("--sleep="):]))
+    elif a == "--odd-outputs":  # entries that are no regular file: never uploaded, listed
+        os.symlink("/etc/hostname", os.path.join(out, "host-link"))
+        os.symlink("../../../../run.json", os.path.join(out, "sub dir", "climbs"))
+        os.mkfifo(os.path.join(out, "pipe"))
+        open(os.path.join(out, "line\nbreak.txt"), "w").close()
     elif a.startswith("--exit="):
         print("exiting with", a[len("--exit="):], file=sys.stderr, flush=True)
         sys.exit(int(a[len("--exit="):]))
@@ -368,6 +373,24 @@ def test_a_failing_task_is_recorded_failed_with_its_exit_code(run: Run) -> None:
     assert "exiting with 3" in run.log("bad", "stderr")
     assert run.argv_seen("bad")["argv"] == ["--exit=3"]
     assert run.events() == [("bad.1", "failed")]
+
+
+def test_outputs_that_are_no_regular_file_are_listed_in_skipped_never_uploaded(run: Run) -> None:
+    run.publish("odd", ["--odd-outputs"])
+    run.start_vms("pe-odd")
+    run.wait_all_gone()
+    status = run.status("odd")
+    assert status is not None, run.console("pe-odd")
+    _ok(status, "pe-odd")
+    assert sorted(run.outputs("odd")) == ["argv.json", "sub dir/résult.txt"]
+    fields = (run.read(f"runs/{RUN}/tasks/odd/1/skipped") or b"").split(b"\0")
+    listed = {tuple(fields[i:i + 3]) for i in range(0, len(fields) - 1, 3)}
+    assert listed == {
+        (b"link", b"host-link", b"/etc/hostname"),
+        (b"link", b"sub dir/climbs", b"../../../../run.json"),
+        (b"fifo", b"pipe", b""),
+        (b"name refused here", b"line\nbreak.txt", b"a line break in its name"),
+    }
 
 
 def test_a_task_over_its_timeout_is_killed_and_recorded_timeout(run: Run) -> None:

@@ -387,14 +387,39 @@ upload_logs() { # [final]: the container's stdout/stderr so far (only what chang
 
 upload_outputs() {
   local file rel
+  : >"$A/skipped"
   while IFS= read -r -d '' file; do
     rel=${file#"$A/outputs/"}
     if [[ $rel == *$'\n'* || $rel == *$'\r'* ]]; then
       log "not uploading an output whose name has a line break (Storage refuses it)"
+      printf 'name refused here\0%s\0a line break in its name\0' "$rel" >>"$A/skipped"
       continue
     fi
     gcs_put "${KEYBASE}outputs/$rel" "$file" || log "upload of output $rel failed"
   done < <(find "$A/outputs" -type f -print0)
+  list_skipped >>"$A/skipped"
+  if [[ -s $A/skipped ]]; then
+    gcs_put "${KEYBASE}skipped" "$A/skipped" || log "upload of the list of skipped outputs failed"
+  fi
+}
+
+# Entries of the outputs folder that are neither files nor folders are never read or followed;
+# each is listed (kind, path, a link's target: NUL-separated) so that collect can say so.
+list_skipped() {
+  local file rel kind target
+  while IFS= read -r -d '' file; do
+    rel=${file#"$A/outputs/"}
+    target=
+    if [[ -L $file ]]; then
+      kind='link'
+      target=$(readlink -- "$file") || target=
+    elif [[ -p $file ]]; then kind='fifo'
+    elif [[ -S $file ]]; then kind='socket'
+    elif [[ -b $file || -c $file ]]; then kind='device'
+    else kind='other'
+    fi
+    printf '%s\0%s\0%s\0' "$kind" "$rel" "$target"
+  done < <(find "$A/outputs" -mindepth 1 ! -type f ! -type d -print0)
 }
 
 # finish STATE EXIT_CODE REASON: logs, outputs, status.json, then the event marker.
