@@ -80,6 +80,9 @@ class MemoryBlobs:
     def read(self, key: str) -> bytes | None:
         return self.objects.get(key)
 
+    def read_many(self, keys: list[str]) -> list[bytes | None]:
+        return [self.objects.get(key) for key in keys]
+
     def delete(self, key: str) -> None:
         self.objects.pop(key, None)
 
