@@ -44,6 +44,17 @@ class RunNotFoundError(StoreError):
     """No run with that id exists in the store."""
 
 
+class MissingExtraError(ParallelEngineError):
+    """An optional feature needs a package that is not installed: one of parallel-engine's extras."""
+
+    def __init__(self, feature: str, extra: str, missing: str) -> None:
+        super().__init__(
+            f"{feature} needs the Python package '{missing}', which is not installed",
+            hint=f"pip install 'parallel-engine[{extra}]'",
+        )
+        self.extra = extra
+
+
 class BackendError(ParallelEngineError):
     """A backend (local runtime, Docker, Google) failed in a way the user must act on."""
 
