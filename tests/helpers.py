@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,11 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def chromium_paths() -> tuple[str, str] | None:
+    """Headless Chromium and its driver (Debian's chromium and chromium-driver; PE_CHROMIUM and
+    PE_CHROMEDRIVER name others), or None when either is missing."""
+    browser = shutil.which(os.environ.get("PE_CHROMIUM", "chromium"))
+    driver = shutil.which(os.environ.get("PE_CHROMEDRIVER", "chromedriver"))
+    return (browser, driver) if browser and driver else None
