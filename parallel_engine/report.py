@@ -178,10 +178,9 @@ def _durations(data: ReportData) -> Any:
 
 def _page(data: ReportData, js: str, script: str, divs: dict[str, str]) -> str:
     import jinja2
-    from markupsafe import (
-        Markup,  # what Bokeh made is HTML already; everything else is escaped
-    )
+    from markupsafe import Markup
 
+    # What Bokeh made is HTML already (Markup); everything else, from the store, is escaped.
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     return env.from_string(PAGE).render(
         d=data, js=Markup(js), script=Markup(script), divs={k: Markup(v) for k, v in divs.items()},

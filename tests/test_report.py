@@ -194,3 +194,14 @@ def test_the_cli_and_the_report_do_not_import_the_plotting_libraries_until_asked
              "print(sorted(m for m in ('bokeh', 'matplotlib') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True, timeout=60, env=cli_env())
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_an_output_that_cannot_be_written_is_one_clear_error_and_no_file(tmp_path: Path) -> None:
+    from parallel_engine.errors import ParallelEngineError
+    from parallel_engine.report import write_html
+
+    record = RunRecord("r3", 1000.0, "local", "params.csv", (), (Task("a"),), {})
+    data = report_data(status_of(record, "finished", {}), lambda task, attempt: None, now=1005.0)
+    with pytest.raises(ParallelEngineError, match=r"cannot write .*/no-such-folder/report.html: No such file"):
+        write_html(data, tmp_path / "no-such-folder" / "report.html")
+    assert list(tmp_path.iterdir()) == []
