@@ -4,9 +4,9 @@ JavaScript is inlined, nothing is fetched), and optionally the timeline alone as
 Why Bokeh: a plotting library users know, with hover and zoom, whose inline runtime is small.
 Measured here (bench/report_size.py --compare; 64 workers, 11% of tasks retried), the file at
 1,000 / 10,000 tasks, and the time to write it at 10,000:
-  this report with Bokeh 3.9 (core JS inline)       1.41 MB / 2.52 MB, 2.0 s (1.27 MB of it bokeh.min.js)
-  the timeline alone with Plotly 7.1 (JS inline)    4.95 MB / 6.08 MB, 1.1 s (4.8 MB of it plotly.min.js)
-  the timeline alone with Altair 6.3 + vl-convert   1.14 MB / 3.30 MB, 10.5 s (one JSON object per bar)
+  this report with Bokeh 3.9 (core JS inline)       1.41 MB / 2.52 MB, 1.0 s (1.27 MB of it bokeh.min.js)
+  the timeline alone with Plotly 7.1 (JS inline)    4.95 MB / 6.08 MB, 0.4 s (4.8 MB of it plotly.min.js)
+  the timeline alone with Altair 6.3 + vl-convert   1.14 MB / 3.30 MB, 3.6 s (one JSON object per bar)
 Bokeh is the smallest where size matters (large runs), ships columns as base64 arrays, and
 draws 10,000 bars on a canvas without trouble. The PNG is drawn with matplotlib (no browser
 needed). Both come with the `report` extra and are imported only here, only when called.
