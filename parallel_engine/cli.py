@@ -370,6 +370,26 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 @app.command()
 @friendly
+def report(
+    run_id: Annotated[str, typer.Argument(help="the run id")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="the HTML file to write")] = Path("report.html"),
+    png: Annotated[Optional[Path], typer.Option("--png", help="also write the timeline alone as a PNG")] = None,
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write a self-contained HTML report (timeline per worker, durations, summary) that opens offline."""
+    from parallel_engine.report import require_extra, write_report  # the plotting extra, only here
+
+    require_extra(png=png is not None)
+    handle = api.get_run(run_id, _config(config, _flags(set_, STORE=store)))
+    data = write_report(handle.store, run_id, output, png)
+    snapshot = " (a snapshot: the run is still going)" if data.running else ""
+    out.print(f"report of run {run_id}: {output}{snapshot}" + (f"; timeline: {png}" if png else ""), markup=False)
+
+
+@app.command()
+@friendly
 def runs(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     store: StoreOpt = None,

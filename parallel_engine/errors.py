@@ -61,6 +61,17 @@ class PermissionDenied(AccessError):
     """Google answered 403: the credentials lack a permission, or an API is not enabled."""
 
 
+class MissingExtraError(ParallelEngineError):
+    """An optional feature needs a package that is not installed: one of parallel-engine's extras."""
+
+    def __init__(self, feature: str, extra: str, missing: str) -> None:
+        super().__init__(
+            f"{feature} needs the Python package '{missing}', which is not installed",
+            hint=f"pip install 'parallel-engine[{extra}]'",
+        )
+        self.extra = extra
+
+
 class BackendError(ParallelEngineError):
     """A backend (local runtime, Docker, Google) failed in a way the user must act on."""
 

@@ -3,7 +3,8 @@
 Tests marked `docker` need a Docker engine (and most the base image python:3.11-slim). Without
 them they are skipped LOUDLY. In CI (CI=true, 1 or yes) the session fails when any `docker` test
 was skipped, and when none passed at all (e.g. `-m "not docker"`), so CI never goes green by
-skipping or deselecting them.
+skipping or deselecting them. Tests marked `browser` need headless Chromium and its driver
+(scripts/ensure-browser.sh installs them): skipped as loudly, and in CI a skip fails the session too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import BASE_IMAGE, ROOT
+from tests.helpers import BASE_IMAGE, ROOT, chromium_paths
 
 EXAMPLE_IMAGE_TAG = "parallel-engine-example:test"
 CI_VALUES = ("true", "1", "yes")
@@ -29,23 +30,36 @@ BASE_IMAGE_SKIP_REASON = (
     "as root, PE_START_DOCKER=1 bash scripts/ensure-docker.sh builds it offline (or docker pull it)"
 )
 
+BROWSER_SKIP_REASON = (
+    "BROWSER TESTS SKIPPED: no chromium and chromedriver (PE_CHROMIUM, PE_CHROMEDRIVER); as root, "
+    "PE_START_DOCKER=1 bash scripts/ensure-browser.sh installs Debian's chromium and chromium-driver"
+)
+
 _docker_skips: dict[str, str] = {}  # node id -> skip reason
 _docker_passes: list[str] = []
+_browser_skips: dict[str, str] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "docker: needs a Docker engine (skipped loudly without one; CI fails if any were skipped)")
     config.addinivalue_line("markers", "emulator: needs the emulated Google cloud")
+    config.addinivalue_line("markers", "browser: needs headless Chromium (skipped loudly without it; CI fails if any were skipped)")
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "browser" in report.keywords:
+        _browser_skips[report.nodeid] = _skip_reason(report)
     if "docker" not in report.keywords:
         return
     if report.skipped:
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        _docker_skips[report.nodeid] = str(reason).removeprefix("Skipped: ")
+        _docker_skips[report.nodeid] = _skip_reason(report)
     elif report.when == "call" and report.passed:
         _docker_passes.append(report.nodeid)
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return str(reason).removeprefix("Skipped: ")
 
 
 def in_ci() -> bool:
@@ -59,6 +73,8 @@ def ci_failure() -> str | None:
         return None
     if _docker_skips:
         return f"{len(_docker_skips)} test(s) marked docker were skipped"
+    if _browser_skips:
+        return f"{len(_browser_skips)} test(s) marked browser were skipped"
     if not _docker_passes:
         return "no test marked docker passed (none selected, or none ran)"
     return None
@@ -71,14 +87,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     failure = ci_failure()
-    if not _docker_skips and not failure:
+    if not _docker_skips and not _browser_skips and not failure:
         return
     banner = "!" * 100
     terminalreporter.write_line(banner, red=True, bold=True)
-    if _docker_skips:
-        terminalreporter.write_line(f"{len(_docker_skips)} test(s) marked docker were skipped:", red=True, bold=True)
-        for reason in sorted(set(_docker_skips.values())):
-            terminalreporter.write_line(f"  {reason}", red=True, bold=True)
+    for marker, skips in (("docker", _docker_skips), ("browser", _browser_skips)):
+        if skips:
+            terminalreporter.write_line(f"{len(skips)} test(s) marked {marker} were skipped:", red=True, bold=True)
+            for reason in sorted(set(skips.values())):
+                terminalreporter.write_line(f"  {reason}", red=True, bold=True)
     if failure:
         terminalreporter.write_line(f"CI={os.environ.get('CI')}: {failure}: this session FAILS (exit status 1)",
                                     red=True, bold=True)
@@ -124,3 +141,12 @@ def example_image(base_image: str) -> str:
     except BuildError as exc:
         pytest.fail(f"building the example image failed:\n{exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""))
     return EXAMPLE_IMAGE_TAG
+
+
+@pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    """(chromium, chromedriver) paths for headless browser tests, or a loud skip."""
+    found = chromium_paths()
+    if found is None:
+        pytest.skip(BROWSER_SKIP_REASON)
+    return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -121,3 +122,11 @@ def alias_bomb(depth: int, use: str) -> str:
     lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, depth + 1)]
     return "\n".join([*lines, use]) + "\n"
+
+
+def chromium_paths() -> tuple[str, str] | None:
+    """Headless Chromium and its driver (Debian's chromium and chromium-driver; PE_CHROMIUM and
+    PE_CHROMEDRIVER name others), or None when either is missing."""
+    browser = shutil.which(os.environ.get("PE_CHROMIUM", "chromium"))
+    driver = shutil.which(os.environ.get("PE_CHROMEDRIVER", "chromedriver"))
+    return (browser, driver) if browser and driver else None

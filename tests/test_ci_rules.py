@@ -169,3 +169,29 @@ def test_commands_that_need_the_engine_wait_for_a_busy_one_where_auto_probes_onc
     assert busy_engine.requests_seen <= busy_engine.busy_for
     assert engine_available(wait_s=ENGINE_WAIT_S) is True  # build, RUNTIME docker, down wait for it
     assert busy_engine.requests_seen > busy_engine.busy_for
+
+
+TINY_BROWSER_TEST = '''
+import pytest
+
+@pytest.mark.browser
+def test_needs_a_browser(chromium):
+    assert chromium
+'''
+
+
+@pytest.mark.parametrize("ci", ["true", None])
+def test_a_skipped_browser_test_is_a_loud_banner_and_fails_the_session_only_in_ci(
+    session_dir: Path, engine: StandInEngine, monkeypatch: pytest.MonkeyPatch, ci: str | None
+) -> None:
+    (session_dir / "test_browser_tiny.py").write_text(TINY_BROWSER_TEST)
+    monkeypatch.setenv("PE_CHROMIUM", "pe-test-no-chromium")  # not installed anywhere
+    done = session(session_dir, f"unix://{engine.server_address}", ci)
+    assert "2 passed, 1 skipped" in done.stdout
+    assert "1 test(s) marked browser were skipped:" in done.stdout and "BROWSER TESTS SKIPPED" in done.stdout
+    if ci:
+        assert done.returncode == 1, done.stdout
+        assert "CI=true: 1 test(s) marked browser were skipped: this session FAILS" in done.stdout
+    else:
+        assert done.returncode == 0, done.stdout
+        assert "FAILS" not in done.stdout

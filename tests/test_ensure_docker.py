@@ -14,7 +14,7 @@ import pytest
 from tests.helpers import ROOT
 
 SCRIPT = ROOT / "scripts" / "ensure-docker.sh"
-SHELL_SCRIPTS = [SCRIPT, ROOT / "scripts" / "test.sh", ROOT / ".ci" / "run"]
+SHELL_SCRIPTS = [SCRIPT, ROOT / "scripts" / "test.sh", ROOT / ".ci" / "run", ROOT / "scripts" / "ensure-browser.sh"]
 
 
 def fake_program(bin_dir: Path, name: str, body: str) -> None:

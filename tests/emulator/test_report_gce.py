@@ -1,0 +1,42 @@
+"""`parallel-engine report` of a gce run, read from the bucket: one lane per VM."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from test_gce_backend import config_for, settings
+
+import parallel_engine as pe
+from parallel_engine.api import open_store
+from parallel_engine.emulator import Emulator
+from parallel_engine.names import GCE_PREFIX
+from parallel_engine.report import summary_rows, write_report
+from tests.helpers import ROOT, cli
+
+pytestmark = [pytest.mark.emulator, pytest.mark.docker]
+
+
+def test_report_of_a_gce_run_reads_the_bucket_and_draws_one_lane_per_vm(
+    cloud: Emulator, example_image: str, tmp_path: Path
+) -> None:
+    shutil.copytree(ROOT / "code", tmp_path / "code")
+    config = config_for(cloud, example_image, VM_QUOTAS=3)
+    run = pe.run(tmp_path / "code" / "params.csv", config=config)
+    attempts = [attempt for view in run.status().tasks for attempt in view.attempts]
+    assert len(attempts) == 12
+
+    (tmp_path / ".config.yaml").write_text(yaml.safe_dump(settings(cloud, example_image, VM_QUOTAS=3)))
+    made = cli("report", run.run_id, "--png", "timeline.png", cwd=tmp_path)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert (tmp_path / "report.html").stat().st_size > 0 and (tmp_path / "timeline.png").stat().st_size > 0
+
+    data = write_report(open_store(config), run.run_id, tmp_path / "again.html")
+    vms = {attempt.worker for attempt in attempts}
+    assert set(data.lanes) == vms
+    assert all(vm.startswith(f"{GCE_PREFIX}-{run.run_id}-") for vm in vms), vms  # the VMs' names
+    assert sorted((b.task_id, b.worker) for b in data.bars) == sorted((a.task_id, a.worker) for a in attempts)
+    assert all(b.start_known and b.end_known and b.state == "succeeded" for b in data.bars)
+    assert "VM-hours running attempts" in dict(summary_rows(data))
