@@ -169,6 +169,7 @@ def test_png_of_a_run_with_no_attempt_yet_is_an_empty_timeline(tmp_path: Path) -
 
 
 def test_report_of_an_unknown_run_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()  # a store that exists (a missing one is its own error)
     done = cli("report", "20200101-000000-nope0", "--store", str(tmp_path / "store"), cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "error: no run '20200101-000000-nope0' in" in done.stderr
