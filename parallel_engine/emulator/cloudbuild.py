@@ -468,8 +468,8 @@ def _make_handler(server: CloudBuildServer) -> type[JsonHandler]:
             if self.command in ("GET", "HEAD") and (m := log_route.match(path)):
                 try:
                     text = server.log_text(unquote(m["project"]), m["id"])
-                except ApiError as error:
-                    self.send_json(error.code, error.body())
+                except ApiError as refused:
+                    self.send_json(refused.code, refused.body())
                     return
                 self.send_text(200, text)
                 return

@@ -26,13 +26,15 @@ class ControlClient:
         self.base = compute_endpoint.rstrip("/") + "/emulator/v1"
         self.zone = zone
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The control API's JSON answer (always an object)."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                return json.loads(response.read() or b"{}")
+                answer: dict[str, Any] = json.loads(response.read() or b"{}")
+                return answer
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
             raise ControlError(f"{method} {path}: {exc.code} {detail}") from None
@@ -49,7 +51,7 @@ class ControlClient:
 
     def clock(self) -> dict[str, float]:
         """{timeScale, insertSeconds, bootSeconds, stopSeconds, preemptionNoticeSeconds, ...}."""
-        return self._call("GET", "/clock")
+        return _floats(self._call("GET", "/clock"))
 
     @property
     def time_scale(self) -> float:
@@ -60,7 +62,7 @@ class ControlClient:
         body: dict[str, Any] = {_camel(k): v for k, v in durations.items()}
         if time_scale is not None:
             body["timeScale"] = time_scale
-        return self._call("PUT", "/clock", body)
+        return _floats(self._call("PUT", "/clock", body))
 
     # -- faults ---------------------------------------------------------------------------
     def fail_next(
@@ -95,7 +97,7 @@ class ControlClient:
         self._call("DELETE", "/faults" + (f"?service={service}" if service else ""))
 
     def pending_faults(self) -> dict[str, int]:
-        return self._call("GET", "/faults")["pending"]
+        return {service: int(count) for service, count in self._call("GET", "/faults")["pending"].items()}
 
     def set_latency(self, seconds: float, service: str = "compute", method: str = "*", path: str = "") -> None:
         """Every matching call waits `seconds` (real) before it is answered; 0 removes the rule."""
@@ -157,13 +159,18 @@ class ControlClient:
         self._call("DELETE", "/calls")
 
     def vms(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/vms")["vms"]
+        vms: list[dict[str, Any]] = self._call("GET", "/vms")["vms"]
+        return vms
 
     def pids(self, name: str, zone: str | None = None) -> list[int]:
-        return self._call("GET", f"/zones/{self._zone(zone)}/instances/{quote(name)}/pids")["pids"]
+        return [int(pid) for pid in self._call("GET", f"/zones/{self._zone(zone)}/instances/{quote(name)}/pids")["pids"]]
 
     def console(self, name: str, zone: str | None = None) -> str:
-        return self._call("GET", f"/zones/{self._zone(zone)}/instances/{quote(name)}/console")["console"]
+        return str(self._call("GET", f"/zones/{self._zone(zone)}/instances/{quote(name)}/console")["console"])
+
+
+def _floats(answer: dict[str, Any]) -> dict[str, float]:
+    return {key: float(value) for key, value in answer.items()}
 
 
 def _camel(name: str) -> str:

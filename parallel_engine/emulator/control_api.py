@@ -54,7 +54,7 @@ class ControlApi:
             return 400, {"error": str(exc)}
 
     def _services(self, body: dict[str, Any], query: dict[str, list[str]]) -> list[Traffic]:
-        service = body.get("service") or (query.get("service") or [None])[0]
+        service = body.get("service") or _first(query, "service")
         if service is None:
             return list(self.traffic.values())
         if service not in self.traffic:
@@ -110,7 +110,7 @@ class ControlApi:
             )
             return 200, self.engine.exhaustion.describe()
         if route == ("DELETE", "/emulator/v1/exhaustion"):
-            self.engine.exhaustion.clear(body.get("kind") or (query.get("kind") or [None])[0])
+            self.engine.exhaustion.clear(body.get("kind") or _first(query, "kind"))
             return 200, self.engine.exhaustion.describe()
         if route == ("POST", "/emulator/v1/tokens:expire"):
             return 200, {"expired": self.tokens.expire(body.get("caller"))}
@@ -164,6 +164,11 @@ class ControlApi:
                 text = machine.console.read_text(errors="replace") if machine else ""
                 return 200, {"console": text}
         return 404, {"error": f"no control route {method} {path}"}
+
+
+def _first(query: dict[str, list[str]], key: str) -> str | None:
+    values = query.get(key)
+    return values[0] if values else None
 
 
 def _snake(name: str) -> str:

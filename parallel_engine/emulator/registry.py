@@ -132,7 +132,8 @@ class Registry:
         )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
-                return response.headers.get("Docker-Content-Digest")
+                digest: str | None = response.headers.get("Docker-Content-Digest")
+                return digest
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None

@@ -107,7 +107,7 @@ def serve(
     stop = stop_event or threading.Event()
     cloud = Emulator(project=project, zone=zone, bucket=bucket, time_scale=time_scale, workdir=workdir,
                      storage_dir=storage_dir, **emulator_options)  # fmt: skip
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal was closed
             previous[signum] = signal.signal(signum, lambda *_: stop.set())

@@ -67,9 +67,10 @@ def google_shaped(status: int, body: bytes) -> bytes:
     except (ValueError, KeyError, TypeError):
         reason = _REASONS.get(status, "backendError")
         return json.dumps(google_error(status, reason, body.decode(errors="replace").strip() or reason)).encode()
-    reason = _REASONS.get(status)
-    if reason is None:
+    known = _REASONS.get(status)
+    if known is None:
         return body
+    reason = known
     if status == 412:
         error["message"] = _PRECONDITION_MESSAGE
     for item in error.get("errors") or [{}]:

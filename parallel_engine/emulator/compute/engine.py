@@ -147,7 +147,7 @@ class ComputeEngine:
         with self._lock:
             return copy.deepcopy(self._vm(zone, name).resource)
 
-    def list(
+    def list_instances(
         self, project: str, zone: str, filter_text: str | None, max_results: str | None, token: str | None
     ) -> dict[str, Any]:
         self.check_zone(project, zone)

@@ -20,7 +20,7 @@ _HTTP_TEXT = {400: "BAD REQUEST", 403: "FORBIDDEN", 404: "NOT FOUND", 409: "CONF
 class ApiError(Exception):
     """A synchronous refusal: HTTP status, Google `reason`, message."""
 
-    def __init__(self, status: int, reason: str, message: str, domain: str = "global", details: list | None = None):
+    def __init__(self, status: int, reason: str, message: str, domain: str = "global", details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason

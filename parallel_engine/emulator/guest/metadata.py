@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import socketserver
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from parallel_engine.emulator.guest.portmux import PortContext, PortMux
 from parallel_engine.emulator.httpbase import JsonHandler
@@ -118,7 +120,8 @@ def _json_key(key: str) -> str:
 
 
 class _Handler(JsonHandler):
-    server: PortContext  # type: ignore[assignment]
+    """One connection to a VM's metadata server; `self.server` is the port's PortContext, whose
+    `context` is the VM's GuestInfo (the PortMux passes it where socketserver passes its server)."""
 
     def _reply(self, status: int, text: str, content_type: str = "application/text") -> None:
         etag = hashlib.sha1(text.encode()).hexdigest()[:16]
@@ -127,7 +130,7 @@ class _Handler(JsonHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         self.read_body()
-        info: GuestInfo = self.server.context
+        info: GuestInfo = cast(PortContext, self.server).context
         path = self.path_only
         if "X-Forwarded-For" in self.headers:
             self._reply(403, "Request with X-Forwarded-For header is not allowed.\n")
@@ -194,11 +197,16 @@ class _Handler(JsonHandler):
         )
 
 
+def _serve(conn: socket.socket, address: Any, where: PortContext) -> None:
+    """Serve one connection to a metadata port (an HTTP/1.1 keep-alive conversation)."""
+    _Handler(conn, address, cast(socketserver.BaseServer, where))
+
+
 class MetadataService:
     """All VMs' metadata servers: `open(info)` gives a VM its own port, `close(port)` takes it away."""
 
     def __init__(self) -> None:
-        self._mux = PortMux(_Handler)
+        self._mux = PortMux(_serve, name="emulator-metadata")
 
     def open(self, info: GuestInfo) -> int:
         return self._mux.open(info)
