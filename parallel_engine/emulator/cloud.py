@@ -143,6 +143,8 @@ class Emulator:
         self._proxy.start(self._gcs.port)
         self.storage_endpoint = self._proxy.url
         self._hypervisor = Hypervisor(self.workdir, self.emulator_id, self._docker_host)
+        if self._hypervisor.docker.temporary_folder is not None:  # VMs' sockets, when the workdir is too deep
+            watchdog.tell("dir", self._hypervisor.docker.temporary_folder)
         limiter = RateLimiter(self.clock)
         zones = known_zones(self.zone)
         timers, hypervisor = self._timers, self._hypervisor

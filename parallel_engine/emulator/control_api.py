@@ -145,6 +145,7 @@ class ControlApi:
                         "name": name,
                         "status": self.engine.get(self.engine.project, zone, name)["status"],
                         "metadataHost": machine.metadata_host if machine and machine.port else None,
+                        "dockerHost": f"unix://{machine.docker_socket}" if machine and machine.docker_socket else None,
                         "pids": machine.pids() if machine else [],
                     }
                 )
