@@ -149,6 +149,37 @@ class ControlClient:
     def reset_access(self) -> None:
         self._call("DELETE", "/access")
 
+    # -- the project's IAM, buckets and images (what a pre-flight check reads) -------------------
+    def grant_role(self, role: str, member: str, bucket: str | None = None) -> list[dict[str, Any]]:
+        """Bind `role` (roles/...) to `member` (user:EMAIL, serviceAccount:EMAIL) on the project, or on a
+        bucket's own policy; the bindings after."""
+        body = {"role": role, "member": member, "bucket": bucket}
+        bindings: list[dict[str, Any]] = self._call("POST", "/iam:grant", body)["bindings"]
+        return bindings
+
+    def revoke_role(self, role: str, member: str, bucket: str | None = None) -> list[dict[str, Any]]:
+        """Remove `member` from `role` on the project or a bucket (e.g. roles/editor from the VMs' service
+        account: it loses every permission that role gave, the bucket's projectEditor grants too)."""
+        body = {"role": role, "member": member, "bucket": bucket}
+        bindings: list[dict[str, Any]] = self._call("POST", "/iam:revoke", body)["bindings"]
+        return bindings
+
+    def delete_service_account(self, email: str) -> None:
+        """Delete a service account (the VMs' default one, say): IAM answers 404 for it, its bindings
+        become `deleted:...`, and a VM that names it fails to be created (EXTERNAL_RESOURCE_NOT_FOUND)."""
+        self._call("DELETE", f"/serviceAccounts/{quote(email)}")
+
+    def set_bucket_location(self, location: str, bucket: str | None = None) -> None:
+        """Where Storage says a bucket is (`US`, `EU`, `EUROPE-WEST1`, ...); default: the emulator's bucket."""
+        self._call("PUT", f"/buckets/{quote(bucket or self._info_bucket())}/location", {"location": location})
+
+    def delete_image(self, image: str) -> str:
+        """Delete `REGISTRY/REPO:TAG` or `REGISTRY/REPO@DIGEST` from the emulator's registry; its digest."""
+        return str(self._call("POST", "/images:delete", {"image": image})["digest"])
+
+    def _info_bucket(self) -> str:
+        return str(self.info()["bucket"])
+
     # -- observation ----------------------------------------------------------------------
     def calls(self) -> dict[str, Any]:
         """{"compute": counts, "storage": counts, "cloudbuild": ..., "oauth": ...}; counts = {total, byCaller,
@@ -163,7 +194,8 @@ class ControlClient:
         return vms
 
     def pids(self, name: str, zone: str | None = None) -> list[int]:
-        return [int(pid) for pid in self._call("GET", f"/zones/{self._zone(zone)}/instances/{quote(name)}/pids")["pids"]]
+        pids = self._call("GET", f"/zones/{self._zone(zone)}/instances/{quote(name)}/pids")["pids"]
+        return [int(pid) for pid in pids]
 
     def console(self, name: str, zone: str | None = None) -> str:
         return str(self._call("GET", f"/zones/{self._zone(zone)}/instances/{quote(name)}/console")["console"])

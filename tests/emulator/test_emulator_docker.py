@@ -50,14 +50,18 @@ def test_a_create_asking_for_a_network_other_than_none_or_host_is_refused(body: 
 READ_NAME_THEN_STDIN = """
 import os, sys, urllib.request
 url = "http://" + os.environ["GCE_METADATA_HOST"] + "/computeMetadata/v1/instance/name"
-print(urllib.request.urlopen(urllib.request.Request(url, headers={"Metadata-Flavor": "Google"})).read().decode(), flush=True)
+request = urllib.request.Request(url, headers={"Metadata-Flavor": "Google"})
+print(urllib.request.urlopen(request).read().decode(), flush=True)
 print("stdin:", sys.stdin.read().strip(), flush=True)
 """
 
 
 def _vm_docker_host(clients: Clients, name: str) -> str:
-    return str(wait_for(lambda: next((vm["dockerHost"] for vm in clients.cloud.control.vms()
-                                      if vm["name"] == name and vm["dockerHost"]), None), what="the VM's socket"))  # fmt: skip
+    def socket() -> str | None:
+        return next((vm["dockerHost"] for vm in clients.cloud.control.vms() if vm["name"] == name and vm["dockerHost"]),
+                    None)  # fmt: skip
+
+    return str(wait_for(socket, what="the VM's socket"))
 
 
 def _containers_of(engine: docker.DockerClient, clients: Clients) -> list[str]:
@@ -124,8 +128,9 @@ def test_containers_a_container_starts_through_the_mounted_socket_are_the_vms_an
     clients.wait(clients.insert(make_instance("spot-w", script="sleep 300", spot=True, action="DELETE")))
     docker_host = _vm_docker_host(clients, "spot-w")
     vm = docker.DockerClient(base_url=docker_host)
+    mount = {docker_host.removeprefix("unix://"): {"bind": "/var/run/docker.sock"}}  # -v SOCKET:/var/run/docker.sock
     worker = vm.containers.run(base_image, ["python", "-c", WORKER, base_image], network_mode="none", detach=True,
-                               volumes={docker_host.removeprefix("unix://"): {"bind": "/var/run/docker.sock"}})  # fmt: skip
+                               volumes=mount)  # fmt: skip
     assert worker.wait()["StatusCode"] == 0, worker.logs().decode()
     task = docker_engine.containers.get(worker.logs().decode().strip())
     assert task.status == "running"

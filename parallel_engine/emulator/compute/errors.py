@@ -126,6 +126,15 @@ def quota_failure(metric: str, limit: float, region: str) -> OperationFailure:
     )
 
 
+def service_account_missing(email: str) -> OperationFailure:
+    """An insert (or start) whose VM names a service account that does not exist (deleted)."""
+    return OperationFailure(
+        code="EXTERNAL_RESOURCE_NOT_FOUND",
+        message=f"The resource '{email}' of type 'serviceAccount' was not found.",
+        http_status=404,
+    )
+
+
 def zone_exhausted(project: str, zone: str, machine_type: str) -> OperationFailure:
     return OperationFailure(
         code="ZONE_RESOURCE_POOL_EXHAUSTED",

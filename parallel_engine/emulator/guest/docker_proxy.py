@@ -264,7 +264,7 @@ class VmEndpoint:
             try:
                 engine = link.engine_socket(self.upstream)
             except OSError as exc:
-                link.send(_answer(502, {"message": f"Cannot connect to the Docker daemon at {self.upstream.url}: {exc}"}))
+                link.send(_answer(502, {"message": self._unreachable(exc)}))
                 return
             engine.sendall(head.encode())
             _copy_body(head, reader, engine.sendall)
@@ -292,14 +292,16 @@ class VmEndpoint:
         try:
             status, headers, reply = self._engine_create(head, json.dumps(body).encode())
         except OSError as exc:
-            status, headers, reply = 502, [], json.dumps({"message": f"Cannot create through the Docker daemon at "
-                                                                     f"{self.upstream.url}: {exc}"}).encode()  # fmt: skip
+            status, headers, reply = 502, [], json.dumps({"message": self._unreachable(exc)}).encode()
         finally:
             with self._state:
                 self._creating -= 1
                 self._state.notify_all()
         link.send(_answer(status, reply, headers))
         return True
+
+    def _unreachable(self, exc: OSError) -> str:
+        return f"Cannot connect to the Docker daemon at {self.upstream.url}: {exc}"
 
     def _engine_create(self, head: _Head, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         connection = _EngineHTTP(self.upstream)
