@@ -3,14 +3,19 @@ address), stream and hijack as on any engine, and go with the VM."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
+from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 from emulator_helpers import Clients, make_instance, wait_for
 
+from parallel_engine.emulator.guest.docker_proxy import DockerEndpoints
 from parallel_engine.emulator.guest.docker_stamp import Refused, Stamp, stamp_create
+from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer
 
 STAMP = Stamp("vm-7", "emu1", "127.0.0.1:4242", "/w/docker/7.sock", "/srv/engine.sock")
 
@@ -45,6 +50,69 @@ def test_a_create_is_stamped_as_its_vms_whatever_the_caller_set() -> None:
 def test_a_create_asking_for_a_network_other_than_none_or_host_is_refused(body: dict[str, Any]) -> None:
     with pytest.raises(Refused, match="not allowed on this emulated VM"):
         stamp_create(body, STAMP)
+
+
+class _Engine(JsonHandler):
+    """A stand-in engine that records what reaches it (bodies de-chunked) and answers as dockerd does."""
+
+    seen: list[tuple[str, str, bytes]] = []
+
+    def _answer(self) -> None:
+        body = self.read_body()
+        self.seen.append((self.command, self.path, body))
+        if self.path_only.endswith("/containers/create"):
+            self.send_json(201, {"Id": "c1", "Warnings": []})
+        else:
+            self.send_json(200, {"ok": True})
+
+    do_GET = do_POST = do_PUT = _answer
+
+
+class _OverUnix(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=10)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def test_the_vm_socket_passes_requests_through_and_stamps_creates_on_one_kept_alive_connection(tmp_path: Path) -> None:
+    engine = LoopbackServer(_Engine)
+    engine.start("fake-engine")
+    _Engine.seen = []
+    endpoints = DockerEndpoints(tmp_path / "docker", "emu1", docker_host=f"tcp://127.0.0.1:{engine.port}")
+    try:
+        path = endpoints.open("7", "vm-7", "127.0.0.1:4242")
+        client = _OverUnix(path)
+        client.request("PUT", "/v1.41/containers/c0/archive?path=/x", body=iter([b"hello ", b"world"]),
+                       encode_chunked=True)  # fmt: skip  # what `docker cp` streams
+        assert client.getresponse().read() == b'{"ok": true}'
+        create = {"Image": "img", "HostConfig": {"NetworkMode": "host"}}
+        client.request("POST", "/v1.41/containers/create?name=t", body=json.dumps(create))
+        created = client.getresponse()
+        assert (created.status, json.loads(created.read())) == (201, {"Id": "c1", "Warnings": []})
+        client.request("POST", "/v1.41/containers/create", body=json.dumps({"Image": "img"}))
+        refused = client.getresponse()
+        assert refused.status == 400 and "not allowed on this emulated VM" in json.loads(refused.read())["message"]
+        client.request("GET", "/_ping")
+        assert client.getresponse().status == 200
+        assert [(method, target) for method, target, _ in _Engine.seen] == [
+            ("PUT", "/v1.41/containers/c0/archive?path=/x"), ("POST", "/v1.41/containers/create?name=t"),
+            ("GET", "/_ping")]  # fmt: skip  # the refused create never reached the engine
+        assert _Engine.seen[0][2] == b"hello world"
+        stamped = json.loads(_Engine.seen[1][2])
+        assert stamped["Labels"] == {"emulator-vm": "vm-7", "emulator-id": "emu1"}
+        assert "GCE_METADATA_HOST=127.0.0.1:4242" in stamped["Env"]
+        endpoints.close(path)
+        assert not Path(path).exists()
+        with pytest.raises(OSError):
+            _OverUnix(path).connect()
+    finally:
+        endpoints.stop()
+        engine.stop()
 
 
 READ_NAME_THEN_STDIN = """

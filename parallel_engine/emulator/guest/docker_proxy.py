@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -37,6 +38,8 @@ _SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes, the last one a NUL
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "expect", "upgrade", "te",
                "trailer", "host"}  # fmt: skip
 _REASONS = {400: "Bad Request", 502: "Bad Gateway", 503: "Service Unavailable"}
+#: `POST /containers/ID/attach` (and its websocket): the engine hijacks the connection, whatever the headers say.
+ATTACH_PATH = re.compile(r"^(?:/v[0-9.]+)?/containers/[^/?]+/attach(?:/ws)?(?:\?|$)")
 
 
 class Upstream:
@@ -111,7 +114,7 @@ class _Head:
     @property
     def hijacks(self) -> bool:
         """After this request the connection is a raw stream both ways (attach, exec start, a websocket)."""
-        return bool(self.get("upgrade")) or "/attach" in self.target.split("?", 1)[0]
+        return bool(self.get("upgrade")) or ATTACH_PATH.match(self.target) is not None
 
 
 def _read_head(reader: BufferedReader) -> _Head | None:
