@@ -2,9 +2,9 @@
 
 It wires the pieces together: the OAuth token endpoint and the credentials files it serves,
 fake-gcs-server behind the counting Storage proxy, the Compute REST server with its engine and
-control API, the VMs' hypervisor (bin folder, metadata servers, container cleanup), the image
-registry behind its gate, Cloud Build, one clock, one token registry, one access policy, one set
-of timers and a watchdog.
+control API, the VMs' hypervisor (bin folder, metadata servers, Docker sockets, container
+cleanup), the image registry behind its gate, Cloud Build, IAM / Resource Manager / Service Usage,
+one clock, one token registry, one IAM model and access policy, one set of timers and a watchdog.
 `stop()` leaves no process behind; the watchdog sees to it when this process dies without stopping.
 """
 
@@ -37,9 +37,12 @@ from parallel_engine.emulator.control_api import ControlApi
 from parallel_engine.emulator.gcs import FakeGcs
 from parallel_engine.emulator.guest.containers import LABEL_EMULATOR
 from parallel_engine.emulator.guest.hypervisor import Hypervisor
+from parallel_engine.emulator.iam import Iam, compute_account
 from parallel_engine.emulator.identity import TokenRegistry
-from parallel_engine.emulator.oauth import CredentialsFiles, OAuthServer, write_credentials
+from parallel_engine.emulator.oauth import USER_EMAIL, CredentialsFiles, OAuthServer, key_account, write_credentials
+from parallel_engine.emulator.project_apis import PROJECT_APIS, ProjectApis
 from parallel_engine.emulator.registry import Registry, RegistryUnavailable
+from parallel_engine.emulator.storage_buckets import Buckets
 from parallel_engine.emulator.storage_proxy import StorageProxy
 from parallel_engine.emulator.timers import Timers
 from parallel_engine.emulator.traffic import Traffic
@@ -89,9 +92,15 @@ class Emulator:
         self.storage_endpoint = ""
         self.control: ControlClient | None = None
         self.tokens = TokenRegistry(self.clock)
-        self.access = AccessPolicy(project, self.project_number)
-        self.traffic = {"compute": Traffic("compute"), "storage": Traffic("storage"),
-                        "cloudbuild": Traffic("cloudbuild"), "oauth": Traffic("oauth")}  # fmt: skip
+        self.iam = Iam(project, self.project_number, USER_EMAIL, {
+            compute_account(self.project_number): "Compute Engine default service account",
+            key_account(project): "parallel-engine",
+        })  # fmt: skip
+        self.access = AccessPolicy(project, self.project_number, self.iam)
+        self.buckets = Buckets(self.project_number)
+        self.traffic = {name: Traffic(name) for name in ("compute", "storage", "cloudbuild", "oauth", *PROJECT_APIS)}
+        self.iam_endpoint = self.resourcemanager_endpoint = self.serviceusage_endpoint = ""
+        self._project_apis: ProjectApis | None = None
         self._oauth: OAuthServer | None = None
         self._credentials: CredentialsFiles | None = None
         self.cloudbuild_endpoint = ""
@@ -135,7 +144,7 @@ class Emulator:
         self._credentials = write_credentials(
             self.tokens, self._oauth.token_uri, self.project, self.project_number, self.workdir / "credentials"
         )
-        self._proxy = StorageProxy(self.traffic["storage"], self.tokens)
+        self._proxy = StorageProxy(self.traffic["storage"], self.tokens, self.buckets)
         self._proxy.access = self.access
         self._gcs = FakeGcs(self._proxy.url, self.workdir / "fake-gcs-server.log", self._storage_dir)
         self._gcs.start()
@@ -143,6 +152,8 @@ class Emulator:
         self._proxy.start(self._gcs.port)
         self.storage_endpoint = self._proxy.url
         self._hypervisor = Hypervisor(self.workdir, self.emulator_id, self._docker_host)
+        if self._hypervisor.docker.temporary_folder is not None:  # VMs' sockets, when the workdir is too deep
+            watchdog.tell("dir", self._hypervisor.docker.temporary_folder)
         limiter = RateLimiter(self.clock)
         zones = known_zones(self.zone)
         timers, hypervisor = self._timers, self._hypervisor
@@ -155,13 +166,20 @@ class Emulator:
 
         self._compute = ComputeServer(engine, self.traffic["compute"], self.tokens, limiter)
         self._compute.access = self.access
+        self._compute.engine.account_exists = lambda email: self.iam.account(email) is not None
         self._compute.control = ControlApi(
             self._compute.engine, self.clock, self.traffic, limiter, self.describe, self._fail_builds,
-            self.tokens, self.access,
+            self.tokens, self.access, self.buckets, self._delete_image,
         )
         self._compute.start()
         self.compute_endpoint = self._compute.url
         self.control = ControlClient(self.compute_endpoint, self.zone)
+        self._project_apis = ProjectApis(self.project, self.project_number, self.iam, self.access, self.tokens,
+                                         self.traffic).start()  # fmt: skip
+        self.iam_endpoint = self._project_apis.url("iam")
+        self.resourcemanager_endpoint = self._project_apis.url("cloudresourcemanager")
+        self.serviceusage_endpoint = self._project_apis.url("serviceusage")
+        self.buckets.set_location(self.bucket, self.region)  # in the zone's region, as a user would make it
         self._create_bucket(self.bucket)
         self._registry = Registry(self.workdir / "registry", tokens=self.tokens)
         try:
@@ -178,6 +196,11 @@ class Emulator:
         self._cloudbuild.start()
         watchdog.tell("label", f"{LABEL_SERVER}={self._cloudbuild.server_id}")
         self.cloudbuild_endpoint = self._cloudbuild.url
+
+    def _delete_image(self, image: str) -> str:
+        if self._registry is None:
+            raise ControlError("the emulator has no registry (apt-get install docker-registry)")
+        return self._registry.delete_image(image)
 
     def _fail_builds(self, count: int, status: str) -> None:
         if self._cloudbuild is None:  # the control API answers from before Cloud Build starts (after the registry)
@@ -221,6 +244,8 @@ class Emulator:
             self._hypervisor.stop()
         if self._proxy is not None:
             self._proxy.stop()
+        if self._project_apis is not None:
+            self._project_apis.stop()
         if self._oauth is not None:
             self._oauth.stop()
         if self._gcs is not None:
@@ -276,7 +301,9 @@ class Emulator:
     def client_options(self, service: str = "compute") -> dict[str, str]:
         """`client_options` for google-cloud clients: {"api_endpoint": ...}."""
         endpoints = {"compute": self.compute_endpoint, "storage": self.storage_endpoint,
-                     "cloudbuild": self.cloudbuild_endpoint}  # fmt: skip
+                     "cloudbuild": self.cloudbuild_endpoint, "iam": self.iam_endpoint,
+                     "cloudresourcemanager": self.resourcemanager_endpoint,
+                     "serviceusage": self.serviceusage_endpoint}  # fmt: skip
         return {"api_endpoint": endpoints[service]}
 
     def describe(self) -> dict[str, Any]:
@@ -289,6 +316,12 @@ class Emulator:
             "computeEndpoint": self.compute_endpoint,
             "storageEndpoint": self.storage_endpoint,
             "cloudbuildEndpoint": self.cloudbuild_endpoint,
+            "iamEndpoint": self.iam_endpoint,
+            "resourcemanagerEndpoint": self.resourcemanager_endpoint,
+            "serviceusageEndpoint": self.serviceusage_endpoint,
+            "userAccount": USER_EMAIL,
+            "keyServiceAccount": key_account(self.project),
+            "computeServiceAccount": compute_account(self.project_number),
             "registryHost": self.registry_host,
             "tokenUri": self._oauth.token_uri if self._oauth else None,
             "credentialsFile": str(self._credentials.user) if self._credentials else None,

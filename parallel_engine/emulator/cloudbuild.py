@@ -59,6 +59,7 @@ from parallel_engine.emulator.cloudbuild_validate import (
 )
 from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer, Reply
 from parallel_engine.emulator.identity import CLOUD_PLATFORM, Caller, TokenRegistry
+from parallel_engine.emulator.rpc import ApiError, rpc_error_body
 from parallel_engine.emulator.traffic import FaultRule, Traffic, unauthenticated_message
 from parallel_engine.emulator.watchdog import remove_labelled
 
@@ -76,39 +77,12 @@ _OPERATION_ERRORS = {
     CANCELLED: (1, "Build was cancelled"),
     EXPIRED: (4, "Build expired before it could start"),
 }
-_HTTP_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-                405: "METHOD_NOT_ALLOWED", 409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
-                503: "UNAVAILABLE"}  # fmt: skip
 _FILTER_TERM = re.compile(r'^\s*(?P<key>[a-zA-Z_.]+)\s*(?P<op>=|:)\s*"?(?P<value>[^"]*?)"?\s*$')
 _FILTER_KEYS = {"status", "id", "build_id", "tags", "images", "trigger_id", "build_trigger_id", "project_id"}
 
 
-class ApiError(Exception):
-    """An error answer in google.rpc.Status JSON (what google-api-core parses)."""
-
-    def __init__(self, code: int, message: str, details: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details or []
-
-    def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {
-            "code": self.code,
-            "message": self.message,
-            "status": _HTTP_STATUS.get(self.code, "UNKNOWN"),
-        }
-        if self.details:
-            error["details"] = self.details
-        return {"error": error}
-
-
 def _project_number(project: str) -> int:
     return 100000000000 + zlib.crc32(project.encode()) % 900000000000
-
-
-def rpc_error_body(status: int, message: str) -> dict[str, Any]:
-    return ApiError(status, message).body()
 
 
 class CloudBuildServer:
@@ -468,8 +442,8 @@ def _make_handler(server: CloudBuildServer) -> type[JsonHandler]:
             if self.command in ("GET", "HEAD") and (m := log_route.match(path)):
                 try:
                     text = server.log_text(unquote(m["project"]), m["id"])
-                except ApiError as error:
-                    self.send_json(error.code, error.body())
+                except ApiError as refused:
+                    self.send_json(refused.code, refused.body())
                     return
                 self.send_text(200, text)
                 return

@@ -333,13 +333,13 @@ def check_build(raw: Any) -> dict[str, Any]:
     """The Build as Google keeps it (camelCase, output-only fields dropped), or InvalidBuild."""
     if not isinstance(raw, dict):
         raise InvalidBuild("Invalid JSON payload received. Expected an object for 'build'.")
-    build = _check_value("build", BUILD_FIELDS, copy.deepcopy(raw))
+    build: dict[str, Any] = _check_value("build", BUILD_FIELDS, copy.deepcopy(raw))
     for name in OUTPUT_ONLY:
         build.pop(name, None)
     for step in build.get("steps") or []:
         for name in _STEP_OUTPUT_ONLY:
             step.pop(name, None)
-    build_timeout = DEFAULT_TIMEOUT_S
+    build_timeout = float(DEFAULT_TIMEOUT_S)
     if build.get("timeout") is not None:
         build_timeout = parse_duration("build.timeout", build["timeout"])
         if build_timeout > MAX_TIMEOUT_S:
@@ -347,7 +347,7 @@ def check_build(raw: Any) -> dict[str, Any]:
         if build_timeout < 0:
             raise InvalidBuild("invalid build: invalid timeout: timeout must be >=0")
         if build_timeout == 0:
-            build_timeout = DEFAULT_TIMEOUT_S
+            build_timeout = float(DEFAULT_TIMEOUT_S)
     build["timeout"] = format_duration(build_timeout)
     if build.get("queueTtl") is not None:
         parse_duration("build.queue_ttl", build["queueTtl"])

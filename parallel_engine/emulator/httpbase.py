@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,14 +54,12 @@ class LoopbackServer(ThreadingHTTPServer):
     def port(self) -> int:
         return int(self.server_address[1])
 
-    def handle_error(self, request: object, client_address: object) -> None:
+    def handle_error(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
         # A client that hangs up (a VM killed mid-call, a client closing a kept-alive connection)
         # is normal here; anything else is printed as usual.
-        import sys
-
         if isinstance(sys.exc_info()[1], ConnectionError):
             return
-        super().handle_error(request, client_address)  # type: ignore[arg-type]
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:

@@ -6,6 +6,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 LOOPBACK = "127.0.0.1"
 
@@ -17,7 +18,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 15.0, alive: callable[[], bool] | None = None) -> None:
+def wait_http(url: str, timeout: float = 15.0, alive: Callable[[], bool] | None = None) -> None:
     """Poll `url` until it answers anything at all; raise TimeoutError otherwise.
 
     `alive` lets the caller stop waiting as soon as the process behind the URL died.

@@ -104,6 +104,11 @@ def _fault_body(fault: FaultRule) -> dict[str, str]:
     return {"error": error, "error_description": fault.message}
 
 
+def key_account(project: str) -> str:
+    """The email of the service account whose key the emulator hands out."""
+    return f"parallel-engine@{project}.iam.gserviceaccount.com"
+
+
 @dataclass(frozen=True)
 class CredentialsFiles:
     """The files the emulator hands the orchestrator (both name the emulator's token endpoint)."""
@@ -120,7 +125,7 @@ def write_credentials(tokens: TokenRegistry, token_uri: str, project: str, proje
     user = tokens.add_user(USER_EMAIL, USER_SCOPES)
     adc = {**user, "account": "", "quota_project_id": project, "token_uri": token_uri,
            "type": "authorized_user", "universe_domain": "googleapis.com"}  # fmt: skip
-    email = f"parallel-engine@{project}.iam.gserviceaccount.com"
+    email = key_account(project)
     key_id, pem, public = jwt.new_key()
     tokens.add_service_account(email, key_id, public)
     key = {

@@ -132,11 +132,30 @@ class Registry:
         )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
-                return response.headers.get("Docker-Content-Digest")
+                digest: str | None = response.headers.get("Docker-Content-Digest")
+                return digest
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None
             raise
+
+    def delete_image(self, image: str) -> str:
+        """Delete `HOST/REPOSITORY:TAG` or `HOST/REPOSITORY@DIGEST` (HOST: this registry's) from the
+        registry, as deleting an image from Artifact Registry does: its digest, which pulls no longer find.
+        KeyError when the registry does not have it."""
+        host, _, rest = image.partition("/")
+        if host != self.host or not rest:
+            raise KeyError(f"{image} is not an image of this registry ({self.host})")
+        repository, at, digest = rest.partition("@")
+        if not at:
+            name, colon, tag = repository.rpartition(":")
+            repository, tag = (name, tag) if colon and "/" not in tag else (repository, "latest")
+            digest = self.manifest_digest(repository, tag) or ""
+        if not digest or self.manifest_digest(repository, digest) is None:
+            raise KeyError(f"the registry has no image {image}")
+        request = urllib.request.Request(f"{self.upstream_url}/v2/{repository}/manifests/{digest}", method="DELETE")
+        urllib.request.urlopen(request, timeout=10).close()
+        return digest
 
     def catalog(self) -> list[str]:
         with urllib.request.urlopen(f"{self.upstream_url}/v2/_catalog?n=1000", timeout=10) as response:

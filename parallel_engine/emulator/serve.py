@@ -36,6 +36,9 @@ def config_values(cloud: Emulator) -> dict[str, str]:
         "COMPUTE_ENDPOINT": cloud.compute_endpoint,
         "STORAGE_ENDPOINT": cloud.storage_endpoint,
         "CLOUDBUILD_ENDPOINT": cloud.cloudbuild_endpoint,
+        "IAM_ENDPOINT": cloud.iam_endpoint,  # what a pre-flight check reads: service accounts, roles
+        "RESOURCEMANAGER_ENDPOINT": cloud.resourcemanager_endpoint,  # the project, its IAM policy
+        "SERVICEUSAGE_ENDPOINT": cloud.serviceusage_endpoint,  # which APIs are enabled
         "CREDENTIALS_FILE": str(cloud.credentials_file),  # an ADC file, as gcloud writes it
         "TOKEN_URI": cloud.token_uri,  # where it refreshes: google-auth ignores an ADC file's own token_uri
     }
@@ -107,7 +110,7 @@ def serve(
     stop = stop_event or threading.Event()
     cloud = Emulator(project=project, zone=zone, bucket=bucket, time_scale=time_scale, workdir=workdir,
                      storage_dir=storage_dir, **emulator_options)  # fmt: skip
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal was closed
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
@@ -127,6 +130,8 @@ def serve(
             file=out,
         )
         print(f"  Cloud Build  {cloud.cloudbuild_endpoint}/v1", file=out)
+        print(f"  IAM          {cloud.iam_endpoint}/v1   Resource Manager {cloud.resourcemanager_endpoint}/v1 (v3)   "
+              f"Service Usage {cloud.serviceusage_endpoint}/v1", file=out)  # fmt: skip
         print(f"  Registry     {cloud.registry_host or 'unavailable (apt-get install docker-registry)'}", file=out)
         print(f"  OAuth        {cloud.token_uri}   credentials: {cloud.credentials_file}", file=out)
         print("  Metadata     one server per VM on 127.0.0.1 (GCE_METADATA_HOST inside each VM)", file=out)

@@ -4,6 +4,8 @@ It exists so that Storage calls can be counted per caller (orchestrator or VM), 
 failed on demand, and so that what fake-gcs-server lets through is refused as Google refuses it:
 calls without a valid token, tokens without Storage scopes, permissions the project denies
 (access.py), invalid object names (storage_names.py), preconditions on media uploads and deletes.
+What fake-gcs-server lacks it adds (storage_buckets.py): buckets' locations and project number,
+and their IAM (`b/BUCKET/iam`, `b/BUCKET/iam/testPermissions`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from parallel_engine.emulator.access import AccessPolicy
 from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer, Reply
 from parallel_engine.emulator.identity import STORAGE_READ_SCOPES, STORAGE_WRITE_SCOPES, Caller, TokenRegistry
 from parallel_engine.emulator.netutil import LOOPBACK
+from parallel_engine.emulator.storage_buckets import Buckets, bucket_of, iam_policy, tested_permissions
 from parallel_engine.emulator.storage_names import UPLOAD_PATH, BadName, check_name, names_of
 from parallel_engine.emulator.traffic import FaultRule, Traffic, google_error, unauthenticated_error
 
@@ -31,6 +34,8 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"^/storage/v1/b/?$"), "storage.buckets.list"),
     ("POST", re.compile(r"^/storage/v1/b/?$"), "storage.buckets.insert"),
     ("GET", re.compile(r"^/storage/v1/b/[^/]+/?$"), "storage.buckets.get"),
+    ("GET", re.compile(r"^/storage/v1/b/[^/]+/iam/?$"), "storage.buckets.getIamPolicy"),
+    ("GET", re.compile(r"^/storage/v1/b/[^/]+/iam/testPermissions/?$"), "storage.buckets.testIamPermissions"),
     ("DELETE", re.compile(r"^/storage/v1/b/[^/]+/?$"), "storage.buckets.delete"),
     ("PATCH", re.compile(r"^/storage/v1/b/[^/]+/?$"), "storage.buckets.patch"),
     ("GET", re.compile(r"^/storage/v1/b/[^/]+/o/?$"), "storage.objects.list"),
@@ -44,6 +49,8 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"^/batch/storage/v1"), "storage.batch"),
 ]
 _WRITES = {"POST", "PUT", "PATCH", "DELETE"}
+#: Calls whose answer carries bucket resources (their location and project number are filled in).
+_BUCKET_ANSWERS = {"storage.buckets.list", "storage.buckets.insert", "storage.buckets.get", "storage.buckets.patch"}
 #: The IAM permission a method needs, where its name differs (what a 401 names).
 _PERMISSIONS = {
     "storage.objects.insert": "storage.objects.create", "storage.objects.compose": "storage.objects.create",
@@ -67,9 +74,10 @@ def google_shaped(status: int, body: bytes) -> bytes:
     except (ValueError, KeyError, TypeError):
         reason = _REASONS.get(status, "backendError")
         return json.dumps(google_error(status, reason, body.decode(errors="replace").strip() or reason)).encode()
-    reason = _REASONS.get(status)
-    if reason is None:
+    known = _REASONS.get(status)
+    if known is None:
         return body
+    reason = known
     if status == 412:
         error["message"] = _PRECONDITION_MESSAGE
     for item in error.get("errors") or [{}]:
@@ -124,9 +132,10 @@ def classify(method: str, path: str) -> str:
 class StorageProxy:
     """Counting, fault-injecting reverse proxy on 127.0.0.1 in front of one upstream Storage server."""
 
-    def __init__(self, traffic: Traffic, tokens: TokenRegistry) -> None:
+    def __init__(self, traffic: Traffic, tokens: TokenRegistry, buckets: Buckets | None = None) -> None:
         self.traffic = traffic
         self.tokens = tokens
+        self.buckets = buckets or Buckets(0)
         self.access: AccessPolicy | None = None  # what the project refuses (IAM, disabled APIs)
         self.upstream_port = 0
         self._server = LoopbackServer(_make_handler(self))
@@ -186,9 +195,14 @@ def _make_handler(proxy: StorageProxy) -> type[JsonHandler]:
             if not caller.scopes & needed:
                 return Reply.json(403, google_error(403, "forbidden", "Provided scope(s) are not authorized"))
             resource = "object" if "/o/" in path or path.startswith("/upload/") else "bucket"
-            refused = proxy.access and proxy.access.refusal("storage", _PERMISSIONS.get(operation, operation), caller, resource)
+            bucket = bucket_of(path)
+            refused = proxy.access and proxy.access.refusal(
+                "storage", _PERMISSIONS.get(operation, operation), caller, resource, bucket
+            )
             if refused:
                 return Reply.json(*refused)
+            if operation in ("storage.buckets.getIamPolicy", "storage.buckets.testIamPermissions") and bucket:
+                return self._bucket_iam(caller, operation, bucket, query)
             try:
                 for name in names_of(self.command, path, query, self.headers.get("Content-Type", ""), body):
                     check_name(name)
@@ -209,6 +223,10 @@ def _make_handler(proxy: StorageProxy) -> type[JsonHandler]:
                         status, reply_headers, reply = self._relay(self.command, self.path, body, headers)
             except (http.client.HTTPException, OSError):
                 return Reply.json(503, google_error(503, "backendError", "Backend Error"))
+            if status == 200 and operation in _BUCKET_ANSWERS:
+                if operation == "storage.buckets.insert":
+                    proxy.buckets.created(body)
+                reply = proxy.buckets.rewrite(reply)
             if status >= 400:
                 reply = google_shaped(status, reply)
                 reply_headers = [(k, v) for k, v in reply_headers if k.lower() != "content-type"]
@@ -222,6 +240,25 @@ def _make_handler(proxy: StorageProxy) -> type[JsonHandler]:
                 out[key] = value
             content_type = dict((k.lower(), v) for k, v in reply_headers).get("content-type", "")
             return Reply(status, reply, content_type or "application/octet-stream", out)
+
+        def _bucket_iam(self, caller: Caller, operation: str, bucket: str, query: dict[str, list[str]]) -> Reply:
+            """A bucket's IAM policy, or which of the asked permissions the caller holds on it."""
+            probe = {k: v for k, v in self.headers.items() if k.lower() in ("host", "authorization")}
+            try:
+                status, _, reply = self._relay("GET", f"/storage/v1/b/{quote(bucket, safe='')}", b"", probe)
+            except (http.client.HTTPException, OSError):
+                return Reply.json(503, google_error(503, "backendError", "Backend Error"))
+            if status != 200:
+                return Reply(status, google_shaped(status, reply))
+            iam = proxy.access.iam if proxy.access else None
+            if iam is None:
+                return Reply.json(501, google_error(501, "notImplemented", "IAM is not emulated here"))
+            if operation == "storage.buckets.getIamPolicy":
+                return Reply.json(200, iam_policy(iam, bucket))
+            asked = query.get("permissions", [])
+            access = proxy.access
+            granted = [p for p in iam.granted(caller.email, asked, bucket) if not (access and access.denied(caller, p))]
+            return Reply.json(200, tested_permissions(granted))
 
         def _generation(self, bucket: str, name: str, headers: dict[str, str]) -> str:
             """The live generation of an object as a string, "0" when it does not exist."""

@@ -177,9 +177,9 @@ class Traffic:
             if caller.vm is not None:
                 counts.by_vm[caller.vm] += 1
             counts.by_method[operation][caller.kind] += 1
-            for rule in self._latency:
-                if rule.method in ("*", method) and rule.path.search(target):
-                    delay = max(delay, rule.seconds)
+            for slow in self._latency:
+                if slow.method in ("*", method) and slow.path.search(target):
+                    delay = max(delay, slow.seconds)
             for rule in self._faults:
                 if rule.matches(method, target, caller):
                     rule.remaining -= 1

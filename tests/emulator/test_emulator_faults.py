@@ -53,10 +53,12 @@ def test_quota_exhaustion_for_a_count_then_cleared(clients: Clients) -> None:
 PREEMPTION_WATCH = r"""
 MD="http://${GCE_METADATA_HOST}/computeMetadata/v1"
 trap 'echo got-sigterm' TERM
-echo "preempted-before: $(curl -sf -H 'Metadata-Flavor: Google' "$MD/instance/preempted")"
+echo "preempted-before: $(curl -sf -D "$TMPDIR/headers" -H 'Metadata-Flavor: Google' "$MD/instance/preempted")"
+etag=$(tr -d '\r' < "$TMPDIR/headers" | sed -n 's/^[Ee][Tt][Aa][Gg]: //p')
 # The soft-off SIGTERM reaches the whole process group as the flag flips (as systemd's shutdown does
-# on COS); this curl ignores it so that the new value, not the signal, ends its wait.
-value=$(trap '' TERM; curl -sf -H 'Metadata-Flavor: Google' "$MD/instance/preempted?wait_for_change=true")
+# on COS); this curl ignores it so that the new value, not the signal, ends its wait. `last_etag`:
+# a flip between the read above and this wait is answered at once, not missed.
+value=$(trap '' TERM; curl -sf -H 'Metadata-Flavor: Google' "$MD/instance/preempted?wait_for_change=true&last_etag=$etag")
 echo "preempted-after: $value"
 sleep 300 & wait
 """

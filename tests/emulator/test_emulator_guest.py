@@ -13,45 +13,31 @@ from parallel_engine.emulator import Emulator
 from parallel_engine.emulator.guest.bindir import DOCKER_WRAPPER
 from parallel_engine.emulator.guest.containers import Containers
 
-RECORDER = '#!/bin/bash\nprintf "%s\\n" "$@" > "$(dirname "$0")/argv"\n'
+RECORDER = '#!/bin/bash\nprintf "%s\\n" "DOCKER_HOST=$DOCKER_HOST" "$@" > "$(dirname "$0")/argv"\n'
 
 
-def _wrapper(tmp_path: Path) -> Path:
+def _run_wrapper(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     real = tmp_path / "real-docker"
     real.write_text(RECORDER)
     real.chmod(0o755)
-    curl = tmp_path / "curl"  # the wrapper asks metadata for the VM's name
-    curl.write_text("#!/bin/bash\necho vm-7\n")
-    curl.chmod(0o755)
     wrapper = tmp_path / "docker"
-    text = DOCKER_WRAPPER.replace("__REAL_DOCKER__", str(real)).replace("__EMULATOR_ID__", "emu1")
-    wrapper.write_text(text.replace("__DOCKER_HOST__", ""))
+    wrapper.write_text(DOCKER_WRAPPER.replace("__REAL_DOCKER__", str(real)))
     wrapper.chmod(0o755)
-    return wrapper
+    return subprocess.run([str(wrapper), *args], env=env, capture_output=True, text=True)
 
 
-def _argv(tmp_path: Path, *args: str) -> list[str]:
-    wrapper = _wrapper(tmp_path)
-    env = {
-        "PATH": f"{tmp_path}:{os.environ['PATH']}",
-        "GCE_METADATA_HOST": "127.0.0.1:1",
-        "GCE_METADATA_IP": "127.0.0.1:1",
-    }
-    subprocess.run([str(wrapper), *args], check=True, env=env)
-    return (tmp_path / "argv").read_text().splitlines()
+def test_the_vms_docker_is_the_real_client_on_the_vms_socket(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "DOCKER_HOST": "unix:///w/docker/7.sock"}
+    args = ("--config", "/tmp/cfg", "run", "--rm", "--network", "host", "img", "--x=1")
+    assert _run_wrapper(tmp_path, env, *args).returncode == 0
+    assert (tmp_path / "argv").read_text().splitlines() == ["DOCKER_HOST=unix:///w/docker/7.sock", *args]
 
 
-def test_docker_run_is_labelled_with_its_vm(tmp_path: Path) -> None:
-    argv = _argv(tmp_path, "--config", "/tmp/cfg", "run", "--rm", "--network", "host", "img", "--x=1")
-    assert argv == ["--config", "/tmp/cfg", "run", "--label", "emulator-vm=vm-7", "--label", "emulator-id=emu1",
-                    "-e", "GCE_METADATA_HOST=127.0.0.1:1", "-e", "GCE_METADATA_IP=127.0.0.1:1",
-                    "--rm", "--network", "host", "img", "--x=1"]  # fmt: skip
-
-
-def test_docker_container_create_is_labelled_and_other_commands_are_not(tmp_path: Path) -> None:
-    assert _argv(tmp_path, "container", "create", "img")[:6] == [
-        "container", "create", "--label", "emulator-vm=vm-7", "--label", "emulator-id=emu1"]  # fmt: skip
-    assert _argv(tmp_path, "pull", "img") == ["pull", "img"]
+def test_the_vms_docker_refuses_to_run_without_the_vms_socket(tmp_path: Path) -> None:
+    """Without DOCKER_HOST the client would reach the machine's engine, and its containers outlive the VM."""
+    done = _run_wrapper(tmp_path, {"PATH": os.environ["PATH"]}, "run", "img")
+    assert done.returncode == 125 and "DOCKER_HOST is unset" in done.stderr
+    assert not (tmp_path / "argv").exists()
 
 
 def test_containers_of_a_vm_are_removed_by_label(tmp_path: Path) -> None:

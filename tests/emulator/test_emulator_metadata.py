@@ -146,3 +146,22 @@ def test_a_bearer_token_the_emulator_never_issued_is_401(clients: Clients) -> No
     calls = clients.cloud.control.calls()
     assert calls["compute"]["byCaller"]["unknown"] >= 1 and calls["compute"]["byVm"] == {}
     assert set(calls["storage"]["byCaller"]) == {"unknown"}
+
+
+def test_wait_for_change_with_a_stale_etag_answers_at_once(clients: Clients) -> None:
+    """As Google's: a `last_etag` that no longer matches means the value changed since that read, so
+    the wait returns the new value now (without it, a flip just before the wait would be missed)."""
+    clients.cloud.control.set_clock(preemption_notice_seconds=3000)  # 30 s here: the VM stays up meanwhile
+    clients.wait(clients.insert(make_instance("spot-e", spot=True, script="sleep 300")))
+    host = wait_for(lambda: next((vm["metadataHost"] for vm in clients.cloud.control.vms() if vm["metadataHost"]), None),
+                    what="the metadata server")  # fmt: skip
+    url = f"http://{host}/computeMetadata/v1/instance/preempted"
+    flavor = {"Metadata-Flavor": "Google"}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=flavor), timeout=10) as response:
+        assert response.read() == b"FALSE"
+        etag = response.headers["ETag"]
+    clients.cloud.control.preempt("spot-e")
+    waiting = urllib.request.Request(f"{url}?wait_for_change=true&timeout_sec=600&last_etag={etag}", headers=flavor)
+    with urllib.request.urlopen(waiting, timeout=10) as response:  # a wait for another change would time out
+        assert response.read() == b"TRUE"
+        assert response.headers["ETag"] != etag

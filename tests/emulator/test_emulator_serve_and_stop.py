@@ -70,6 +70,12 @@ def test_serve_writes_a_config_pointing_every_client_at_the_emulator(tmp_path: P
     assert set(values) >= {"PROJECT_ID", "ZONE", "BUCKET", "COMPUTE_ENDPOINT", "STORAGE_ENDPOINT",
                            "CREDENTIALS_FILE", "TOKEN_URI"}
     assert json.loads(Path(values["CREDENTIALS_FILE"]).read_text())["type"] == "authorized_user"
+    from google.auth.transport.requests import AuthorizedSession
+
+    session, project = AuthorizedSession(config_credentials(values)), values["PROJECT_ID"]
+    for key, path in (("IAM_ENDPOINT", "/v1/roles/editor"), ("RESOURCEMANAGER_ENDPOINT", f"/v1/projects/{project}"),
+                      ("SERVICEUSAGE_ENDPOINT", f"/v1/projects/{project}/services/compute.googleapis.com")):
+        assert session.get(values[key] + path).status_code == 200, key
     from google.api_core import exceptions as gexc
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage

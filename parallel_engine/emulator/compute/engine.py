@@ -26,6 +26,7 @@ from parallel_engine.emulator.compute.errors import (
     not_ready,
     quota_exceeded_sync,
     quota_failure,
+    service_account_missing,
     zone_exhausted,
 )
 from parallel_engine.emulator.compute.exhaustion import ControlError, Exhaustion
@@ -42,6 +43,7 @@ from parallel_engine.emulator.compute.validation import InstanceSpec, bulk_names
 from parallel_engine.emulator.guest.hypervisor import Hypervisor
 from parallel_engine.emulator.guest.machine import Machine
 from parallel_engine.emulator.guest.metadata import GuestInfo
+from parallel_engine.emulator.iam import compute_account
 from parallel_engine.emulator.identity import TokenRegistry
 from parallel_engine.emulator.timers import Timers
 
@@ -117,6 +119,8 @@ class ComputeEngine:
         self._vms: dict[tuple[str, str], Vm] = {}
         self._serial = 0
         self.random = rng or random.Random()  # how late each maxRunDuration acts (seed it to replay a run)
+        #: whether a service account exists (the project's IAM tells; deleted ones do not)
+        self.account_exists: Callable[[str], bool] = lambda email: True
 
     # -- scope checks ---------------------------------------------------------------------
     def check_project(self, project: str) -> None:
@@ -139,7 +143,21 @@ class ComputeEngine:
         return vm
 
     def default_email(self) -> str:
-        return f"{self.project_number}-compute@developer.gserviceaccount.com"
+        return compute_account(self.project_number)
+
+    def _email(self, spec: InstanceSpec) -> str | None:
+        """The service account a VM of `spec` runs as."""
+        if spec.service_account is None:
+            return None
+        return self.default_email() if spec.service_account == "default" else spec.service_account
+
+    def _demand(self, zone: str, spec: InstanceSpec) -> dict[str, float]:
+        """What a VM of `spec` takes from its region's quotas. A Spot VM's vCPUs count against
+        PREEMPTIBLE_CPUS where the region grants that quota, else against CPUS, as on Google."""
+        need = demand(spec)
+        if spec.is_spot and self.quotas.limit(catalog.region_of(zone), "PREEMPTIBLE_CPUS") > 0:
+            need["PREEMPTIBLE_CPUS"] = need.pop("CPUS")
+        return need
 
     # -- reads ----------------------------------------------------------------------------
     def get(self, project: str, zone: str, name: str) -> dict[str, Any]:
@@ -147,7 +165,7 @@ class ComputeEngine:
         with self._lock:
             return copy.deepcopy(self._vm(zone, name).resource)
 
-    def list(
+    def list_instances(
         self, project: str, zone: str, filter_text: str | None, max_results: str | None, token: str | None
     ) -> dict[str, Any]:
         self.check_zone(project, zone)
@@ -248,7 +266,11 @@ class ComputeEngine:
 
     # -- creation -------------------------------------------------------------------------
     def _admission(self, zone: str, spec: InstanceSpec, need: dict[str, float]) -> OperationFailure | None:
-        """Why a creation fails after being accepted (capacity, quota), reserving quota when it does not."""
+        """Why a creation fails after being accepted (its service account, capacity, quota), reserving
+        quota when it does not."""
+        email = self._email(spec)
+        if email is not None and not self.account_exists(email):
+            return service_account_missing(email)
         if self.exhaustion.take("zone"):
             return zone_exhausted(self.project, zone, spec.machine_type.name)
         region = catalog.region_of(zone)
@@ -258,9 +280,7 @@ class ComputeEngine:
 
     def _new_vm(self, zone: str, spec: InstanceSpec, body: dict[str, Any], need: dict[str, float]) -> Vm:
         instance_id = new_id()
-        email = None
-        if spec.service_account is not None:
-            email = self.default_email() if spec.service_account == "default" else spec.service_account
+        email = self._email(spec)
         self._serial += 1
         resource = instance_resource(body, spec, zone, instance_id, self.links, self._serial, email)
         info = GuestInfo(
@@ -285,7 +305,7 @@ class ComputeEngine:
     def insert(self, project: str, zone: str, body: dict[str, Any], user: str) -> dict[str, Any]:
         self.check_zone(project, zone)
         spec = check_instance(body, zone)
-        need = demand(spec)
+        need = self._demand(zone, spec)
         with self._lock:
             if (zone, spec.name) in self._vms:
                 raise already_exists(self._path(zone, spec.name))
@@ -320,12 +340,15 @@ class ComputeEngine:
                     raise already_exists(self._path(zone, name))
             prefix = "bulkInsertInstanceResource.instanceProperties"
             specs = [check_instance(props, zone, prefix=prefix, name=name) for name in names]
-            need = demand(specs[0])
+            need = self._demand(zone, specs[0])
             region = catalog.region_of(zone)
             link = self.links.zone(zone)
-            if self.exhaustion.take("zone"):
+            email = self._email(specs[0])
+            missing = email is not None and not self.account_exists(email)
+            if missing or self.exhaustion.take("zone"):
                 op = self.operations.create(zone, "bulkInsert", link, None, user)
-                failure = zone_exhausted(self.project, zone, specs[0].machine_type.name)
+                failure = (service_account_missing(str(email)) if missing
+                           else zone_exhausted(self.project, zone, specs[0].machine_type.name))  # fmt: skip
                 self.timers.after(
                     self.clock.real(self.clock.durations.insert_seconds), self._finisher(zone, op["name"], failure)
                 )

@@ -20,7 +20,7 @@ _HTTP_TEXT = {400: "BAD REQUEST", 403: "FORBIDDEN", 404: "NOT FOUND", 409: "CONF
 class ApiError(Exception):
     """A synchronous refusal: HTTP status, Google `reason`, message."""
 
-    def __init__(self, status: int, reason: str, message: str, domain: str = "global", details: list | None = None):
+    def __init__(self, status: int, reason: str, message: str, domain: str = "global", details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
@@ -123,6 +123,15 @@ def quota_failure(metric: str, limit: float, region: str) -> OperationFailure:
                 }
             }
         ],
+    )
+
+
+def service_account_missing(email: str) -> OperationFailure:
+    """An insert (or start) whose VM names a service account that does not exist (deleted)."""
+    return OperationFailure(
+        code="EXTERNAL_RESOURCE_NOT_FOUND",
+        message=f"The resource '{email}' of type 'serviceAccount' was not found.",
+        http_status=404,
     )
 
 

@@ -70,7 +70,7 @@ def _routes(engine: ComputeEngine, wait_timeout: Callable[[], float]) -> list[tu
         ("POST", _Z + r"/instances/bulkInsert$", "compute.instances.bulkInsert",
          lambda c: e.bulk_insert(c.params["project"], c.params["zone"], c.body, c.user)),
         ("GET", _Z + r"/instances$", "compute.instances.list",
-         lambda c: e.list(c.params["project"], c.params["zone"], c.q("filter"), c.q("maxResults"), c.q("pageToken"))),
+         lambda c: e.list_instances(c.params["project"], c.params["zone"], c.q("filter"), c.q("maxResults"), c.q("pageToken"))),
         ("POST", _Z + r"/instances$", "compute.instances.insert",
          lambda c: e.insert(c.params["project"], c.params["zone"], c.body, c.user)),
         ("GET", _Z + r"/instances/(?P<name>[^/]+)$", "compute.instances.get",

@@ -3,15 +3,14 @@
 COS has bash, coreutils, curl, docker and docker-credential-gcr (plus the usual grep, sed, awk,
 tar, gzip, find, xargs, flock, ps, hostname); it has no gcloud, gsutil, python or jq. A startup
 script that works with this PATH works on COS; one that reaches for python fails here as it would
-there. `docker` is a thin wrapper that labels every container with its VM, so the emulator can
-remove a VM's containers when the VM goes (they belong to dockerd, not to the script), and passes
-the VM's metadata address into the container (a `--network host` container then reaches it, as a
-container on a real VM reaches metadata.google.internal).
+there. `docker` is the real client, kept on the VM's own Docker socket (DOCKER_HOST, which the VM's
+environment sets: docker_proxy.py), where every container is stamped as the VM's.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -78,34 +77,15 @@ _COREUTILS_FALLBACK = [
 ]
 
 DOCKER_WRAPPER = r"""#!/bin/bash
-# Emulated VM's docker: the real client, with `run`/`create` adding the labels that tie a container
-# to its VM (emulator-vm=NAME, emulator-id=ID) so the emulator can remove it when the VM goes, and
-# the metadata server's address (on Google a container on the host network reaches it by name).
-__DOCKER_HOST__
-real=__REAL_DOCKER__
-name=$(curl -sf -H 'Metadata-Flavor: Google' "http://${GCE_METADATA_HOST}/computeMetadata/v1/instance/name")
-args=("$@")
-out=()
-i=0
-while [ "$i" -lt "${#args[@]}" ]; do
-  a=${args[$i]}
-  case "$a" in
-    --config|-c|--context|-H|--host|-l|--log-level|--tlscacert|--tlscert|--tlskey)
-      out+=("$a" "${args[$((i+1))]}"); i=$((i+2)) ;;
-    -*) out+=("$a"); i=$((i+1)) ;;
-    *) break ;;
-  esac
-done
-labels=(--label "emulator-vm=${name}" --label "emulator-id=__EMULATOR_ID__"
-        -e "GCE_METADATA_HOST=${GCE_METADATA_HOST}" -e "GCE_METADATA_IP=${GCE_METADATA_IP}")
-case "${args[$i]}" in
-  run|create) out+=("${args[$i]}" "${labels[@]}"); i=$((i+1)) ;;
-  container)
-    case "${args[$((i+1))]}" in
-      run|create) out+=(container "${args[$((i+1))]}" "${labels[@]}"); i=$((i+2)) ;;
-    esac ;;
-esac
-exec "$real" "${out[@]}" "${args[@]:$i}"
+# Emulated VM's docker: the real client, on this VM's own Docker socket (DOCKER_HOST, set in the
+# VM's environment), which stamps every container with the VM's labels and metadata address so the
+# emulator removes it when the VM goes. Without it the client would reach the machine's engine
+# directly and its containers would outlive the VM: refused.
+if [ -z "${DOCKER_HOST:-}" ]; then
+  echo "docker: DOCKER_HOST is unset: on this emulated VM it names the VM's own Docker socket" >&2
+  exit 125
+fi
+exec __REAL_DOCKER__ "$@"
 """
 
 CREDENTIAL_HELPER = r"""#!/bin/bash
@@ -161,7 +141,7 @@ def coreutils_programs() -> list[Path]:
     return [Path(p) for name in _COREUTILS_FALLBACK if (p := shutil.which(name))]
 
 
-def build_bin_dir(folder: Path, emulator_id: str, docker_host: str | None = None) -> Path:
+def build_bin_dir(folder: Path) -> Path:
     """Fill `folder` with the VM PATH and return it."""
     folder.mkdir(parents=True, exist_ok=True)
     for program in coreutils_programs():
@@ -172,13 +152,7 @@ def build_bin_dir(folder: Path, emulator_id: str, docker_host: str | None = None
     if bash := shutil.which("bash"):
         _link(folder / "sh", Path(bash))
     if docker := shutil.which("docker"):
-        host_line = f"export DOCKER_HOST={docker_host}" if docker_host else ""
-        script = (
-            DOCKER_WRAPPER.replace("__REAL_DOCKER__", docker)
-            .replace("__EMULATOR_ID__", emulator_id)
-            .replace("__DOCKER_HOST__", host_line)
-        )
-        _write_exec(folder / "docker", script)
+        _write_exec(folder / "docker", DOCKER_WRAPPER.replace("__REAL_DOCKER__", shlex.quote(docker)))
     _write_exec(folder / "docker-credential-gcr", CREDENTIAL_HELPER)
     return folder
 

@@ -1,10 +1,11 @@
 """One emulated VM's guest: its startup script run as a real process tree, its serial console.
 
 The script runs with `bash` in a clean environment (PATH = the COS-like bin folder,
-GCE_METADATA_HOST/GCE_METADATA_IP = this VM's metadata server), in its own session so that the
-whole tree can be signalled. Power-off kills the process group, every descendant, and any process
-still carrying this VM's metadata address in its environment (one that escaped with setsid), then
-removes the VM's containers.
+GCE_METADATA_HOST/GCE_METADATA_IP = this VM's metadata server, DOCKER_HOST = this VM's Docker
+socket), in its own session so that the whole tree can be signalled. Power-off closes the VM's
+Docker socket (creates in flight finish), kills the process group, every descendant, and any
+process still carrying this VM's metadata address in its environment (one that escaped with
+setsid, or a container's), then removes the VM's containers.
 """
 
 from __future__ import annotations
@@ -21,21 +22,30 @@ import psutil
 
 from parallel_engine.emulator import peers
 from parallel_engine.emulator.guest.containers import Containers
+from parallel_engine.emulator.guest.docker_proxy import DockerEndpoints
 from parallel_engine.emulator.guest.metadata import GuestInfo, MetadataService
 from parallel_engine.emulator.netutil import LOOPBACK
 
 
 class Machine:
     def __init__(
-        self, info: GuestInfo, folder: Path, bin_dir: Path, metadata: MetadataService, containers: Containers
+        self,
+        info: GuestInfo,
+        folder: Path,
+        bin_dir: Path,
+        metadata: MetadataService,
+        docker: DockerEndpoints,
+        containers: Containers,
     ) -> None:
         self.info = info
         self.folder = folder
         self.bin_dir = bin_dir
         self.metadata = metadata
+        self.docker = docker
         self.containers = containers
         self.console = folder / "console.log"
         self.port: int | None = None
+        self.docker_socket: str | None = None  # while powered on
         self._lock = threading.Lock()
         self._processes: list[subprocess.Popen[bytes]] = []
         self._known: set[psutil.Process] = set()
@@ -60,7 +70,7 @@ class Machine:
         tmp = self.folder / "tmp"
         home.mkdir(exist_ok=True)
         tmp.mkdir(exist_ok=True)
-        return {
+        environment = {
             "PATH": str(self.bin_dir),
             "HOME": str(home),
             "TMPDIR": str(tmp),
@@ -68,6 +78,9 @@ class Machine:
             "GCE_METADATA_HOST": self.metadata_host,
             "GCE_METADATA_IP": self.metadata_host,
         }
+        if self.docker_socket is not None:
+            environment["DOCKER_HOST"] = f"unix://{self.docker_socket}"
+        return environment
 
     def power_on(self) -> None:
         """Boot: open the metadata server and run `startup-script`, if any."""
@@ -75,6 +88,7 @@ class Machine:
             if self.port is None:
                 self.info.update(closed=False)
                 self.port = self.metadata.open(self.info)
+                self.docker_socket = self.docker.open(self.info.instance_id, self.info.name, self.metadata_host)
                 self.info.tokens.guests.add_host(self.info.name, self.metadata_host)
         self.log("Booting (emulated Container-Optimized OS)")
         self._run_script("startup-script")
@@ -144,7 +158,12 @@ class Machine:
         self._run_script("shutdown-script")
 
     def power_off(self) -> None:
-        """Hard off: kill every process of the VM, remove its containers, close its metadata server."""
+        """Hard off: close its Docker socket, kill every process of the VM, remove its containers, close
+        its metadata server."""
+        with self._lock:
+            socket_path, self.docker_socket = self.docker_socket, None
+        if socket_path is not None:  # first: no container is made after the removal below
+            self.docker.close(socket_path)
         for _ in range(3):
             with self._lock:
                 roots = list(self._processes)

@@ -1,7 +1,8 @@
 """The GCE metadata server, one loopback port per VM.
 
 It answers what a startup script or google-auth asks under `/computeMetadata/v1/`: the VM's name,
-zone, id, project, attributes, the `preempted` flag (with `wait_for_change`), and a service-account
+zone, id, project, attributes, the `preempted` flag (with `wait_for_change`, and `last_etag`: at once when
+the value changed since the read that returned that ETag), and a service-account
 token that identifies the VM to the emulated Compute and Storage (so their call counts can tell the
 VMs' calls from the orchestrator's). Like Google's, it refuses requests without
 `Metadata-Flavor: Google` and requests that carry `X-Forwarded-For`.
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import socketserver
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from parallel_engine.emulator.guest.portmux import PortContext, PortMux
 from parallel_engine.emulator.httpbase import JsonHandler
@@ -112,22 +115,32 @@ def _as_json(node: Any, raw_keys: bool = False) -> Any:
     return node
 
 
+def _etag(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _etags(leaf: Any, raw_keys: bool) -> set[str]:
+    """The ETags a leaf's value is served with (as text, as JSON): `last_etag` names one of them while
+    the value has not changed since the caller read it."""
+    return {_etag(_text(leaf)), _etag(json.dumps(_as_json(leaf, raw_keys)))}
+
+
 def _json_key(key: str) -> str:
     head, *rest = key.split("-")
     return head + "".join(part.title() for part in rest)
 
 
 class _Handler(JsonHandler):
-    server: PortContext  # type: ignore[assignment]
+    """One connection to a VM's metadata server; `self.server` is the port's PortContext, whose
+    `context` is the VM's GuestInfo (the PortMux passes it where socketserver passes its server)."""
 
     def _reply(self, status: int, text: str, content_type: str = "application/text") -> None:
-        etag = hashlib.sha1(text.encode()).hexdigest()[:16]
-        headers = {"Metadata-Flavor": "Google", "ETag": etag, "Server": "Metadata Server for VM"}
+        headers = {"Metadata-Flavor": "Google", "ETag": _etag(text), "Server": "Metadata Server for VM"}
         self.send_bytes(status, text.encode(), content_type, headers)
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         self.read_body()
-        info: GuestInfo = self.server.context
+        info: GuestInfo = cast(PortContext, self.server).context
         path = self.path_only
         if "X-Forwarded-For" in self.headers:
             self._reply(403, "Request with X-Forwarded-For header is not allowed.\n")
@@ -158,7 +171,9 @@ class _Handler(JsonHandler):
             return
         if self.query_one("wait_for_change") == "true" and not isinstance(node, dict):
             timeout = min(float(self.query_one("timeout_sec") or MAX_WAIT_SECONDS), MAX_WAIT_SECONDS)
-            info.wait_change(lambda: self._lookup(info, parts), node, timeout)
+            last_etag = self.query_one("last_etag")
+            if last_etag is None or last_etag in _etags(node, "attributes" in parts):  # else: changed already
+                info.wait_change(lambda: self._lookup(info, parts), node, timeout)
             node = self._lookup(info, parts)
             if node is None:
                 self._reply(404, "Not Found\n", "text/html; charset=UTF-8")
@@ -194,11 +209,16 @@ class _Handler(JsonHandler):
         )
 
 
+def _serve(conn: socket.socket, address: Any, where: PortContext) -> None:
+    """Serve one connection to a metadata port (an HTTP/1.1 keep-alive conversation)."""
+    _Handler(conn, address, cast(socketserver.BaseServer, where))
+
+
 class MetadataService:
     """All VMs' metadata servers: `open(info)` gives a VM its own port, `close(port)` takes it away."""
 
     def __init__(self) -> None:
-        self._mux = PortMux(_Handler)
+        self._mux = PortMux(_serve, name="emulator-metadata")
 
     def open(self, info: GuestInfo) -> int:
         return self._mux.open(info)
