@@ -463,6 +463,9 @@ _KEY_TABLE: tuple[Key, ...] = (
     Key("COMPUTE_ENDPOINT", Url(), None, "Compute API endpoint (set by the emulator; unset: Google)"),
     Key("STORAGE_ENDPOINT", Url(), None, "Cloud Storage endpoint (set by the emulator; unset: Google)"),
     Key("CLOUDBUILD_ENDPOINT", Url(), None, "Cloud Build endpoint (set by the emulator; unset: Google)"),
+    Key("IAM_ENDPOINT", Url(), None, "IAM API endpoint (set by the emulator; unset: Google)"),
+    Key("RESOURCEMANAGER_ENDPOINT", Url(), None, "Resource Manager API endpoint (set by the emulator; unset: Google)"),
+    Key("SERVICEUSAGE_ENDPOINT", Url(), None, "Service Usage API endpoint (set by the emulator; unset: Google)"),
     Key("METADATA_HOST", HostPort(), None, "metadata server host:port (set by the emulator; unset: Google)"),
     Key("CREDENTIALS_FILE", Str(), None,
         "Google credentials: a service-account key or an ADC file (relative to the working directory)",
@@ -545,6 +548,9 @@ class Config:
     compute_endpoint: str | None = _default("COMPUTE_ENDPOINT")
     storage_endpoint: str | None = _default("STORAGE_ENDPOINT")
     cloudbuild_endpoint: str | None = _default("CLOUDBUILD_ENDPOINT")
+    iam_endpoint: str | None = _default("IAM_ENDPOINT")
+    resourcemanager_endpoint: str | None = _default("RESOURCEMANAGER_ENDPOINT")
+    serviceusage_endpoint: str | None = _default("SERVICEUSAGE_ENDPOINT")
     metadata_host: str | None = _default("METADATA_HOST")
     credentials_file: str | None = _default("CREDENTIALS_FILE")
     token_uri: str | None = _default("TOKEN_URI")
