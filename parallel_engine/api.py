@@ -22,7 +22,7 @@ from typing import Any
 
 from parallel_engine.backends.local import LocalPool
 from parallel_engine.config import Config, load_config
-from parallel_engine.errors import BackendError, ConfigError, ParallelEngineError
+from parallel_engine.errors import BackendError, ConfigError, Interrupted, ParallelEngineError
 from parallel_engine.model import AttemptStatus, Task
 from parallel_engine.names import new_run_id
 from parallel_engine.results import RunStatus, collect, read_log, run_status, status_of, write_end
@@ -166,11 +166,16 @@ def run(
             "orchestrator": {"host": socket.gethostname(), "pid": os.getpid()},
         },
     )
-    store.save_run(record)
-    say(f"run {run_id}: {len(task_list.tasks)} tasks on {config.backend}, at most {quota} at once, "
-        f"store {store.where}")
-    scheduler = Scheduler(task_list.tasks, budgets, plan.make_pool, progress)
+    # From the moment the run exists until its end is recorded, SIGINT/SIGTERM only cancel:
+    # whenever one lands, end.json says how the run ended.
     with stop_on_signals(cancel):
+        if cancel.is_set():  # a signal before the run was created: nothing to run or record
+            plan.cleanup()
+            raise Interrupted("interrupted before the run started: nothing ran")
+        store.save_run(record)
+        say(f"run {run_id}: {len(task_list.tasks)} tasks on {config.backend}, at most {quota} at once, "
+            f"store {store.where}")
+        scheduler = Scheduler(task_list.tasks, budgets, plan.make_pool, progress)
         try:
             outcome = scheduler.run(cancel)  # a pool stops all its workers on the way out
         except BaseException:
@@ -179,7 +184,7 @@ def run(
             raise
         finally:
             plan.cleanup()
-    write_end(store, run_id, "cancelled" if outcome.cancelled else "finished", time.time())
+        write_end(store, run_id, "cancelled" if outcome.cancelled else "finished", time.time())
     return Run(run_id, store, outcome, record)
 
 

@@ -6,6 +6,7 @@ import functools
 import gc
 import json
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -103,17 +104,21 @@ def run(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")] = False,
 ) -> None:
     """Run one task per row (or item, or line) of SOURCE and wait for them all."""
-    flags = _flags(
-        set_, VM_QUOTAS=jobs, RETRIES=retries, TASK_TIMEOUT=timeout, COMMAND=command, IMAGE=image,
-        RUNTIME=runtime, BACKEND=backend, ARGS_TEMPLATE=args_template, ARG_STYLE=arg_style, STORE=store,
-        SPOT=spot, TASKS_PER_VM=tasks_per_vm,
-    )
-    cfg = _config(config, flags)
-    info = (lambda message: err.print(message, markup=False)) if not quiet else (lambda message: None)
-    with _progress(quiet) as update:
-        handle = api.run(source, config=cfg, progress=update, info=info)
-    status = handle.status()
-    _print_summary(status, handle)
+    # SIGINT/SIGTERM cancel the run whenever they land, until this command exits: before the run
+    # exists nothing is created (exit 130); once it ended, the exit code says how (as end.json).
+    cancel = threading.Event()
+    with api.stop_on_signals(cancel):
+        flags = _flags(
+            set_, VM_QUOTAS=jobs, RETRIES=retries, TASK_TIMEOUT=timeout, COMMAND=command, IMAGE=image,
+            RUNTIME=runtime, BACKEND=backend, ARGS_TEMPLATE=args_template, ARG_STYLE=arg_style, STORE=store,
+            SPOT=spot, TASKS_PER_VM=tasks_per_vm,
+        )
+        cfg = _config(config, flags)
+        info = (lambda message: err.print(message, markup=False)) if not quiet else (lambda message: None)
+        with _progress(quiet) as update:
+            handle = api.run(source, config=cfg, progress=update, info=info, cancel=cancel)
+        status = handle.status()
+        _print_summary(status, handle)
     if handle.cancelled:
         err.print(f"interrupted: running tasks were cancelled; `parallel-engine status {handle.run_id}`")
         raise typer.Exit(EXIT_INTERRUPTED)

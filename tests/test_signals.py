@@ -8,12 +8,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+import parallel_engine as pe
+from parallel_engine.errors import EXIT_INTERRUPTED, Interrupted
 from tests.helpers import write_probe
 
 
@@ -94,3 +97,13 @@ def test_run_whose_orchestrator_died_is_interrupted_and_its_running_attempts_los
         for pid in task_pids:  # its own session: the task outlives a SIGKILLed orchestrator
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_cancel_before_the_run_exists_creates_no_run_and_is_interrupted(tmp_path: Path) -> None:
+    (tmp_path / "tasks.txt").write_text("true\n")
+    cancel = threading.Event()
+    cancel.set()  # e.g. Ctrl-C while the task file was read
+    with pytest.raises(Interrupted) as raised:
+        pe.run(str(tmp_path / "tasks.txt"), store=str(tmp_path / "store"), cancel=cancel)
+    assert raised.value.exit_code == EXIT_INTERRUPTED
+    assert not (tmp_path / "store" / "runs").exists()
