@@ -21,6 +21,7 @@ from parallel_engine import api
 from parallel_engine.config import load_config
 from parallel_engine.errors import EXIT_INTERRUPTED, EXIT_TASKS_FAILED, ParallelEngineError
 from parallel_engine.model import TaskState
+from parallel_engine.processes import keep_child_statuses
 from parallel_engine.results import RunStatus, read_log
 
 app = typer.Typer(
@@ -391,6 +392,7 @@ def main() -> None:
     # Everything imported so far lives as long as the process: out of the collector's sight, a
     # run's full collections no longer walk the ~100k objects of typer, rich and yaml.
     gc.freeze()
+    keep_child_statuses()  # an ignored SIGCHLD (inherited) would hide every child's exit status
     app()
 
 

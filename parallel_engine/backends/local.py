@@ -18,7 +18,7 @@ from pathlib import Path
 
 from parallel_engine.errors import BackendError, ParallelEngineError, StoreError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
-from parallel_engine.runtimes.base import AttemptSpec, RunningAttempt, Runtime
+from parallel_engine.runtimes.base import AttemptSpec, ExitStatusLost, RunningAttempt, Runtime
 from parallel_engine.store import RunStore
 
 
@@ -150,12 +150,19 @@ class LocalPool:
             live.timer = threading.Timer(self.timeout_s, self._time_out, args=(live,))
             live.timer.daemon = True
             live.timer.start()
-        code = running.wait(None)
+        try:
+            code = running.wait(None)
+        except ExitStatusLost as exc:
+            code, lost = None, str(exc)
+        else:
+            lost = ""
         if live.timer is not None:
             live.timer.cancel()
         with self._lock:
             del self._live[key]
-        if live.timed_out:
+        if lost:  # never a guess: unknown is not success
+            self._finish(status, AttemptState.LOST, None, lost)
+        elif live.timed_out:
             self._finish(status, AttemptState.TIMEOUT, code, f"timed out after {self.timeout_s:g} s")
         elif self._cancelled.is_set() and code != 0:
             self._finish(status, AttemptState.CANCELLED, code, "cancelled by the user")

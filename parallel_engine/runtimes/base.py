@@ -27,9 +27,15 @@ class AttemptSpec:
     timeout_s: float | None
 
 
+class ExitStatusLost(Exception):
+    """The attempt ended but its exit status cannot be read (its process was reaped by someone
+    else): what happened is unknown, so it is never recorded as a success."""
+
+
 class RunningAttempt(Protocol):
     def wait(self, timeout: float | None) -> int | None:
-        """The exit code, or None if still running after `timeout` seconds."""
+        """The exit code, or None if still running after `timeout` seconds; raises ExitStatusLost
+        if it ended with a status nobody can read."""
 
     def kill(self) -> None:
         """Stop the attempt and everything it started; idempotent; returns once they are gone."""

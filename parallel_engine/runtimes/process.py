@@ -14,7 +14,8 @@ import threading
 import time
 
 from parallel_engine.errors import BackendError
-from parallel_engine.runtimes.base import AttemptSpec
+from parallel_engine.processes import keep_child_statuses
+from parallel_engine.runtimes.base import AttemptSpec, ExitStatusLost
 from parallel_engine.runtimes.spawn import env_entries, spawn
 
 KILL_GRACE_S = 2.0
@@ -38,8 +39,11 @@ class ProcessAttempt:
         if self.returncode is None:
             try:
                 _, status = os.waitpid(self.pid, 0)
-            except ChildProcessError:  # reaped elsewhere (never by us): nothing to report
-                status = 0
+            except ChildProcessError:  # reaped by someone else (SIGCHLD ignored?): its status is gone
+                self._reaped = True
+                raise ExitStatusLost(
+                    f"process {self.pid} ended but its exit status could not be read (reaped elsewhere: "
+                    "is SIGCHLD ignored?)") from None
             code = os.waitstatus_to_exitcode(status)
             self.returncode = 128 - code if code < 0 else code  # killed by signal N → 128+N, as a shell says
             self._reaped = True
@@ -109,6 +113,7 @@ class ProcessRuntime:
     name = "process"
 
     def __init__(self, command: list[str] | None = None) -> None:
+        keep_child_statuses()  # each attempt's exit status is read with waitpid
         self.command = command or []
         # Read and encoded once: the per-attempt part is only PE_*.
         self._environ = dict(zip(os.environ, env_entries(os.environ)))
