@@ -158,20 +158,24 @@ class LocalPool:
             lost = ""
         if live.timer is not None:
             live.timer.cancel()
+            live.timer.join()  # a kill under way finishes (its whole tree gone) before the record
         with self._lock:
             del self._live[key]
         if lost:  # never a guess: unknown is not success
             self._finish(status, AttemptState.LOST, None, lost)
-        elif live.timed_out:
-            self._finish(status, AttemptState.TIMEOUT, code, f"timed out after {self.timeout_s:g} s")
-        elif self._cancelled.is_set() and code != 0:
-            self._finish(status, AttemptState.CANCELLED, code, "cancelled by the user")
-        elif code == 0:
+        elif running.killed():  # we stopped it while it ran: only then is it a timeout or a cancel
+            if live.timed_out:
+                self._finish(status, AttemptState.TIMEOUT, code, f"timed out after {self.timeout_s:g} s")
+            else:
+                self._finish(status, AttemptState.CANCELLED, code, "cancelled: the run was stopped")
+        elif code == 0:  # it ended by itself, even if a kill came a moment later: judged by its code
             self._finish(status, AttemptState.SUCCEEDED, 0, "")
         else:
             self._finish(status, AttemptState.FAILED, code, running.exit_reason() or f"exit code {code}")
 
     def _time_out(self, live: _Live) -> None:
+        if self._cancelled.is_set():
+            return  # the cancel kills it, and says so
         live.timed_out = True
         live.running.kill()
 

@@ -40,6 +40,11 @@ class RunningAttempt(Protocol):
     def kill(self) -> None:
         """Stop the attempt and everything it started; idempotent; returns once they are gone."""
 
+    def killed(self) -> bool:
+        """Once `wait` returned: True if a `kill` stopped the attempt while it still ran, False if
+        it ended by itself (its exit code then says how it went). Decided at the moment the kill
+        is sent, so an attempt that exits as its timeout fires is judged by what really happened."""
+
     def exit_reason(self) -> str | None:
         """Once `wait` returned a code: why it ended, when the code alone would mislead (e.g. an
         out-of-memory kill, which is only 137); None when the code says it all."""

@@ -31,6 +31,7 @@ class ProcessAttempt:
         self.pid = pid
         self.returncode: int | None = None
         self._reaped = False  # a plain flag: an Event per attempt showed in the profile
+        self._killed = False
         self._kill_lock = threading.Lock()
 
     def wait(self, timeout: float | None) -> int | None:
@@ -52,27 +53,50 @@ class ProcessAttempt:
     def exit_reason(self) -> str | None:
         return None
 
+    def killed(self) -> bool:
+        return self._killed
+
     def kill(self) -> None:
         import psutil  # only when killing: its import is a real part of a short command's start
 
         with self._kill_lock:
-            if self._exited():
-                # The leader is gone, but its group may not be: sweep it anyway.
+            if self._exited() or not self._stopped_running():
+                # The leader ended by itself, but its group may not be gone: sweep it anyway.
                 _signal_group(self.pid, signal.SIGKILL)
                 return
+            self._killed = True  # decided before any signal that ends it is sent
             try:
                 tree = psutil.Process(self.pid).children(recursive=True)
             except psutil.NoSuchProcess:
                 tree = []
-            _signal_group(self.pid, signal.SIGTERM)
-            for member in tree:
-                _signal_pid(member.pid, signal.SIGTERM)
+            for sig in (signal.SIGTERM, signal.SIGCONT):  # SIGTERM first: it acts once resumed
+                _signal_group(self.pid, sig)
+                for member in tree:
+                    _signal_pid(member.pid, sig)
             self._exited_within(KILL_GRACE_S)
             _signal_group(self.pid, signal.SIGKILL)
             for member in tree:
                 _signal_pid(member.pid, signal.SIGKILL)
             self._exited_within(None)
             psutil.wait_procs([m for m in tree if m.is_running()], timeout=KILL_GRACE_S)
+
+    def _stopped_running(self) -> bool:
+        """Freeze the group with SIGSTOP and tell whether the leader was caught still running
+        (True) or had exited by itself first (False). This is what makes a kill's verdict exact:
+        a stopped process cannot exit on its own, so between this answer and our SIGTERM nothing
+        can end it but us."""
+        _signal_group(self.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + KILL_GRACE_S
+        while True:
+            try:
+                info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WSTOPPED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # reaped by `wait`: it had exited
+                return False
+            if info is not None:
+                return info.si_code in (os.CLD_STOPPED, os.CLD_TRAPPED)
+            if time.monotonic() >= deadline:  # not stopped yet (e.g. in uninterruptible I/O), not exited
+                return True
+            time.sleep(REAP_POLL_S / 10)
 
     def _exited(self) -> bool:
         """Has the leader exited? Looks without reaping (WNOWAIT), so `wait` still gets its code."""
