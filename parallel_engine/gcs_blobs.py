@@ -54,6 +54,9 @@ class GCSBlobs:
     def link(self, source: str, target: str) -> bool:
         return False  # a server-side copy costs a call like the tiny upload it would replace
 
+    def add_folders(self, prefixes: list[str]) -> None:
+        pass  # a bucket has no folders
+
     @_translated
     def write(self, key: str, data: bytes) -> None:
         self.bucket.blob(self._name(key)).upload_from_string(data, retry=self._retry)

@@ -51,6 +51,7 @@ class RaisingRuntime:
 def run_to_the_end(store: RunStore, runtime: Any, tasks: tuple[Task, ...], budgets: Budgets,
                    timeout_s: float | None = None, cancel: threading.Event | None = None) -> Outcome:
     """Run the scheduler over a LocalPool in a thread; fail (not hang) if it never ends."""
+    store.add_run_folders("r1")
     scheduler = Scheduler(tasks, budgets, lambda on_event: LocalPool(store, "r1", runtime, 2, timeout_s, on_event))
     return run_with_deadline(scheduler, cancel or threading.Event())
 

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from parallel_engine.errors import BackendError
 from parallel_engine.processes import keep_child_statuses
@@ -22,6 +23,9 @@ KILL_GRACE_S = 2.0
 REAP_POLL_S = 0.01
 LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC  # no O_CLOEXEC: these become fds 1 and 2
 RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+if TYPE_CHECKING:
+    import psutil
 
 
 class ProcessAttempt:
@@ -168,14 +172,10 @@ class ProcessRuntime:
         pass
 
 
-def kill_run_processes(run_id: str) -> int:
-    """Kill every process on this machine that belongs to `run_id`; return how many.
-
-    For `down` after the orchestrator died without cleaning up (SIGKILL, OOM): its attempts'
-    process trees were reparented and nothing points at them any more, but every one carries
-    `PE_RUN_ID` in its environment (a program that clears its environment escapes this).
-    Processes we may not inspect are skipped; this process and its ancestors are never touched.
-    """
+def run_processes(run_id: str) -> list[psutil.Process]:
+    """Every live process on this machine that belongs to `run_id`: each attempt's process tree
+    carries `PE_RUN_ID` in its environment (a program that clears its environment escapes this).
+    Processes we may not inspect are skipped; this process and its ancestors never count."""
     import psutil
 
     spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
@@ -188,6 +188,18 @@ def kill_run_processes(run_id: str) -> int:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue
+    return found
+
+
+def kill_run_processes(run_id: str) -> int:
+    """Kill every process on this machine that belongs to `run_id` (run_processes); return how many.
+
+    For `down` after the orchestrator died without cleaning up (SIGKILL, OOM): its attempts'
+    process trees were reparented and nothing points at them any more.
+    """
+    import psutil
+
+    found = run_processes(run_id)
     for proc in found:
         _signal_pid(proc.pid, signal.SIGTERM)
     _, alive = psutil.wait_procs(found, timeout=KILL_GRACE_S)
