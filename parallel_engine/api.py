@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import signal
@@ -25,6 +24,7 @@ from parallel_engine.config import Config, load_config
 from parallel_engine.errors import BackendError, ConfigError, Interrupted, ParallelEngineError
 from parallel_engine.model import AttemptStatus, Task
 from parallel_engine.names import new_run_id
+from parallel_engine.processes import this_orchestrator
 from parallel_engine.results import RunStatus, collect, read_log, run_status, status_of, write_end
 from parallel_engine.runtimes.base import Runtime
 from parallel_engine.runtimes.select import select_runtime
@@ -163,7 +163,7 @@ def run(
             "retries": budgets.retries,
             "preemption_retries": budgets.infra_retries,
             "task_timeout": config.task_timeout,
-            "orchestrator": {"host": socket.gethostname(), "pid": os.getpid()},
+            "orchestrator": this_orchestrator(),
         },
     )
     # From the moment the run exists until its end is recorded, SIGINT/SIGTERM only cancel:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from parallel_engine.errors import StoreError
 from parallel_engine.model import RESULT_COLUMNS, AttemptState, AttemptStatus, TaskState
+from parallel_engine.processes import orchestrator_alive
 from parallel_engine.state import Budgets, task_state, winning_attempt
 from parallel_engine.store import RunRecord, RunStore, write_atomic
 
@@ -94,11 +95,8 @@ def _run_state(store: RunStore, record: RunRecord) -> str:
     if raw is not None:
         return str(json.loads(raw).get("state", "finished"))
     owner = record.spec.get("orchestrator", {})
-    if owner.get("host") == socket.gethostname():
-        import psutil  # here only: its import is a real part of a short command's start
-
-        if not psutil.pid_exists(int(owner.get("pid", 0))):
-            return "interrupted"
+    if owner.get("host") == socket.gethostname() and not orchestrator_alive(owner):
+        return "interrupted"  # its pid is gone, a zombie, or another process's now
     return "running"
 
 
