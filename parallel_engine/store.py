@@ -15,6 +15,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,7 +58,7 @@ class Blobs(Protocol):
         """Create `target` holding `source`'s bytes without copying them (a hard link), if this
         medium can; False otherwise, and the caller writes it itself."""
 
-    def add_folders(self, prefixes: list[str]) -> None:
+    def add_folders(self, prefixes: Sequence[str]) -> None:
         """Make the folders these prefixes name, parents included (a new run's); a bucket has none.
         On disk the only call that makes a folder: a key whose folder has vanished cannot be
         written, so a run store deleted under a run stops it instead of being quietly rebuilt."""
@@ -193,7 +194,7 @@ class LocalBlobs:
             return False
         return True
 
-    def add_folders(self, prefixes: list[str]) -> None:
+    def add_folders(self, prefixes: Sequence[str]) -> None:
         for prefix in prefixes:
             path = self._path(prefix)
             try:
