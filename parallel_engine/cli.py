@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import signal
 import sys
 import threading
 from collections import Counter
@@ -105,10 +106,12 @@ def run(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")] = False,
 ) -> None:
     """Run one task per row (or item, or line) of SOURCE and wait for them all."""
-    # SIGINT/SIGTERM cancel the run whenever they land, until this command exits: before the run
-    # exists nothing is created (exit 130); once it ended, the exit code says how (as end.json).
+    # SIGINT/SIGTERM cancel the run from here until it has ended: before the run exists nothing
+    # is created (exit 130). Once it ended (end.json says how) they are ignored until this command
+    # exits, so a late one cannot change an exit code that agrees with end.json.
     cancel = threading.Event()
-    with api.stop_on_signals(cancel):
+    _on_signals(lambda signum, frame: cancel.set())
+    try:
         flags = _flags(
             set_, VM_QUOTAS=jobs, RETRIES=retries, TASK_TIMEOUT=timeout, COMMAND=command, IMAGE=image,
             RUNTIME=runtime, BACKEND=backend, ARGS_TEMPLATE=args_template, ARG_STYLE=arg_style, STORE=store,
@@ -118,13 +121,20 @@ def run(
         info = (lambda message: err.print(message, markup=False)) if not quiet else (lambda message: None)
         with _progress(quiet) as update:
             handle = api.run(source, config=cfg, progress=update, info=info, cancel=cancel)
-        status = handle.status()
-        _print_summary(status, handle)
+    finally:
+        _on_signals(signal.SIG_IGN)
+    status = handle.status()
+    _print_summary(status, handle)
     if handle.cancelled:
         err.print(f"interrupted: running tasks were cancelled; `parallel-engine status {handle.run_id}`")
         raise typer.Exit(EXIT_INTERRUPTED)
     if any(view.state is not TaskState.SUCCEEDED for view in status.tasks):
         raise typer.Exit(EXIT_TASKS_FAILED)
+
+
+def _on_signals(handler: Any) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
 
 
 class _progress:

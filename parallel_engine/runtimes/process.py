@@ -82,7 +82,7 @@ class ProcessAttempt:
             for member in tree:
                 _signal_pid(member.pid, signal.SIGKILL)
             self._exited_within(None)
-            psutil.wait_procs([m for m in tree if m.is_running()], timeout=KILL_GRACE_S)
+            _gone_within(tree, KILL_GRACE_S)
 
     def _stopped_running(self) -> bool:
         """Freeze the group with SIGSTOP and tell whether the leader was caught still running
@@ -119,6 +119,23 @@ class ProcessAttempt:
                 return False
             time.sleep(REAP_POLL_S)
         return True
+
+
+def _gone_within(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until each process has exited (a zombie has: not every init reaps orphans at once,
+    and psutil.wait_procs would wait out its timeout on one); return those still alive."""
+    import psutil
+
+    def alive(proc: psutil.Process) -> bool:
+        try:
+            return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return False
+
+    deadline = time.monotonic() + timeout
+    while (procs := [proc for proc in procs if alive(proc)]) and time.monotonic() < deadline:
+        time.sleep(REAP_POLL_S)
+    return procs
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -202,8 +219,8 @@ def kill_run_processes(run_id: str) -> int:
     found = run_processes(run_id)
     for proc in found:
         _signal_pid(proc.pid, signal.SIGTERM)
-    _, alive = psutil.wait_procs(found, timeout=KILL_GRACE_S)
+    alive = _gone_within(found, KILL_GRACE_S)
     for proc in alive:
         _signal_pid(proc.pid, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=KILL_GRACE_S)
+    _gone_within(alive, KILL_GRACE_S)
     return len(found)
