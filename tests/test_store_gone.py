@@ -22,6 +22,7 @@ from parallel_engine.state import Budgets
 from parallel_engine.store import LocalBlobs, RunStore
 from tests.test_local_pool import run_with_deadline
 from tests.faults.runs import (
+    AS_A_USER,
     STORE,
     attempts,
     check_leftovers,
@@ -39,9 +40,9 @@ BOUND_S = 30.0  # the run must stop this soon after the fault (its tasks would r
 LONG = "sleep 300"
 
 
-def started_long_run(tmp_path: Path, running: int = 2) -> tuple[subprocess.Popen[str], Path]:
+def started_long_run(tmp_path: Path, running: int = 2, launcher: tuple[str, ...] = ()) -> tuple[subprocess.Popen[str], Path]:
     """A run of 4 tasks of `sleep 300`, 2 at a time, once `running` of them have started."""
-    proc = start_run(tmp_path, [LONG] * 4, "-j", "2")
+    proc = start_run(tmp_path, [LONG] * 4, "-j", "2", launcher=launcher)
     run = wait_for(lambda: run_folder(tmp_path), 60, "the run to be created")
     wait_for(lambda: len(list((run / "tasks").glob("*/1/stdout.log"))) >= running, 60, "tasks to run")
     return proc, run
@@ -74,7 +75,7 @@ def test_store_deleted_under_short_tasks_stops_the_run_with_exit_2_and_is_not_re
 
 
 def test_store_made_read_only_under_long_tasks_stops_the_run_with_exit_2(tmp_path: Path) -> None:
-    proc, run = started_long_run(tmp_path)
+    proc, run = started_long_run(tmp_path, launcher=AS_A_USER)
     with read_only(tmp_path / STORE):
         try:
             result = ended(proc, BOUND_S, time.monotonic())
