@@ -60,6 +60,8 @@ def test_cli_started_with_sigchld_ignored_records_each_tasks_real_exit_code(tmp_
     assert done.returncode == 1, done.stdout + done.stderr
     assert "3 failed, 1 succeeded" in done.stdout
     assert recorded(tmp_path / ".parallel-engine") == EXPECTED
+    (end,) = (tmp_path / ".parallel-engine").glob("runs/*/end.json")
+    assert json.loads(end.read_text())["state"] == "finished"
 
 
 def test_api_called_with_sigchld_ignored_records_each_tasks_real_exit_code(

@@ -28,6 +28,7 @@ from tests.faults.runs import (
     check_leftovers,
     check_whole,
     describe,
+    end_state,
     ended,
     read_only,
     remove,
@@ -85,6 +86,7 @@ def test_store_made_read_only_under_long_tasks_stops_the_run_with_exit_2(tmp_pat
     assert f"the run's folder {run} cannot be written any more" in result.stderr, describe(result)
     check_whole(tmp_path / STORE)
     assert all(record is None for record in attempts(run).values())  # nothing could be recorded
+    assert end_state(run) is None  # nor the end: `status` tells it from the dead orchestrator
     status = subprocess.run([sys.executable, "-m", "parallel_engine", "status", run.name, "--store", STORE, "--json"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert '"state": "interrupted"' in status.stdout and '"running"' not in status.stdout, status.stdout
@@ -202,6 +204,7 @@ def test_a_full_disk_stops_the_run_with_exit_2_and_leaves_no_empty_claim(tmp_pat
     run = next((small_disk / "store/runs").iterdir())
     check_leftovers(run.name)
     assert result.code == 2 and "No space left on device" in result.stderr, describe(result)
+    assert end_state(run) in (None, "failed")  # written if the full disk still took it
     claimed = attempts(run)
     assert all((run / "claims" / f"{task}.{n}").read_bytes() for task, n in claimed), "a claim without its holder"
     unrecorded = [key for key, record in claimed.items() if record is None]
