@@ -78,6 +78,25 @@ class Run:
         return bool(self.outcome and self.outcome.cancelled)
 
 
+def cancel_handler(cancel: threading.Event) -> Callable[[int, object], None]:
+    """A signal handler that sets `cancel`, safe against a second signal arriving while it runs:
+    Python runs that one's handler inside the first, and Event.set() holds a plain Lock, so a
+    nested set() would wait for itself forever (a run hung on a second Ctrl-C)."""
+    handling = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal handling
+        if handling or cancel.is_set():
+            return  # already being set, or set: nothing to add
+        handling = True
+        try:
+            cancel.set()
+        finally:
+            handling = False
+
+    return handler
+
+
 @contextmanager
 def stop_on_signals(cancel: threading.Event) -> Iterator[None]:
     """SIGINT/SIGTERM set `cancel` instead of killing us: running attempts are cancelled cleanly."""
@@ -85,10 +104,7 @@ def stop_on_signals(cancel: threading.Event) -> Iterator[None]:
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum: int, frame: object) -> None:
-        cancel.set()
-
+    handler = cancel_handler(cancel)
     for sig in previous:
         signal.signal(sig, handler)
     try:

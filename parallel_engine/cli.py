@@ -110,7 +110,7 @@ def run(
     # is created (exit 130). Once it ended (end.json says how) they are ignored until this command
     # exits, so a late one cannot change an exit code that agrees with end.json.
     cancel = threading.Event()
-    _on_signals(lambda signum, frame: cancel.set())
+    _on_signals(api.cancel_handler(cancel))
     try:
         flags = _flags(
             set_, VM_QUOTAS=jobs, RETRIES=retries, TASK_TIMEOUT=timeout, COMMAND=command, IMAGE=image,
