@@ -208,13 +208,17 @@ def sigchld_ignored(rng: random.Random, tmp: Path) -> None:
 
 
 def store_fault_run(rng: random.Random, tmp: Path, launcher: tuple[str, ...] = ()) -> tuple[subprocess.Popen[str], Path, float]:
-    """A run of short tasks with two that work for a minute among them (so the fault lands while
-    it runs), once it exists and a random moment later."""
+    """A run of short tasks with tasks that work for a minute among them (so the fault lands while
+    it runs), once it exists and a random moment later. Half the time the long ones come first
+    and fill every worker: then nothing is written when the fault lands, and only the pool's
+    own check can notice it."""
+    quota = rng.randint(2, 4)
     seconds = [rng.uniform(0.02, 0.2) for _ in range(20)]
-    for index in rng.sample(range(len(seconds)), 2):
+    long_first = rng.random() < 0.5
+    for index in range(quota) if long_first else rng.sample(range(len(seconds)), 2):
         seconds[index] = 60.0
     lines, _ = tasks(rng, seconds)
-    proc = start_run(tmp, lines, "-j", str(rng.randint(2, 4)), "--runtime", "process", launcher=launcher)
+    proc = start_run(tmp, lines, "-j", str(quota), "--runtime", "process", launcher=launcher)
     run = wait_for(lambda: run_folder(tmp), BOUND_S, "the run to be created")
     time.sleep(rng.uniform(0.0, 1.5))
     return proc, run, time.monotonic()
