@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import signal
@@ -23,11 +22,12 @@ from typing import Any
 
 from parallel_engine.backends.local import LocalPool
 from parallel_engine.config import Config, load_config
-from parallel_engine.errors import BackendError, ConfigError, ParallelEngineError, StoreError
+from parallel_engine.collect import collect
+from parallel_engine.errors import BackendError, ConfigError, Interrupted, ParallelEngineError, StoreError
 from parallel_engine.exec_limits import CONTAINER_RESERVE, check_tasks_can_start
 from parallel_engine.model import AttemptStatus, Task, TaskList
 from parallel_engine.names import new_run_id
-from parallel_engine.collect import collect
+from parallel_engine.processes import this_orchestrator
 from parallel_engine.results import RunStatus, read_log, run_status, status_of, write_end
 from parallel_engine.runtimes.base import Runtime, attempt_env
 from parallel_engine.runtimes.select import select_runtime
@@ -102,6 +102,25 @@ class Run:
         return bool(self.outcome and self.outcome.cancelled)
 
 
+def cancel_handler(cancel: threading.Event) -> Callable[[int, object], None]:
+    """A signal handler that sets `cancel`, safe against a second signal arriving while it runs:
+    Python runs that one's handler inside the first, and Event.set() holds a plain Lock, so a
+    nested set() would wait for itself forever (a run hung on a second Ctrl-C)."""
+    handling = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal handling
+        if handling or cancel.is_set():
+            return  # already being set, or set: nothing to add
+        handling = True
+        try:
+            cancel.set()
+        finally:
+            handling = False
+
+    return handler
+
+
 @contextmanager
 def stop_on_signals(cancel: threading.Event) -> Iterator[None]:
     """SIGINT/SIGTERM set `cancel` instead of killing us: running attempts are cancelled cleanly."""
@@ -109,10 +128,7 @@ def stop_on_signals(cancel: threading.Event) -> Iterator[None]:
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum: int, frame: object) -> None:
-        cancel.set()
-
+    handler = cancel_handler(cancel)
     for sig in previous:
         signal.signal(sig, handler)
     try:
@@ -188,14 +204,19 @@ def run(
             "retries": budgets.retries,
             "preemption_retries": budgets.infra_retries,
             "task_timeout": config.task_timeout,
-            "orchestrator": {"host": socket.gethostname(), "pid": os.getpid()},
+            "orchestrator": this_orchestrator(),
         },
     )
-    store.save_run(record)
-    say(f"run {run_id}: {len(task_list.tasks)} tasks on {config.backend}, at most {quota} at once, "
-        f"store {store.where}")
-    scheduler = Scheduler(task_list.tasks, budgets, plan.make_pool, progress)
+    # From the moment the run exists until its end is recorded, SIGINT/SIGTERM only cancel:
+    # whenever one lands, end.json says how the run ended.
     with stop_on_signals(cancel):
+        if cancel.is_set():  # a signal before the run was created: nothing to run or record
+            plan.cleanup()
+            raise Interrupted("interrupted before the run started: nothing ran")
+        store.save_run(record)
+        say(f"run {run_id}: {len(task_list.tasks)} tasks on {config.backend}, at most {quota} at once, "
+            f"store {store.where}")
+        scheduler = Scheduler(task_list.tasks, budgets, plan.make_pool, progress)
         try:
             outcome = scheduler.run(cancel)  # a pool stops all its workers on the way out
         except BaseException:
@@ -204,7 +225,7 @@ def run(
             raise
         finally:
             plan.cleanup()
-    write_end(store, run_id, "cancelled" if outcome.cancelled else "finished", time.time())
+        write_end(store, run_id, "cancelled" if outcome.cancelled else "finished", time.time())
     return Run(run_id, store, outcome, record)
 
 

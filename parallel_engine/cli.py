@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +31,7 @@ from parallel_engine.errors import (
     ParallelEngineError,
 )
 from parallel_engine.model import TaskState
+from parallel_engine.processes import keep_child_statuses
 from parallel_engine.results import RunStatus, TaskView, read_log
 
 app = typer.Typer(
@@ -113,15 +115,23 @@ def run(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")] = False,
 ) -> None:
     """Run one task per row (or item, or line) of SOURCE and wait for them all."""
-    flags = _flags(
-        set_, VM_QUOTAS=jobs, RETRIES=retries, TASK_TIMEOUT=timeout, COMMAND=command, IMAGE=image,
-        RUNTIME=runtime, BACKEND=backend, ARGS_TEMPLATE=args_template, ARG_STYLE=arg_style, STORE=store,
-        SPOT=spot, TASKS_PER_VM=tasks_per_vm,
-    )
-    cfg = _config(config, flags)
-    info = (lambda message: err.print(message, markup=False)) if not quiet else (lambda message: None)
-    with _progress(quiet) as update:
-        handle = api.run(source, config=cfg, progress=update, info=info)
+    # SIGINT/SIGTERM cancel the run from here until it has ended: before the run exists nothing
+    # is created (exit 130). Once it ended (end.json says how) they are ignored until this command
+    # exits, so a late one cannot change an exit code that agrees with end.json.
+    cancel = threading.Event()
+    _on_signals(api.cancel_handler(cancel))
+    try:
+        flags = _flags(
+            set_, VM_QUOTAS=jobs, RETRIES=retries, TASK_TIMEOUT=timeout, COMMAND=command, IMAGE=image,
+            RUNTIME=runtime, BACKEND=backend, ARGS_TEMPLATE=args_template, ARG_STYLE=arg_style, STORE=store,
+            SPOT=spot, TASKS_PER_VM=tasks_per_vm,
+        )
+        cfg = _config(config, flags)
+        info = (lambda message: err.print(message, markup=False)) if not quiet else (lambda message: None)
+        with _progress(quiet) as update:
+            handle = api.run(source, config=cfg, progress=update, info=info, cancel=cancel)
+    finally:
+        _on_signals(signal.SIG_IGN)
     status = handle.status()
     _print_summary(status, handle)
     if handle.cancelled:
@@ -129,6 +139,11 @@ def run(
         raise typer.Exit(EXIT_INTERRUPTED)
     if any(view.state is not TaskState.SUCCEEDED for view in status.tasks):
         raise typer.Exit(EXIT_TASKS_FAILED)
+
+
+def _on_signals(handler: Any) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
 
 
 class _progress:
@@ -510,6 +525,7 @@ def main() -> None:
     # run's full collections no longer walk the ~100k objects of typer, rich and yaml.
     gc.freeze()
     warnings.showwarning = _show_warning
+    keep_child_statuses()  # an ignored SIGCHLD (inherited) would hide every child's exit status
     app()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -62,6 +62,9 @@ class GCSBlobs:
 
     def link(self, source: str, target: str) -> bool:
         return False  # a server-side copy costs a call like the tiny upload it would replace
+
+    def add_folders(self, prefixes: Sequence[str]) -> None:
+        pass  # a bucket has no folders
 
     @_translated
     def write(self, key: str, data: bytes) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from parallel_engine.errors import StoreError, brief
 from parallel_engine.model import AttemptState, AttemptStatus, TaskState
+from parallel_engine.processes import orchestrator_alive
 from parallel_engine.state import Budgets, task_state, winning_attempt
 from parallel_engine.store import RunRecord, RunStore
 
@@ -50,7 +51,7 @@ class TaskView:
 @dataclass(frozen=True)
 class RunStatus:
     record: RunRecord
-    run_state: str  # running | finished | cancelled | interrupted
+    run_state: str  # running | finished | cancelled | failed | interrupted
     tasks: tuple[TaskView, ...]
     waiting: str = ""  # while a gce run waits for capacity: "queued (quota): ..." (runs/<id>/capacity.json)
 
@@ -103,23 +104,20 @@ def _run_state(store: RunStore, record: RunRecord) -> str:
     if raw is not None:
         return str(json.loads(raw).get("state", "finished"))
     owner = record.spec.get("orchestrator", {})
-    if owner.get("host") == socket.gethostname():
-        import psutil  # here only: its import is a real part of a short command's start
-
-        if not psutil.pid_exists(int(owner.get("pid", 0))):
-            return "interrupted"
+    if owner.get("host") == socket.gethostname() and not orchestrator_alive(owner):
+        return "interrupted"  # its pid is gone, a zombie, or another process's now
     return "running"
 
 
-def _lost(history: list[AttemptStatus], record: RunRecord) -> list[AttemptStatus]:
-    """Local workers are threads of the orchestrator: once it is gone, a claimed attempt without
-    a record will never get one, so it is `lost` (worker gone, no status), not running."""
+def _lost(history: list[AttemptStatus], record: RunRecord, run_state: str) -> list[AttemptStatus]:
+    """Local workers are threads of the orchestrator: once it is gone (or the run stopped on an
+    error, e.g. a store it could no longer write), a claimed attempt without a record will never
+    get one, so it is `lost` (worker gone, no status), not running."""
     pid = record.spec.get("orchestrator", {}).get("pid")
-    return [
-        replace(a, state=AttemptState.LOST, reason=f"its orchestrator (pid {pid}) is gone")
-        if a.state is AttemptState.RUNNING else a
-        for a in history
-    ]
+    why = (f"its orchestrator (pid {pid}) is gone" if run_state == "interrupted"
+           else "the run stopped on an error before this attempt's record was written")
+    return [replace(a, state=AttemptState.LOST, reason=why) if a.state is AttemptState.RUNNING else a
+            for a in history]
 
 
 def run_status(store: RunStore, run_id: str) -> RunStatus:
@@ -137,9 +135,9 @@ def status_of(
     views = []
     for task in record.tasks:
         history = attempts.get(task.id, [])
-        if run_state == "interrupted" and record.backend == "local":
-            history = _lost(history, record)
-        state = task_state(history, budgets, run_cancelled=run_state in ("cancelled", "interrupted"))
+        if run_state in ("interrupted", "failed") and record.backend == "local":
+            history = _lost(history, record, run_state)
+        state = task_state(history, budgets, run_cancelled=run_state in ("cancelled", "interrupted", "failed"))
         views.append(TaskView(task.id, state, tuple(history), dict(task.params)))
     return RunStatus(record, run_state, tuple(views), waiting)
 

@@ -61,6 +61,11 @@ class _States(dict[str, TaskState]):
     def counts(self) -> Counter[str]:
         return Counter({str(state): n for state, n in self._counts.items() if n})
 
+    @property
+    def open(self) -> int:
+        """Tasks not closed yet: read from the states themselves, so no event order can make it drift."""
+        return self._counts[TaskState.QUEUED] + self._counts[TaskState.RUNNING]
+
     def __setitem__(self, task_id: str, state: TaskState) -> None:
         counts = self._counts
         old = self.get(task_id)
@@ -95,21 +100,19 @@ class Scheduler:
         for task in self.tasks.values():
             self.pool.submit(task, 1)
         self._report(states)
-        open_tasks = len(states)
         cancelled = False
         pause = EVENT_PAUSE_MIN_S
         try:
-            while open_tasks:
+            while states.open:
                 if cancel.is_set() and not cancelled:
                     cancelled = True
                     self.pool.cancel()
-                    # Queued tasks never start now; running ones end as cancelled.
-                    open_tasks = sum(1 for s in states.values() if s is TaskState.RUNNING)
-                    for task_id, state in states.items():
-                        if state is TaskState.QUEUED:
-                            states[task_id] = TaskState.CANCELLED
-                    if not open_tasks:
-                        break
+                    # Queued tasks never start now; running ones end as cancelled. A task whose
+                    # `started` is still on its way is among the queued: that event makes it
+                    # running again, and its `finished` closes it.
+                    for task_id in [t for t, state in states.items() if state is TaskState.QUEUED]:
+                        states[task_id] = TaskState.CANCELLED
+                    continue
                 batch = self._drain()
                 if not batch:
                     self._check_pool()  # a dead worker sends nothing: never wait on it forever
@@ -120,7 +123,7 @@ class Scheduler:
                 for kind, status in batch:
                     if kind == "fatal":  # the pool cannot go on (e.g. every VM refused for good)
                         raise status  # type: ignore[misc]
-                    open_tasks -= self._apply(kind, status, states, cancelled)
+                    self._apply(kind, status, states, cancelled)
                 self._report(states, final=False)
         except BaseException:
             if not cancelled:  # whatever went wrong, no attempt outlives the run
@@ -128,14 +131,16 @@ class Scheduler:
                 self.pool.cancel()
             raise
         finally:
-            if not cancelled and cancel.is_set():
+            if not cancelled and cancel.is_set():  # a signal after the last task closed
                 self.pool.cancel()
             self.pool.close()
         # Events that raced with the end (a cancel) still belong in the record.
         for kind, status in self._drain():
             self._apply(kind, status, states, True)
         self._report(states)
-        return Outcome(states, self.attempts, cancelled or cancel.is_set())
+        # Cancelled only if the cancel stopped something: a signal that lands once every task
+        # has closed changes nothing, and the run finished.
+        return Outcome(states, self.attempts, cancelled)
 
     def _drain(self) -> list[tuple[str, AttemptStatus]]:
         batch = []
@@ -145,23 +150,22 @@ class Scheduler:
             except queue.Empty:
                 return batch
 
-    def _apply(self, kind: str, status: AttemptStatus, states: _States, cancelled: bool) -> int:
-        """Fold one event into the run's state; returns how many tasks it closed."""
+    def _apply(self, kind: str, status: AttemptStatus, states: _States, cancelled: bool) -> None:
+        """Fold one event into the run's state."""
         if kind == "fatal":
-            return 0
+            return
         history = self.attempts[status.task_id]
         if kind == "started":
             history.append(status)
             states[status.task_id] = TaskState.RUNNING
-            return 0
+            return
         history[:] = [a for a in history if a.attempt != status.attempt] + [status]
         history.sort(key=lambda a: a.attempt)
         if not cancelled and status.state is not AttemptState.SUCCEEDED and retry_allowed(history, self.budgets):
             states[status.task_id] = TaskState.QUEUED
             self.pool.submit(self.tasks[status.task_id], status.attempt + 1)
-            return 0
+            return
         states[status.task_id] = task_state(history, self.budgets, run_cancelled=cancelled)
-        return 1
 
     def _report(self, states: _States, final: bool = True) -> None:
         if self.progress is None:

@@ -14,6 +14,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -80,6 +81,11 @@ class Blobs(Protocol):
         """Create `target` holding `source`'s bytes without copying them (a hard link), if this
         medium can; False otherwise, and the caller writes it itself."""
 
+    def add_folders(self, prefixes: Sequence[str]) -> None:
+        """Make the folders these prefixes name, parents included (a new run's); a bucket has none.
+        On disk the only call that makes a folder: a key whose folder has vanished cannot be
+        written, so a run store deleted under a run stops it instead of being quietly rebuilt."""
+
 
 class LocalBlobs:
     """A folder as a bucket: atomic writes by rename, atomic create by O_CREAT|O_EXCL.
@@ -102,31 +108,27 @@ class LocalBlobs:
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
-            try:
-                write_atomic(path, data)
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                write_atomic(path, data)
+            write_atomic(path, data)
         except OSError as exc:
             raise _disk_error("write", Path(path), exc) from None
 
     def create(self, key: str, data: bytes) -> bool:
         # O_CREAT|O_EXCL is the atomic part; the few bytes after it only say who holds the key.
         path = self._path(key)
-        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
         try:
-            try:
-                fd = os.open(path, flags, 0o644)
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                fd = os.open(path, flags, 0o644)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644)
         except FileExistsError:
             return False
         except OSError as exc:
+            raise _disk_error("write", Path(path), exc) from None
+        try:
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as exc:  # e.g. a full disk: a key without its bytes must not stay created
+            with contextlib.suppress(OSError):
+                os.unlink(path)
             raise _disk_error("write", Path(path), exc) from None
         return True
 
@@ -210,7 +212,26 @@ class LocalBlobs:
         return Path(self._path(key))
 
     def link(self, source: str, target: str) -> bool:
-        return _link(self._path(source), self._path(target))
+        source_path, target_path = self._path(source), self._path(target)
+        try:
+            os.link(source_path, target_path)
+        except FileExistsError:
+            return True
+        except FileNotFoundError as exc:
+            if not os.path.exists(source_path):
+                return False  # the caller writes `target` itself, and meets the same trouble
+            raise _disk_error("write", Path(target_path), exc) from None
+        except OSError:  # no hard links here (another filesystem, a link limit): write a copy
+            return False
+        return True
+
+    def add_folders(self, prefixes: Sequence[str]) -> None:
+        for prefix in prefixes:
+            path = self._path(prefix)
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                raise _disk_error("write", Path(path), exc) from None
 
 
 def _read_file(path: str) -> bytes:
@@ -236,9 +257,7 @@ def write_atomic(path: str, data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -248,7 +267,20 @@ def write_atomic(path: str, data: bytes) -> None:
         raise
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """All of `data`: a short write (a disk at its limit) is followed by one that says why."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _disk_error(doing: str, path: Path, exc: OSError) -> StoreError:
+    if isinstance(exc, FileNotFoundError):  # only a run's creation makes folders (add_folders)
+        return StoreError(
+            f"cannot {doing} {path}: its folder is gone",
+            hint="the run store was deleted or moved while in use: the run stops here; "
+            "check STORE and start the run again",
+        )
     return StoreError(
         f"cannot {doing} {path}: {exc.strerror or exc}",
         hint="check that the folders on that path exist (or can be made), that you may write there, "
@@ -292,6 +324,10 @@ class RunRecord:
         )
 
 
+#: The folders of a run that hold its keys: made when the run is created, never again.
+RUN_FOLDERS = ("claims", "events", "tasks")
+
+
 def parse_attempt(name: str) -> tuple[str, int] | None:
     """"<task_id>.<attempt>" (a claim's or an event's name, a worker's record) as (task_id, attempt);
     None for anything else ("-": nothing claimed yet, or garbage)."""
@@ -332,7 +368,12 @@ class RunStore:
 
     # -- runs -------------------------------------------------------------------------
     def save_run(self, record: RunRecord) -> None:
+        """Create the run: its folders (the only place they are made), then run.json."""
+        self.add_run_folders(record.run_id)
         self.blobs.write(f"runs/{record.run_id}/run.json", _dumps(record.to_json()))
+
+    def add_run_folders(self, run_id: str) -> None:
+        self.blobs.add_folders([f"runs/{run_id}/{folder}/" for folder in RUN_FOLDERS])
 
     def _run_json(self, run_id: str) -> bytes:
         raw = self.blobs.read(f"runs/{run_id}/run.json") if not unsafe_segment(run_id) else None
@@ -435,22 +476,6 @@ class RunStore:
 
     def read_log(self, run_id: str, task_id: str, attempt: int, stream: str) -> bytes | None:
         return self.blobs.read(self.attempt_prefix(run_id, task_id, attempt) + f"{stream}.log")
-
-
-def _link(source: str, target: str) -> bool:
-    """Hard-link `target` to `source`; False where links are not possible (then write a copy)."""
-    try:
-        os.link(source, target)
-    except FileNotFoundError:
-        if not os.path.exists(source):
-            return False
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        return _link(source, target)
-    except FileExistsError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def local_store(root: Path) -> RunStore:

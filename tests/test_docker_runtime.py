@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,10 +14,12 @@ from typing import Any
 import pytest
 
 from tests.helpers import BASE_IMAGE, containers_of
+from tests.test_signals import wait_for
 from parallel_engine.errors import BackendError, BuildError, ConfigError
 from parallel_engine.runtimes.base import AttemptSpec
 from parallel_engine.runtimes.docker import (
     LABEL_RUN,
+    DockerAttempt,
     DockerRuntime,
     container_name,
     image_exists,
@@ -570,3 +573,28 @@ def test_as_root_a_named_image_user_gets_the_outputs_folder_opened_not_chowned(
     runtime._open_outputs_to_image_user(folder)
     assert (folder.stat().st_mode & 0o777, folder.stat().st_uid) == (0o777, owner)
     runtime.close()
+
+
+def test_container_that_exited_before_the_kill_reached_it_was_not_killed(
+    base_runtime: DockerRuntime, run_id: str, tmp_path: Path, docker_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hold the waiter between the engine's answer and its publication: the container has exited
+    # by itself and is gone, but nobody above the runtime knows yet when the kill is sent.
+    gate = threading.Event()
+    publish = DockerAttempt._finish
+    monkeypatch.setattr(DockerAttempt, "_finish", lambda self, code: (gate.wait(30), publish(self, code)))
+    attempt = base_runtime.start(python_spec(tmp_path, run_id, "pass"))
+    wait_for(lambda: containers_of(docker_engine, run_id) == [], 30, "the container to exit and be removed")
+    killer = threading.Thread(target=attempt.kill)
+    killer.start()
+    wait_for(lambda: attempt._kill_sent, 30, "the kill to be sent")
+    gate.set()
+    killer.join(30)
+    assert attempt.wait(30) == 0 and not attempt.killed()
+
+
+def test_container_killed_while_running_was_killed(base_runtime: DockerRuntime, run_id: str, tmp_path: Path) -> None:
+    attempt = base_runtime.start(python_spec(tmp_path, run_id, "import time; time.sleep(300)"))
+    assert attempt.wait(1.0) is None
+    attempt.kill()
+    assert attempt.wait(30) == 137 and attempt.killed()

@@ -48,14 +48,21 @@ class RaisingRuntime:
         pass
 
 
-def run_to_the_end(store: RunStore, runtime: Any, tasks: tuple[Task, ...], budgets: Budgets) -> Outcome:
+def run_to_the_end(store: RunStore, runtime: Any, tasks: tuple[Task, ...], budgets: Budgets,
+                   timeout_s: float | None = None, cancel: threading.Event | None = None) -> Outcome:
     """Run the scheduler over a LocalPool in a thread; fail (not hang) if it never ends."""
-    scheduler = Scheduler(tasks, budgets, lambda on_event: LocalPool(store, "r1", runtime, 2, None, on_event))
+    store.add_run_folders("r1")
+    scheduler = Scheduler(tasks, budgets, lambda on_event: LocalPool(store, "r1", runtime, 2, timeout_s, on_event))
+    return run_with_deadline(scheduler, cancel or threading.Event())
+
+
+def run_with_deadline(scheduler: Scheduler, cancel: threading.Event) -> Outcome:
+    """`scheduler.run(cancel)` in a thread: its outcome, or what it raised; fails if it never ends."""
     result: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            result["outcome"] = scheduler.run(threading.Event())
+            result["outcome"] = scheduler.run(cancel)
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             result["error"] = exc
 

@@ -92,7 +92,9 @@ def test_status_record_round_trips_every_field() -> None:
 
 def test_event_marker_is_written_for_each_finished_attempt(tmp_path: Path) -> None:
     store = local_store(tmp_path)
+    store.add_run_folders("r")
     for attempt, state in ((1, AttemptState.FAILED), (2, AttemptState.SUCCEEDED)):
+        (tmp_path / f"runs/r/tasks/t/{attempt}").mkdir(parents=True)  # as a worker makes it
         status = AttemptStatus("t", attempt, state, exit_code=0)
         store.write_status("r", status)
         store.add_event("r", status)

@@ -8,12 +8,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 
+import parallel_engine as pe
+from parallel_engine import api
+from parallel_engine.errors import EXIT_INTERRUPTED, Interrupted
 from tests.helpers import write_probe
 
 
@@ -94,3 +99,40 @@ def test_run_whose_orchestrator_died_is_interrupted_and_its_running_attempts_los
         for pid in task_pids:  # its own session: the task outlives a SIGKILLed orchestrator
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_cancel_before_the_run_exists_creates_no_run_and_is_interrupted(tmp_path: Path) -> None:
+    (tmp_path / "tasks.txt").write_text("true\n")
+    cancel = threading.Event()
+    cancel.set()  # e.g. Ctrl-C while the task file was read
+    with pytest.raises(Interrupted) as raised:
+        pe.run(str(tmp_path / "tasks.txt"), store=str(tmp_path / "store"), cancel=cancel)
+    assert raised.value.exit_code == EXIT_INTERRUPTED
+    assert not (tmp_path / "store" / "runs").exists()
+
+
+class SignalledInsideSet(threading.Event):
+    """An Event whose set() is interrupted by a second signal while it holds its lock, as Python
+    runs a handler between any two bytecodes (a loaded machine widens that window to ms)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.second: Callable[[], None] = lambda: None
+
+    def set(self) -> None:
+        with self._cond:
+            second, self.second = self.second, lambda: None
+            second()  # the second signal's handler runs here, inside the first's set()
+            self._flag = True
+            self._cond.notify_all()
+
+
+def test_a_second_signal_while_the_first_is_being_handled_does_not_deadlock() -> None:
+    cancel = SignalledInsideSet()
+    handler = api.cancel_handler(cancel)
+    cancel.second = lambda: handler(signal.SIGINT, None)
+    worker = threading.Thread(target=handler, args=(signal.SIGTERM, None), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "the nested handler waits for the lock its own signal's handler holds"
+    assert cancel.is_set()

@@ -18,6 +18,7 @@ from parallel_engine.store import LocalBlobs, RunRecord, local_store, parse_atte
 
 def test_claim_is_granted_to_exactly_one_of_many_racing_workers(tmp_path: Path) -> None:
     store = local_store(tmp_path)
+    store.add_run_folders("r1")
     winners: list[str] = []
     barrier = threading.Barrier(16)
 
@@ -37,6 +38,7 @@ def test_claim_is_granted_to_exactly_one_of_many_racing_workers(tmp_path: Path) 
 
 def test_write_replaces_whole_files_and_leaves_no_temporaries(tmp_path: Path) -> None:
     blobs = LocalBlobs(tmp_path)
+    blobs.add_folders(["a/"])
     blobs.write("a/b.json", b'{"v": 1}')
     blobs.write("a/b.json", b'{"v": 2}')
     assert json.loads((tmp_path / "a/b.json").read_bytes()) == {"v": 2}
@@ -52,6 +54,7 @@ def test_attempt_records_land_in_the_documented_layout(tmp_path: Path) -> None:
     (running,) = store.attempts("r1")["t1"]
     assert running.state is AttemptState.RUNNING and running.worker == "w"  # claimed, no record yet
     status = AttemptStatus("t1", 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, "w", "")
+    (tmp_path / "runs/r1/tasks/t1/1").mkdir(parents=True)  # the attempt's folder, as the local worker makes it
     store.write_status("r1", status)
     store.add_event("r1", status)
     assert json.loads((tmp_path / "runs/r1/tasks/t1/1/status.json").read_text())["state"] == "succeeded"
@@ -83,6 +86,7 @@ sys.exit("the write did not fail")
 
 def test_write_that_fails_halfway_keeps_the_old_content_and_leaves_no_temporary(tmp_path: Path) -> None:
     blobs = LocalBlobs(tmp_path)
+    blobs.add_folders(["runs/r1/"])
     blobs.write("runs/r1/run.json", b'{"old": true}')
     done = subprocess.run([sys.executable, "-c", HALF_WRITE, str(tmp_path)], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
@@ -138,6 +142,7 @@ def test_attempt_names_parse_as_task_and_number() -> None:
 
 def test_worker_records_show_a_rewrite_as_a_new_generation_and_new_bytes_as_a_new_hash(tmp_path: Path) -> None:
     store = local_store(tmp_path)
+    store.blobs.add_folders(["runs/r1/workers/"])
     record = tmp_path / "runs/r1/workers/vm-a"
 
     def rewrite(data: bytes) -> tuple[int, str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from parallel_engine.errors import BackendError, ParallelEngineError, StoreError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
-from parallel_engine.runtimes.base import AttemptSpec, RunningAttempt, Runtime, attempt_env
+from parallel_engine.runtimes.base import AttemptSpec, ExitStatusLost, RunningAttempt, Runtime, attempt_env
 from parallel_engine.store import RunStore
 
 
@@ -43,14 +43,22 @@ class LocalPool:
     _live: dict[tuple[str, int], _Live] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _cancelled: threading.Event = field(default_factory=threading.Event)
+    _failed: threading.Event = field(default_factory=threading.Event)  # a worker hit a fatal error
     _threads: list[threading.Thread] = field(default_factory=list)
     _crash: BaseException | None = None
     _root: str = ""
+    _run_folder: str = ""
+    _run_identity: tuple[int, int] | None = None
 
     def start(self) -> None:
         root = self.store.blobs.local_path("")
         assert root is not None, "the local backend needs a local store"
         self._root = str(root)
+        self._run_folder = os.path.join(self._root, "runs", self.run_id)
+        self._run_identity = self._folder_identity()
+        if self._run_identity is None:
+            raise StoreError(f"the run's folder {self._run_folder} does not exist",
+                             hint="a run's folders are made when the run is created (RunStore.save_run)")
         host = socket.gethostname()
         for index in range(self.quota):
             worker = f"local-{host}-{os.getpid()}-{index}"
@@ -73,12 +81,28 @@ class LocalPool:
             killer.join()
 
     def check(self) -> None:
-        """Raise if a worker thread died: its attempt would never report, and the run never end."""
+        """Raise if a worker thread died (its attempt would never report, and the run never end),
+        or if the run's folder is gone or cannot be written: long tasks would otherwise run on
+        with nowhere to record them, and nobody would know until they end."""
         dead = [thread.name for thread in self._threads if not thread.is_alive()]
         if dead:
             why = f"{type(self._crash).__name__}: {self._crash}" if self._crash else "no reason given"
             raise BackendError(f"local worker {dead[0]} stopped unexpectedly ({why})",
                                hint="this is a bug in parallel-engine: please report it with this line")
+        if self._folder_identity() != self._run_identity:  # a stat: cheap enough when idle
+            raise StoreError(f"the run's folder {self._run_folder} is gone",
+                             hint="the run store was deleted or moved while the run ran: the run stops here")
+        if not os.access(self._run_folder, os.W_OK):
+            raise StoreError(f"the run's folder {self._run_folder} cannot be written any more "
+                             "(read-only, or its permissions changed)",
+                             hint="the run stops here: make STORE writable and start the run again")
+
+    def _folder_identity(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self._run_folder)
+        except OSError:
+            return None
+        return stat.st_dev, stat.st_ino
 
     def close(self) -> None:
         """Stop the workers once they are idle."""
@@ -95,13 +119,14 @@ class LocalPool:
             if item is None:
                 return
             task, attempt = item
-            if self._cancelled.is_set():
+            if self._cancelled.is_set() or self._failed.is_set():
                 continue
             try:
                 if not self.store.claim(self.run_id, task.id, attempt, worker):
                     continue  # someone else runs it
                 self._run_attempt(task, attempt, worker)
             except Exception as exc:  # e.g. the store cannot be written: the scheduler must hear of it
+                self._failed.set()  # no worker claims anything more: the run is stopping
                 self.on_event("fatal", _as_error(exc, worker))  # type: ignore[arg-type]
             except BaseException as exc:  # never expected here; check() turns it into an error
                 self._crash = exc
@@ -145,21 +170,32 @@ class LocalPool:
             live.timer = threading.Timer(self.timeout_s, self._time_out, args=(live,))
             live.timer.daemon = True
             live.timer.start()
-        code = running.wait(None)
+        try:
+            code = running.wait(None)
+        except ExitStatusLost as exc:
+            code, lost = None, str(exc)
+        else:
+            lost = ""
         if live.timer is not None:
             live.timer.cancel()
+            live.timer.join()  # a kill under way finishes (its whole tree gone) before the record
         with self._lock:
             del self._live[key]
-        if live.timed_out:
-            self._finish(status, AttemptState.TIMEOUT, code, f"timed out after {self.timeout_s:g} s")
-        elif self._cancelled.is_set() and code != 0:
-            self._finish(status, AttemptState.CANCELLED, code, "cancelled by the user")
-        elif code == 0:
+        if lost:  # never a guess: unknown is not success
+            self._finish(status, AttemptState.LOST, None, lost)
+        elif running.killed():  # we stopped it while it ran: only then is it a timeout or a cancel
+            if live.timed_out:
+                self._finish(status, AttemptState.TIMEOUT, code, f"timed out after {self.timeout_s:g} s")
+            else:
+                self._finish(status, AttemptState.CANCELLED, code, "cancelled: the run was stopped")
+        elif code == 0:  # it ended by itself, even if a kill came a moment later: judged by its code
             self._finish(status, AttemptState.SUCCEEDED, 0, "")
         else:
             self._finish(status, AttemptState.FAILED, code, running.exit_reason() or f"exit code {code}")
 
     def _time_out(self, live: _Live) -> None:
+        if self._cancelled.is_set():
+            return  # the cancel kills it, and says so
         live.timed_out = True
         live.running.kill()
 
@@ -177,6 +213,9 @@ def _as_error(exc: Exception, worker: str) -> ParallelEngineError:
     """An unexpected worker failure as one of ours: a disk error names its path."""
     if isinstance(exc, ParallelEngineError):
         return exc
+    if isinstance(exc, FileNotFoundError):
+        return StoreError(f"local worker {worker}: cannot write {exc.filename or 'the run store'}: its folder is gone",
+                          hint="the run store was deleted or moved while the run ran: the run stops here")
     if isinstance(exc, OSError):
         return StoreError(f"local worker {worker}: cannot write {exc.filename or 'the run store'}: "
                           f"{exc.strerror or exc}", hint="check that the STORE folder is writable and has space")
@@ -184,14 +223,12 @@ def _as_error(exc: Exception, worker: str) -> ParallelEngineError:
 
 
 def _make_attempt_folders(folder: str) -> None:
-    """tasks/<id>/<attempt>/outputs: one mkdir per level, no stat walk (short tasks feel each call)."""
-    task_folder = os.path.dirname(folder.rstrip("/"))
+    """tasks/<id>/<attempt>/outputs: one mkdir per level, no stat walk (short tasks feel each call).
+    tasks/ itself was made with the run: if it is gone, so is the store, and this fails."""
     try:
-        os.mkdir(task_folder)
+        os.mkdir(os.path.dirname(folder.rstrip("/")))
     except FileExistsError:
         pass
-    except FileNotFoundError:  # the first attempt of the run: tasks/ itself is new
-        os.makedirs(task_folder, exist_ok=True)
     for path in (folder, os.path.join(folder, "outputs")):
         try:
             os.mkdir(path)

@@ -32,12 +32,23 @@ def attempt_env(run_id: str, task_id: str, attempt: int, output_dir: str) -> dic
     return {"PE_RUN_ID": run_id, "PE_TASK_ID": task_id, "PE_ATTEMPT": str(attempt), "PE_OUTPUT_DIR": output_dir}
 
 
+class ExitStatusLost(Exception):
+    """The attempt ended but its exit status cannot be read (its process was reaped by someone
+    else): what happened is unknown, so it is never recorded as a success."""
+
+
 class RunningAttempt(Protocol):
     def wait(self, timeout: float | None) -> int | None:
-        """The exit code, or None if still running after `timeout` seconds."""
+        """The exit code, or None if still running after `timeout` seconds; raises ExitStatusLost
+        if it ended with a status nobody can read."""
 
     def kill(self) -> None:
         """Stop the attempt and everything it started; idempotent; returns once they are gone."""
+
+    def killed(self) -> bool:
+        """Once `wait` returned: True if a `kill` stopped the attempt while it still ran, False if
+        it ended by itself (its exit code then says how it went). Decided at the moment the kill
+        is sent, so an attempt that exits as its timeout fires is judged by what really happened."""
 
     def exit_reason(self) -> str | None:
         """Once `wait` returned a code: why it ended, when the code alone would mislead (e.g. an

@@ -198,6 +198,7 @@ class DockerAttempt:
         self._done = threading.Event()
         self._exited = threading.Event()  # the engine reported the exit: the logs are final
         self._code: int | None = None
+        self._kill_sent = False
         self._kill_lock = threading.Lock()
         self._finish_lock = threading.Lock()
         self._log_threads = [
@@ -220,11 +221,17 @@ class DockerAttempt:
         """Why the container ended, when the exit code alone would mislead (an OOM kill is 137)."""
         return self._reason
 
+    def killed(self) -> bool:
+        # SIGKILL cannot be caught: a container that was still running when ours reached it
+        # exits 137; one that had exited by itself keeps its own code, and is judged by it.
+        return self._kill_sent and self._code == EXIT_KILLED
+
     def kill(self) -> None:
         docker = _docker()
         with self._kill_lock:
             if self._done.is_set():
                 return
+            self._kill_sent = True  # before the request: the waiter may publish the code first
             try:
                 self.container.kill()
             except docker.errors.NotFound:

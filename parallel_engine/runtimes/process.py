@@ -12,15 +12,20 @@ import os
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from parallel_engine.errors import BackendError
-from parallel_engine.runtimes.base import AttemptSpec
+from parallel_engine.processes import keep_child_statuses
+from parallel_engine.runtimes.base import AttemptSpec, ExitStatusLost
 from parallel_engine.runtimes.spawn import env_entries, spawn
 
 KILL_GRACE_S = 2.0
 REAP_POLL_S = 0.01
 LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC  # no O_CLOEXEC: these become fds 1 and 2
 RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+if TYPE_CHECKING:
+    import psutil
 
 
 class ProcessAttempt:
@@ -30,6 +35,7 @@ class ProcessAttempt:
         self.pid = pid
         self.returncode: int | None = None
         self._reaped = False  # a plain flag: an Event per attempt showed in the profile
+        self._killed = False
         self._kill_lock = threading.Lock()
 
     def wait(self, timeout: float | None) -> int | None:
@@ -38,8 +44,11 @@ class ProcessAttempt:
         if self.returncode is None:
             try:
                 _, status = os.waitpid(self.pid, 0)
-            except ChildProcessError:  # reaped elsewhere (never by us): nothing to report
-                status = 0
+            except ChildProcessError:  # reaped by someone else (SIGCHLD ignored?): its status is gone
+                self._reaped = True
+                raise ExitStatusLost(
+                    f"process {self.pid} ended but its exit status could not be read (reaped elsewhere: "
+                    "is SIGCHLD ignored?)") from None
             code = os.waitstatus_to_exitcode(status)
             self.returncode = 128 - code if code < 0 else code  # killed by signal N → 128+N, as a shell says
             self._reaped = True
@@ -48,27 +57,50 @@ class ProcessAttempt:
     def exit_reason(self) -> str | None:
         return None
 
+    def killed(self) -> bool:
+        return self._killed
+
     def kill(self) -> None:
         import psutil  # only when killing: its import is a real part of a short command's start
 
         with self._kill_lock:
-            if self._exited():
-                # The leader is gone, but its group may not be: sweep it anyway.
+            if self._exited() or not self._stopped_running():
+                # The leader ended by itself, but its group may not be gone: sweep it anyway.
                 _signal_group(self.pid, signal.SIGKILL)
                 return
+            self._killed = True  # decided before any signal that ends it is sent
             try:
                 tree = psutil.Process(self.pid).children(recursive=True)
             except psutil.NoSuchProcess:
                 tree = []
-            _signal_group(self.pid, signal.SIGTERM)
-            for member in tree:
-                _signal_pid(member.pid, signal.SIGTERM)
+            for sig in (signal.SIGTERM, signal.SIGCONT):  # SIGTERM first: it acts once resumed
+                _signal_group(self.pid, sig)
+                for member in tree:
+                    _signal_pid(member.pid, sig)
             self._exited_within(KILL_GRACE_S)
             _signal_group(self.pid, signal.SIGKILL)
             for member in tree:
                 _signal_pid(member.pid, signal.SIGKILL)
             self._exited_within(None)
-            psutil.wait_procs([m for m in tree if m.is_running()], timeout=KILL_GRACE_S)
+            _gone_within(tree, KILL_GRACE_S)
+
+    def _stopped_running(self) -> bool:
+        """Freeze the group with SIGSTOP and tell whether the leader was caught still running
+        (True) or had exited by itself first (False). This is what makes a kill's verdict exact:
+        a stopped process cannot exit on its own, so between this answer and our SIGTERM nothing
+        can end it but us."""
+        _signal_group(self.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + KILL_GRACE_S
+        while True:
+            try:
+                info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WSTOPPED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # reaped by `wait`: it had exited
+                return False
+            if info is not None:
+                return info.si_code in (os.CLD_STOPPED, os.CLD_TRAPPED)
+            if time.monotonic() >= deadline:  # not stopped yet (e.g. in uninterruptible I/O), not exited
+                return True
+            time.sleep(REAP_POLL_S / 10)
 
     def _exited(self) -> bool:
         """Has the leader exited? Looks without reaping (WNOWAIT), so `wait` still gets its code."""
@@ -87,6 +119,23 @@ class ProcessAttempt:
                 return False
             time.sleep(REAP_POLL_S)
         return True
+
+
+def _gone_within(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until each process has exited (a zombie has: not every init reaps orphans at once,
+    and psutil.wait_procs would wait out its timeout on one); return those still alive."""
+    import psutil
+
+    def alive(proc: psutil.Process) -> bool:
+        try:
+            return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return False
+
+    deadline = time.monotonic() + timeout
+    while (procs := [proc for proc in procs if alive(proc)]) and time.monotonic() < deadline:
+        time.sleep(REAP_POLL_S)
+    return procs
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -109,6 +158,7 @@ class ProcessRuntime:
     name = "process"
 
     def __init__(self, command: list[str] | None = None) -> None:
+        keep_child_statuses()  # each attempt's exit status is read with waitpid
         self.command = command or []
         # Read and encoded once: the per-attempt part is only PE_*.
         self._environ = dict(zip(os.environ, env_entries(os.environ)))
@@ -139,14 +189,10 @@ class ProcessRuntime:
         pass
 
 
-def kill_run_processes(run_id: str) -> int:
-    """Kill every process on this machine that belongs to `run_id`; return how many.
-
-    For `down` after the orchestrator died without cleaning up (SIGKILL, OOM): its attempts'
-    process trees were reparented and nothing points at them any more, but every one carries
-    `PE_RUN_ID` in its environment (a program that clears its environment escapes this).
-    Processes we may not inspect are skipped; this process and its ancestors are never touched.
-    """
+def run_processes(run_id: str) -> list[psutil.Process]:
+    """Every live process on this machine that belongs to `run_id`: each attempt's process tree
+    carries `PE_RUN_ID` in its environment (a program that clears its environment escapes this).
+    Processes we may not inspect are skipped; this process and its ancestors never count."""
     import psutil
 
     spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
@@ -159,10 +205,22 @@ def kill_run_processes(run_id: str) -> int:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue
+    return found
+
+
+def kill_run_processes(run_id: str) -> int:
+    """Kill every process on this machine that belongs to `run_id` (run_processes); return how many.
+
+    For `down` after the orchestrator died without cleaning up (SIGKILL, OOM): its attempts'
+    process trees were reparented and nothing points at them any more.
+    """
+    import psutil
+
+    found = run_processes(run_id)
     for proc in found:
         _signal_pid(proc.pid, signal.SIGTERM)
-    _, alive = psutil.wait_procs(found, timeout=KILL_GRACE_S)
+    alive = _gone_within(found, KILL_GRACE_S)
     for proc in alive:
         _signal_pid(proc.pid, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=KILL_GRACE_S)
+    _gone_within(alive, KILL_GRACE_S)
     return len(found)
