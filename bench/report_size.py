@@ -48,6 +48,7 @@ def synthetic_run(store: RunStore, tasks: int, workers: int, seed: int = 1) -> s
             free[worker] = started + rng.uniform(20, 600)
             vm = f"pe-{run_id}-w{worker:03d}"
             store.claim(run_id, str(i), attempt, vm)
+            store.add_attempt_folders(run_id, str(i), attempt)
             code = 0 if state is AttemptState.SUCCEEDED else 1
             store.write_status(run_id, AttemptStatus(str(i), attempt, state, code, started, free[worker], vm,
                                                      "" if code == 0 else "exit code 1"))

@@ -86,6 +86,7 @@ def build_run(store: RunStore, tasks: int, seed: int = 1) -> None:
         for number, (state, exit_code, reason) in enumerate(_outcomes(rng), start=1):
             worker = f"w{rng.randrange(2)}"
             store.claim(RUN_ID, task.id, number, worker)
+            store.add_attempt_folders(RUN_ID, task.id, number)
             prefix = store.attempt_prefix(RUN_ID, task.id, number)
             store.blobs.write(prefix + "stdout.log", f"task {task.id} attempt {number}\n".encode())
             store.blobs.write(prefix + "stderr.log", b"" if state is AttemptState.SUCCEEDED else b"boom\n")

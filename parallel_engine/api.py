@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import signal

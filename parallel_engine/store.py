@@ -375,6 +375,11 @@ class RunStore:
     def add_run_folders(self, run_id: str) -> None:
         self.blobs.add_folders([f"runs/{run_id}/{folder}/" for folder in RUN_FOLDERS])
 
+    def add_attempt_folders(self, run_id: str, task_id: str, attempt: int) -> None:
+        """tasks/<id>/<attempt>/outputs/, before anything of the attempt is written (a local
+        worker makes them itself, with bare mkdirs: see backends/local.py)."""
+        self.blobs.add_folders([self.attempt_prefix(run_id, task_id, attempt) + "outputs/"])
+
     def _run_json(self, run_id: str) -> bytes:
         raw = self.blobs.read(f"runs/{run_id}/run.json") if not unsafe_segment(run_id) else None
         if raw is None:

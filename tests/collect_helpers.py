@@ -23,6 +23,7 @@ def finished_run(store: RunStore, states: dict[str, AttemptState], run_id: str =
     store.save_run(RunRecord(run_id, time.time(), "local", "params.csv", columns, tasks, {"retries": 0}))
     for task_id, state in states.items():
         assert store.claim(run_id, task_id, 1, "worker-1")
+        store.add_attempt_folders(run_id, task_id, 1)
         code = 0 if state is AttemptState.SUCCEEDED else 1
         store.write_status(run_id, AttemptStatus(task_id, 1, state, code, 1.0, 2.5, "worker-1"))
     write_end(store, run_id, "finished", time.time())

@@ -106,6 +106,7 @@ def record_run(store: RunStore, run_id: str, histories: Mapping[str, Sequence[Ou
     for task_id, history in histories.items():
         for number, outcome in enumerate(history, start=1):
             store.claim(run_id, task_id, number, f"worker-{task_id}")
+            store.add_attempt_folders(run_id, task_id, number)
             if outcome is not None:
                 state, exit_code, reason = outcome
                 status = AttemptStatus(task_id, number, state, exit_code, 10.0, 12.5, f"worker-{task_id}", reason)

@@ -214,7 +214,6 @@ def kill_run_processes(run_id: str) -> int:
     For `down` after the orchestrator died without cleaning up (SIGKILL, OOM): its attempts'
     process trees were reparented and nothing points at them any more.
     """
-    import psutil
 
     found = run_processes(run_id)
     for proc in found:

@@ -528,7 +528,7 @@ def test_sigterm_to_a_real_gce_run_deletes_every_vm(cloud: Emulator, example_ima
     proc = subprocess.Popen([sys.executable, "-m", "parallel_engine", "run", "long.yaml"], cwd=workdir,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     config = config_for(cloud, example_image)
-    store, compute = open_store(config), Compute(config)
+    store = open_store(config)
     deadline = time.monotonic() + 60
     run_id = ""
     while time.monotonic() < deadline:
