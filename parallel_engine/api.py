@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from parallel_engine.backends.local import LocalPool
+from parallel_engine.backends.local.pool import LocalPool
 from parallel_engine.config import Config, load_config
 from parallel_engine.collect import collect
 from parallel_engine.errors import BackendError, ConfigError, Interrupted, ParallelEngineError, StoreError
@@ -43,8 +43,8 @@ InfoFn = Callable[[str], None]
 def open_store(config: Config) -> RunStore:
     """The run store: a local folder, or gs://BUCKET/BUCKET_PREFIX on the gce backend."""
     if config.backend == "gce":
-        from parallel_engine.gcs_blobs import GCSBlobs
-        from parallel_engine.google_clients import storage_client
+        from parallel_engine.backends.gce.blobs import GCSBlobs
+        from parallel_engine.backends.gce.clients import storage_client
 
         assert config.bucket is not None
         blobs = GCSBlobs(storage_client(config), config.bucket, config.bucket_prefix)
@@ -183,7 +183,7 @@ def run(
     run_id = new_run_id()
     quota = config.effective_quota()
     if config.backend == "gce":
-        from parallel_engine.gce_run import gce_plan
+        from parallel_engine.backends.gce.backend import gce_plan
 
         plan = gce_plan(config, store, run_id, quota, say)
     else:
@@ -300,7 +300,7 @@ def build(
     config = config or load_config()
     say = on_line or (lambda line: None)
     if config.backend == "gce":
-        from parallel_engine.cloud_build import build_gce
+        from parallel_engine.backends.gce.cloud_build import build_gce
 
         cloudbuild = Path(context).resolve().parent / "cloudbuild.yaml"
         return build_gce(config, open_store(config), Path(context), cloudbuild, say)
@@ -309,7 +309,7 @@ def build(
             "IMAGE is not set: `build` needs the tag to build",
             hint="set IMAGE in .config.yaml (e.g. IMAGE: my-job:latest), or pass --image",
         )
-    from parallel_engine.build import build_local
+    from parallel_engine.backends.local.build import build_local
 
     return build_local(Path(context), config.image, say)
 

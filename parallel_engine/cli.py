@@ -450,7 +450,7 @@ def down(
         out.print(f"run {run_id}: removed {left.containers} container(s) and {left.processes} process(es)",
                   markup=False)
         return
-    from parallel_engine.gce_run import down as down_run
+    from parallel_engine.backends.gce.backend import down as down_run
 
     deleted = down_run(cfg, run_id)
     out.print(f"run {run_id}: deleted {deleted} VM(s); none left", markup=False)
@@ -468,7 +468,7 @@ def render(
     set_: SetOpt = None,
 ) -> None:
     """Print the exact startup script (or VM request) a gce run gives its VMs: the backend's own rendering."""
-    from parallel_engine.gce_run import render as render_script
+    from parallel_engine.backends.gce.backend import render as render_script
     from parallel_engine.names import new_run_id
     from parallel_engine.tasks import load_tasks
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,6 +44,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "docker: needs a Docker engine (skipped loudly without one; CI fails if any were skipped)")
     config.addinivalue_line("markers", "emulator: needs the emulated Google cloud")
     config.addinivalue_line("markers", "browser: needs headless Chromium (skipped loudly without it; CI fails if any were skipped)")
+
+
+#: Folders whose every test needs the emulated cloud: its own tests, and the gce backend's.
+EMULATOR_FOLDERS = (Path(__file__).parent / "emulator", Path(__file__).parent / "gce")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(folder in Path(str(item.fspath)).parents for folder in EMULATOR_FOLDERS):
+            item.add_marker(pytest.mark.emulator)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -131,7 +142,7 @@ def base_image(docker_engine: Any) -> str:
 @pytest.fixture(scope="session")
 def example_image(base_image: str) -> str:
     """code/ built once per session as `parallel-engine-example:test`."""
-    from parallel_engine.build import build_local
+    from parallel_engine.backends.local.build import build_local
     from parallel_engine.errors import BuildError
 
     lines: list[str] = []
@@ -149,3 +160,39 @@ def chromium() -> tuple[str, str]:
     if found is None:
         pytest.skip(BROWSER_SKIP_REASON)
     return found
+
+
+# -- the emulated cloud (tests/emulator: its own tests; tests/gce: the gce backend's) ------------
+@pytest.fixture
+def cloud() -> Iterator[Any]:
+    """A fresh emulated cloud per test, at 1/100 time (starts in a fraction of a second)."""
+    from parallel_engine.emulator import Emulator
+    from tests.emulator.emulator_helpers import TIME_SCALE
+
+    with Emulator(time_scale=TIME_SCALE) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def clients(cloud: Any) -> Any:
+    """The real Google clients pointed at `cloud`."""
+    from tests.emulator.emulator_helpers import Clients
+
+    return Clients(cloud)
+
+
+@pytest.fixture(scope="module")
+def shared_cloud() -> Iterator[Any]:
+    """One emulator for tests that only read or are refused (the conformance walk)."""
+    from parallel_engine.emulator import Emulator
+    from tests.emulator.emulator_helpers import TIME_SCALE
+
+    with Emulator(time_scale=TIME_SCALE) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def shared(shared_cloud: Any) -> Any:
+    from tests.emulator.emulator_helpers import Clients
+
+    return Clients(shared_cloud)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from parallel_engine.config import load_config
-from parallel_engine.credentials import ProjectMismatchWarning, google_auth, google_project
+from parallel_engine.backends.gce.credentials import ProjectMismatchWarning, google_auth, google_project
 from parallel_engine.errors import ConfigError, CredentialsError
 from tests.helpers import ROOT, cli
 

@@ -340,7 +340,7 @@ def test_missing_entrypoint_program_is_backend_error_and_leaves_no_container(
 
 
 def test_build_failure_names_the_failing_step_and_shows_the_log_tail(base_image: str, tmp_path: Path) -> None:
-    from parallel_engine.build import build_local
+    from parallel_engine.backends.local.build import build_local
 
     (tmp_path / "Dockerfile").write_text(
         f"FROM {BASE_IMAGE}\nRUN echo preparing-things\nRUN echo about-to-fail && exit 3\nRUN echo never\n"
@@ -356,7 +356,7 @@ def test_build_failure_names_the_failing_step_and_shows_the_log_tail(base_image:
 
 
 def test_build_without_dockerfile_is_build_error_naming_the_path(tmp_path: Path) -> None:
-    from parallel_engine.build import build_local
+    from parallel_engine.backends.local.build import build_local
 
     with pytest.raises(BuildError, match=str(tmp_path / "Dockerfile")):
         build_local(tmp_path, "x:y", lambda line: None)
@@ -365,7 +365,7 @@ def test_build_without_dockerfile_is_build_error_naming_the_path(tmp_path: Path)
 
 
 def test_build_honours_dockerignore(docker_engine: Any, base_image: str, run_id: str, tmp_path: Path) -> None:
-    from parallel_engine.build import build_local
+    from parallel_engine.backends.local.build import build_local
 
     context = tmp_path / "ctx"
     context.mkdir()
@@ -423,7 +423,7 @@ def test_select_runtime_docker_without_image_is_config_error(docker_engine: Any)
 
 
 def test_without_an_engine_every_entry_point_says_so_with_a_hint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from parallel_engine.build import build_local
+    from parallel_engine.backends.local.build import build_local
     from parallel_engine.runtimes.docker import engine_available
     from parallel_engine.runtimes.select import select_runtime
 
@@ -469,7 +469,7 @@ def test_build_log_lines_reach_the_callback_while_a_later_step_still_runs(
     import socket
     import threading
 
-    from parallel_engine.build import build_local
+    from parallel_engine.backends.local.build import build_local
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))  # the build runs with the host network
@@ -531,7 +531,7 @@ def test_as_root_an_image_with_a_non_root_user_can_write_its_outputs(
 ) -> None:
     if os.getuid() != 0:
         pytest.skip("as a non-root caller the container runs as the caller, who owns the folder")
-    from parallel_engine.build import build_local
+    from parallel_engine.backends.local.build import build_local
 
     context = tmp_path / "ctx"
     context.mkdir()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from parallel_engine.backends.local import LocalPool
+from parallel_engine.backends.local.pool import LocalPool
 from parallel_engine.errors import BackendError
 from parallel_engine.model import AttemptState, Task, TaskState
 from parallel_engine.runtimes.base import AttemptSpec

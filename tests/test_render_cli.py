@@ -12,7 +12,7 @@ import pytest
 
 from parallel_engine.config import Config, load_config
 from parallel_engine.emulator import Emulator
-from parallel_engine.gce_run import script_for
+from parallel_engine.backends.gce.backend import script_for
 from tests.helpers import cli
 
 pytestmark = pytest.mark.emulator

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from parallel_engine.backends.local import LocalPool
+from parallel_engine.backends.local.pool import LocalPool
 from parallel_engine.errors import StoreError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.scheduler import Scheduler

@@ -19,7 +19,7 @@ import jinja2
 import pytest
 
 from parallel_engine.errors import ConfigError, TaskSourceError
-from parallel_engine.worker import (
+from parallel_engine.backends.gce.startup import (
     WorkerSettings,
     argv_key,
     command_key,
@@ -176,7 +176,7 @@ def test_template_never_renders_a_value_without_the_quoting_filter() -> None:
 
 
 def test_the_template_is_found_in_a_source_checkout() -> None:
-    assert template_dir() == REPO / "templates"
+    assert template_dir() == REPO / "parallel_engine" / "backends" / "gce" / "templates"
 
 
 @pytest.mark.parametrize(

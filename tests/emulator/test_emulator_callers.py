@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from emulator_helpers import Clients, console, make_instance, wait_for
+from tests.emulator.emulator_helpers import Clients, console, make_instance, wait_for
 
 CALLS = r"""
 MD="http://${GCE_METADATA_HOST}/computeMetadata/v1"

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from emulator_helpers import FixedToken, cloudbuild_client, user_credentials, wait_for
+from tests.emulator.emulator_helpers import FixedToken, cloudbuild_client, user_credentials, wait_for
 from google.api_core import exceptions as gexc
 from google.cloud.devtools import cloudbuild_v1
 

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import psutil
 import pytest
-from emulator_helpers import TIME_SCALE, Clients, claim_script, console, make_instance, wait_for
+from tests.emulator.emulator_helpers import TIME_SCALE, Clients, claim_script, console, make_instance, wait_for
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 

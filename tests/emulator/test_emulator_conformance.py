@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from emulator_helpers import Clients, make_instance
+from tests.emulator.emulator_helpers import Clients, make_instance
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import docker
 import pytest
-from emulator_helpers import Clients, make_instance, wait_for
+from tests.emulator.emulator_helpers import Clients, make_instance, wait_for
 
 from parallel_engine.emulator.guest.docker_proxy import DockerEndpoints
 from parallel_engine.emulator.guest.docker_stamp import Refused, Stamp, stamp_create

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from emulator_helpers import Clients, bearer, claim_script, console, make_instance, user_credentials, wait_for
+from tests.emulator.emulator_helpers import Clients, bearer, claim_script, console, make_instance, user_credentials, wait_for
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from emulator_helpers import TIME_SCALE, Clients, console, make_instance, wait_for
+from tests.emulator.emulator_helpers import TIME_SCALE, Clients, console, make_instance, wait_for
 
 from parallel_engine.emulator import Emulator
 from parallel_engine.emulator.guest.bindir import DOCKER_WRAPPER

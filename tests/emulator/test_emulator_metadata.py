@@ -7,7 +7,7 @@ import time
 import urllib.request
 
 import pytest
-from emulator_helpers import TIME_SCALE, Clients, FixedToken, console, make_instance, wait_for
+from tests.emulator.emulator_helpers import TIME_SCALE, Clients, FixedToken, console, make_instance, wait_for
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1, storage
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import requests
-from emulator_helpers import Clients, bearer, claim_script, console, make_instance, wait_for
+from tests.emulator.emulator_helpers import Clients, bearer, claim_script, console, make_instance, wait_for
 from google.api_core import exceptions as gexc
 from google.auth.transport.requests import AuthorizedSession
 from google.cloud import compute_v1

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from emulator_helpers import TIME_SCALE, Clients, cloudbuild_client, config_credentials, make_instance, wait_for
+from tests.emulator.emulator_helpers import TIME_SCALE, Clients, cloudbuild_client, config_credentials, make_instance, wait_for
 
 from parallel_engine.emulator import ControlClient, Emulator, serve
 from parallel_engine.emulator.serve import render_config

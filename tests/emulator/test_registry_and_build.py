@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from emulator_helpers import bearer, cloudbuild_client, file_credentials, user_credentials
+from tests.emulator.emulator_helpers import bearer, cloudbuild_client, file_credentials, user_credentials
 from google.api_core import exceptions as gexc
 from google.auth import credentials as gauth
 from google.cloud import storage
@@ -493,7 +493,7 @@ def _members(archive: bytes) -> set[str]:
 
 
 def test_gcloudignore_uses_gitignore_rules_and_dockerignore_docker_rules(tmp_path: Path) -> None:
-    from parallel_engine.cloud_build import pack_source
+    from parallel_engine.backends.gce.cloud_build import pack_source
 
     code = tmp_path / "code"
     for rel in ("Dockerfile", "main.py", "run.log", "keep.log", "sub/deep.log", "sub/x.tmp", "x.tmp",
@@ -513,7 +513,7 @@ def test_gcloudignore_uses_gitignore_rules_and_dockerignore_docker_rules(tmp_pat
 
 
 def test_a_top_level_gcloudignore_or_gitignore_applies_as_gcloud_builds_submit_reads_it(tmp_path: Path) -> None:
-    from parallel_engine.cloud_build import pack_source
+    from parallel_engine.backends.gce.cloud_build import pack_source
 
     code = tmp_path / "code"
     for rel in ("Dockerfile", "main.py", "cache/blob", "__pycache__/m.pyc"):
@@ -551,7 +551,7 @@ def _gce_config(cloud: Any, image: str) -> Any:
 
 def test_a_build_create_whose_answer_was_lost_is_not_submitted_twice(cloud: Any, tmp_path: Path) -> None:
     from parallel_engine.api import open_store
-    from parallel_engine.cloud_build import build_gce
+    from parallel_engine.backends.gce.cloud_build import build_gce
 
     assert cloud.registry_host, "the emulated cloud has no registry (apt-get install docker-registry)"
     image = f"{cloud.registry_host}/{cloud.project}/parallel-engine/tiny:{uuid.uuid4().hex[:8]}"
@@ -567,7 +567,7 @@ def test_a_build_create_whose_answer_was_lost_is_not_submitted_twice(cloud: Any,
 
 def test_the_cloudbuild_yaml_timeout_reaches_the_build(cloud: Any, tmp_path: Path) -> None:
     from parallel_engine.api import open_store
-    from parallel_engine.cloud_build import build_gce
+    from parallel_engine.backends.gce.cloud_build import build_gce
     from parallel_engine.errors import BuildError
 
     image = f"{cloud.registry_host}/{cloud.project}/parallel-engine/slow:{uuid.uuid4().hex[:8]}"
@@ -583,7 +583,7 @@ def test_the_cloudbuild_yaml_timeout_reaches_the_build(cloud: Any, tmp_path: Pat
 def test_a_cloudbuild_yaml_timeout_that_is_not_a_duration_is_a_build_error_saying_what_to_write(
     tmp_path: Path, timeout: Any
 ) -> None:
-    from parallel_engine.cloud_build import _build_message
+    from parallel_engine.backends.gce.cloud_build import _build_message
     from parallel_engine.errors import BuildError
 
     spec = {"steps": [{"name": BASE_IMAGE}], "timeout": timeout}
@@ -595,7 +595,7 @@ def test_a_cloudbuild_yaml_timeout_that_is_not_a_duration_is_a_build_error_sayin
 
 def test_a_refused_build_create_is_a_build_error_with_what_to_check(cloud: Any, tmp_path: Path) -> None:
     from parallel_engine.api import open_store
-    from parallel_engine.cloud_build import build_gce
+    from parallel_engine.backends.gce.cloud_build import build_gce
     from parallel_engine.errors import BuildError
 
     image = f"{cloud.registry_host}/{cloud.project}/parallel-engine/refused:{uuid.uuid4().hex[:8]}"

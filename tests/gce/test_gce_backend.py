@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 import yaml
-from emulator_helpers import wait_for
+from tests.emulator.emulator_helpers import wait_for
 
 import parallel_engine as pe
 from parallel_engine.api import open_store
-from parallel_engine.backends.gce import Compute, GcePool
+from parallel_engine.backends.gce.pool import Compute, GcePool
 from parallel_engine.config import Config, load_config
 from parallel_engine.errors import BackendError
 from parallel_engine.emulator import Emulator
-from parallel_engine.gce_run import script_for
+from parallel_engine.backends.gce.backend import script_for
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.results import capacity_key
 from tests.helpers import ROOT, cli
@@ -189,7 +189,7 @@ def test_server_errors_and_dropped_connections_are_retried(cloud: Emulator) -> N
 
     from google.api_core import exceptions as gexc
 
-    from parallel_engine.google_clients import _transient, is_google_error
+    from parallel_engine.backends.gce.clients import _transient, is_google_error
 
     compute = Compute(config_for(cloud, "img"))
     for status in (500, 502, 504):
@@ -207,7 +207,7 @@ def test_server_errors_and_dropped_connections_are_retried(cloud: Emulator) -> N
 
 
 def test_an_insert_conflict_is_success_only_for_this_runs_own_vm(cloud: Emulator) -> None:
-    from parallel_engine.gce_vm import instance_body, instance_properties
+    from parallel_engine.backends.gce.vm import instance_body, instance_properties
 
     config = config_for(cloud, "img")
     compute = Compute(config)
@@ -351,7 +351,7 @@ def test_a_worker_that_cannot_write_the_bucket_stops_the_run_early_as_infra(
 def test_a_one_task_vm_whose_prelude_dies_is_an_infra_attempt_and_retried(
     cloud: Emulator, example_image: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import parallel_engine.gce_run as gce_run
+    import parallel_engine.backends.gce.backend as gce_run
 
     real = gce_run.script_for
 
@@ -555,7 +555,7 @@ def test_sigterm_to_a_real_gce_run_deletes_every_vm(cloud: Emulator, example_ima
 def test_down_deletes_a_runs_vms_from_another_process(cloud: Emulator, example_image: str, workdir: Path) -> None:
     config = config_for(cloud, example_image)
     compute = Compute(config)
-    from parallel_engine.gce_vm import instance_body, instance_properties
+    from parallel_engine.backends.gce.vm import instance_body, instance_properties
 
     # One of them in a zone this config does not name: `down` lists every zone (aggregatedList).
     for name, zone in (("pe-leaked-1", cloud.zone), ("pe-leaked-2", "us-central1-b")):
@@ -578,7 +578,7 @@ def test_down_deletes_a_runs_vms_from_another_process(cloud: Emulator, example_i
 def poll_cost(cloud: Emulator, tasks: int, per_task: bool) -> tuple[int, int, int]:
     """Calls of one poll after two attempts finished and a VM vanished holding a third:
     (compute, storage object calls, all storage calls)."""
-    from parallel_engine.gce_vm import instance_body, instance_properties
+    from parallel_engine.backends.gce.vm import instance_body, instance_properties
 
     config = config_for(cloud, "img", **({"TASKS_PER_VM": 1} if per_task else {}))
     store = open_store(config)
@@ -631,7 +631,7 @@ def test_a_vm_gone_after_its_attempt_finished_costs_no_preemption_listing(cloud:
     """The common end of a one-task VM: it recorded its attempt and deleted itself. Nothing is
     left to settle, so Google's preemption operations are not listed (poll_cost: they are when
     the vanished VM still held an open attempt)."""
-    from parallel_engine.gce_vm import instance_body, instance_properties
+    from parallel_engine.backends.gce.vm import instance_body, instance_properties
 
     config = config_for(cloud, "img", **({"TASKS_PER_VM": 1} if per_task else {}))
     store = open_store(config)
@@ -702,7 +702,7 @@ def test_one_task_vm_that_does_not_delete_itself_is_deleted(
 ) -> None:
     import functools
 
-    import parallel_engine.gce_run as gce_run
+    import parallel_engine.backends.gce.backend as gce_run
 
     monkeypatch.setattr(gce_run, "script_for", functools.partial(gce_run.script_for, self_delete=False))
     (workdir / "one.csv").write_text("dataset\na\nb\n")

@@ -23,11 +23,11 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from emulator_helpers import Clients, make_instance, wait_for
+from tests.emulator.emulator_helpers import Clients, make_instance, wait_for
 from google.api_core.exceptions import NotFound
 
 from parallel_engine.model import AttemptState, AttemptStatus
-from parallel_engine.worker import (
+from parallel_engine.backends.gce.startup import (
     WorkerSettings,
     argv_key,
     command_key,

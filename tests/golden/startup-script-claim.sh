@@ -1,7 +1,7 @@
 #!/bin/bash
 # parallel-engine worker for Container-Optimized OS: runs attempts of one run on this VM.
 #
-# Rendered by parallel_engine.worker.render_startup_script; the protocol it speaks with the
+# Rendered by parallel_engine.backends.gce.startup.render_startup_script; the protocol it speaks with the
 # orchestrator is docs/worker-protocol.md. It needs only what COS ships: bash, coreutils, curl,
 # docker and docker-credential-gcr (no python, jq or gsutil). Its logs: the serial console, or
 # `journalctl -u google-startup-scripts` on the VM.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from parallel_engine.backends.gce import Compute, GcePool, delete_run_vms
+from parallel_engine.backends.gce.pool import Compute, GcePool, delete_run_vms
 from parallel_engine.config import Config
 from parallel_engine.errors import ConfigError, CredentialsError
 from parallel_engine.model import AttemptStatus
@@ -56,7 +56,7 @@ def without_tag(image: str) -> str:
 def script_for(
     config: Config, run_id: str, image: str, self_delete: bool = True
 ) -> Callable[[tuple[tuple[str, int], ...] | None], str]:
-    from parallel_engine.worker import WorkerSettings, render_startup_script
+    from parallel_engine.backends.gce.startup import WorkerSettings, render_startup_script
 
     def render(tasks: tuple[tuple[str, int], ...] | None) -> str:
         assert config.bucket is not None
@@ -84,7 +84,7 @@ def script_for(
 def check_rendering(config: Config, render: Callable[[tuple[tuple[str, int], ...] | None], str]) -> None:
     """Render a worker's script (and its VM request) once while planning: a bad setting is one clear
     ConfigError before any VM exists or run.json is written, not a monitor failure mid-run."""
-    from parallel_engine.gce_vm import instance_properties
+    from parallel_engine.backends.gce.vm import instance_properties
 
     assert config.zone is not None
     script = render((("check", 1),) if config.tasks_per_vm == 1 else None)
@@ -135,7 +135,7 @@ def render(config: Config, run_id: str, task: tuple[str, int] | None, vm_request
     with IMAGE pinned to the digest `build` recorded (read from the bucket, as `run` does)."""
     import json
 
-    from parallel_engine.gce_vm import bulk_body, instance_body, instance_properties
+    from parallel_engine.backends.gce.vm import bulk_body, instance_body, instance_properties
     from parallel_engine.names import gce_name, label_value
 
     assert config.zone is not None
@@ -156,7 +156,7 @@ def down(config: Config, run_id: str) -> int:
     """Delete every VM of a run, by label, from any machine, then record `cancelled` for each
     attempt that was running on one; returns how many VMs were deleted."""
     from parallel_engine.api import open_store
-    from parallel_engine.backends.gce import cancel_running
+    from parallel_engine.backends.gce.pool import cancel_running
     from parallel_engine.model import AttemptState
 
     assert config.zone is not None

@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from parallel_engine.credentials import access_error
+from parallel_engine.backends.gce.credentials import access_error
 from parallel_engine.errors import BackendError, StoreError
-from parallel_engine.google_clients import is_google_error
+from parallel_engine.backends.gce.clients import is_google_error
 from parallel_engine.nofollow import NAME_ERRNOS, Listing, Pairs, Skipped, Skips
 
 if TYPE_CHECKING:

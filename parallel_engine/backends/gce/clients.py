@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from parallel_engine.credentials import access_error, credentials, google_project
+from parallel_engine.backends.gce.credentials import access_error, credentials, google_project
 from parallel_engine.errors import BackendError
 
 if TYPE_CHECKING:

@@ -18,8 +18,8 @@ import yaml
 
 from parallel_engine.config import Config
 from parallel_engine.errors import BackendError, BuildError, ConfigError
-from parallel_engine.credentials import google_project
-from parallel_engine.google_clients import call_google, cloudbuild_client
+from parallel_engine.backends.gce.credentials import google_project
+from parallel_engine.backends.gce.clients import call_google, cloudbuild_client
 from parallel_engine.names import new_run_id
 from parallel_engine.store import RunStore
 

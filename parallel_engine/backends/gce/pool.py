@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parallel_engine.config import Config
-from parallel_engine.credentials import google_project
+from parallel_engine.backends.gce.credentials import google_project
 from parallel_engine.errors import AccessError, BackendError, ParallelEngineError
-from parallel_engine.gce_vm import (
+from parallel_engine.backends.gce.vm import (
     RUN_LABEL,
     bulk_body,
     instance_body,
@@ -30,12 +30,12 @@ from parallel_engine.gce_vm import (
     to_bulk,
     to_instance,
 )
-from parallel_engine.google_clients import call_google, compute_client
+from parallel_engine.backends.gce.clients import call_google, compute_client
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.names import gce_name, label_value
 from parallel_engine.results import write_waiting
 from parallel_engine.store import RunStore, parse_attempt
-from parallel_engine.worker import encode_argv
+from parallel_engine.backends.gce.startup import encode_argv
 
 ScriptFor = Callable[[tuple[tuple[str, int], ...] | None], str]
 Event = Callable[[str, Any], None]

@@ -1,6 +1,6 @@
 """The VM worker: the startup script a Container-Optimized OS VM boots with, and its settings.
 
-One template (`templates/startup-script.sh.j2`) serves both worker modes: attempts rendered into
+One template (`templates/startup-script.sh.j2` beside this module) serves both worker modes: attempts rendered into
 the script (`--tasks-per-vm 1`: claim exactly these, run them) or claim-by-listing (reuse: claim
 what `runs/<run>/open/` offers until nothing is left). The protocol between the orchestrator and
 the script is docs/worker-protocol.md; this module renders the script and names the objects the
@@ -234,15 +234,12 @@ def credential_hosts(image: str, registry: str | None) -> tuple[str, ...]:
 
 # -- rendering --------------------------------------------------------------------------------
 def template_dir() -> Path:
-    """The templates folder: inside the package in a wheel, at the repository root in a checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "templates", here.parent / "templates"):
-        if (candidate / TEMPLATE_NAME).is_file():
-            return candidate
-    raise ConfigError(
-        f"cannot find {TEMPLATE_NAME} (looked in {here / 'templates'} and {here.parent / 'templates'})",
-        hint="reinstall parallel-engine: the wheel ships it as parallel_engine/templates/",
-    )
+    """The templates folder, beside this module (the wheel ships it as package data)."""
+    here = Path(__file__).resolve().parent / "templates"
+    if not (here / TEMPLATE_NAME).is_file():
+        raise ConfigError(f"cannot find {TEMPLATE_NAME} in {here}",
+                          hint="reinstall parallel-engine: the wheel ships it in parallel_engine/backends/gce/templates/")
+    return here
 
 
 def _seconds_text(value: Any) -> str:
