@@ -23,7 +23,6 @@ from pathlib import Path
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.report import write_report
 from parallel_engine.report_data import ReportData
-from parallel_engine.results import write_end
 from parallel_engine.store import RunRecord, RunStore, local_store
 
 START = 1_700_000_000.0  # 2023-11-14
@@ -55,7 +54,7 @@ def synthetic_run(store: RunStore, tasks: int, workers: int, seed: int = 1) -> s
             if code:
                 store.blobs.write(store.attempt_prefix(run_id, str(i), attempt) + "stderr.log",
                                   b"loading\nTraceback (most recent call last):\nValueError: bad input\n")
-    write_end(store, run_id, "finished", max(free))
+    store.write_end(run_id, "finished", max(free))
     return run_id
 
 

@@ -36,7 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from parallel_engine.model import AttemptState, AttemptStatus, Task  # noqa: E402
-from parallel_engine.results import write_end  # noqa: E402
 from parallel_engine.store import RunRecord, RunStore, local_store  # noqa: E402
 
 #: main before reading a run was made cheap (the "before" column).
@@ -96,7 +95,7 @@ def build_run(store: RunStore, tasks: int, seed: int = 1) -> None:
             status = AttemptStatus(task.id, number, state, exit_code, started, clock, worker, reason)
             store.write_status(RUN_ID, status)
             store.add_event(RUN_ID, status)
-    write_end(store, RUN_ID, "finished", clock)
+    store.write_end(RUN_ID, "finished", clock)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The plain Python API (achilles-style): everything the CLI does, importable.
+"""The plain Python API: everything the CLI does, importable (the CLI is a thin layer over it).
 
     import parallel_engine as pe
     run = pe.run("code/params.csv", jobs=4, retries=1)
@@ -8,10 +8,7 @@
 from __future__ import annotations
 
 import os
-import re
-import shlex
 import signal
-import socket
 import sys
 import threading
 import time
@@ -21,50 +18,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from parallel_engine.backends.local.pool import LocalPool
-from parallel_engine.config import Config, load_config
+from parallel_engine.backends.base import Built, backend_for
 from parallel_engine.collect import collect
-from parallel_engine.errors import BackendError, ConfigError, Interrupted, ParallelEngineError, StoreError
+from parallel_engine.config import Config, load_config
+from parallel_engine.errors import ConfigError, Interrupted, ParallelEngineError
 from parallel_engine.exec_limits import CONTAINER_RESERVE, check_tasks_can_start
-from parallel_engine.model import AttemptStatus, Task, TaskList
+from parallel_engine.model import TaskList
 from parallel_engine.names import new_run_id
 from parallel_engine.processes import this_orchestrator
-from parallel_engine.results import RunStatus, read_log, run_status, status_of, write_end
-from parallel_engine.runtimes.base import Runtime, attempt_env
-from parallel_engine.runtimes.select import select_runtime
-from parallel_engine.scheduler import Outcome, Pool, ProgressFn, Scheduler
+from parallel_engine.protocol import CONTAINER_OUTPUT_DIR, attempt_env
+from parallel_engine.results import RunStatus, read_log, run_status, status_of
+from parallel_engine.scheduler import Outcome, ProgressFn, Scheduler
 from parallel_engine.state import Budgets
-from parallel_engine.store import RunRecord, RunStore, local_store
+from parallel_engine.store import RunRecord, RunStore
 from parallel_engine.tasks import load_tasks
 
 InfoFn = Callable[[str], None]
 
 
 def open_store(config: Config) -> RunStore:
-    """The run store: a local folder, or gs://BUCKET/BUCKET_PREFIX on the gce backend."""
-    if config.backend == "gce":
-        from parallel_engine.backends.gce.blobs import GCSBlobs
-        from parallel_engine.backends.gce.clients import storage_client
-
-        assert config.bucket is not None
-        blobs = GCSBlobs(storage_client(config), config.bucket, config.bucket_prefix)
-        return RunStore(blobs, f"gs://{config.bucket}/{config.bucket_prefix}")
-    return local_store(Path(config.store).expanduser().resolve())
+    """The run store `config`'s backend writes: a local folder, or gs://BUCKET/BUCKET_PREFIX."""
+    return backend_for(config).open_store()
 
 
 def existing_store(config: Config) -> RunStore:
-    """The run store to read from: a local STORE folder that does not exist is an error (a
-    mistyped --store, or a command run from another folder), never an empty store."""
-    if config.backend != "gce":
-        root = Path(config.store).expanduser().resolve()
-        if not root.is_dir():
-            what = "is a file, not a folder" if root.exists() else "does not exist"
-            raise StoreError(
-                f"no run store at {root} (STORE, {config.origin('STORE')}): {what}",
-                hint="a store is made by `parallel-engine run` in the folder it runs from (STORE, "
-                "default .parallel-engine): run this command there, or give the store with --store",
-            )
-    return open_store(config)
+    """The run store to read from: one that does not exist (a mistyped --store, a command run
+    from another folder) is an error, never an empty store."""
+    return backend_for(config).existing_store()
 
 
 @dataclass
@@ -139,22 +119,6 @@ def stop_on_signals(cancel: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _select_runtime(config: Config, info: InfoFn) -> Runtime:
-    runtime, reason = select_runtime(
-        config.runtime, config.image, network=config.docker_network, cpus=config.cpus,
-        memory=config.memory, command=config.command_argv(), labels=config.labels,
-    )
-    info(f"runtime: {reason}")
-    return runtime
-
-
-def _sweep_containers(run_id: str) -> None:
-    """A net under cancellation: no container of this run outlives it, whatever happened."""
-    from parallel_engine.runtimes.docker import remove_containers
-
-    remove_containers({"parallel-engine-run": run_id})
-
-
 def run(
     source: str | Path,
     *,
@@ -179,23 +143,18 @@ def run(
     say = info or (lambda message: None)
     task_list = load_tasks(source, args_template=config.args_template, arg_style=config.arg_style)
     cancel = cancel or threading.Event()
-    store = open_store(config)
+    backend = backend_for(config)
+    store = backend.open_store()
     run_id = new_run_id()
     quota = config.effective_quota()
-    if config.backend == "gce":
-        from parallel_engine.backends.gce.backend import gce_plan
-
-        plan = gce_plan(config, store, run_id, quota, say)
-    else:
-        plan = _local_plan(config, store, run_id, quota, say)
-        if plan.spec["runtime"] == "process":
-            check_script(config, task_list.tasks, Path.cwd())
+    plan = backend.plan(store, run_id, quota, task_list.tasks, say)
     check_can_start(task_list, store, run_id, plan.spec["runtime"], config.command_argv())
-    budgets = Budgets(retries=config.retries, infra_retries=config.preemption_retries)
+    budgets = Budgets(retries=config.retries, infra_retries=config.preemption_retries,
+                      infra_failure_limit=config.infra_failure_limit)
     record = RunRecord(
         run_id=run_id,
         created=time.time(),
-        backend=config.backend,
+        backend=backend.name,
         source=str(Path(source)),
         columns=task_list.columns,
         tasks=task_list.tasks,
@@ -215,48 +174,19 @@ def run(
             plan.cleanup()
             raise Interrupted("interrupted before the run started: nothing ran")
         store.save_run(record)
-        say(f"run {run_id}: {len(task_list.tasks)} tasks on {config.backend}, at most {quota} at once, "
+        say(f"run {run_id}: {len(task_list.tasks)} tasks on {backend.name}, at most {quota} at once, "
             f"store {store.where}")
         scheduler = Scheduler(task_list.tasks, budgets, plan.make_pool, progress)
         try:
             outcome = scheduler.run(cancel)  # a pool stops all its workers on the way out
         except BaseException:
             with suppress(ParallelEngineError):  # a broken store must not hide the first error
-                write_end(store, run_id, "failed", time.time())
+                store.write_end(run_id, "failed", time.time())
             raise
         finally:
             plan.cleanup()
-        write_end(store, run_id, "cancelled" if outcome.cancelled else "finished", time.time())
+        store.write_end(run_id, "cancelled" if outcome.cancelled else "finished", time.time())
     return Run(run_id, store, outcome, record)
-
-
-@dataclass
-class Plan:
-    """What a backend contributes to a run: its part of run.json, its pool, a last net."""
-
-    spec: dict[str, Any]
-    make_pool: Callable[[Callable[[str, AttemptStatus], None]], Pool]
-    cleanup: Callable[[], None] = lambda: None
-
-
-_PYTHON = re.compile(r"python[0-9.]*")
-
-
-def check_script(config: Config, tasks: tuple[Task, ...], cwd: Path) -> None:
-    """Refuse a run whose COMMAND is `python <script>.py` with no such script: otherwise every
-    task fails alike with "can't open file" (e.g. the default code/main.py, run from elsewhere)."""
-    argv = config.command_argv()
-    if len(argv) < 2 or not _PYTHON.fullmatch(Path(argv[0]).name) or not argv[1].endswith(".py"):
-        return
-    if all(task.command is not None for task in tasks) or (cwd / argv[1]).is_file():
-        return  # no task runs COMMAND, or the script is there
-    where = "" if Path(argv[1]).is_absolute() else f" in the working directory {cwd}"
-    raise ConfigError(
-        f"COMMAND ({config.origin('COMMAND')}: {shlex.join(argv)}) runs {argv[1]}, "
-        f"but there is no such file{where}",
-        hint="run from the folder that holds it (the repository root for code/main.py), "
-        "or set COMMAND with the script's full path (--command, or COMMAND in .config.yaml)",
-    )
 
 
 def check_can_start(task_list: TaskList, store: RunStore, run_id: str, runtime: str, command: list[str]) -> None:
@@ -264,29 +194,12 @@ def check_can_start(task_list: TaskList, store: RunStore, run_id: str, runtime: 
     with what it gets on this machine (process runtime), or in a container (docker, gce)."""
     longest_id, last_attempt = "x" * 100, 9999
     if runtime == "process":
-        outputs = store.blobs.local_path(store.attempt_prefix(run_id, longest_id, last_attempt) + "outputs")
+        outputs = store.local_path(store.attempt_prefix(run_id, longest_id, last_attempt) + "outputs")
         environ = {**os.environ, **attempt_env(run_id, longest_id, last_attempt, os.path.abspath(str(outputs)))}
         check_tasks_can_start(task_list, command, environ, per_argument=sys.platform.startswith("linux"))
     else:
-        from parallel_engine.runtimes.docker import CONTAINER_OUTPUT_DIR
-
         environ = attempt_env(run_id, longest_id, last_attempt, CONTAINER_OUTPUT_DIR)
         check_tasks_can_start(task_list, (), environ, reserve=CONTAINER_RESERVE)
-
-
-def _local_plan(config: Config, store: RunStore, run_id: str, quota: int, say: InfoFn) -> Plan:
-    runtime = _select_runtime(config, say)
-    spec = {
-        "runtime": runtime.name,
-        "command": config.command_argv() if runtime.name == "process" else None,
-        "image": config.image if runtime.name == "docker" else None,
-    }
-
-    def make_pool(on_event: Callable[[str, AttemptStatus], None]) -> LocalPool:
-        return LocalPool(store, run_id, runtime, quota, config.task_timeout, on_event)
-
-    cleanup = (lambda: _sweep_containers(run_id)) if runtime.name == "docker" else (lambda: None)
-    return Plan(spec, make_pool, cleanup)
 
 
 def build(
@@ -294,62 +207,25 @@ def build(
     *,
     config: Config | None = None,
     on_line: Callable[[str], None] | None = None,
-) -> str:
-    """Build `context` (honouring .dockerignore) into IMAGE: with the local Docker engine (returns
-    the image id), or on gce with Cloud Build (returns the pushed digest, recorded for `run`)."""
+) -> Built:
+    """Build `context` (honouring .dockerignore) into IMAGE where the backend's workers run it:
+    with the local Docker engine (`ref` is the image id), or on gce with Cloud Build (`ref` is
+    the pushed digest, recorded for `run`)."""
     config = config or load_config()
-    say = on_line or (lambda line: None)
-    if config.backend == "gce":
-        from parallel_engine.backends.gce.cloud_build import build_gce
-
-        cloudbuild = Path(context).resolve().parent / "cloudbuild.yaml"
-        return build_gce(config, open_store(config), Path(context), cloudbuild, say)
-    if not config.image:
-        raise ConfigError(
-            "IMAGE is not set: `build` needs the tag to build",
-            hint="set IMAGE in .config.yaml (e.g. IMAGE: my-job:latest), or pass --image",
-        )
-    from parallel_engine.backends.local.build import build_local
-
-    return build_local(Path(context), config.image, say)
+    return backend_for(config).build(Path(context), on_line or (lambda line: None))
 
 
-@dataclass(frozen=True)
-class LocalDown:
-    """What `down` removed of a local run."""
-
-    containers: int
-    processes: int
-
-
-def down_local(run_id: str, config: Config | None = None) -> LocalDown:
-    """Remove what a local run left on this machine after its orchestrator died without
-    cleaning up (SIGKILL, an OOM kill): its containers, by label, and its processes.
-
-    Refused while the run's orchestrator still runs here: it would retry what `down` kills.
-    """
-    from parallel_engine.runtimes.docker import LABEL_RUN, ENGINE_WAIT_S, engine_available, remove_containers
-    from parallel_engine.runtimes.process import kill_run_processes
-
+def down(run_id: str, config: Config | None = None) -> str:
+    """Remove what is left of a run (its VMs, by label, from any machine; or the containers and
+    processes a killed local run left here), record the attempts it stopped, and say what went."""
     config = config or load_config()
-    store = existing_store(config)
-    record = store.load_run(run_id)  # raises RunNotFoundError with a hint
-    owner = record.spec.get("orchestrator", {})
-    if run_status(store, run_id).run_state == "running" and owner.get("host") == socket.gethostname():
-        raise ParallelEngineError(
-            f"run {run_id} is still running here (orchestrator pid {owner.get('pid')})",
-            hint=f"stop it with Ctrl-C or `kill -TERM {owner.get('pid')}`: it removes its containers "
-                 f"and processes itself; `parallel-engine down {run_id}` is for what a killed run left",
-        )
-    containers = 0
-    if engine_available(wait_s=ENGINE_WAIT_S if record.spec.get("runtime") == "docker" else 0.0):
-        containers = remove_containers({LABEL_RUN: run_id})
-    elif record.spec.get("runtime") == "docker":
-        raise BackendError(
-            f"cannot remove the containers of run {run_id}: no Docker engine answers",
-            hint="start the Docker engine the run used, then run `parallel-engine down` again",
-        )
-    return LocalDown(containers, kill_run_processes(run_id))
+    return backend_for(config).down(run_id)
+
+
+def render(config: Config, run_id: str, task: tuple[str, int] | None, vm_request: bool,
+           say: Callable[[str], None] = lambda line: None) -> str:
+    """Exactly what the backend gives a worker of a run (gce: the startup script or VM request)."""
+    return backend_for(config).render(run_id, task, vm_request, say)
 
 
 def get_run(run_id: str, config: Config | None = None) -> Run:

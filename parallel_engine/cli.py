@@ -228,10 +228,7 @@ def build(
     cfg = _config(config, _flags(set_, IMAGE=image))
     show = (lambda line: None) if quiet else (lambda line: err.print(line, markup=False, highlight=False))
     built = api.build(context, config=cfg, on_line=show)
-    if cfg.backend == "gce":
-        out.print(f"built and pushed {cfg.image}@{built}; `parallel-engine run` uses this digest", markup=False)
-    else:
-        out.print(f"built {cfg.image} ({built}); `parallel-engine run` now runs it in containers", markup=False)
+    out.print(built.summary, markup=False)
 
 
 #: `status` draws a table of at most this many tasks: rich needs ~0.35 ms a row (17 s at 50,000).
@@ -444,16 +441,8 @@ def down(
 ) -> None:
     """Delete every VM of a run (by its label), from any machine, and check none is left; on the
     local backend, remove the containers (by label) and processes a killed run left behind."""
-    cfg = _config(config, _flags(set_, STORE=store))
-    if cfg.backend != "gce":
-        left = api.down_local(run_id, cfg)
-        out.print(f"run {run_id}: removed {left.containers} container(s) and {left.processes} process(es)",
-                  markup=False)
-        return
-    from parallel_engine.backends.gce.backend import down as down_run
-
-    deleted = down_run(cfg, run_id)
-    out.print(f"run {run_id}: deleted {deleted} VM(s); none left", markup=False)
+    removed = api.down(run_id, _config(config, _flags(set_, STORE=store)))
+    out.print(f"run {run_id}: {removed}", markup=False)
 
 
 @app.command()
@@ -468,16 +457,10 @@ def render(
     set_: SetOpt = None,
 ) -> None:
     """Print the exact startup script (or VM request) a gce run gives its VMs: the backend's own rendering."""
-    from parallel_engine.backends.gce.backend import render as render_script
     from parallel_engine.names import new_run_id
     from parallel_engine.tasks import load_tasks
 
     cfg = _config(config, _flags(set_))
-    if cfg.backend != "gce":
-        raise ParallelEngineError(
-            "render shows what a gce VM runs, but BACKEND is local",
-            hint="set BACKEND: gce (with PROJECT_ID, ZONE, BUCKET, IMAGE), or pass --set BACKEND=gce ...",
-        )
     if task is not None and worker:
         raise ParallelEngineError("--task and --worker are two different scripts: choose one")
     if task is not None and source is not None:
@@ -488,7 +471,7 @@ def render(
     if run_id is None:
         err.print(f"# rendered for a new run id {chosen}", markup=False)
     say = (lambda line: err.print(line, markup=False, soft_wrap=True))
-    sys.stdout.write(render_script(cfg, chosen, (task, 1) if task is not None else None, vm_request, say) + "\n")
+    sys.stdout.write(api.render(cfg, chosen, (task, 1) if task is not None else None, vm_request, say) + "\n")
 
 
 @app.command()

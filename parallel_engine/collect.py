@@ -38,6 +38,7 @@ from parallel_engine.errors import StoreError
 from parallel_engine.model import COLLECT_FILES, RESULT_COLUMNS, TaskState
 from parallel_engine.nofollow import NAME_ERRNOS
 from parallel_engine.paths import parts_of, unsafe_segment
+from parallel_engine.protocol import SKIPPED
 from parallel_engine.results import RunStatus, run_status
 from parallel_engine.store import RunRecord, RunStore, write_atomic
 
@@ -47,7 +48,6 @@ RESULTS_CSV, SKIPPED_CSV = COLLECT_FILES
 STAGING_PREFIX = ".collecting-"
 SKIPPED_COLUMNS = ("task_id", "path", "kind", "detail")
 #: The VM worker's list of the outputs it did not upload, beside status.json in the attempt's folder.
-WORKER_SKIPPED = "skipped"
 WORKER_KINDS = frozenset({"link", "fifo", "socket", "device", "other", "name refused here"})
 #: OWASP's list for CSV injection: a cell starting with one of these is a formula to a spreadsheet.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -105,7 +105,7 @@ def _check_dest(store: RunStore, dest: Path) -> None:
     if dest.exists() and not dest.is_dir():
         raise StoreError(f"{dest} is a file, not a folder: cannot collect into it",
                          hint="give --dest a folder (a missing one is created)")
-    root = store.blobs.local_path("")
+    root = store.local_path()
     if root is not None and dest.resolve().is_relative_to(root.resolve()):
         raise StoreError(f"{dest} is inside the run store {store.where}: cannot collect into it",
                          hint="collect into a folder outside the store (e.g. --dest results)")
@@ -221,10 +221,11 @@ def _attempt_number(text: str) -> bool:
 
 
 def _plan(store: RunStore, status: RunStatus, winners: dict[str, int], name_max: int) -> _Plan:
-    prefix = f"runs/{status.record.run_id}/tasks/"
+    run_id = status.record.run_id
+    prefix = store.tasks_prefix(run_id)
     known = {view.task_id for view in status.tasks}
-    files, odd = store.blobs.scan(prefix)  # one listing for the whole run
-    bucket = store.blobs.local_path("") is None
+    files, odd = store.scan_tasks(run_id)  # one listing for the whole run
+    bucket = store.local_path() is None
     plan = _Plan({task_id: [] for task_id in winners}, [], [])
     entries = [(key, None) for key in files] + [(item.key, item) for item in odd]
     for key, item in entries:
@@ -236,9 +237,9 @@ def _plan(store: RunStore, status: RunStatus, winners: dict[str, int], name_max:
             continue
         if winners.get(task_id) != int(attempt):
             continue  # an attempt that did not win
-        if folder == WORKER_SKIPPED and not path:
+        if folder == SKIPPED and not path:
             if bucket and item is None:  # a local store is scanned itself, and read() follows links
-                plan.skipped += _listed(task_id, store.blobs.read(key) or b"")
+                plan.skipped += _listed(task_id, store.read_attempt_file(run_id, task_id, int(attempt), SKIPPED) or b"")
             continue
         if folder != "outputs":
             continue  # the attempt's own record and logs
@@ -354,7 +355,7 @@ def _stage(store: RunStore, plan: _Plan, staging: Path) -> None:
                 continue
             pairs.append((key, target))
             owner[key] = (task_id, "/".join(parts))
-    for item in store.blobs.fetch(pairs):
+    for item in store.fetch(pairs):
         task_id, path = owner[item.key]
         plan.skipped.append(SkippedOutput(task_id, path, item.kind, item.detail))
 

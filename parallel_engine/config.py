@@ -5,7 +5,7 @@ MACHINE_TYPE, VM_QUOTAS, NETWORK, SERVICE_ACCOUNT); we read it unchanged and add
 A value comes from, in order: a flag, the environment (`PARALLEL_ENGINE_<KEY>` only, so
 an `IMAGE` or `ZONE` already in the user's shell never leaks in), the file, the default.
 
-Everything a key is (type, default, doc, choices, flag) lives in its one line of `_KEY_TABLE`;
+Everything a key is (type, default, doc, choices, flag) lives in its one declaration in `Config`;
 parsing, error messages, `describe_keys()` (docs, `--help`) and `require()` all read it.
 Every problem becomes a `ConfigError` that names the key and where its value came from;
 `load_config` returns a complete `Config` or raises, never something half-loaded.
@@ -27,8 +27,10 @@ from typing import Any
 
 import yaml
 
+from parallel_engine.backends.base import BACKEND_NAMES, backend_class
 from parallel_engine.bounded_yaml import BoundedLoader, YamlRefused
 from parallel_engine.errors import ConfigError, brief, shown
+from parallel_engine.protocol import RESERVED_LABELS, VM_LABELS
 
 __all__ = [
     "CONFIG_FILE_NAME",
@@ -264,9 +266,10 @@ class StrList(_Type):
 
 _LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
-_VM_LABELS = ("parallel-engine-run", "parallel-engine-worker")  # ours on every VM (of GCE's 64)
-# ...and on every local container: LABELS go there too, and ours would overwrite a user's
-_RESERVED_LABELS = (*_VM_LABELS, "parallel-engine-task", "parallel-engine-attempt")
+# Ours on every VM (of GCE's 64) and every local container: LABELS go there too, and ours
+# would overwrite a user's.
+_VM_LABELS = VM_LABELS
+_RESERVED_LABELS = RESERVED_LABELS
 
 
 class Labels(_Type):
@@ -327,7 +330,8 @@ class Memory(_Type):
         return value.strip().lower()
 
 
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+#: A bucket's name, as Cloud Storage takes it (also what the startup script is rendered with).
+BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 
 
 class Bucket(_Type):
@@ -339,7 +343,7 @@ class Bucket(_Type):
         if not isinstance(value, str):
             raise _Invalid
         name = value.strip().removeprefix("gs://").rstrip("/")
-        if not _BUCKET.fullmatch(name):
+        if not BUCKET_RE.fullmatch(name):
             raise _Invalid
         return name
 
@@ -422,143 +426,84 @@ DEFAULT_SCOPES = (
 _POSITIVE = Int(1)
 _COUNT = Int(0)
 
-_KEY_TABLE: tuple[Key, ...] = (
-    # keys from the seed tool's .config.yaml
-    Key("PROJECT_ID", Str(), None, "Google Cloud project for VMs, bucket and builds (gce backend)"),
-    Key("ZONE", Zone(), None, "zone the VMs start in, e.g. europe-west1-b (gce backend)"),
-    Key("MACHINE_TYPE", Str(), "n1-standard-1", "machine type of each worker VM"),
-    Key("VM_QUOTAS", _POSITIVE, None, "most workers running at once", flag="--jobs",
-        default_doc=f"CPU count (local), {GCE_DEFAULT_QUOTA} (gce)"),
-    Key("NETWORK", Str(), "default", "VPC network of the worker VMs"),
-    Key("SERVICE_ACCOUNT", Str(), None, "service account the VMs run as (project default when unset)"),
-    # ours
-    Key("BACKEND", Choice("local", "gce"), "local", "where workers run: this machine, or Compute Engine VMs"),
-    Key("RUNTIME", Choice("auto", "process", "docker"), "auto",
-        "local workers: processes, containers, or auto (containers when IMAGE is set and Docker answers)"),
-    Key("IMAGE", Str(), None, "Docker image the workers run"),
-    Key("COMMAND", Command(), None, "program the process runtime runs per task, before its arguments",
-        default_doc="python code/main.py, with the Python running parallel-engine"),
-    Key("STORE", Str(), ".parallel-engine", "local run store folder (relative to the working directory)"),
-    Key("BUCKET", Bucket(), None, "Cloud Storage bucket for the run store (gce backend); a gs:// prefix is dropped"),
-    Key("RETRIES", _COUNT, 0, "retries per task after a program failure or a timeout"),
-    Key("PREEMPTION_RETRIES", _COUNT, 3, "retries per task after a preemption, a lost worker or an infra failure"),
-    Key("TASK_TIMEOUT", Duration(), None, "time limit of one attempt (unset: none)", flag="--timeout"),
-    Key("ARGS_TEMPLATE", Str(), None, "argument template like '--dataset {dataset}' instead of one --col=value per column"),
-    Key("ARG_STYLE", Choice("equals", "space"), "equals", "params.csv columns as --name=value (equals) or --name value (space)"),
-    Key("REGION", Str(), None, "region of the bucket, registry and builds", default_doc="derived from ZONE"),
-    Key("SUBNETWORK", Str(), None, "subnetwork of the worker VMs (the network's default when unset)"),
-    Key("EXTERNAL_IP", Bool(), True, "give VMs an external IP (false needs Cloud NAT or Private Google Access)"),
-    Key("BOOT_DISK_GB", Int(10), 10, "boot disk size of each VM in GB"),
-    Key("SPOT", Bool(), False, "use Spot VMs (cheaper, may be preempted)"),
-    Key("LABELS", Labels(), {}, "extra labels on every VM (GCE label rules)"),
-    Key("TASKS_PER_VM", _POSITIVE, None, "tasks a VM runs before it goes; 1 = one VM per task",
-        default_doc="unset: workers take task after task"),
-    Key("HEARTBEAT", Duration(), 30.0, "how often a running attempt refreshes its heartbeat in the store"),
-    Key("MAX_RUN_DURATION", Duration(30, 120 * 86400), 86400.0, "a VM deletes itself after this long, whatever happens"),
-    Key("FALLBACK_ZONES", StrList(Zone(), "zones like europe-west1-b"), [], "zones to try when ZONE has no capacity"),
-    Key("INFRA_FAILURE_LIMIT", _POSITIVE, 5, "infra failures (VM refused, image pull failed) before the run gives up"),
-    Key("CPUS", PositiveFloat(), None, "CPU limit of each task's container (unset: none)"),
-    Key("MEMORY", Memory(), None, "memory limit of each task's container, like 512m or 2g (unset: none)"),
-    Key("DOCKER_NETWORK", Choice("none", "host"), "none", "network of local task containers"),
-    Key("COMPUTE_ENDPOINT", Url(), None, "Compute API endpoint (set by the emulator; unset: Google)"),
-    Key("STORAGE_ENDPOINT", Url(), None, "Cloud Storage endpoint (set by the emulator; unset: Google)"),
-    Key("CLOUDBUILD_ENDPOINT", Url(), None, "Cloud Build endpoint (set by the emulator; unset: Google)"),
-    Key("IAM_ENDPOINT", Url(), None, "IAM API endpoint (set by the emulator; unset: Google)"),
-    Key("RESOURCEMANAGER_ENDPOINT", Url(), None, "Resource Manager API endpoint (set by the emulator; unset: Google)"),
-    Key("SERVICEUSAGE_ENDPOINT", Url(), None, "Service Usage API endpoint (set by the emulator; unset: Google)"),
-    Key("METADATA_HOST", HostPort(), None, "metadata server host:port (set by the emulator; unset: Google)"),
-    Key("CREDENTIALS_FILE", Str(), None,
-        "Google credentials: a service-account key or an ADC file (relative to the working directory)",
-        default_doc="unset: Application Default Credentials (gcloud auth application-default login)"),
-    Key("TOKEN_URI", Url(), None, "OAuth token endpoint (set by the emulator; unset: Google's)"),
-    Key("REGISTRY", Str(), None, "image registry, e.g. europe-west1-docker.pkg.dev/PROJECT/REPO or 127.0.0.1:5000"),
-    Key("POLL_INTERVAL", Duration(), 2.0, "how often the orchestrator looks at the store"),
-    Key("PULL_POLICY", Choice("always", "if-missing", "never"), "always",
-        "when a VM pulls IMAGE: always (by digest after `build`), if-missing (images already on the host), never"),
-    Key("BUCKET_PREFIX", Str(), "parallel-engine", "folder inside BUCKET that holds the run store"),
-    Key("SCOPES", StrList(Str(), "OAuth scope URLs"), list(DEFAULT_SCOPES),
-        "OAuth scopes of the VMs' service account (the default: bucket read/write and self-delete)"),
-)
-
-#: Every key by name, in the table's order (the seed's six first).
-KEYS: dict[str, Key] = {key.name: key for key in _KEY_TABLE}
-
-#: What each backend cannot start without (gce also needs a project: PROJECT_ID, or the one the
-#: credentials carry; see credentials.google_project).
-BACKEND_NEEDS: dict[str, tuple[str, ...]] = {
-    "local": (),
-    "gce": ("ZONE", "BUCKET"),
-}
+def key(type_: _Type, default: Any, doc: str, *, flag: str | None = None, default_doc: str | None = None) -> Any:
+    """A key of `Config`, declared once: the attribute's name is the key in lower case, and this
+    line holds everything else about it (its type, default, doc, flag). `KEYS` is read from these."""
+    spec = {"type": type_, "default": default, "doc": doc, "flag": flag, "default_doc": default_doc}
+    if isinstance(default, (list, dict)):  # each Config gets its own copy of a mutable default
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"key": spec})
+    return field(default=default, metadata={"key": spec})
 
 
-def describe_keys() -> list[tuple[str, str, str]]:
-    """(key, default, doc) for every key, in table order: for the docs and `--help`."""
-    return [
-        (key.name, key.describe_default(), key.doc + (f" [{'|'.join(key.choices)}]" if key.choices else ""))
-        for key in _KEY_TABLE
-    ]
-
-
-def _default(name: str) -> Any:
-    """A dataclass field whose default is the table's (copied, since lists and dicts are shared)."""
-    value = KEYS[name].default
-    return field(default_factory=lambda: copy.deepcopy(value))
-
-
-# --------------------------------------------------------------------------- Config
+_BACKENDS = Choice(*BACKEND_NAMES)
 
 
 @dataclass(frozen=True)
 class Config:
-    """The merged configuration. Attributes are the keys in lower case; `origins` says where
-    each value came from, so messages can point the user at the right place to change it.
+    """The merged configuration: one attribute per key, each declared once here (the key table
+    is this class). `origins` says where each value came from, so messages can point the user
+    at the right place to change it. Keys only the gce backend reads are grouped below; the
+    backend checks them (and gets ZONE and BUCKET non-optional) in backends/gce/settings.py.
     """
 
-    project_id: str | None = _default("PROJECT_ID")
-    zone: str | None = _default("ZONE")
-    machine_type: str = _default("MACHINE_TYPE")
-    vm_quotas: int | None = _default("VM_QUOTAS")
-    network: str = _default("NETWORK")
-    service_account: str | None = _default("SERVICE_ACCOUNT")
-    backend: str = _default("BACKEND")
-    runtime: str = _default("RUNTIME")
-    image: str | None = _default("IMAGE")
-    command: str | list[str] | None = _default("COMMAND")
-    store: str = _default("STORE")
-    bucket: str | None = _default("BUCKET")
-    retries: int = _default("RETRIES")
-    preemption_retries: int = _default("PREEMPTION_RETRIES")
-    task_timeout: float | None = _default("TASK_TIMEOUT")
-    args_template: str | None = _default("ARGS_TEMPLATE")
-    arg_style: str = _default("ARG_STYLE")
-    region: str | None = _default("REGION")
-    subnetwork: str | None = _default("SUBNETWORK")
-    external_ip: bool = _default("EXTERNAL_IP")
-    boot_disk_gb: int = _default("BOOT_DISK_GB")
-    spot: bool = _default("SPOT")
-    labels: dict[str, str] = _default("LABELS")
-    tasks_per_vm: int | None = _default("TASKS_PER_VM")
-    heartbeat: float = _default("HEARTBEAT")
-    max_run_duration: float = _default("MAX_RUN_DURATION")
-    fallback_zones: list[str] = _default("FALLBACK_ZONES")
-    infra_failure_limit: int = _default("INFRA_FAILURE_LIMIT")
-    cpus: float | None = _default("CPUS")
-    memory: str | None = _default("MEMORY")
-    docker_network: str = _default("DOCKER_NETWORK")
-    compute_endpoint: str | None = _default("COMPUTE_ENDPOINT")
-    storage_endpoint: str | None = _default("STORAGE_ENDPOINT")
-    cloudbuild_endpoint: str | None = _default("CLOUDBUILD_ENDPOINT")
-    iam_endpoint: str | None = _default("IAM_ENDPOINT")
-    resourcemanager_endpoint: str | None = _default("RESOURCEMANAGER_ENDPOINT")
-    serviceusage_endpoint: str | None = _default("SERVICEUSAGE_ENDPOINT")
-    metadata_host: str | None = _default("METADATA_HOST")
-    credentials_file: str | None = _default("CREDENTIALS_FILE")
-    token_uri: str | None = _default("TOKEN_URI")
-    registry: str | None = _default("REGISTRY")
-    poll_interval: float = _default("POLL_INTERVAL")
-    pull_policy: str = _default("PULL_POLICY")
-    bucket_prefix: str = _default("BUCKET_PREFIX")
-    scopes: list[str] = _default("SCOPES")
+    # keys from the seed tool's .config.yaml
+    project_id: str | None = key(Str(), None, "Google Cloud project for VMs, bucket and builds (gce backend)")
+    zone: str | None = key(Zone(), None, "zone the VMs start in, e.g. europe-west1-b (gce backend)")
+    machine_type: str = key(Str(), "n1-standard-1", "machine type of each worker VM")
+    vm_quotas: int | None = key(_POSITIVE, None, "most workers running at once", flag="--jobs",
+                                default_doc=f"CPU count (local), {GCE_DEFAULT_QUOTA} (gce)")
+    network: str = key(Str(), "default", "VPC network of the worker VMs")
+    service_account: str | None = key(Str(), None, "service account the VMs run as (project default when unset)")
+    # every backend
+    backend: str = key(_BACKENDS, "local", "where workers run: this machine, or Compute Engine VMs")
+    runtime: str = key(Choice("auto", "process", "docker"), "auto",
+                       "local workers: processes, containers, or auto (containers when IMAGE is set and Docker answers)")
+    image: str | None = key(Str(), None, "Docker image the workers run")
+    command: str | list[str] | None = key(Command(), None, "program the process runtime runs per task, before its arguments",
+                                          default_doc="python code/main.py, with the Python running parallel-engine")
+    store: str = key(Str(), ".parallel-engine", "local run store folder (relative to the working directory)")
+    bucket: str | None = key(Bucket(), None, "Cloud Storage bucket for the run store (gce backend); a gs:// prefix is dropped")
+    retries: int = key(_COUNT, 0, "retries per task after a program failure or a timeout")
+    preemption_retries: int = key(_COUNT, 3, "retries per task after a preemption, a lost worker or an infra failure")
+    task_timeout: float | None = key(Duration(), None, "time limit of one attempt (unset: none)", flag="--timeout")
+    args_template: str | None = key(Str(), None, "argument template like '--dataset {dataset}' instead of one --col=value per column")
+    arg_style: str = key(Choice("equals", "space"), "equals", "params.csv columns as --name=value (equals) or --name value (space)")
+    # the gce backend
+    region: str | None = key(Str(), None, "region of the bucket, registry and builds", default_doc="derived from ZONE")
+    subnetwork: str | None = key(Str(), None, "subnetwork of the worker VMs (the network's default when unset)")
+    external_ip: bool = key(Bool(), True, "give VMs an external IP (false needs Cloud NAT or Private Google Access)")
+    boot_disk_gb: int = key(Int(10), 10, "boot disk size of each VM in GB")
+    spot: bool = key(Bool(), False, "use Spot VMs (cheaper, may be preempted)")
+    labels: dict[str, str] = key(Labels(), {}, "extra labels on every VM (GCE label rules)")
+    tasks_per_vm: int | None = key(_POSITIVE, None, "tasks a VM runs before it goes; 1 = one VM per task",
+                                   default_doc="unset: workers take task after task")
+    heartbeat: float = key(Duration(), 30.0, "how often a running attempt refreshes its heartbeat in the store")
+    max_run_duration: float = key(Duration(30, 120 * 86400), 86400.0, "a VM deletes itself after this long, whatever happens")
+    fallback_zones: list[str] = key(StrList(Zone(), "zones like europe-west1-b"), [], "zones to try when ZONE has no capacity")
+    infra_failure_limit: int = key(_POSITIVE, 5, "infra failures (VM refused, image pull failed) before the run gives up")
+    # containers of the local backend
+    cpus: float | None = key(PositiveFloat(), None, "CPU limit of each task's container (unset: none)")
+    memory: str | None = key(Memory(), None, "memory limit of each task's container, like 512m or 2g (unset: none)")
+    docker_network: str = key(Choice("none", "host"), "none", "network of local task containers")
+    # the gce backend: where Google (or the emulated cloud) answers, and the VMs' settings
+    compute_endpoint: str | None = key(Url(), None, "Compute API endpoint (set by the emulator; unset: Google)")
+    storage_endpoint: str | None = key(Url(), None, "Cloud Storage endpoint (set by the emulator; unset: Google)")
+    cloudbuild_endpoint: str | None = key(Url(), None, "Cloud Build endpoint (set by the emulator; unset: Google)")
+    iam_endpoint: str | None = key(Url(), None, "IAM API endpoint (set by the emulator; unset: Google)")
+    resourcemanager_endpoint: str | None = key(Url(), None, "Resource Manager API endpoint (set by the emulator; unset: Google)")
+    serviceusage_endpoint: str | None = key(Url(), None, "Service Usage API endpoint (set by the emulator; unset: Google)")
+    metadata_host: str | None = key(HostPort(), None, "metadata server host:port (set by the emulator; unset: Google)")
+    credentials_file: str | None = key(
+        Str(), None, "Google credentials: a service-account key or an ADC file (relative to the working directory)",
+        default_doc="unset: Application Default Credentials (gcloud auth application-default login)")
+    token_uri: str | None = key(Url(), None, "OAuth token endpoint (set by the emulator; unset: Google's)")
+    registry: str | None = key(Str(), None, "image registry, e.g. europe-west1-docker.pkg.dev/PROJECT/REPO or 127.0.0.1:5000")
+    poll_interval: float = key(Duration(), 2.0, "how often the orchestrator looks at the store")
+    pull_policy: str = key(Choice("always", "if-missing", "never"), "always",
+                           "when a VM pulls IMAGE: always (by digest after `build`), if-missing (images already on the host), never")
+    bucket_prefix: str = key(Str(), "parallel-engine", "folder inside BUCKET that holds the run store")
+    scopes: list[str] = key(StrList(Str(), "OAuth scope URLs"), list(DEFAULT_SCOPES),
+                            "OAuth scopes of the VMs' service account (the default: bucket read/write and self-delete)")
 
     origins: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
@@ -589,12 +534,10 @@ class Config:
         raise ConfigError(f"{names} {verb} required for {for_what}: {where}, or with {others}")
 
     def effective_quota(self) -> int:
-        """VM_QUOTAS, else what fits the backend: one worker per CPU here, a few VMs on gce."""
+        """VM_QUOTAS, else what fits the backend (one worker per CPU here, a few VMs on gce)."""
         if self.vm_quotas is not None:
             return self.vm_quotas
-        if self.backend == "gce":
-            return GCE_DEFAULT_QUOTA
-        return max(1, os.cpu_count() or 1)
+        return backend_class(self.backend).default_quota()
 
     def command_argv(self) -> list[str]:
         """The process runtime's argv before the task's arguments.
@@ -621,9 +564,18 @@ class Config:
         return memory_bytes(self.memory) if self.memory else None
 
 
-_FIELDS = {f.name for f in fields(Config)} - {"origins", "path"}
-if _FIELDS != {key.attr for key in _KEY_TABLE}:  # a key added to the table needs its typed field
-    raise RuntimeError(f"Config fields and KEYS disagree: {sorted(_FIELDS ^ {k.attr for k in _KEY_TABLE})}")
+#: Every key by name, in declaration order (the seed's six first), read from `Config` itself.
+KEYS: dict[str, Key] = {
+    f.name.upper(): Key(f.name.upper(), **f.metadata["key"]) for f in fields(Config) if "key" in f.metadata
+}
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every key, in table order: for the docs and `--help`."""
+    return [
+        (key.name, key.describe_default(), key.doc + (f" [{'|'.join(key.choices)}]" if key.choices else ""))
+        for key in KEYS.values()
+    ]
 
 
 # --------------------------------------------------------------------------- loading
@@ -748,7 +700,7 @@ def _env_entries(environ: Mapping[str, str]) -> list[_Entry]:
     # PARALLEL_ENGINE_<KEY> only: a bare IMAGE or ZONE in the user's shell is never read.
     return [
         (key.name, environ.get(key.env), f"from environment {key.env}", f"environment {key.env}")
-        for key in _KEY_TABLE
+        for key in KEYS.values()
     ]
 
 
@@ -782,8 +734,8 @@ def load_config(
     cwd = Path.cwd() if cwd is None else Path(cwd)
     file_path = _resolve_file(path, environ, cwd)
 
-    values = {key.name: copy.deepcopy(key.default) for key in _KEY_TABLE}
-    origins = {key.name: "default" for key in _KEY_TABLE}
+    values = {key.name: copy.deepcopy(key.default) for key in KEYS.values()}
+    origins = {key.name: "default" for key in KEYS.values()}
     problems: list[str] = []
     layers = [  # lowest first: each later layer overrides the ones before
         _file_entries(file_path) if file_path else [],
@@ -809,7 +761,7 @@ def load_config(
         raise ConfigError(f"{len(problems)} config problems:\n  " + "\n  ".join(problems))
 
     config = Config(**{KEYS[name].attr: value for name, value in values.items()}, origins=origins, path=file_path)
-    config.require(*BACKEND_NEEDS[config.backend], for_what=f"the {config.backend} backend")
+    backend_class(config.backend).check_config(config)  # e.g. ZONE and BUCKET on gce, all named at once
     return config
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from parallel_engine import __version__
+from parallel_engine.backends.base import backend_class
 from parallel_engine.errors import MissingExtraError, ParallelEngineError
 from parallel_engine.report_data import Bar, ReportData, report_data
 from parallel_engine.results import run_status
@@ -194,12 +195,7 @@ def summary_rows(data: ReportData) -> list[tuple[str, str]]:
         return ", ".join(f"{n} {state}" for state, n in counts.items()) or "none"
 
     ended = "this snapshot" if data.running else "the last attempt ended"
-    if data.backend == "gce":
-        busy = ("VM-hours running attempts",
-                "the sum of attempt durations; VM boot, image pulls and idle VMs are billed but not counted")
-    else:
-        busy = ("slot-hours running attempts",
-                "the sum of attempt durations: time the local slots were busy, not CPU time")
+    busy = backend_class(data.backend).busy_time
     rows = [
         ("tasks", f"{data.tasks} ({by_state(data.tasks_by_state)})"),
         ("attempts", f"{data.attempts} ({by_state(data.attempts_by_state)})"),

@@ -7,6 +7,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from parallel_engine.backends.base import backend_class
 from parallel_engine.errors import StoreError, brief
 from parallel_engine.model import AttemptState, AttemptStatus, TaskState
 from parallel_engine.processes import orchestrator_alive
@@ -95,14 +96,10 @@ def budgets_of(record: RunRecord) -> Budgets:
     )
 
 
-def write_end(store: RunStore, run_id: str, state: str, at: float) -> None:
-    store.blobs.write(f"runs/{run_id}/end.json", json.dumps({"state": state, "at": at}).encode())
-
-
 def _run_state(store: RunStore, record: RunRecord) -> str:
-    raw = store.blobs.read(f"runs/{record.run_id}/end.json")
-    if raw is not None:
-        return str(json.loads(raw).get("state", "finished"))
+    ended = store.read_end(record.run_id)
+    if ended is not None:
+        return ended
     owner = record.spec.get("orchestrator", {})
     if owner.get("host") == socket.gethostname() and not orchestrator_alive(owner):
         return "interrupted"  # its pid is gone, a zombie, or another process's now
@@ -110,9 +107,9 @@ def _run_state(store: RunStore, record: RunRecord) -> str:
 
 
 def _lost(history: list[AttemptStatus], record: RunRecord, run_state: str) -> list[AttemptStatus]:
-    """Local workers are threads of the orchestrator: once it is gone (or the run stopped on an
-    error, e.g. a store it could no longer write), a claimed attempt without a record will never
-    get one, so it is `lost` (worker gone, no status), not running."""
+    """Workers that die with their orchestrator (local threads): once it is gone (or the run
+    stopped on an error, e.g. a store it could no longer write), a claimed attempt without a
+    record will never get one, so it is `lost` (worker gone, no status), not running."""
     pid = record.spec.get("orchestrator", {}).get("pid")
     why = (f"its orchestrator (pid {pid}) is gone" if run_state == "interrupted"
            else "the run stopped on an error before this attempt's record was written")
@@ -123,7 +120,7 @@ def _lost(history: list[AttemptStatus], record: RunRecord, run_state: str) -> li
 def run_status(store: RunStore, run_id: str) -> RunStatus:
     record = store.load_run(run_id)
     run_state = _run_state(store, record)
-    waiting = _waiting(store, run_id) if run_state == "running" else ""
+    waiting = store.read_capacity(run_id) if run_state == "running" else ""
     return status_of(record, run_state, store.attempts(run_id), waiting)
 
 
@@ -132,33 +129,15 @@ def status_of(
 ) -> RunStatus:
     """A run's status from its attempts, wherever they were read (the store, or a finished scheduler)."""
     budgets = budgets_of(record)
+    orphaned = run_state in ("interrupted", "failed") and not backend_class(record.backend).workers_outlive_orchestrator
     views = []
     for task in record.tasks:
         history = attempts.get(task.id, [])
-        if run_state in ("interrupted", "failed") and record.backend == "local":
+        if orphaned:
             history = _lost(history, record, run_state)
         state = task_state(history, budgets, run_cancelled=run_state in ("cancelled", "interrupted", "failed"))
         views.append(TaskView(task.id, state, tuple(history), dict(task.params)))
     return RunStatus(record, run_state, tuple(views), waiting)
-
-
-def capacity_key(run_id: str) -> str:
-    """`runs/<run>/capacity.json`: whether a gce run waits for capacity, for `status` anywhere."""
-    return f"runs/{run_id}/capacity.json"
-
-
-def write_waiting(store: RunStore, run_id: str, waiting: str | None, at: float) -> None:
-    """Record that the run waits for capacity (`waiting` says why) or, with None, that it does not."""
-    record = {"waiting": waiting is not None, "reason": waiting or "", "at": at}
-    store.blobs.write(capacity_key(run_id), json.dumps(record).encode())
-
-
-def _waiting(store: RunStore, run_id: str) -> str:
-    raw = store.blobs.read(capacity_key(run_id))
-    try:
-        return str(json.loads(raw).get("reason", "")) if raw else ""
-    except ValueError:
-        return ""
 
 
 def read_log(store: RunStore, run_id: str, task_id: str, attempt: int | None, stream: str) -> tuple[int, bytes]:

@@ -1,4 +1,9 @@
-"""The only place that decides: what to start, what to retry, when the run is over."""
+"""The only place that decides: what to start, what to retry, when the run is over.
+
+It drives a backend's `Pool` (parallel_engine/backends/base.py) and folds the facts the pool
+reports (`Started`, `Finished`, `WorkerFailed`, `PoolFailed`) into task states; retries follow
+the budgets (state.py), and INFRA_FAILURE_LIMIT identical infra failures end the run early.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from parallel_engine.backends.base import Event, Finished, OnEvent, Pool, PoolFailed, Started, WorkerFailed
+from parallel_engine.errors import BackendError
 from parallel_engine.model import AttemptState, AttemptStatus, Task, TaskState
 from parallel_engine.state import Budgets, retry_allowed, task_state
 
@@ -36,18 +43,6 @@ class Outcome:
     @property
     def all_succeeded(self) -> bool:
         return all(s is TaskState.SUCCEEDED for s in self.states.values())
-
-
-class Pool:
-    """What the scheduler needs from a backend's workers."""
-
-    def start(self) -> None: ...
-    def submit(self, task: Task, attempt: int) -> None: ...
-    def cancel(self) -> None: ...
-    def close(self) -> None: ...
-
-    def check(self) -> None:
-        """Raise if the pool can no longer report (e.g. a worker died); optional for a backend."""
 
 
 class _States(dict[str, TaskState]):
@@ -80,7 +75,7 @@ class Scheduler:
         self,
         tasks: tuple[Task, ...],
         budgets: Budgets,
-        make_pool: Callable[[Callable[[str, AttemptStatus], None]], Pool],
+        make_pool: Callable[[OnEvent], Pool],
         progress: ProgressFn | None = None,
     ) -> None:
         self.tasks = {task.id: task for task in tasks}
@@ -88,10 +83,10 @@ class Scheduler:
         self.progress = progress
         # Never blocked on (see run): on CPython 3.11 a signal handler that runs inside
         # SimpleQueue.get(timeout) and outlasts the timeout leaves get() blocked for good.
-        self.events: "queue.SimpleQueue[tuple[str, AttemptStatus]]" = queue.SimpleQueue()
-        self.pool = make_pool(lambda kind, status: self.events.put((kind, status)))
-        self._check_pool: Callable[[], None] = getattr(self.pool, "check", lambda: None)
+        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.pool = make_pool(self.events.put)
         self.attempts: dict[str, list[AttemptStatus]] = {task_id: [] for task_id in self.tasks}
+        self._infra: Counter[str] = Counter()  # identical infra failures, by reason
         self._reported_at = 0.0
 
     def run(self, cancel: threading.Event) -> Outcome:
@@ -115,15 +110,13 @@ class Scheduler:
                     continue
                 batch = self._drain()
                 if not batch:
-                    self._check_pool()  # a dead worker sends nothing: never wait on it forever
+                    self.pool.check()  # a dead worker sends nothing: never wait on it forever
                     time.sleep(pause)  # interrupted by a signal's handler, then resumed (PEP 475)
                     pause = min(pause * 2, EVENT_PAUSE_MAX_S)
                     continue
                 pause = EVENT_PAUSE_MIN_S
-                for kind, status in batch:
-                    if kind == "fatal":  # the pool cannot go on (e.g. every VM refused for good)
-                        raise status  # type: ignore[misc]
-                    self._apply(kind, status, states, cancelled)
+                for event in batch:
+                    self._apply(event, states, cancelled)
                 self._report(states, final=False)
         except BaseException:
             if not cancelled:  # whatever went wrong, no attempt outlives the run
@@ -135,30 +128,43 @@ class Scheduler:
                 self.pool.cancel()
             self.pool.close()
         # Events that raced with the end (a cancel) still belong in the record.
-        for kind, status in self._drain():
-            self._apply(kind, status, states, True)
+        for event in self._drain():
+            if not isinstance(event, PoolFailed):  # the run is over: an error now changes nothing
+                self._apply(event, states, True)
         self._report(states)
         # Cancelled only if the cancel stopped something: a signal that lands once every task
         # has closed changes nothing, and the run finished.
         return Outcome(states, self.attempts, cancelled)
 
-    def _drain(self) -> list[tuple[str, AttemptStatus]]:
-        batch = []
+    def _drain(self) -> list[Event]:
+        batch: list[Event] = []
         while True:
             try:
                 batch.append(self.events.get_nowait())
             except queue.Empty:
                 return batch
 
-    def _apply(self, kind: str, status: AttemptStatus, states: _States, cancelled: bool) -> None:
-        """Fold one event into the run's state."""
-        if kind == "fatal":
-            return
+    def _apply(self, event: Event, states: _States, cancelled: bool) -> None:
+        """Fold one event into the run's state; raise to end the run."""
+        if isinstance(event, Started):
+            self.attempts[event.status.task_id].append(event.status)
+            states[event.status.task_id] = TaskState.RUNNING
+        elif isinstance(event, Finished):
+            status = event.status
+            self._close(status, states, cancelled)
+            if status.state is AttemptState.INFRA and not cancelled:
+                self._count_infra(status.reason, "attempts", "before starting",
+                                  "fix the image or the worker settings (see `parallel-engine logs`), then run again")
+        elif isinstance(event, WorkerFailed):
+            if not cancelled:
+                self._count_infra(event.reason, f"{event.noun}s", "before running any attempt",
+                                  event.fix or "fix the worker settings, then run again")
+        else:  # PoolFailed: the pool cannot go on (e.g. every VM refused for good)
+            raise event.error
+
+    def _close(self, status: AttemptStatus, states: _States, cancelled: bool) -> None:
+        """An attempt ended: retry its task if the budgets allow, else settle the task's state."""
         history = self.attempts[status.task_id]
-        if kind == "started":
-            history.append(status)
-            states[status.task_id] = TaskState.RUNNING
-            return
         history[:] = [a for a in history if a.attempt != status.attempt] + [status]
         history.sort(key=lambda a: a.attempt)
         if not cancelled and status.state is not AttemptState.SUCCEEDED and retry_allowed(history, self.budgets):
@@ -166,6 +172,17 @@ class Scheduler:
             self.pool.submit(self.tasks[status.task_id], status.attempt + 1)
             return
         states[status.task_id] = task_state(history, self.budgets, run_cancelled=cancelled)
+
+    def _count_infra(self, reason: str, what: str, when: str, fix: str) -> None:
+        """One more infra failure: INFRA_FAILURE_LIMIT with the same reason (an image nobody can
+        pull, VMs that never come up) end the run instead of burning workers on it."""
+        limit = self.budgets.infra_failure_limit
+        if limit is None:
+            return
+        self._infra[reason] += 1
+        count = self._infra[reason]
+        if count >= limit:
+            raise BackendError(f"stopping early: {count} {what} failed the same way {when}: {reason}", hint=fix)
 
     def _report(self, states: _States, final: bool = True) -> None:
         if self.progress is None:

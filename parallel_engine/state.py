@@ -23,6 +23,8 @@ class Budgets:
 
     retries: int = 0  # program failures and timeouts
     infra_retries: int = 3  # preemptions, lost workers, attempts that never started
+    #: Identical infra failures (same reason) that end the run early; None: never.
+    infra_failure_limit: int | None = None
 
 
 def retry_allowed(attempts: list[AttemptStatus], budgets: Budgets) -> bool:

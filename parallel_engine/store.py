@@ -1,9 +1,10 @@
-"""The run store: the single source of truth for a run, laid out as DESIGN.md says.
+"""The run store: the single source of truth for a run (layout: parallel_engine/protocol.py).
 
 The same layout serves a local folder and a bucket; `RunStore` speaks in runs, tasks
-and attempts and leaves bytes to a `Blobs` implementation. Every write is atomic
-(readers never see half-written JSON), and an attempt writes only under its own folder.
-A claimed attempt with no status.json yet is running: the record is written once, at the end.
+and attempts and leaves bytes to a `Blobs` implementation. Everything the orchestrator writes
+to a store goes through a `RunStore` method (docs/architecture.md says who writes what). Every
+write is atomic (readers never see half-written JSON), and an attempt writes only under its own
+folder. A claimed attempt with no status.json yet is running: the record is written once, at the end.
 """
 
 from __future__ import annotations
@@ -32,6 +33,29 @@ from parallel_engine.nofollow import (
     walk,
 )
 from parallel_engine.paths import unsafe_segment
+from parallel_engine.protocol import (
+    BUILD_RECORD,
+    CAPACITY_JSON,
+    CLAIMS,
+    END_JSON,
+    EVENTS,
+    RUN_FOLDERS,
+    RUN_JSON,
+    SOURCES,
+    STATUS_JSON,
+    TASKS,
+    WORKERS,
+    argv_key,
+    attempt_prefix,
+    claim_key,
+    command_key,
+    encode_argv,
+    event_name,
+    open_key,
+    parse_attempt,
+    run_prefix,
+    worker_key,
+)
 
 
 class Blobs(Protocol):
@@ -324,19 +348,6 @@ class RunRecord:
         )
 
 
-#: The folders of a run that hold its keys: made when the run is created, never again.
-RUN_FOLDERS = ("claims", "events", "tasks")
-
-
-def parse_attempt(name: str) -> tuple[str, int] | None:
-    """"<task_id>.<attempt>" (a claim's or an event's name, a worker's record) as (task_id, attempt);
-    None for anything else ("-": nothing claimed yet, or garbage)."""
-    task_id, _, number = name.rpartition(".")
-    if not task_id or not (number.isascii() and number.isdigit()):
-        return None
-    return task_id, int(number)
-
-
 def _attempt_status(raw: bytes | None) -> AttemptStatus | None:
     """A status.json's record; None when there is none (yet) or it cannot be read."""
     if raw is None:
@@ -352,7 +363,8 @@ def _dumps(data: Any) -> bytes:
 
 
 class RunStore:
-    """Runs, claims, attempt records and events on top of `Blobs`."""
+    """Runs, claims, attempt records and events on top of `Blobs`: every key it writes is
+    named in parallel_engine/protocol.py."""
 
     def __init__(self, blobs: Blobs, where: str) -> None:
         self.blobs = blobs
@@ -360,28 +372,32 @@ class RunStore:
 
     @staticmethod
     def attempt_prefix(run_id: str, task_id: str, attempt: int) -> str:
-        return f"runs/{run_id}/tasks/{task_id}/{attempt}/"
+        return attempt_prefix(run_id, task_id, attempt)
 
     @staticmethod
     def claim_key(run_id: str, task_id: str, attempt: int) -> str:
-        return f"runs/{run_id}/claims/{task_id}.{attempt}"
+        return claim_key(run_id, task_id, attempt)
+
+    def local_path(self, key: str = "") -> Path | None:
+        """Where `key` (default: the store's root) lives on this machine; None in a bucket."""
+        return self.blobs.local_path(key)
 
     # -- runs -------------------------------------------------------------------------
     def save_run(self, record: RunRecord) -> None:
         """Create the run: its folders (the only place they are made), then run.json."""
         self.add_run_folders(record.run_id)
-        self.blobs.write(f"runs/{record.run_id}/run.json", _dumps(record.to_json()))
+        self.blobs.write(run_prefix(record.run_id) + RUN_JSON, _dumps(record.to_json()))
 
     def add_run_folders(self, run_id: str) -> None:
-        self.blobs.add_folders([f"runs/{run_id}/{folder}/" for folder in RUN_FOLDERS])
+        self.blobs.add_folders([run_prefix(run_id) + folder for folder in RUN_FOLDERS])
 
     def add_attempt_folders(self, run_id: str, task_id: str, attempt: int) -> None:
         """tasks/<id>/<attempt>/outputs/, before anything of the attempt is written (a local
-        worker makes them itself, with bare mkdirs: see backends/local.py)."""
+        worker makes them itself, with bare mkdirs: see backends/local/pool.py)."""
         self.blobs.add_folders([self.attempt_prefix(run_id, task_id, attempt) + "outputs/"])
 
     def _run_json(self, run_id: str) -> bytes:
-        raw = self.blobs.read(f"runs/{run_id}/run.json") if not unsafe_segment(run_id) else None
+        raw = self.blobs.read(run_prefix(run_id) + RUN_JSON) if not unsafe_segment(run_id) else None
         if raw is None:
             raise RunNotFoundError(
                 f"no run '{run_id}' in {self.where}",
@@ -410,8 +426,77 @@ class RunStore:
     def run_ids(self) -> list[str]:
         """Every run in the store, by id descending: newest second first, but runs started in the
         same second in random order (`api.list_runs` sorts by `created`)."""
-        ids = [name for name in self.blobs.children("runs/") if self.blobs.read(f"runs/{name}/run.json") is not None]
+        names = self.blobs.children("runs/")
+        ids = [name for name in names if self.blobs.read(run_prefix(name) + RUN_JSON) is not None]
         return sorted(ids, reverse=True)
+
+    def write_end(self, run_id: str, state: str, at: float) -> None:
+        """end.json: how the run ended (finished, cancelled, failed)."""
+        self.blobs.write(run_prefix(run_id) + END_JSON, json.dumps({"state": state, "at": at}).encode())
+
+    def read_end(self, run_id: str) -> str | None:
+        """How the run ended, or None while it has not (or its orchestrator died first)."""
+        raw = self.blobs.read(run_prefix(run_id) + END_JSON)
+        return None if raw is None else str(json.loads(raw).get("state", "finished"))
+
+    def write_capacity(self, run_id: str, waiting: str | None, at: float) -> None:
+        """capacity.json: that the run waits for capacity (`waiting` says why) or, with None, that it does not."""
+        record = {"waiting": waiting is not None, "reason": waiting or "", "at": at}
+        self.blobs.write(run_prefix(run_id) + CAPACITY_JSON, json.dumps(record).encode())
+
+    def read_capacity(self, run_id: str) -> str:
+        """Why the run waits for capacity, or "" when it does not (or nobody said)."""
+        raw = self.blobs.read(run_prefix(run_id) + CAPACITY_JSON)
+        try:
+            return str(json.loads(raw).get("reason", "")) if raw else ""
+        except ValueError:
+            return ""
+
+    # -- what a gce orchestrator offers its workers (docs/worker-protocol.md) -------------
+    def publish_task(self, run_id: str, task: Task) -> None:
+        """The task's argv (appended to the entrypoint), or its full command, as NUL-separated data."""
+        if task.command is not None:
+            self.blobs.write(command_key(run_id, task.id), encode_argv(task.command))
+        else:
+            self.blobs.write(argv_key(run_id, task.id), encode_argv(task.argv))
+
+    def open_attempt(self, run_id: str, task_id: str, attempt: int) -> None:
+        """Make the attempt claimable (its open marker)."""
+        self.blobs.create(open_key(run_id, task_id, attempt), b"")
+
+    def close_attempt(self, run_id: str, task_id: str, attempt: int) -> None:
+        """The attempt ended: no worker looks at it again."""
+        self.blobs.delete(open_key(run_id, task_id, attempt))
+
+    def worker_records(self, run_id: str) -> dict[str, tuple[int, str]]:
+        """{vm: (generation, content hash)} of the VMs' records (`runs/<run>/workers/<vm>`), from
+        one listing: what a gce monitor reads for liveness (docs/worker-protocol.md)."""
+        prefix = run_prefix(run_id) + WORKERS
+        return {key[len(prefix):]: version for key, version in self.blobs.versions(prefix).items()}
+
+    def worker_attempt(self, run_id: str, worker: str) -> tuple[str, int] | None:
+        """The attempt a worker's record names (the one it claimed last), if any."""
+        raw = self.blobs.read(worker_key(run_id, worker)) or b""
+        return parse_attempt(raw.decode(errors="replace").strip())
+
+    def forget_worker(self, run_id: str, worker: str) -> None:
+        """Delete a worker's record once the worker is gone and settled."""
+        self.blobs.delete(worker_key(run_id, worker))
+
+    # -- builds (gce) -------------------------------------------------------------------
+    def save_source(self, name: str, data: bytes) -> str:
+        """A build context (a .tgz) for Cloud Build; returns its key under the store root."""
+        key = SOURCES + name
+        self.blobs.write(key, data)
+        return key
+
+    def save_build(self, record: dict[str, Any]) -> None:
+        """The last build: which image, its digest (`run` pins IMAGE to it)."""
+        self.blobs.write(BUILD_RECORD, json.dumps(record).encode())
+
+    def last_build(self) -> dict[str, Any] | None:
+        raw = self.blobs.read(BUILD_RECORD)
+        return dict(json.loads(raw)) if raw else None
 
     # -- attempts ---------------------------------------------------------------------
     def claim(self, run_id: str, task_id: str, attempt: int, worker: str) -> bool:
@@ -419,7 +504,7 @@ class RunStore:
         return self.blobs.create(self.claim_key(run_id, task_id, attempt), worker.encode())
 
     def write_status(self, run_id: str, status: AttemptStatus) -> None:
-        key = self.attempt_prefix(run_id, status.task_id, status.attempt) + "status.json"
+        key = self.attempt_prefix(run_id, status.task_id, status.attempt) + STATUS_JSON
         self.blobs.write(key, _dumps(status.to_json()))
 
     def add_event(self, run_id: str, status: AttemptStatus) -> None:
@@ -429,18 +514,22 @@ class RunStore:
         written: no new inode, which is most of what an attempt costs on ext4 (bench/local_overhead.py).
         Readers use an event's name, never its bytes.
         """
-        stamp = f"{time.time():017.6f}"
-        key = f"runs/{run_id}/events/{stamp}-{status.task_id}.{status.attempt}"
-        if self.blobs.link(self.attempt_prefix(run_id, status.task_id, status.attempt) + "status.json", key):
+        key = run_prefix(run_id) + EVENTS + event_name(time.time(), status.task_id, status.attempt)
+        if self.blobs.link(self.attempt_prefix(run_id, status.task_id, status.attempt) + STATUS_JSON, key):
             return
         self.blobs.create(key, str(status.state).encode())
 
+    def record_end(self, run_id: str, status: AttemptStatus) -> None:
+        """An attempt's record and then its event: how every attempt's end is written."""
+        self.write_status(run_id, status)
+        self.add_event(run_id, status)
+
     def read_status(self, run_id: str, task_id: str, attempt: int) -> AttemptStatus | None:
-        return _attempt_status(self.blobs.read(self.attempt_prefix(run_id, task_id, attempt) + "status.json"))
+        return _attempt_status(self.blobs.read(self.attempt_prefix(run_id, task_id, attempt) + STATUS_JSON))
 
     def claimed(self, run_id: str) -> list[tuple[str, int]]:
         """(task_id, attempt) of every claim, from one listing of `claims/`."""
-        prefix = f"runs/{run_id}/claims/"
+        prefix = run_prefix(run_id) + CLAIMS
         return [parsed for key in self.blobs.list(prefix) if (parsed := parse_attempt(key[len(prefix):]))]
 
     def holder(self, run_id: str, task_id: str, attempt: int) -> str | None:
@@ -455,7 +544,7 @@ class RunStore:
         bucket), and a claim's bytes (its holder) only for the attempts still running.
         """
         claimed = self.claimed(run_id)
-        raws = self.blobs.read_many([self.attempt_prefix(run_id, t, n) + "status.json" for t, n in claimed])
+        raws = self.blobs.read_many([self.attempt_prefix(run_id, t, n) + STATUS_JSON for t, n in claimed])
         statuses = [_attempt_status(raw) for raw in raws]
         running = [pair for pair, status in zip(claimed, statuses) if status is None]
         holders = iter(self.blobs.read_many([self.claim_key(run_id, t, n) for t, n in running]))
@@ -470,17 +559,32 @@ class RunStore:
             history.sort(key=lambda s: s.attempt)
         return found
 
-    def worker_records(self, run_id: str) -> dict[str, tuple[int, str]]:
-        """{vm: (generation, content hash)} of the VMs' records (`runs/<run>/workers/<vm>`), from
-        one listing: what a gce monitor reads for liveness (docs/worker-protocol.md)."""
-        prefix = f"runs/{run_id}/workers/"
-        return {key[len(prefix):]: version for key, version in self.blobs.versions(prefix).items()}
-
     def events_after(self, run_id: str, after: str = "") -> list[str]:
-        return self.blobs.list(f"runs/{run_id}/events/", start_after=after)
+        """The run's event keys, sorted, strictly after the key `after`."""
+        return self.blobs.list(run_prefix(run_id) + EVENTS, start_after=after)
+
+    def events_prefix(self, run_id: str) -> str:
+        return run_prefix(run_id) + EVENTS
 
     def read_log(self, run_id: str, task_id: str, attempt: int, stream: str) -> bytes | None:
         return self.blobs.read(self.attempt_prefix(run_id, task_id, attempt) + f"{stream}.log")
+
+    def read_attempt_file(self, run_id: str, task_id: str, attempt: int, name: str) -> bytes | None:
+        """A file of an attempt's folder (its record, a log, the worker's list of skipped outputs)."""
+        return self.blobs.read(self.attempt_prefix(run_id, task_id, attempt) + name)
+
+    # -- collecting -----------------------------------------------------------------------
+    def tasks_prefix(self, run_id: str) -> str:
+        return run_prefix(run_id) + TASKS
+
+    def scan_tasks(self, run_id: str) -> Listing:
+        """Every regular object of every attempt of the run, and what else is there (links,
+        special files), from one listing that follows no link."""
+        return self.blobs.scan(self.tasks_prefix(run_id))
+
+    def fetch(self, pairs: Pairs) -> Skips:
+        """Copy objects to new local files (Blobs.fetch): what `collect` moves."""
+        return self.blobs.fetch(pairs)
 
 
 def local_store(root: Path) -> RunStore:

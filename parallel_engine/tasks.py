@@ -75,12 +75,12 @@ import yaml
 from parallel_engine.bounded_yaml import BoundedLoader, YamlRefused
 from parallel_engine.errors import ConfigError, TaskSourceError, brief, shown
 from parallel_engine.model import COLLECT_FILES, RESULT_COLUMNS, Task, TaskList
+from parallel_engine.protocol import TASK_ID_RE
 
 ARG_STYLES = ("equals", "space")
 TASK_ID_COLUMN = "task_id"
 OPTION_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 OPTION_NAME_RULE = "letters, digits, '_', '.' and '-', starting with a letter or '_'"
-TASK_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 TASK_ID_RULE = (
     "1 to 100 characters: letters, digits, '.', '_' and '-', starting with a letter or digit"
 )

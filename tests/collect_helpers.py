@@ -8,7 +8,6 @@ from pathlib import Path
 
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.nofollow import NAME_ERRNOS, Skipped
-from parallel_engine.results import write_end
 from parallel_engine.store import Blobs, RunRecord, RunStore
 
 RUN_ID = "20260101-000000-aaaaa"
@@ -26,7 +25,7 @@ def finished_run(store: RunStore, states: dict[str, AttemptState], run_id: str =
         store.add_attempt_folders(run_id, task_id, 1)
         code = 0 if state is AttemptState.SUCCEEDED else 1
         store.write_status(run_id, AttemptStatus(task_id, 1, state, code, 1.0, 2.5, "worker-1"))
-    write_end(store, run_id, "finished", time.time())
+    store.write_end(run_id, "finished", time.time())
     return run_id
 
 
@@ -116,6 +115,9 @@ class MemoryBlobs:
 
     def link(self, source: str, target: str) -> bool:
         return False
+
+    def add_folders(self, prefixes: list[str]) -> None:
+        pass  # a bucket has no folders
 
 
 def memory_store() -> RunStore:

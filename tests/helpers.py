@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from parallel_engine.model import AttemptState, AttemptStatus, Task
-from parallel_engine.results import write_end
 from parallel_engine.store import RunRecord, RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +56,7 @@ def cli_env() -> dict[str, str]:
 
 def containers_of(client: Any, run_id: str) -> list[Any]:
     """Every container (running or not) labelled with `run_id`."""
-    from parallel_engine.runtimes.docker import LABEL_RUN
+    from parallel_engine.protocol import LABEL_RUN
 
     # ignore_removed: one removed between the list and its inspect is gone, not an error
     return client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"}, ignore_removed=True)
@@ -113,7 +112,7 @@ def record_run(store: RunStore, run_id: str, histories: Mapping[str, Sequence[Ou
                 store.write_status(run_id, status)
                 store.add_event(run_id, status)
     if ended:
-        write_end(store, run_id, ended, 20.0)
+        store.write_end(run_id, ended, 20.0)
     return record
 
 

@@ -599,7 +599,8 @@ def test_value_given_with_set_is_named_as_set_key_in_errors_and_origins(tmp_path
 def test_every_label_the_runtimes_set_is_refused_in_labels() -> None:
     # LABELS go on containers and VMs beside ours: a name of ours would be overwritten silently.
     from parallel_engine.config import _RESERVED_LABELS
-    from parallel_engine.backends.gce.vm import RUN_LABEL, WORKER_LABEL
-    from parallel_engine.runtimes.docker import LABEL_ATTEMPT, LABEL_RUN, LABEL_TASK
+    from parallel_engine.protocol import LABEL_ATTEMPT, LABEL_RUN, LABEL_TASK
+    from parallel_engine.protocol import LABEL_RUN as RUN_LABEL
+    from parallel_engine.protocol import LABEL_WORKER as WORKER_LABEL
 
     assert {LABEL_RUN, LABEL_TASK, LABEL_ATTEMPT, RUN_LABEL, WORKER_LABEL} <= set(_RESERVED_LABELS)

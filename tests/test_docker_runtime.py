@@ -16,9 +16,9 @@ import pytest
 from tests.helpers import BASE_IMAGE, containers_of
 from tests.test_signals import wait_for
 from parallel_engine.errors import BackendError, BuildError, ConfigError
+from parallel_engine.protocol import LABEL_RUN
 from parallel_engine.runtimes.base import AttemptSpec
 from parallel_engine.runtimes.docker import (
-    LABEL_RUN,
     DockerAttempt,
     DockerRuntime,
     container_name,

@@ -98,7 +98,8 @@ Background = list[tuple[subprocess.Popen[str], Path, set[str]]]
 @pytest.fixture()
 def background() -> Iterator[Background]:
     """Orchestrators a test started; whatever the test's outcome, none (nor its containers) outlives it."""
-    from parallel_engine.runtimes.docker import LABEL_RUN, remove_containers
+    from parallel_engine.protocol import LABEL_RUN
+    from parallel_engine.runtimes.docker import remove_containers
 
     started: Background = []
     yield started

@@ -9,17 +9,16 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
 from parallel_engine import scheduler as scheduler_module
+from parallel_engine.backends.base import Finished, OnEvent, Started
 from parallel_engine.model import AttemptState, AttemptStatus, Task, TaskState
 from parallel_engine.scheduler import Scheduler
 from parallel_engine.state import Budgets
 from tests.test_local_pool import run_with_deadline
 
-OnEvent = Callable[[str, AttemptStatus], None]
 
 
 def _status(task_id: str, attempt: int, state: AttemptState) -> AttemptStatus:
@@ -49,14 +48,14 @@ class StartedInFlightPool:
         for task_id in ("t2", "t1"):
             status = self.statuses[task_id]
             status.state, status.finished_at = AttemptState.CANCELLED, time.time()
-            self.on_event("finished", status)
+            self.on_event(Finished(status))
 
     def close(self) -> None:
         pass
 
     def _start(self, task_id: str) -> None:
         self.statuses[task_id] = _status(task_id, 1, AttemptState.RUNNING)
-        self.on_event("started", self.statuses[task_id])
+        self.on_event(Started(self.statuses[task_id]))
 
 
 def test_cancel_while_a_started_event_is_queued_ends_the_run_with_every_task_cancelled() -> None:
@@ -126,12 +125,12 @@ class SimulatedPool:
 
     def _started(self, task: Task, attempt: int) -> AttemptStatus:
         status = _status(task.id, attempt, AttemptState.RUNNING)
-        self.on_event("started", status)
+        self.on_event(Started(status))
         return status
 
     def _end(self, status: AttemptStatus, state: AttemptState) -> None:
         status.state, status.finished_at = state, time.time()
-        self.on_event("finished", status)
+        self.on_event(Finished(status))
 
 
 def test_cancel_at_random_moments_always_ends_with_every_task_closed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ import sys
 # cancelled. The SIGTERM handler takes 0.15 s before it sets the cancel (as a busy GIL makes it).
 SCRIPT = r'''
 import signal, sys, threading, time
+from parallel_engine.backends.base import Finished, Started
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.scheduler import Scheduler
 from parallel_engine.state import Budgets
@@ -23,13 +24,15 @@ class PoolUntilCancelled:
     def submit(self, task, attempt):
         status = AttemptStatus(task.id, attempt, AttemptState.RUNNING, started_at=time.time())
         self.running.append(status)
-        self.on_event("started", status)
+        self.on_event(Started(status))
         print("ready", flush=True)
     def cancel(self):
         for status in self.running:
             status.state, status.finished_at = AttemptState.CANCELLED, time.time()
-            self.on_event("finished", status)
+            self.on_event(Finished(status))
     def close(self):
+        pass
+    def check(self):
         pass
 
 cancel = threading.Event()

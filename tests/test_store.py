@@ -13,7 +13,8 @@ import pytest
 
 from parallel_engine.errors import StoreError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
-from parallel_engine.store import LocalBlobs, RunRecord, local_store, parse_attempt
+from parallel_engine.protocol import parse_attempt
+from parallel_engine.store import LocalBlobs, RunRecord, local_store
 
 
 def test_claim_is_granted_to_exactly_one_of_many_racing_workers(tmp_path: Path) -> None:

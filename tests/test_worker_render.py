@@ -19,13 +19,9 @@ import jinja2
 import pytest
 
 from parallel_engine.errors import ConfigError, TaskSourceError
+from parallel_engine.protocol import argv_key, command_key, decode_argv, encode_argv, open_key
 from parallel_engine.backends.gce.startup import (
     WorkerSettings,
-    argv_key,
-    command_key,
-    decode_argv,
-    encode_argv,
-    open_key,
     credential_hosts,
     registry_host,
     render_startup_script,

@@ -27,11 +27,6 @@ class AttemptSpec:
     timeout_s: float | None
 
 
-def attempt_env(run_id: str, task_id: str, attempt: int, output_dir: str) -> dict[str, str]:
-    """The PE_* variables of an attempt (README "Configuration"): what `AttemptSpec.env` holds."""
-    return {"PE_RUN_ID": run_id, "PE_TASK_ID": task_id, "PE_ATTEMPT": str(attempt), "PE_OUTPUT_DIR": output_dir}
-
-
 class ExitStatusLost(Exception):
     """The attempt ended but its exit status cannot be read (its process was reaped by someone
     else): what happened is unknown, so it is never recorded as a success."""

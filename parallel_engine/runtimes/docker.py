@@ -17,16 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from parallel_engine.errors import BackendError, ConfigError
+from parallel_engine.protocol import CONTAINER_OUTPUT_DIR, ENV_OUTPUT_DIR, LABEL_ATTEMPT, LABEL_RUN, LABEL_TASK
 from parallel_engine.runtimes.base import AttemptSpec
 
 if TYPE_CHECKING:  # the SDK is only needed when containers are actually used
     import docker
     from docker.models.containers import Container
 
-CONTAINER_OUTPUT_DIR = "/pe/output"
-LABEL_RUN = "parallel-engine-run"
-LABEL_TASK = "parallel-engine-task"
-LABEL_ATTEMPT = "parallel-engine-attempt"
 NETWORKS = ("none", "host")  # the bridge stays off: all traffic stays on loopback
 
 API_TIMEOUT_S = 60.0  # plain API calls (create, start, kill, remove)
@@ -390,7 +387,7 @@ class DockerRuntime:
 
     def container_kwargs(self, spec: AttemptSpec) -> dict[str, Any]:
         """What `containers.create` gets for this attempt (exposed so tests can read it)."""
-        env = {**spec.env, "PE_OUTPUT_DIR": CONTAINER_OUTPUT_DIR}
+        env = {**spec.env, ENV_OUTPUT_DIR: CONTAINER_OUTPUT_DIR}
         kwargs: dict[str, Any] = {
             "image": self.image,
             "name": container_name(spec.run_id, spec.task_id, spec.attempt),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from parallel_engine.errors import BackendError
 from parallel_engine.processes import keep_child_statuses
+from parallel_engine.protocol import ENV_RUN_ID
 from parallel_engine.runtimes.base import AttemptSpec, ExitStatusLost
 from parallel_engine.runtimes.spawn import env_entries, spawn
 
@@ -201,7 +202,7 @@ def run_processes(run_id: str) -> list[psutil.Process]:
         if proc.pid in spared:
             continue
         try:
-            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("PE_RUN_ID") == run_id:
+            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(ENV_RUN_ID) == run_id:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue

@@ -552,13 +552,14 @@ def _gce_config(cloud: Any, image: str) -> Any:
 def test_a_build_create_whose_answer_was_lost_is_not_submitted_twice(cloud: Any, tmp_path: Path) -> None:
     from parallel_engine.api import open_store
     from parallel_engine.backends.gce.cloud_build import build_gce
+    from parallel_engine.backends.gce.settings import GceSettings
 
     assert cloud.registry_host, "the emulated cloud has no registry (apt-get install docker-registry)"
     image = f"{cloud.registry_host}/{cloud.project}/parallel-engine/tiny:{uuid.uuid4().hex[:8]}"
     code = _tiny_project(tmp_path)
     config = _gce_config(cloud, image)
     cloud.control.fail_next(1, 503, method="POST", path="/builds", service="cloudbuild", after=True)
-    digest = build_gce(config, open_store(config), code, tmp_path / "cloudbuild.yaml", lambda line: None)
+    digest = build_gce(GceSettings.of(config), open_store(config), code, tmp_path / "cloudbuild.yaml", lambda line: None)
     assert digest.startswith("sha256:")
     assert cloud.control.calls()["cloudbuild"]["injected"]  # the first answer was lost
     client = cloudbuild_client(cloud.cloudbuild_endpoint, user_credentials(cloud))
@@ -568,6 +569,7 @@ def test_a_build_create_whose_answer_was_lost_is_not_submitted_twice(cloud: Any,
 def test_the_cloudbuild_yaml_timeout_reaches_the_build(cloud: Any, tmp_path: Path) -> None:
     from parallel_engine.api import open_store
     from parallel_engine.backends.gce.cloud_build import build_gce
+    from parallel_engine.backends.gce.settings import GceSettings
     from parallel_engine.errors import BuildError
 
     image = f"{cloud.registry_host}/{cloud.project}/parallel-engine/slow:{uuid.uuid4().hex[:8]}"
@@ -575,7 +577,7 @@ def test_the_cloudbuild_yaml_timeout_reaches_the_build(cloud: Any, tmp_path: Pat
     config = _gce_config(cloud, image)
     started = time.monotonic()
     with pytest.raises(BuildError, match="ended TIMEOUT"):
-        build_gce(config, open_store(config), code, tmp_path / "cloudbuild.yaml", lambda line: None)
+        build_gce(GceSettings.of(config), open_store(config), code, tmp_path / "cloudbuild.yaml", lambda line: None)
     assert time.monotonic() - started < 40
 
 
@@ -596,6 +598,7 @@ def test_a_cloudbuild_yaml_timeout_that_is_not_a_duration_is_a_build_error_sayin
 def test_a_refused_build_create_is_a_build_error_with_what_to_check(cloud: Any, tmp_path: Path) -> None:
     from parallel_engine.api import open_store
     from parallel_engine.backends.gce.cloud_build import build_gce
+    from parallel_engine.backends.gce.settings import GceSettings
     from parallel_engine.errors import BuildError
 
     image = f"{cloud.registry_host}/{cloud.project}/parallel-engine/refused:{uuid.uuid4().hex[:8]}"
@@ -603,7 +606,7 @@ def test_a_refused_build_create_is_a_build_error_with_what_to_check(cloud: Any, 
     config = _gce_config(cloud, image)
     cloud.control.fail_next(1, 403, method="POST", path="/builds", service="cloudbuild")  # not retried
     with pytest.raises(BuildError, match="Cloud Build refused the build: 403") as raised:
-        build_gce(config, open_store(config), code, tmp_path / "cloudbuild.yaml", lambda line: None)
+        build_gce(GceSettings.of(config), open_store(config), code, tmp_path / "cloudbuild.yaml", lambda line: None)
     assert raised.value.hint is not None
     assert "CLOUDBUILD_ENDPOINT" in raised.value.hint and "Cloud Build API is enabled" in raised.value.hint
     assert sum(cloud.control.calls()["cloudbuild"]["injected"].values()) == 1  # one create, no retry

@@ -20,13 +20,15 @@ from tests.emulator.emulator_helpers import wait_for
 
 import parallel_engine as pe
 from parallel_engine.api import open_store
-from parallel_engine.backends.gce.pool import Compute, GcePool
+from parallel_engine.backends.base import Event
+from parallel_engine.backends.gce.compute import Compute
+from parallel_engine.backends.gce.pool import GcePool
+from parallel_engine.backends.gce.settings import GceSettings
 from parallel_engine.config import Config, load_config
 from parallel_engine.errors import BackendError
 from parallel_engine.emulator import Emulator
 from parallel_engine.backends.gce.backend import script_for
 from parallel_engine.model import AttemptState, AttemptStatus, Task
-from parallel_engine.results import capacity_key
 from tests.helpers import ROOT, cli
 from tests.test_local_run import HOSTILE
 
@@ -499,7 +501,7 @@ def test_queued_for_quota_shows_in_status_from_another_process(cloud: Emulator, 
 
     def waiting_shown() -> dict[str, Any] | None:
         run_ids = store.run_ids()
-        if not (run_ids and store.blobs.read(capacity_key(run_ids[0]))):
+        if not (run_ids and store.read_capacity(run_ids[0])):
             return None
         done = cli("status", run_ids[0], "--json", cwd=workdir)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -575,6 +577,11 @@ def test_down_deletes_a_runs_vms_from_another_process(cloud: Emulator, example_i
     assert list(compute.list_run(cloud.zone, "other-run")) == ["pe-other"]
 
 
+def kind_and_status(event: Event) -> tuple[str, Any]:
+    """A pool's event as (kind, status): "finished" for `Finished`."""
+    return type(event).__name__.lower(), getattr(event, "status", None)
+
+
 def poll_cost(cloud: Emulator, tasks: int, per_task: bool) -> tuple[int, int, int]:
     """Calls of one poll after two attempts finished and a VM vanished holding a third:
     (compute, storage object calls, all storage calls)."""
@@ -584,8 +591,8 @@ def poll_cost(cloud: Emulator, tasks: int, per_task: bool) -> tuple[int, int, in
     store = open_store(config)
     run_id = f"poll-{tasks}-{int(per_task)}"
     events: list[tuple[str, Any]] = []
-    pool = GcePool(config, store, run_id, Compute(config), script_for(config, run_id, "img"),
-                   lambda kind, s: events.append((kind, s)), lambda m: None, quota=1)
+    pool = GcePool(GceSettings.of(config), store, run_id, Compute(config), script_for(GceSettings.of(config), run_id, "img"),
+                   lambda event: events.append(kind_and_status(event)), lambda m: None, quota=1)
     pool._create_workers = lambda alive: None  # type: ignore[method-assign]  # monitoring cost only
     for index in range(tasks):
         pool.submit(Task(str(index), ("--i", str(index))), 1)
@@ -596,7 +603,7 @@ def poll_cost(cloud: Emulator, tasks: int, per_task: bool) -> tuple[int, int, in
     props = instance_properties(config, cloud.zone, "sleep 600", run_id, "w")
     pool.compute.insert(cloud.zone, instance_body(props, vm, cloud.zone))
     if per_task:
-        pool._vm_attempt[vm] = ("3", 1)
+        pool._vm(vm).attempt = ("3", 1)
     store.blobs.write(f"runs/{run_id}/workers/{vm}", b"3.1")
     assert store.claim(run_id, "3", 1, vm)
     pool._poll()
@@ -637,15 +644,15 @@ def test_a_vm_gone_after_its_attempt_finished_costs_no_preemption_listing(cloud:
     store = open_store(config)
     run_id = f"done-{int(per_task)}"
     events: list[tuple[str, Any]] = []
-    pool = GcePool(config, store, run_id, Compute(config), script_for(config, run_id, "img"),
-                   lambda kind, s: events.append((kind, s)), lambda m: None, quota=1)
+    pool = GcePool(GceSettings.of(config), store, run_id, Compute(config), script_for(GceSettings.of(config), run_id, "img"),
+                   lambda event: events.append(kind_and_status(event)), lambda m: None, quota=1)
     pool._create_workers = lambda alive: None  # type: ignore[method-assign]  # monitoring only
     pool.submit(Task("t", ()), 1)
     pool.wait_published()
     vm = f"pe-{run_id}-finished"
     pool.compute.insert(cloud.zone, instance_body(instance_properties(config, cloud.zone, "sleep 600", run_id, "w"), vm, cloud.zone))
     if per_task:
-        pool._vm_attempt[vm] = ("t", 1)
+        pool._vm(vm).attempt = ("t", 1)
     store.blobs.write(f"runs/{run_id}/workers/{vm}", b"t.1")
     assert store.claim(run_id, "t", 1, vm)
     pool._poll()
@@ -668,8 +675,8 @@ def cancel_cost(cloud: Emulator, tasks: int) -> int:
     store = open_store(config)
     run_id = f"cancel-{tasks}"
     events: list[tuple[str, Any]] = []
-    pool = GcePool(config, store, run_id, Compute(config), script_for(config, run_id, "img"),
-                   lambda kind, s: events.append((kind, s)), lambda m: None, quota=1)
+    pool = GcePool(GceSettings.of(config), store, run_id, Compute(config), script_for(GceSettings.of(config), run_id, "img"),
+                   lambda event: events.append(kind_and_status(event)), lambda m: None, quota=1)
     for index in range(tasks):
         pool.submit(Task(str(index), ("--i", str(index))), 1)
     pool.wait_published()
@@ -770,8 +777,8 @@ def test_an_event_that_lands_after_a_newer_one_is_still_seen(cloud: Emulator) ->
     config = config_for(cloud, "img")
     store = open_store(config)
     events: list[AttemptStatus] = []
-    pool = GcePool(config, store, "late-event", Compute(config), script_for(config, "late-event", "img"),
-                   lambda kind, s: events.append(s), lambda m: None, quota=1)
+    pool = GcePool(GceSettings.of(config), store, "late-event", Compute(config), script_for(GceSettings.of(config), "late-event", "img"),
+                   lambda event: events.append(kind_and_status(event)[1]), lambda m: None, quota=1)
     pool._create_workers = lambda alive: None  # type: ignore[method-assign]
     for task_id in ("early", "late"):
         pool.submit(Task(task_id, ()), 1)

@@ -11,7 +11,6 @@ from parallel_engine.config import load_config
 from parallel_engine.emulator import Emulator
 from parallel_engine.emulator.serve import config_values, render_config
 from parallel_engine.model import AttemptState, AttemptStatus, Task
-from parallel_engine.results import write_end
 from parallel_engine.store import RunRecord
 from tests.helpers import cli
 
@@ -34,7 +33,7 @@ def test_object_names_with_dot_dot_segments_are_skipped_and_listed_never_written
     store.blobs.write(outputs + "ok/fine.txt", b"fine")
     store.blobs.write(f"runs/{RUN_ID}/tasks/stray.txt", b"no attempt's")
     store.write_status(RUN_ID, AttemptStatus("a", 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, "vm-1"))
-    write_end(store, RUN_ID, "finished", time.time())
+    store.write_end(RUN_ID, "finished", time.time())
     assert set(store.blobs.list(outputs)) >= {outputs + name for name in HOSTILE}  # the bucket kept them whole
 
     done = cli("collect", RUN_ID, "--dest", "box/one/two/res", cwd=tmp_path)

@@ -27,15 +27,8 @@ from tests.emulator.emulator_helpers import Clients, make_instance, wait_for
 from google.api_core.exceptions import NotFound
 
 from parallel_engine.model import AttemptState, AttemptStatus
-from parallel_engine.backends.gce.startup import (
-    WorkerSettings,
-    argv_key,
-    command_key,
-    encode_argv,
-    heartbeat_key,
-    open_key,
-    render_startup_script,
-)
+from parallel_engine.backends.gce.startup import WorkerSettings, render_startup_script
+from parallel_engine.protocol import argv_key, command_key, encode_argv, heartbeat_key, open_key
 
 pytestmark = [pytest.mark.emulator, pytest.mark.docker]
 

@@ -49,6 +49,7 @@ PE_TASKS=( 1.1 task-b.2 c.d.3 )
 MD="http://${GCE_METADATA_HOST:-metadata.google.internal}/computeMetadata/v1"
 RUN_KEY="${PE_ROOT}runs/${PE_RUN_ID}/"
 OPEN_PREFIX="${RUN_KEY}open/"
+ATTEMPT_NAME_RE='^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.[1-9][0-9]*$'  # an open/ name: task.attempt
 TERMINATING=0     # SIGTERM seen: the VM is shutting down (preempted, deleted or stopped)
 STOP_ALL=0        # claim nothing more (image unusable, VM going away)
 DONE=0            # the work is over: a SIGTERM now only means "exit"
@@ -662,7 +663,7 @@ sweep() {
     mapfile -t names < <(grep -o '"name": *"[^"\\]*"' "$WORK/list.json" | sed 's/^"name": *"//; s/"$//')
     for name in "${names[@]}"; do
       rel=${name#"$OPEN_PREFIX"}
-      if [[ $name == "$rel" || ! $rel =~ ^[A-Za-z0-9][A-Za-z0-9._-]*\.[1-9][0-9]*$ ]]; then continue; fi
+      if [[ $name == "$rel" || ! $rel =~ $ATTEMPT_NAME_RE ]]; then continue; fi
       if [[ -n ${TAKEN[$rel]:-} ]]; then continue; fi
       task=${rel%.*}
       attempt=${rel##*.}

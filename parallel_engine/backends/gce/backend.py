@@ -1,22 +1,128 @@
-"""Running on Compute Engine: the image by digest, the worker script, the VM pool, render and down."""
+"""The gce backend: workers are Compute Engine VMs, the run store is a bucket, images are built
+with Cloud Build. This module is what the registry (backends/base.py) finds: it pins the image,
+renders the worker's script, and makes the pool (pool.py); render and down reach the VMs from
+any machine."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import ClassVar
 
-from parallel_engine.backends.gce.pool import Compute, GcePool, delete_run_vms
-from parallel_engine.config import Config
+from parallel_engine.backends.base import Built, InfoFn, OnEvent, Plan
+from parallel_engine.backends.gce.compute import Compute, delete_run_vms
+from parallel_engine.backends.gce.pool import GcePool, cancel_running
+from parallel_engine.backends.gce.settings import GceSettings
+from parallel_engine.backends.gce.startup import WorkerSettings, render_startup_script
+from parallel_engine.backends.gce.vm import bulk_body, instance_body, instance_properties
+from parallel_engine.config import GCE_DEFAULT_QUOTA, Config
 from parallel_engine.errors import ConfigError, CredentialsError
-from parallel_engine.model import AttemptStatus
+from parallel_engine.model import AttemptState, Task
+from parallel_engine.names import gce_name, label_value
 from parallel_engine.store import RunStore
 
-if TYPE_CHECKING:
-    from parallel_engine.api import Plan
+ScriptFor = Callable[[tuple[tuple[str, int], ...] | None], str]
 
-DEFAULT_STORAGE = "https://storage.googleapis.com"
-DEFAULT_COMPUTE = "https://compute.googleapis.com"
-BUILD_RECORD = "builds/latest.json"
+
+class GceBackend:
+    """Compute Engine VMs booted from Container-Optimized OS, results in gs://BUCKET/BUCKET_PREFIX."""
+
+    name: ClassVar[str] = "gce"
+    workers_outlive_orchestrator: ClassVar[bool] = True
+    busy_time: ClassVar[tuple[str, str]] = (
+        "VM-hours running attempts",
+        "the sum of attempt durations; VM boot, image pulls and idle VMs are billed but not counted")
+
+    def __init__(self, config: Config) -> None:
+        self.settings = GceSettings.of(config)
+        self.config = config
+
+    @classmethod
+    def check_config(cls, config: Config) -> None:
+        GceSettings.of(config)
+
+    @classmethod
+    def default_quota(cls) -> int:
+        return GCE_DEFAULT_QUOTA
+
+    def open_store(self) -> RunStore:
+        from parallel_engine.backends.gce.blobs import GCSBlobs
+        from parallel_engine.backends.gce.clients import storage_client
+
+        blobs = GCSBlobs(storage_client(self.config), self.settings.bucket, self.config.bucket_prefix)
+        return RunStore(blobs, self.settings.where)
+
+    def existing_store(self) -> RunStore:
+        return self.open_store()  # a bucket that does not exist answers so on the first read
+
+    def plan(self, store: RunStore, run_id: str, quota: int, tasks: tuple[Task, ...], say: InfoFn) -> Plan:
+        """The image pinned by digest, the worker's script rendered once (a bad setting is one
+        clear error now), and the VM pool (which deletes its VMs when it closes)."""
+        settings = self.settings
+        image = resolve_image(self.config, store)
+        render_script = script_for(settings, run_id, image)
+        check_rendering(settings, render_script)
+        compute = Compute(self.config)
+        spec = {
+            "runtime": "gce",
+            "image": image,
+            "tasks_per_vm": self.config.tasks_per_vm,
+            "project": compute.project,
+            "zones": settings.zones,
+        }
+
+        def make_pool(on_event: OnEvent) -> GcePool:
+            return GcePool(settings, store, run_id, compute, render_script, on_event, say, quota)
+
+        return Plan(spec, make_pool)
+
+    def build(self, context: Path, on_line: InfoFn) -> Built:
+        """Cloud Build from CONTEXT and the cloudbuild.yaml beside it; the digest is recorded for `run`."""
+        from parallel_engine.backends.gce.cloud_build import build_gce
+
+        cloudbuild = context.resolve().parent / "cloudbuild.yaml"
+        digest = build_gce(self.settings, self.open_store(), context, cloudbuild, on_line)
+        return Built(digest, f"built and pushed {self.config.image}@{digest}; `parallel-engine run` uses this digest")
+
+    def down(self, run_id: str) -> str:
+        """Delete every VM of a run, by label, from any machine, then record `cancelled` for each
+        attempt that was running on one."""
+        deleted = delete_run_vms(Compute(self.config), run_id)
+        store = self.open_store()
+        # attempts() read every claim and record once: what it calls running is recorded as it is.
+        running = [a for attempts in store.attempts(run_id).values() for a in attempts if a.state is AttemptState.RUNNING]
+        cancel_running(store, run_id, running)
+        return f"deleted {deleted} VM(s); none left"
+
+    def render(self, run_id: str, task: tuple[str, int] | None, vm_request: bool, say: InfoFn) -> str:
+        """Exactly what `run` would give a VM: the startup script, or the whole VM request as JSON,
+        with IMAGE pinned to the digest `build` recorded (read from the bucket, as `run` does)."""
+        settings = self.settings
+        image = self._render_image(say)
+        script = script_for(settings, run_id, image)((task,) if task else None)
+        if not vm_request:
+            return script
+        worker = label_value(task[0]) if task else "reuse"
+        properties = instance_properties(self.config, settings.zone, script, run_id, worker)
+        if task:
+            body = instance_body(properties, gce_name("pe", run_id, task[0], str(task[1])), settings.zone)
+        else:
+            body = bulk_body(properties, gce_name("pe", run_id, "b1") + "-###", self.config.effective_quota())
+        return json.dumps(body, indent=2, ensure_ascii=False)
+
+    def _render_image(self, say: InfoFn) -> str:
+        """The image `render` shows: as `run` would pin it, reading the bucket only when IMAGE names
+        no digest. Without credentials it is IMAGE as given, and `say` tells what `run` would do."""
+        image = _image(self.config)
+        if pinned(image):
+            return image
+        try:
+            return resolve_image(self.config, self.open_store())
+        except CredentialsError as exc:
+            say(f"note: IMAGE {image} is rendered as given: `run` would pin it to the digest of the last "
+                f"`parallel-engine build`, which it reads from the bucket with Google credentials ({exc.message})")
+            return image
 
 
 def _image(config: Config) -> str:
@@ -33,16 +139,12 @@ def pinned(image: str) -> bool:
 
 def resolve_image(config: Config, store: RunStore) -> str:
     """IMAGE pinned to the digest `parallel-engine build` recorded for it, else IMAGE as given."""
-    import json
-
     image = _image(config)
     if pinned(image):
         return image
-    raw = store.blobs.read(BUILD_RECORD)
-    if raw:
-        built = json.loads(raw)
-        if built.get("image") == image and built.get("digest"):
-            return f"{without_tag(image)}@{built['digest']}"
+    built = store.last_build()
+    if built and built.get("image") == image and built.get("digest"):
+        return f"{without_tag(image)}@{built['digest']}"
     return image
 
 
@@ -53,21 +155,19 @@ def without_tag(image: str) -> str:
     return f"{head}/{name}" if head else name
 
 
-def script_for(
-    config: Config, run_id: str, image: str, self_delete: bool = True
-) -> Callable[[tuple[tuple[str, int], ...] | None], str]:
-    from parallel_engine.backends.gce.startup import WorkerSettings, render_startup_script
+def script_for(settings: GceSettings, run_id: str, image: str, self_delete: bool = True) -> ScriptFor:
+    """A renderer of the startup script of this run's VMs: all its attempts' (reuse), or one's."""
+    config = settings.config
 
     def render(tasks: tuple[tuple[str, int], ...] | None) -> str:
-        assert config.bucket is not None
         return render_startup_script(WorkerSettings(
             run_id=run_id,
-            bucket=config.bucket,
+            bucket=settings.bucket,
             prefix=config.bucket_prefix,
             image=image,
             registry=config.registry,
-            storage_endpoint=config.storage_endpoint or DEFAULT_STORAGE,
-            compute_endpoint=config.compute_endpoint or DEFAULT_COMPUTE,
+            storage_endpoint=settings.storage_endpoint,
+            compute_endpoint=settings.compute_endpoint,
             pull_policy=config.pull_policy,
             heartbeat_s=config.heartbeat,
             log_interval_s=config.heartbeat,
@@ -81,88 +181,8 @@ def script_for(
     return render
 
 
-def check_rendering(config: Config, render: Callable[[tuple[tuple[str, int], ...] | None], str]) -> None:
+def check_rendering(settings: GceSettings, render: ScriptFor) -> None:
     """Render a worker's script (and its VM request) once while planning: a bad setting is one clear
     ConfigError before any VM exists or run.json is written, not a monitor failure mid-run."""
-    from parallel_engine.backends.gce.vm import instance_properties
-
-    assert config.zone is not None
-    script = render((("check", 1),) if config.tasks_per_vm == 1 else None)
-    instance_properties(config, config.zone, script, "check", "check")
-
-
-def gce_plan(config: Config, store: RunStore, run_id: str, quota: int, say: Callable[[str], None]) -> Plan:
-    """The gce part of a run: the image pinned by digest, and the VM pool (which deletes its VMs)."""
-    from parallel_engine.api import Plan
-
-    image = resolve_image(config, store)
-    render_script = script_for(config, run_id, image)
-    check_rendering(config, render_script)
-    compute = Compute(config)
-    spec = {
-        "runtime": "gce",
-        "image": image,
-        "tasks_per_vm": config.tasks_per_vm,
-        "project": compute.project,
-        "zones": [config.zone, *config.fallback_zones],
-    }
-
-    def make_pool(on_event: Callable[[str, AttemptStatus], None]) -> GcePool:
-        return GcePool(config, store, run_id, compute, render_script, on_event, say, quota)
-
-    return Plan(spec, make_pool)
-
-
-def render_image(config: Config, say: Callable[[str], None]) -> str:
-    """The image `render` shows: as `run` would pin it, reading the bucket only when IMAGE names
-    no digest. Without credentials it is IMAGE as given, and `say` tells what `run` would do."""
-    from parallel_engine.api import open_store
-
-    image = _image(config)
-    if pinned(image):
-        return image
-    try:
-        return resolve_image(config, open_store(config))
-    except CredentialsError as exc:
-        say(f"note: IMAGE {image} is rendered as given: `run` would pin it to the digest of the last "
-            f"`parallel-engine build`, which it reads from the bucket with Google credentials ({exc.message})")
-        return image
-
-
-def render(config: Config, run_id: str, task: tuple[str, int] | None, vm_request: bool,
-           say: Callable[[str], None] = lambda line: None) -> str:
-    """Exactly what `run` would give a VM: the startup script, or the whole VM request as JSON,
-    with IMAGE pinned to the digest `build` recorded (read from the bucket, as `run` does)."""
-    import json
-
-    from parallel_engine.backends.gce.vm import bulk_body, instance_body, instance_properties
-    from parallel_engine.names import gce_name, label_value
-
-    assert config.zone is not None
-    image = render_image(config, say)
-    script = script_for(config, run_id, image)((task,) if task else None)
-    if not vm_request:
-        return script
-    worker = label_value(task[0]) if task else "reuse"
-    properties = instance_properties(config, config.zone, script, run_id, worker)
-    if task:
-        body = instance_body(properties, gce_name("pe", run_id, task[0], str(task[1])), config.zone)
-    else:
-        body = bulk_body(properties, gce_name("pe", run_id, "b1") + "-###", config.effective_quota())
-    return json.dumps(body, indent=2, ensure_ascii=False)
-
-
-def down(config: Config, run_id: str) -> int:
-    """Delete every VM of a run, by label, from any machine, then record `cancelled` for each
-    attempt that was running on one; returns how many VMs were deleted."""
-    from parallel_engine.api import open_store
-    from parallel_engine.backends.gce.pool import cancel_running
-    from parallel_engine.model import AttemptState
-
-    assert config.zone is not None
-    deleted = delete_run_vms(Compute(config), run_id)
-    store = open_store(config)
-    # attempts() read every claim and record once: what it calls running is recorded as it is.
-    running = [a for attempts in store.attempts(run_id).values() for a in attempts if a.state is AttemptState.RUNNING]
-    cancel_running(store, run_id, running)
-    return deleted
+    script = render((("check", 1),) if settings.per_task else None)
+    instance_properties(settings.config, settings.zone, script, "check", "check")

@@ -7,7 +7,6 @@ The archive has the layout `gcloud builds submit` would upload from the reposito
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 import time
 from collections.abc import Callable
@@ -16,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from parallel_engine.config import Config
-from parallel_engine.errors import BackendError, BuildError, ConfigError
-from parallel_engine.backends.gce.credentials import google_project
 from parallel_engine.backends.gce.clients import call_google, cloudbuild_client
+from parallel_engine.backends.gce.credentials import google_project
+from parallel_engine.backends.gce.settings import GceSettings
+from parallel_engine.config import parse_duration
+from parallel_engine.errors import BackendError, BuildError, ConfigError
 from parallel_engine.names import new_run_id
 from parallel_engine.store import RunStore
 
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     import pathspec
 
 TERMINAL = {"SUCCESS", "FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"}
-BUILD_RECORD = "builds/latest.json"
 
 
 GCLOUD_DEFAULT_IGNORE = [".gcloudignore", ".git", ".gitignore", "#!include:.gitignore"]
@@ -134,8 +133,6 @@ def _build_message(spec: dict[str, Any], bucket: str, obj: str, image: str, wher
 
 def _duration(value: Any, where: Path) -> dict[str, int]:
     """cloudbuild.yaml's `timeout` ("1200s", or a number of seconds) as a protobuf Duration."""
-    from parallel_engine.config import parse_duration
-
     try:
         seconds = parse_duration(value)
         if seconds <= 0:
@@ -173,27 +170,29 @@ def poll_limit(build: Any) -> float:
     return timeout + queue + 60.0
 
 
-def build_gce(config: Config, store: RunStore, context: Path, cloudbuild: Path,
+def build_gce(settings: GceSettings, store: RunStore, context: Path, cloudbuild: Path,
               on_line: Callable[[str], None]) -> str:
     """Build CONTEXT into IMAGE with Cloud Build; returns the image digest and records it for `run`."""
     from google.cloud.devtools.cloudbuild_v1.types import Build
 
-    if not config.image:
+    config = settings.config
+    image = config.image
+    if not image:
         raise ConfigError("IMAGE is not set: `build` needs the image name to push",
                           hint="set IMAGE, e.g. REGION-docker.pkg.dev/PROJECT/REPO/app:latest")
-    assert config.bucket is not None
     archive = pack_source(context, cloudbuild)
     project = google_project(config)
     client = cloudbuild_client(config)
-    obj = f"{config.bucket_prefix}/sources/{new_run_id()}.tgz".lstrip("/")
-    store.blobs.write(obj[len(config.bucket_prefix) + 1:] if config.bucket_prefix else obj, archive)
-    on_line(f"uploaded {len(archive)} bytes of {context}/ to gs://{config.bucket}/{obj}")
+    key = store.save_source(f"{new_run_id()}.tgz", archive)
+    root = config.bucket_prefix.strip("/")
+    obj = f"{root}/{key}" if root else key  # the object's name in the bucket (the store's keys are under BUCKET_PREFIX)
+    on_line(f"uploaded {len(archive)} bytes of {context}/ to gs://{settings.bucket}/{obj}")
     try:
         spec = yaml.safe_load(cloudbuild.read_text())
     except yaml.YAMLError as exc:
         raise BuildError(f"{cloudbuild}: not valid YAML ({exc})") from exc
     tag = f"pe-{new_run_id()}"  # a run id is lowercase letters, digits and "-": a valid tag
-    message = _build_message(spec, config.bucket, obj, config.image, cloudbuild, tag)
+    message = _build_message(spec, settings.bucket, obj, image, cloudbuild, tag)
     try:
         build_id = _submit(client, project, message, tag)
     except BackendError as exc:
@@ -223,10 +222,9 @@ def build_gce(config: Config, store: RunStore, context: Path, cloudbuild: Path,
     if status != "SUCCESS":
         raise BuildError(f"Cloud Build {build_id} ended {status}: {build.status_detail or 'no detail'}",
                          hint=f"read the build log: {build.log_url}" if build.log_url else None)
-    digest = next((i.digest for i in build.results.images if i.name == config.image), "")
+    digest = next((i.digest for i in build.results.images if i.name == image), "")
     if not digest:
-        raise BuildError(f"Cloud Build {build_id} succeeded but reported no digest for {config.image}",
+        raise BuildError(f"Cloud Build {build_id} succeeded but reported no digest for {image}",
                          hint="check that cloudbuild.yaml's `images` lists ${_IMAGE}")
-    record = {"image": config.image, "digest": digest, "build_id": build_id, "at": time.time()}
-    store.blobs.write(BUILD_RECORD, json.dumps(record).encode())
+    store.save_build({"image": image, "digest": digest, "build_id": build_id, "at": time.time()})
     return digest

@@ -1,10 +1,11 @@
-"""The VM worker: the startup script a Container-Optimized OS VM boots with, and its settings.
+"""The VM worker's startup script: what a Container-Optimized OS VM boots with, and its settings.
 
-One template (`templates/startup-script.sh.j2` beside this module) serves both worker modes: attempts rendered into
-the script (`--tasks-per-vm 1`: claim exactly these, run them) or claim-by-listing (reuse: claim
-what `runs/<run>/open/` offers until nothing is left). The protocol between the orchestrator and
-the script is docs/worker-protocol.md; this module renders the script and names the objects the
-orchestrator writes for it (argv, command, open markers).
+One template (`templates/startup-script.sh.j2` beside this module) serves both worker modes:
+attempts rendered into the script (`--tasks-per-vm 1`: claim exactly these, run them) or
+claim-by-listing (reuse: claim what `runs/<run>/open/` offers until nothing is left). The
+protocol between the orchestrator and the script is docs/worker-protocol.md; the store's keys,
+labels, record fields, event stamp and task-id pattern come from parallel_engine/protocol.py
+through the rendering context (`p`, `f`), so the script retypes none of them.
 
 Every value that lands in the script goes through `shlex.quote` (the `q` filter), and the
 template is rendered with `StrictUndefined`, so a setting missing from the context is an error,
@@ -16,7 +17,6 @@ from __future__ import annotations
 import math
 import re
 import shlex
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,19 +24,18 @@ from typing import Any
 
 import jinja2
 
-from parallel_engine.errors import ConfigError, TaskSourceError
-from parallel_engine.tasks import TASK_ID_RE
+from parallel_engine import protocol
+from parallel_engine.backends.gce.settings import DEFAULT_COMPUTE, DEFAULT_STORAGE
+from parallel_engine.config import BUCKET_RE
+from parallel_engine.errors import ConfigError
+from parallel_engine.protocol import STATUS_FIELDS, TASK_ID_RE
 
 TEMPLATE_NAME = "startup-script.sh.j2"
-STORAGE_ENDPOINT = "https://storage.googleapis.com"
-COMPUTE_ENDPOINT = "https://compute.googleapis.com"
 #: COS: /var is writable (noexec, which the worker never needs); HOME and / are read-only.
 DEFAULT_WORK_DIR = "/var/lib/parallel-engine-worker"
 PULL_POLICIES = ("always", "if-missing", "never")
-CONTAINER_OUTPUT_DIR = "/pe/output"
 
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 _HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?")
 # REGISTRY as users write it: a host, or a repository under it (REGION-docker.pkg.dev/PROJECT/REPO).
 # A path segment starts with a letter or digit, as in docker's reference grammar: never `.` or `..`.
@@ -65,8 +64,8 @@ class WorkerSettings:
     # is configured for its host and for the image's own registry host (see `credential_hosts`).
     registry: str | None = None
     pull_policy: str = "always"  # always | if-missing | never
-    storage_endpoint: str = STORAGE_ENDPOINT
-    compute_endpoint: str = COMPUTE_ENDPOINT
+    storage_endpoint: str = DEFAULT_STORAGE
+    compute_endpoint: str = DEFAULT_COMPUTE
     heartbeat_s: float = 30.0
     log_interval_s: float = 30.0
     task_timeout_s: float | None = None
@@ -114,7 +113,7 @@ def _check_seconds(name: str, value: float | None, minimum: float = 0.01, option
 def _check(s: WorkerSettings) -> None:
     if not _RUN_ID_RE.fullmatch(s.run_id) or s.run_id in (".", ".."):
         _fail(f"run_id {s.run_id!r} is not a valid run id")
-    if not _BUCKET_RE.fullmatch(s.bucket):
+    if not BUCKET_RE.fullmatch(s.bucket):
         _fail(f"bucket {s.bucket!r} is not a valid bucket name", hint="give the name only, without gs://")
     root = store_root(s.prefix)
     if root and (not _PREFIX_RE.fullmatch(root) or len(root) > 512):
@@ -162,58 +161,6 @@ def _check(s: WorkerSettings) -> None:
         _fail("docker_args must be a tuple of strings")
     if any("\x00" in a for a in s.docker_args):
         _fail("docker_args cannot hold a NUL byte")
-
-
-# -- objects the orchestrator writes for the workers ------------------------------------------
-def argv_key(run_id: str, task_id: str) -> str:
-    """NUL-separated argv appended to the image's entrypoint (store key, without the prefix)."""
-    return f"runs/{run_id}/argv/{task_id}"
-
-
-def command_key(run_id: str, task_id: str) -> str:
-    """NUL-separated full command: item 0 replaces the image's entrypoint."""
-    return f"runs/{run_id}/command/{task_id}"
-
-
-def open_key(run_id: str, task_id: str, attempt: int) -> str:
-    """Published while the attempt is claimable; deleted by the orchestrator once it finished."""
-    return f"runs/{run_id}/open/{task_id}.{attempt}"
-
-
-def heartbeat_key(run_id: str, task_id: str, attempt: int) -> str:
-    return f"runs/{run_id}/tasks/{task_id}/{attempt}/heartbeat"
-
-
-def encode_argv(items: Sequence[str]) -> bytes:
-    """Items as UTF-8, each followed by a NUL byte (read by the worker with `mapfile -d ''`).
-
-    NUL cannot travel in argv, so an item holding one is refused; so is text that is not
-    valid Unicode (a lone surrogate).
-    """
-    if isinstance(items, (str, bytes)):
-        raise TypeError("encode_argv takes a sequence of strings, not one string")
-    out = bytearray()
-    for index, item in enumerate(items):
-        if not isinstance(item, str):
-            raise TypeError(f"argv item {index} is {type(item).__name__}, not str")
-        if "\x00" in item:
-            raise TaskSourceError(f"argv item {index} holds a NUL byte, which cannot be passed to a program")
-        try:
-            out += item.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise TaskSourceError(f"argv item {index} is not valid Unicode text ({exc.reason})") from exc
-        out += b"\x00"
-    return bytes(out)
-
-
-def decode_argv(data: bytes) -> list[str]:
-    """The inverse of `encode_argv` (what `mapfile -d ''` reads)."""
-    if not data:
-        return []
-    parts = data.split(b"\x00")
-    if parts[-1] == b"":
-        parts.pop()
-    return [part.decode("utf-8") for part in parts]
 
 
 def registry_host(image: str) -> str | None:
@@ -279,12 +226,14 @@ def environment(folder: str | None = None) -> jinja2.Environment:
 
 
 def template_context(settings: WorkerSettings) -> dict[str, Any]:
-    """What the template sees: the settings and the few values derived from them."""
+    """What the template sees: the settings, the few values derived from them, and the protocol
+    (`p`: the store's keys, labels, variables, event stamp; `f`: status.json's field names)."""
     tick = min(settings.heartbeat_s, settings.log_interval_s, 1.0)
     if settings.task_timeout_s is not None:
         tick = min(tick, max(settings.task_timeout_s / 4, 0.05))
     registries = ",".join(credential_hosts(settings.image, settings.registry))
-    return {"s": settings, "root": settings.root, "tick": max(tick, 0.02), "registries": registries}
+    return {"s": settings, "root": settings.root, "tick": max(tick, 0.02), "registries": registries,
+            "p": protocol, "f": {name: name for name in STATUS_FIELDS}}
 
 
 def render_template(context: dict[str, Any], name: str = TEMPLATE_NAME) -> str:

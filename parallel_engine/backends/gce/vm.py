@@ -9,19 +9,18 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from parallel_engine.protocol import LABEL_RUN, LABEL_WORKER
+
 if TYPE_CHECKING:
     from parallel_engine.config import Config
 
 COS_IMAGE = "projects/cos-cloud/global/images/family/cos-stable"
-RUN_LABEL = "parallel-engine-run"
-WORKER_LABEL = "parallel-engine-worker"
 
 
 def instance_properties(
     config: Config, zone: str, startup_script: str, run_id: str, worker_label: str
 ) -> dict[str, Any]:
     """Everything but the name: shared by bulkInsert's instanceProperties and a single insert."""
-    assert config.zone is not None
     region = zone.rsplit("-", 1)[0]
     interface: dict[str, Any] = {"network": f"global/networks/{config.network}"}
     if config.subnetwork:
@@ -37,7 +36,7 @@ def instance_properties(
         scheduling.update(provisioningModel="SPOT", automaticRestart=False, onHostMaintenance="TERMINATE")
     return {
         "machineType": config.machine_type,
-        "labels": {**config.labels, RUN_LABEL: run_id, WORKER_LABEL: worker_label},
+        "labels": {**config.labels, LABEL_RUN: run_id, LABEL_WORKER: worker_label},
         "disks": [{
             "boot": True,
             "autoDelete": True,

@@ -12,13 +12,14 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from parallel_engine.backends.base import Finished, OnEvent, PoolFailed, Started
 from parallel_engine.errors import BackendError, ParallelEngineError, StoreError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
-from parallel_engine.runtimes.base import AttemptSpec, ExitStatusLost, RunningAttempt, Runtime, attempt_env
+from parallel_engine.protocol import attempt_env
+from parallel_engine.runtimes.base import AttemptSpec, ExitStatusLost, RunningAttempt, Runtime
 from parallel_engine.store import RunStore
 
 
@@ -31,14 +32,14 @@ class _Live:
 
 @dataclass
 class LocalPool:
-    """At most `quota` attempts at once; `on_event(kind, status)` reports starts and ends."""
+    """At most `quota` attempts at once; `on_event` hears of each start and end (backends/base.py)."""
 
     store: RunStore
     run_id: str
     runtime: Runtime
     quota: int
     timeout_s: float | None
-    on_event: Callable[[str, AttemptStatus], None]
+    on_event: OnEvent
     _pending: "queue.SimpleQueue[tuple[Task, int] | None]" = field(default_factory=queue.SimpleQueue)
     _live: dict[tuple[str, int], _Live] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -51,7 +52,7 @@ class LocalPool:
     _run_identity: tuple[int, int] | None = None
 
     def start(self) -> None:
-        root = self.store.blobs.local_path("")
+        root = self.store.local_path()
         assert root is not None, "the local backend needs a local store"
         self._root = str(root)
         self._run_folder = os.path.join(self._root, "runs", self.run_id)
@@ -127,7 +128,7 @@ class LocalPool:
                 self._run_attempt(task, attempt, worker)
             except Exception as exc:  # e.g. the store cannot be written: the scheduler must hear of it
                 self._failed.set()  # no worker claims anything more: the run is stopping
-                self.on_event("fatal", _as_error(exc, worker))  # type: ignore[arg-type]
+                self.on_event(PoolFailed(_as_error(exc, worker)))
             except BaseException as exc:  # never expected here; check() turns it into an error
                 self._crash = exc
                 return
@@ -139,7 +140,7 @@ class LocalPool:
         _make_attempt_folders(folder)
         # The claim tells readers "running"; status.json is written once, when the attempt ends.
         status = AttemptStatus(task.id, attempt, AttemptState.RUNNING, started_at=time.time(), worker=worker)
-        self.on_event("started", status)
+        self.on_event(Started(status))
         spec = AttemptSpec(
             run_id=self.run_id,
             task_id=task.id,
@@ -206,7 +207,7 @@ class LocalPool:
         status.reason = reason
         self.store.write_status(self.run_id, status)
         self.store.add_event(self.run_id, status)
-        self.on_event("finished", status)
+        self.on_event(Finished(status))
 
 
 def _as_error(exc: Exception, worker: str) -> ParallelEngineError:
