@@ -55,7 +55,7 @@ class BoundedLoader(yaml.SafeLoader):
         self._depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # PyYAML's stubs leave peek_event untyped
         line = event.start_mark.line + 1
         if isinstance(event, yaml.AliasEvent):
             target = self.anchors.get(event.anchor)
@@ -77,7 +77,8 @@ class BoundedLoader(yaml.SafeLoader):
             node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
-        self._sizes[id(node)] = self._size(node)
+        if node is not None:  # (PyYAML types it optional; a node it composed is never None)
+            self._sizes[id(node)] = self._size(node)
         return node
 
     def _size(self, node: yaml.Node) -> int:

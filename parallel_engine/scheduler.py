@@ -70,6 +70,37 @@ class _States(dict[str, TaskState]):
         super().__setitem__(task_id, state)
 
 
+class Inbox:
+    """The events a pool sends, in arrival order, and how many the scheduler has applied: what
+    `OnEvent.caught_up` answers. Never blocked on (see Scheduler.run)."""
+
+    def __init__(self) -> None:
+        # Never blocked on: on CPython 3.11 a signal handler that runs inside
+        # SimpleQueue.get(timeout) and outlasts the timeout leaves get() blocked for good.
+        self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._sent = 0
+        self.applied = 0  # written by the scheduler's thread only
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            self._sent += 1
+        self._queue.put(event)
+
+    def caught_up(self) -> bool:
+        with self._lock:
+            return self.applied >= self._sent
+
+    def drain(self) -> list[Event]:
+        """Every event waiting, without blocking."""
+        batch: list[Event] = []
+        while True:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                return batch
+
+
 class Scheduler:
     def __init__(
         self,
@@ -81,10 +112,8 @@ class Scheduler:
         self.tasks = {task.id: task for task in tasks}
         self.budgets = budgets
         self.progress = progress
-        # Never blocked on (see run): on CPython 3.11 a signal handler that runs inside
-        # SimpleQueue.get(timeout) and outlasts the timeout leaves get() blocked for good.
-        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        self.pool = make_pool(self.events.put)
+        self.events = Inbox()
+        self.pool = make_pool(self.events)
         self.attempts: dict[str, list[AttemptStatus]] = {task_id: [] for task_id in self.tasks}
         self._infra: Counter[str] = Counter()  # identical infra failures, by reason
         self._reported_at = 0.0
@@ -108,7 +137,7 @@ class Scheduler:
                     for task_id in [t for t, state in states.items() if state is TaskState.QUEUED]:
                         states[task_id] = TaskState.CANCELLED
                     continue
-                batch = self._drain()
+                batch = self.events.drain()
                 if not batch:
                     self.pool.check()  # a dead worker sends nothing: never wait on it forever
                     time.sleep(pause)  # interrupted by a signal's handler, then resumed (PEP 475)
@@ -117,6 +146,7 @@ class Scheduler:
                 pause = EVENT_PAUSE_MIN_S
                 for event in batch:
                     self._apply(event, states, cancelled)
+                    self.events.applied += 1  # after its verdict: a pool waiting on it may go on
                 self._report(states, final=False)
         except BaseException:
             if not cancelled:  # whatever went wrong, no attempt outlives the run
@@ -128,21 +158,13 @@ class Scheduler:
                 self.pool.cancel()
             self.pool.close()
         # Events that raced with the end (a cancel) still belong in the record.
-        for event in self._drain():
+        for event in self.events.drain():
             if not isinstance(event, PoolFailed):  # the run is over: an error now changes nothing
                 self._apply(event, states, True)
         self._report(states)
         # Cancelled only if the cancel stopped something: a signal that lands once every task
         # has closed changes nothing, and the run finished.
         return Outcome(states, self.attempts, cancelled)
-
-    def _drain(self) -> list[Event]:
-        batch: list[Event] = []
-        while True:
-            try:
-                batch.append(self.events.get_nowait())
-            except queue.Empty:
-                return batch
 
     def _apply(self, event: Event, states: _States, cancelled: bool) -> None:
         """Fold one event into the run's state; raise to end the run."""

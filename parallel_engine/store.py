@@ -9,6 +9,7 @@ folder. A claimed attempt with no status.json yet is running: the record is writ
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -83,7 +84,7 @@ class Blobs(Protocol):
         """{key: (generation, content hash)} under `prefix`, without reading any object where the
         medium allows: a rewrite shows as a new generation, new bytes as a new hash."""
 
-    def children(self, prefix: str) -> list[str]:
+    def children(self, prefix: str) -> builtins.list[str]:  # `list` is a method here
         """Names directly under `prefix` (like a bucket listing with delimiter '/')."""
 
     def scan(self, prefix: str) -> Listing:
@@ -207,7 +208,7 @@ class LocalBlobs:
             found[key] = (stamp, digest)
         return found
 
-    def children(self, prefix: str) -> list[str]:
+    def children(self, prefix: str) -> builtins.list[str]:  # `list` is a method here
         folder = self._path(prefix)
         if not os.path.isdir(folder):
             return []

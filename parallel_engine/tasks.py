@@ -269,7 +269,8 @@ def shell_split(text: str) -> list[str]:
     lexer = shlex.shlex(text, posix=True)
     lexer.whitespace_split = True
     lexer.commenters = ""
-    stream = lexer.instream
+    stream = io.StringIO(text)
+    lexer.instream = stream  # a file shlex reads from, whose position this loop moves past comments
     words: list[str] = []
     while True:
         start = stream.tell()
@@ -498,7 +499,8 @@ _SHAPE_HINT = "write `tasks: [...]`, `tasks: {items: [...]}` or a list of tasks 
 def _child(node: yaml.MappingNode, key: str) -> yaml.Node | None:
     for key_node, value_node in node.value:
         if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
-            return value_node
+            found: yaml.Node = value_node
+            return found
     return None
 
 

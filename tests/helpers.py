@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from parallel_engine.backends.local.pool import LocalPool
 from parallel_engine.model import AttemptState, AttemptStatus, Task
+from parallel_engine.runtimes.base import AttemptSpec
+from parallel_engine.scheduler import Outcome as RunOutcome
+from parallel_engine.scheduler import Scheduler
+from parallel_engine.state import Budgets
 from parallel_engine.store import RunRecord, RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,3 +137,185 @@ def chromium_paths() -> tuple[str, str] | None:
     browser = shutil.which(os.environ.get("PE_CHROMIUM", "chromium"))
     driver = shutil.which(os.environ.get("PE_CHROMEDRIVER", "chromedriver"))
     return (browser, driver) if browser and driver else None
+
+
+# -- waiting with a deadline ----------------------------------------------------------------------
+def wait_for(condition, timeout: float, what: str) -> None:
+    """Poll a condition with a deadline: waiting for an event, not sleeping for luck."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+# -- a scheduler over a local pool, in a thread, with a deadline ---------------------------------
+DEADLINE_S = 60  # generous: a hang is what these tests catch, not slowness
+
+
+class RaisingRuntime:
+    """A runtime whose `start` (or the attempt's `wait`) raises what it is given."""
+
+    name = "raising"
+
+    def __init__(self, on_start: BaseException | None = None, on_wait: BaseException | None = None) -> None:
+        self.on_start = on_start
+        self.on_wait = on_wait
+
+    def start(self, spec: AttemptSpec) -> Any:
+        if self.on_start is not None:
+            raise self.on_start
+        runtime = self
+
+        class Attempt:
+            def wait(self, timeout: float | None) -> int | None:
+                raise runtime.on_wait  # type: ignore[misc]
+
+            def kill(self) -> None:
+                pass
+
+        return Attempt()
+
+    def close(self) -> None:
+        pass
+
+
+def run_to_the_end(store: RunStore, runtime: Any, tasks: tuple[Task, ...], budgets: Budgets,
+                   timeout_s: float | None = None, cancel: threading.Event | None = None) -> RunOutcome:
+    """Run the scheduler over a LocalPool in a thread; fail (not hang) if it never ends."""
+    store.add_run_folders("r1")
+    scheduler = Scheduler(tasks, budgets, lambda on_event: LocalPool(store, "r1", runtime, 2, timeout_s, on_event))
+    return run_with_deadline(scheduler, cancel or threading.Event())
+
+
+def run_with_deadline(scheduler: Scheduler, cancel: threading.Event) -> RunOutcome:
+    """`scheduler.run(cancel)` in a thread: its outcome, or what it raised; fails if it never ends."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["outcome"] = scheduler.run(cancel)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(DEADLINE_S)
+    assert not thread.is_alive(), f"the run did not end within {DEADLINE_S} s"
+    if "error" in result:
+        raise result["error"]
+    return result["outcome"]
+
+
+def process_spec(tmp_path: Path, argv: tuple[str, ...], task_id: str = "t") -> AttemptSpec:
+    """An attempt of `argv` (a full command) with its outputs and logs under tmp_path."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir(exist_ok=True)
+    return AttemptSpec(
+        run_id="r", task_id=task_id, attempt=1, argv=argv, command_override=True,
+        env={"PE_TASK_ID": task_id}, output_dir=outputs,
+        stdout_path=tmp_path / "stdout.log", stderr_path=tmp_path / "stderr.log", timeout_s=None,
+    )
+
+
+def printed_run_id(done: subprocess.CompletedProcess[str]) -> str:
+    """The run id the command printed (never guessed from the store's listing)."""
+    found = re.search(r"\brun (\d{8}-\d{6}-[a-z0-9]{5})", done.stdout + done.stderr)
+    assert found, done.stdout + done.stderr
+    return found.group(1)
+
+
+# -- scripts/ensure-*.sh with fake programs on PATH ---------------------------------------------
+def fake_program(bin_dir: Path, name: str, body: str) -> None:
+    path = bin_dir / name
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(0o755)
+
+
+def script_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PE_START_DOCKER", "DOCKER_HOST")}
+    env.update(
+        PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+        PE_STATE_DIR=str(tmp_path / "state"),
+        PE_POLICY_RC_D=str(tmp_path / "policy-rc.d"),
+        PE_RETRY_BACKOFF_S="0",
+        **extra,
+    )
+    return env
+
+
+# -- pictures ------------------------------------------------------------------------------------
+def colour_pixels(png: Path, hex_colour: str) -> int:
+    from PIL import Image
+
+    wanted = tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    counts = Image.open(png).convert("RGB").getcolors(maxcolors=1 << 24) or []
+    return sum(n for n, colour in counts if colour == wanted)
+
+
+# -- a scripted in-memory pool: the scheduler's decisions without processes or a store -------------
+#: How a scripted attempt ends: its state, exit code and reason.
+Script = Callable[[Task, int], Outcome]
+
+
+class ScriptedPool:
+    """A `Pool` (parallel_engine/backends/base.py) in memory: `quota` worker threads run each
+    submitted attempt as `script(task, attempt)` says, after `delay()` seconds (random moments
+    when the test draws them from a seeded rng). A script that raises a ParallelEngineError makes
+    the pool fail (`PoolFailed`). On `cancel` every running attempt ends `cancelled`; what was
+    still queued never starts."""
+
+    def __init__(self, on_event: Any, script: Script, quota: int = 2, delay: Callable[[], float] = lambda: 0.0) -> None:
+        self.on_event, self.script, self.quota, self.delay = on_event, script, quota, delay
+        self.pending: queue.SimpleQueue[tuple[Task, int] | None] = queue.SimpleQueue()
+        self.cancelled = threading.Event()
+        self.submitted: list[tuple[str, int]] = []
+        self.closed = False
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for index in range(self.quota):
+            thread = threading.Thread(target=self._work, args=(f"scripted-{index}",), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def submit(self, task: Task, attempt: int) -> None:
+        self.submitted.append((task.id, attempt))
+        self.pending.put((task, attempt))
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self.pending.put(None)
+        for thread in self._threads:
+            thread.join(DEADLINE_S)
+        self.closed = True
+
+    def check(self) -> None:
+        pass
+
+    def _work(self, worker: str) -> None:
+        from parallel_engine.backends.base import Finished, PoolFailed, Started
+        from parallel_engine.errors import ParallelEngineError
+
+        while (item := self.pending.get()) is not None:
+            task, attempt = item
+            if self.cancelled.is_set():
+                continue
+            status = AttemptStatus(task.id, attempt, AttemptState.RUNNING, started_at=time.time(), worker=worker)
+            self.on_event(Started(status))
+            stopped = self.cancelled.wait(self.delay())
+            try:
+                state, code, reason = (AttemptState.CANCELLED, None, "cancelled") if stopped else self.script(task, attempt)
+            except ParallelEngineError as exc:
+                self.on_event(PoolFailed(exc))
+                continue
+            ended = AttemptStatus(task.id, attempt, state, code, status.started_at, time.time(), worker, reason)
+            self.on_event(Finished(ended))
+
+
+def outcomes(*sequence: Outcome) -> Script:
+    """A script whose attempt N of any task ends as sequence[N - 1] (the last one repeats)."""
+    return lambda task, attempt: sequence[min(attempt, len(sequence)) - 1]

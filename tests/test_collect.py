@@ -7,7 +7,6 @@ import fcntl
 import json
 import os
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -29,17 +28,10 @@ from tests.collect_helpers import (
     staging_left,
     tree,
 )
-from tests.helpers import cli
+from tests.helpers import cli, printed_run_id
 
 OK = AttemptState.SUCCEEDED
 SECRET = b"the secret: 6f1d0c2a\n"
-
-
-def run_id_of(done: subprocess.CompletedProcess[str]) -> str:
-    """The run id the command printed (never guessed from the store's listing)."""
-    found = re.search(r"\brun (\d{8}-\d{6}-[a-z0-9]{5})", done.stdout + done.stderr)
-    assert found, done.stdout + done.stderr
-    return found.group(1)
 
 
 def skipped_rows(dest: Path) -> list[dict[str, str]]:
@@ -54,7 +46,7 @@ def run_script(folder: Path, script: str, params: str = "task_id,x\na,1\n", exit
     (folder / "params.csv").write_text(params)
     done = cli("run", "params.csv", "--command", str(folder / "task.sh"), "--runtime", "process", cwd=folder)
     assert done.returncode == exit_code, done.stdout + done.stderr
-    return run_id_of(done)
+    return printed_run_id(done)
 
 
 # ---------------------------------------------------------------------------- links and special files

@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from tests.collect_helpers import staging_left, tree
-from tests.helpers import cli
-from tests.test_collect import run_id_of
+from tests.helpers import cli, printed_run_id
 
 pytestmark = pytest.mark.docker
 
@@ -34,7 +33,7 @@ def test_a_link_made_inside_a_container_is_listed_and_never_resolved_on_the_host
     (tmp_path / "tasks.yaml").write_text(yaml.safe_dump({"tasks": [{"id": "a", "command": ["sh", "-c", SCRIPT]}]}))
     done = cli("run", "tasks.yaml", "--runtime", "docker", "--image", base_image, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    run_id = run_id_of(done)
+    run_id = printed_run_id(done)
     collected = cli("collect", run_id, "--dest", "res", cwd=tmp_path, timeout=120)
     assert collected.returncode == 0, collected.stderr
     assert tree(tmp_path / "res" / "a") == {"value.txt": b"kept\n"}

@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import BASE_IMAGE, containers_of
-from tests.test_signals import wait_for
 from parallel_engine.errors import BackendError, BuildError, ConfigError
 from parallel_engine.protocol import LABEL_RUN
 from parallel_engine.runtimes.base import AttemptSpec
@@ -25,31 +23,11 @@ from parallel_engine.runtimes.docker import (
     image_exists,
     remove_containers,
 )
+from tests.helpers import BASE_IMAGE, containers_of, wait_for
+from tests.hostile import ARGV
 
 pytestmark = pytest.mark.docker
 
-HOSTILE_ARGV = [
-    "plain",
-    "with space",
-    "\"double\" and 'single' quotes",
-    "$(touch /tmp/pwned)",
-    "${HOME}",
-    "a; rm -rf / ; echo b",
-    "`id`",
-    "pipe | and && or ||",
-    "line1\nline2",
-    "cr\r\nlf",
-    "tab\there",
-    "back\\slash\\",
-    "ünïcødé ✓ 日本語 🚀",
-    "-leading-dash",
-    "--flag=value",
-    "",
-    "  ",
-    "*",
-    "%s %d",
-    ">redirect",
-]
 WRITE_ARGV = (
     "import json, sys\n"
     "with open('/pe/output/argv.json', 'w', encoding='utf-8') as f:\n"
@@ -162,9 +140,9 @@ def test_kill_after_normal_exit_is_harmless(base_runtime: DockerRuntime, run_id:
 def test_hostile_argv_arrives_byte_exact_with_command_override(
     base_runtime: DockerRuntime, run_id: str, tmp_path: Path
 ) -> None:
-    spec = python_spec(tmp_path, run_id, WRITE_ARGV, *HOSTILE_ARGV)
+    spec = python_spec(tmp_path, run_id, WRITE_ARGV, *ARGV)
     assert run_to_end(base_runtime, spec) == 0, spec.stderr_path.read_text()
-    assert json.loads((spec.output_dir / "argv.json").read_text(encoding="utf-8")) == HOSTILE_ARGV
+    assert json.loads((spec.output_dir / "argv.json").read_text(encoding="utf-8")) == ARGV
 
 
 def test_hostile_argv_reaches_the_image_entrypoint_unchanged(

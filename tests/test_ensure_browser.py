@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
-from tests.test_ensure_docker import fake_program, script_env
+from tests.helpers import ROOT, fake_program, script_env
 
 SCRIPT = ROOT / "scripts" / "ensure-browser.sh"
 NAMES = {"PE_CHROMIUM": "pe-test-chromium", "PE_CHROMEDRIVER": "pe-test-chromedriver"}

@@ -4,35 +4,16 @@ steps driven for real with stand-in `debootstrap`, `apt-get` and `docker` progra
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, fake_program, script_env
 
 SCRIPT = ROOT / "scripts" / "ensure-docker.sh"
 SHELL_SCRIPTS = [SCRIPT, ROOT / "scripts" / "test.sh", ROOT / ".ci" / "run", ROOT / "scripts" / "ensure-browser.sh"]
-
-
-def fake_program(bin_dir: Path, name: str, body: str) -> None:
-    path = bin_dir / name
-    path.write_text("#!/usr/bin/env bash\n" + body)
-    path.chmod(0o755)
-
-
-def script_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PE_START_DOCKER", "DOCKER_HOST")}
-    env.update(
-        PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
-        PE_STATE_DIR=str(tmp_path / "state"),
-        PE_POLICY_RC_D=str(tmp_path / "policy-rc.d"),
-        PE_RETRY_BACKOFF_S="0",
-        **extra,
-    )
-    return env
 
 
 def source_and_call(tmp_path: Path, call: str, **extra: str) -> subprocess.CompletedProcess[str]:

@@ -16,9 +16,16 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import ROOT, cli, cli_env, containers_of, read_json, run_id_of
-from tests.test_local_run import HOSTILE
-from tests.test_signals import wait_for
+from tests.helpers import (
+    ROOT,
+    cli,
+    cli_env,
+    containers_of,
+    read_json,
+    run_id_of,
+    wait_for,
+)
+from tests.hostile import VALUES
 
 pytestmark = pytest.mark.docker
 
@@ -82,13 +89,13 @@ def test_timeout_kills_the_container(built: Path, docker_engine: Any) -> None:
 def test_hostile_argv_arrives_byte_exact_inside_the_container(built: Path, docker_engine: Any) -> None:
     dump = "import json,os,sys; json.dump(sys.argv[1:], open(os.environ['PE_OUTPUT_DIR']+'/argv.json','w'))"
     (built / "hostile.yaml").write_text(yaml.safe_dump(
-        {"tasks": [{"id": "h", "command": ["python", "-c", dump, *HOSTILE, ""]}]}, allow_unicode=True,
+        {"tasks": [{"id": "h", "command": ["python", "-c", dump, *VALUES, ""]}]}, allow_unicode=True,
     ), encoding="utf-8")
     done = cli("run", "hostile.yaml", cwd=built, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     run_id = run_id_of(done)
     seen = read_json(built / ".parallel-engine" / "runs" / run_id / "tasks" / "h" / "1" / "outputs" / "argv.json")
-    assert seen == [*HOSTILE, ""]
+    assert seen == [*VALUES, ""]
     assert containers_of(docker_engine, run_id) == []
 
 
@@ -209,7 +216,8 @@ def test_hostile_params_csv_values_reach_the_image_entrypoint_byte_exact(
     image = "parallel-engine-argv:test"
     assert cli("build", str(context), "--image", image, cwd=built, timeout=300).returncode == 0
     try:
-        rows = [HOSTILE[:6], [*HOSTILE[6:], ""]]  # an empty cell omits its argument
+        cells = [*VALUES, ""]  # an empty cell omits its argument
+        rows = [(cells[i:i + 6] + [""] * 6)[:6] for i in range(0, len(cells), 6)]
         columns = [f"c{i}" for i in range(6)]
         with open(built / "hostile.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)

@@ -14,8 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import cli, write_probe
-from tests.test_signals import wait_for
+from tests.helpers import cli, wait_for, write_probe
 
 
 def alive(pid: int) -> bool:

@@ -3,76 +3,16 @@
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from parallel_engine.backends.local.pool import LocalPool
 from parallel_engine.errors import BackendError
 from parallel_engine.model import AttemptState, Task, TaskState
-from parallel_engine.runtimes.base import AttemptSpec
 from parallel_engine.runtimes.process import ProcessRuntime
-from parallel_engine.scheduler import Outcome, Scheduler
 from parallel_engine.state import Budgets
-from parallel_engine.store import RunStore, local_store
-
-DEADLINE_S = 60  # generous: a hang is what these tests catch, not slowness
-
-
-class RaisingRuntime:
-    """A runtime whose `start` (or the attempt's `wait`) raises what it is given."""
-
-    name = "raising"
-
-    def __init__(self, on_start: BaseException | None = None, on_wait: BaseException | None = None) -> None:
-        self.on_start = on_start
-        self.on_wait = on_wait
-
-    def start(self, spec: AttemptSpec) -> Any:
-        if self.on_start is not None:
-            raise self.on_start
-        runtime = self
-
-        class Attempt:
-            def wait(self, timeout: float | None) -> int | None:
-                raise runtime.on_wait  # type: ignore[misc]
-
-            def kill(self) -> None:
-                pass
-
-        return Attempt()
-
-    def close(self) -> None:
-        pass
-
-
-def run_to_the_end(store: RunStore, runtime: Any, tasks: tuple[Task, ...], budgets: Budgets,
-                   timeout_s: float | None = None, cancel: threading.Event | None = None) -> Outcome:
-    """Run the scheduler over a LocalPool in a thread; fail (not hang) if it never ends."""
-    store.add_run_folders("r1")
-    scheduler = Scheduler(tasks, budgets, lambda on_event: LocalPool(store, "r1", runtime, 2, timeout_s, on_event))
-    return run_with_deadline(scheduler, cancel or threading.Event())
-
-
-def run_with_deadline(scheduler: Scheduler, cancel: threading.Event) -> Outcome:
-    """`scheduler.run(cancel)` in a thread: its outcome, or what it raised; fails if it never ends."""
-    result: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            result["outcome"] = scheduler.run(cancel)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(DEADLINE_S)
-    assert not thread.is_alive(), f"the run did not end within {DEADLINE_S} s"
-    if "error" in result:
-        raise result["error"]
-    return result["outcome"]
+from parallel_engine.store import local_store
+from tests.helpers import RaisingRuntime, run_to_the_end
 
 
 def test_runtime_whose_start_raises_value_error_ends_the_run_with_infra_attempts(tmp_path: Path) -> None:

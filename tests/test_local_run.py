@@ -15,6 +15,7 @@ import pytest
 import parallel_engine as pe
 from parallel_engine.store import local_store
 from tests.helpers import ROOT, cli, read_json, run_id_of, write_probe
+from tests.hostile import VALUES
 
 
 @pytest.fixture()
@@ -104,31 +105,18 @@ def test_retries_stop_when_the_budget_is_spent(workdir: Path) -> None:
     assert status["tasks"][0]["state"] == "failed" and status["tasks"][0]["attempts"] == 2
 
 
-HOSTILE = [
-    "it's \"quoted\"",
-    "$(touch /tmp/pe-pwned)",
-    "a; rm -rf /",
-    "`id`",
-    "line1\nline2",
-    "ünïcödé ✓ 日本",
-    "-starts-with-dash",
-    "--looks=like-an-option",
-    "  spaces  ",
-    "back\\slash",
-    "{braces}",
-]
 
 
 def test_hostile_values_arrive_byte_exact_in_argv(workdir: Path) -> None:
     with open(workdir / "params.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["value"])
-        for value in HOSTILE:
+        for value in VALUES:
             writer.writerow([value])
     done = cli("run", "params.csv", "--command", probe_cmd(workdir), cwd=workdir)
     assert done.returncode == 0, done.stdout + done.stderr
     run_id = only_run_id(workdir)
-    for index, value in enumerate(HOSTILE, start=1):
+    for index, value in enumerate(VALUES, start=1):
         seen = read_json(workdir / ".parallel-engine" / "runs" / run_id / "tasks" / str(index) / "1" / "outputs" / "argv.json")
         assert seen["argv"] == [f"--value={value}"]
     assert not Path("/tmp/pe-pwned").exists()

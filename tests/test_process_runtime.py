@@ -12,32 +12,22 @@ from pathlib import Path
 import psutil
 
 from parallel_engine.model import AttemptState, AttemptStatus, TaskState
-from parallel_engine.runtimes.base import AttemptSpec
 from parallel_engine.runtimes.process import ProcessRuntime
 from parallel_engine.scheduler import _States
 from parallel_engine.store import local_store
-
-
-def _spec(tmp_path: Path, argv: tuple[str, ...], task_id: str = "t") -> AttemptSpec:
-    outputs = tmp_path / "outputs"
-    outputs.mkdir(exist_ok=True)
-    return AttemptSpec(
-        run_id="r", task_id=task_id, attempt=1, argv=argv, command_override=True,
-        env={"PE_TASK_ID": task_id}, output_dir=outputs,
-        stdout_path=tmp_path / "stdout.log", stderr_path=tmp_path / "stderr.log", timeout_s=None,
-    )
+from tests.helpers import process_spec
 
 
 def test_child_gets_default_sigpipe_as_from_a_shell(tmp_path: Path) -> None:
     # Python ignores SIGPIPE; a child that inherited that would see EPIPE instead of dying,
     # and a shell cannot even un-ignore it. `kill -PIPE $$` must kill the shell: 128 + 13.
-    running = ProcessRuntime().start(_spec(tmp_path, ("sh", "-c", "kill -s PIPE $$; echo survived")))
+    running = ProcessRuntime().start(process_spec(tmp_path, ("sh", "-c", "kill -s PIPE $$; echo survived")))
     assert running.wait(30) == 128 + signal.SIGPIPE
     assert b"survived" not in (tmp_path / "stdout.log").read_bytes()
 
 
 def test_child_reads_eof_on_stdin_and_writes_both_logs_apart(tmp_path: Path) -> None:
-    running = ProcessRuntime().start(_spec(
+    running = ProcessRuntime().start(process_spec(
         tmp_path, ("sh", "-c", 'read line; echo "read=$?"; echo "to stderr" >&2; echo "$PE_TASK_ID"')))
     assert running.wait(30) == 0
     assert (tmp_path / "stdout.log").read_bytes() == b"read=1\nt\n"
@@ -45,14 +35,14 @@ def test_child_reads_eof_on_stdin_and_writes_both_logs_apart(tmp_path: Path) -> 
 
 
 def test_child_runs_in_its_own_session(tmp_path: Path) -> None:
-    running = ProcessRuntime().start(_spec(tmp_path, ("sh", "-c", "ps -o sid= -p $$")))
+    running = ProcessRuntime().start(process_spec(tmp_path, ("sh", "-c", "ps -o sid= -p $$")))
     assert running.wait(30) == 0
     assert int((tmp_path / "stdout.log").read_text()) == running.pid  # type: ignore[attr-defined]
     assert os.getsid(0) != running.pid  # type: ignore[attr-defined]
 
 
 def test_kill_before_anyone_waits_still_ends_the_tree_and_keeps_the_exit_code(tmp_path: Path) -> None:
-    running = ProcessRuntime().start(_spec(tmp_path, ("sh", "-c", "sleep 600 & sleep 600; wait")))
+    running = ProcessRuntime().start(process_spec(tmp_path, ("sh", "-c", "sleep 600 & sleep 600; wait")))
     deadline = time.monotonic() + 30
     while not psutil.Process(running.pid).children() and time.monotonic() < deadline:  # type: ignore[attr-defined]
         time.sleep(0.01)
@@ -67,7 +57,7 @@ def test_unknown_program_is_a_backend_error_naming_it(tmp_path: Path) -> None:
     from parallel_engine.errors import BackendError
 
     try:
-        ProcessRuntime().start(_spec(tmp_path, ("no-such-program-anywhere",)))
+        ProcessRuntime().start(process_spec(tmp_path, ("no-such-program-anywhere",)))
     except BackendError as exc:
         assert "no-such-program-anywhere" in exc.message
     else:

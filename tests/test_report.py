@@ -21,7 +21,7 @@ from parallel_engine.report import STATE_COLORS, summary_rows, write_png, write_
 from parallel_engine.report_data import NO_WORKER, report_data
 from parallel_engine.results import status_of
 from parallel_engine.store import RunRecord, local_store
-from tests.helpers import cli, cli_env, write_probe
+from tests.helpers import cli, cli_env, colour_pixels, write_probe
 
 
 def run_in(folder: Path, monkeypatch: pytest.MonkeyPatch, source: Path, **overrides: object) -> pe.Run:
@@ -30,14 +30,6 @@ def run_in(folder: Path, monkeypatch: pytest.MonkeyPatch, source: Path, **overri
         monkeypatch.delenv(key)
     monkeypatch.chdir(folder)
     return pe.run(source, store=str(folder / "store"), **overrides)
-
-
-def colour_pixels(png: Path, hex_colour: str) -> int:
-    from PIL import Image
-
-    wanted = tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
-    counts = Image.open(png).convert("RGB").getcolors(maxcolors=1 << 24) or []
-    return sum(n for n, colour in counts if colour == wanted)
 
 
 def test_report_of_a_run_with_failures_and_retries_shows_each_attempt_and_the_failed_stderr(

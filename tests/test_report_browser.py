@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from parallel_engine.report import STATE_COLORS, TIMELINE_NAME
-from tests.helpers import ROOT, cli
-from tests.test_report import colour_pixels
+from tests.helpers import ROOT, cli, colour_pixels
 
 pytestmark = pytest.mark.browser
 

@@ -17,8 +17,7 @@ from parallel_engine.backends.base import Finished, OnEvent, Started
 from parallel_engine.model import AttemptState, AttemptStatus, Task, TaskState
 from parallel_engine.scheduler import Scheduler
 from parallel_engine.state import Budgets
-from tests.test_local_pool import run_with_deadline
-
+from tests.helpers import run_with_deadline
 
 
 def _status(task_id: str, attempt: int, state: AttemptState) -> AttemptStatus:

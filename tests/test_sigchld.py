@@ -22,9 +22,7 @@ from parallel_engine.runtimes.base import ExitStatusLost
 from parallel_engine.runtimes.process import ProcessRuntime
 from parallel_engine.state import Budgets
 from parallel_engine.store import local_store
-from tests.helpers import cli_env
-from tests.test_local_pool import RaisingRuntime, run_to_the_end
-from tests.test_process_runtime import _spec
+from tests.helpers import RaisingRuntime, cli_env, process_spec, run_to_the_end
 
 TASKS = "sh -c 'exit 3'\nfalse\nsh -c 'exit 7'\ntrue\n"
 # Ignores SIGCHLD, then becomes the command: the setting survives exec, as from a careless parent.
@@ -97,7 +95,7 @@ def test_api_called_from_another_thread_with_sigchld_ignored_is_refused_before_a
 
 
 def test_exit_status_reaped_by_someone_else_is_an_error_not_exit_0(tmp_path: Path) -> None:
-    running = ProcessRuntime().start(_spec(tmp_path, ("sh", "-c", "exit 5")))
+    running = ProcessRuntime().start(process_spec(tmp_path, ("sh", "-c", "exit 5")))
     deadline = time.monotonic() + 30
     while os.waitid(os.P_PID, running.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
         assert time.monotonic() < deadline, "the child never exited"

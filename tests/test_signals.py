@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,16 +18,7 @@ import pytest
 import parallel_engine as pe
 from parallel_engine import api
 from parallel_engine.errors import EXIT_INTERRUPTED, Interrupted
-from tests.helpers import write_probe
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    """Poll a condition with a deadline: waiting for an event, not sleeping for luck."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+from tests.helpers import wait_for, write_probe
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

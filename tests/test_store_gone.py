@@ -20,7 +20,6 @@ from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.scheduler import Scheduler
 from parallel_engine.state import Budgets
 from parallel_engine.store import LocalBlobs, RunStore
-from tests.test_local_pool import run_with_deadline
 from tests.faults.runs import (
     AS_A_USER,
     STORE,
@@ -36,6 +35,7 @@ from tests.faults.runs import (
     start_run,
     wait_for,
 )
+from tests.helpers import run_with_deadline
 
 BOUND_S = 30.0  # the run must stop this soon after the fault (its tasks would run 300 s)
 LONG = "sleep 300"

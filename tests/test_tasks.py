@@ -15,29 +15,7 @@ import yaml
 from parallel_engine.errors import ConfigError, TaskSourceError
 from parallel_engine.tasks import load_tasks, shell_split
 from tests.helpers import alias_bomb
-
-HOSTILE = [
-    "plain",
-    "-starts-with-dash",
-    "--looks=like-an-option",
-    "with space",
-    "  padded  ",
-    "semi;colon && rm -rf /",
-    "$(touch /tmp/pwned)",
-    "`id`",
-    "$HOME ${PATH}",
-    "'single' \"double\" quotes",
-    'only"one"quote"',
-    "back\\slash\\",
-    "multi\nline\nvalue",
-    "crlf\r\ninside",
-    "tab\there",
-    "unicode é 漢字 🚀",
-    "glob * ? [a]",
-    "#not-a-comment",
-    "{braces}",
-    "\u2028line-separator",
-]
+from tests.hostile import VALUES
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -123,18 +101,18 @@ def test_task_id_column_names_tasks_and_is_not_an_argument(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("style", ["equals", "space"])
 def test_hostile_values_arrive_byte_exact_in_argv(tmp_path: Path, style: str) -> None:
-    rows = [["task_id", "value"]] + [[f"t{i}", v] for i, v in enumerate(HOSTILE)]
+    rows = [["task_id", "value"]] + [[f"t{i}", v] for i, v in enumerate(VALUES)]
     path = write(tmp_path / "params.csv", csv_text(rows))
     tl = load_tasks(path, arg_style=style)
-    assert len(tl.tasks) == len(HOSTILE)
-    for task, value in zip(tl.tasks, HOSTILE, strict=True):
+    assert len(tl.tasks) == len(VALUES)
+    for task, value in zip(tl.tasks, VALUES, strict=True):
         expected = (f"--value={value}",) if style == "equals" else ("--value", value)
         assert task.argv == expected
         assert task.params["value"] == value
 
 
 def test_hostile_values_survive_a_real_exec(tmp_path: Path) -> None:
-    rows = [["value"]] + [[v] for v in HOSTILE]
+    rows = [["value"]] + [[v] for v in VALUES]
     path = write(tmp_path / "params.csv", csv_text(rows, lineterminator="\r\n"))
     tl = load_tasks(path, arg_style="space")
     argv = [item for task in tl.tasks for item in task.argv]
@@ -178,10 +156,10 @@ def test_template_substitutes_columns_and_ignores_unused_ones(tmp_path: Path) ->
 
 
 def test_template_is_split_once_so_values_never_split_or_merge_words(tmp_path: Path) -> None:
-    rows = [["v"]] + [[v] for v in HOSTILE]
+    rows = [["v"]] + [[v] for v in VALUES]
     path = write(tmp_path / "params.csv", csv_text(rows))
     tl = load_tasks(path, args_template="run --v {v} 'quoted {v} word'")
-    for task, value in zip(tl.tasks, HOSTILE, strict=True):
+    for task, value in zip(tl.tasks, VALUES, strict=True):
         assert task.argv == ("run", "--v", value, f"quoted {value} word")
 
 
@@ -411,15 +389,15 @@ def test_yaml_command_list_and_launch_cmd(tmp_path: Path) -> None:
 
 
 def test_yaml_hostile_strings_are_byte_exact(tmp_path: Path) -> None:
-    items = [{"id": f"t{i}", "args": {"v": v}, "argv": None} for i, v in enumerate(HOSTILE)]
+    items = [{"id": f"t{i}", "args": {"v": v}, "argv": None} for i, v in enumerate(VALUES)]
     for item in items:
         del item["argv"]
-    items.append({"id": "argv", "argv": list(HOSTILE)})
+    items.append({"id": "argv", "argv": list(VALUES)})
     path = write(tmp_path / "tasks.yaml", yaml.safe_dump({"tasks": items}, allow_unicode=True))
     tl = load_tasks(path)
-    for task, value in zip(tl.tasks[:-1], HOSTILE, strict=True):
+    for task, value in zip(tl.tasks[:-1], VALUES, strict=True):
         assert task.argv == (f"--v={value}",)
-    assert tl.tasks[-1].argv == tuple(HOSTILE)
+    assert tl.tasks[-1].argv == tuple(VALUES)
 
 
 def test_yaml_with_bom_and_crlf_loads(tmp_path: Path) -> None:

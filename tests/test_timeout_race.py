@@ -13,8 +13,7 @@ from parallel_engine.runtimes.base import AttemptSpec
 from parallel_engine.runtimes.process import ProcessAttempt, ProcessRuntime
 from parallel_engine.state import Budgets
 from parallel_engine.store import local_store
-from tests.test_local_pool import run_to_the_end
-from tests.test_process_runtime import _spec
+from tests.helpers import process_spec, run_to_the_end
 
 DEADLINE_S = 30.0
 
@@ -106,14 +105,14 @@ def test_program_stopped_by_a_cancel_is_cancelled_even_if_it_exits_0_on_sigterm(
 
 
 def test_kill_of_a_program_that_already_exited_says_it_was_not_killed(tmp_path: Path) -> None:
-    attempt = ProcessRuntime().start(_spec(tmp_path, ("sh", "-c", "exit 4")))
+    attempt = ProcessRuntime().start(process_spec(tmp_path, ("sh", "-c", "exit 4")))
     wait_until(attempt._exited, "the program to exit")
     attempt.kill()
     assert attempt.wait(None) == 4 and not attempt.killed()
 
 
 def test_kill_of_a_running_program_says_it_was_killed(tmp_path: Path) -> None:
-    attempt = ProcessRuntime().start(_spec(tmp_path, ("sleep", "300")))
+    attempt = ProcessRuntime().start(process_spec(tmp_path, ("sleep", "300")))
     assert attempt.wait(0.2) is None
     attempt.kill()
     assert attempt.wait(None) == 128 + 15 and attempt.killed()

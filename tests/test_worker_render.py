@@ -18,8 +18,6 @@ from types import SimpleNamespace
 import jinja2
 import pytest
 
-from parallel_engine.errors import ConfigError, TaskSourceError
-from parallel_engine.protocol import argv_key, command_key, decode_argv, encode_argv, open_key
 from parallel_engine.backends.gce.startup import (
     WorkerSettings,
     credential_hosts,
@@ -29,6 +27,14 @@ from parallel_engine.backends.gce.startup import (
     store_root,
     template_context,
     template_dir,
+)
+from parallel_engine.errors import ConfigError, TaskSourceError
+from parallel_engine.protocol import (
+    argv_key,
+    command_key,
+    decode_argv,
+    encode_argv,
+    open_key,
 )
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -12,6 +12,8 @@ backend's name: it looks the backend up here.
 from __future__ import annotations
 
 import importlib
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +66,29 @@ class PoolFailed:
 
 
 Event = Started | Finished | WorkerFailed | PoolFailed
-OnEvent = Callable[[Event], None]
+
+
+class OnEvent(Protocol):
+    """Where a pool reports (the scheduler's inbox): called from any thread; the scheduler applies
+    the events in the order they came."""
+
+    def __call__(self, event: Event) -> None: ...
+
+    def caught_up(self) -> bool:
+        """True once the scheduler has applied every event sent so far, so its verdicts on them
+        are taken (a retry submitted, or the run stopping). A pool that is about to spend on what
+        it reported (start a VM for what is open) asks first: a verdict is never too late."""
+
+
+def verdicts_taken(on_event: OnEvent, stop: threading.Event, timeout: float, step: float = 0.005) -> bool:
+    """Wait until the scheduler has applied every event `on_event` carried (`caught_up`), at most
+    `timeout` seconds: what a pool calls before it spends on facts it reported (a VM for what is
+    open). False if it did not catch up in time, or `stop` was set (the run is stopping)."""
+    deadline = time.monotonic() + timeout
+    while not on_event.caught_up():
+        if time.monotonic() > deadline or stop.wait(step):
+            return False
+    return not stop.is_set()
 
 
 class Pool(Protocol):

@@ -59,10 +59,11 @@ def make_client(timeout: float | None = None) -> docker.DockerClient:
     `timeout` bounds plain API calls; log streams disable it (the SDK does), and `wait` is
     issued in chunks, so a long quiet container is fine.
     """
-    docker = _docker()
+    sdk = _docker()
     try:
-        return docker.from_env(timeout=API_TIMEOUT_S if timeout is None else timeout, max_pool_size=64)
-    except docker.errors.DockerException as exc:
+        client: docker.DockerClient = sdk.from_env(timeout=API_TIMEOUT_S if timeout is None else timeout, max_pool_size=64)
+        return client
+    except sdk.errors.DockerException as exc:
         raise BackendError(f"no Docker engine answers: {exc}", hint=ENGINE_HINT) from exc
 
 

@@ -101,17 +101,17 @@ def spawn(
     c_env = _c_strings(list(env))
     paths = _refuse_nul([os.fsencode(path) for _, path, _, _ in opens])
     attr = _attributes(libc, tuple(reset_signals))
-    actions = ctypes.create_string_buffer(_ACTIONS_BYTES)
-    libc.posix_spawn_file_actions_init(actions)
+    file_actions = ctypes.create_string_buffer(_ACTIONS_BYTES)
+    libc.posix_spawn_file_actions_init(file_actions)
     try:
         for (fd, _, flags, mode), path in zip(opens, paths):
-            err = libc.posix_spawn_file_actions_addopen(actions, fd, path, flags, mode)
+            err = libc.posix_spawn_file_actions_addopen(file_actions, fd, path, flags, mode)
             if err:
                 raise OSError(err, os.strerror(err))
         pid = ctypes.c_int(0)
-        err = libc.posix_spawnp(ctypes.byref(pid), c_argv[0], actions, attr, c_argv, c_env)
+        err = libc.posix_spawnp(ctypes.byref(pid), c_argv[0], file_actions, attr, c_argv, c_env)
     finally:
-        libc.posix_spawn_file_actions_destroy(actions)
+        libc.posix_spawn_file_actions_destroy(file_actions)
     if err:
         raise OSError(err, os.strerror(err), argv[0])
     return pid.value

@@ -10,11 +10,16 @@ import urllib.error
 import urllib.request
 
 import pytest
-from tests.emulator.emulator_helpers import FixedToken, cloudbuild_client, user_credentials, wait_for
 from google.api_core import exceptions as gexc
 from google.cloud.devtools import cloudbuild_v1
 
 from parallel_engine.emulator import Emulator
+from tests.emulator.emulator_helpers import (
+    FixedToken,
+    cloudbuild_client,
+    user_credentials,
+    wait_for,
+)
 
 Status = cloudbuild_v1.Build.Status
 

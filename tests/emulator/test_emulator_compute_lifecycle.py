@@ -7,11 +7,18 @@ from datetime import datetime
 
 import psutil
 import pytest
-from tests.emulator.emulator_helpers import TIME_SCALE, Clients, claim_script, console, make_instance, wait_for
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
 from parallel_engine.emulator import Emulator
+from tests.emulator.emulator_helpers import (
+    TIME_SCALE,
+    Clients,
+    claim_script,
+    console,
+    make_instance,
+    wait_for,
+)
 
 
 def test_insert_boot_script_claims_in_bucket_then_delete(clients: Clients) -> None:

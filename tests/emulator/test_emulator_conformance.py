@@ -19,10 +19,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from tests.emulator.emulator_helpers import Clients, make_instance
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
+from tests.emulator.emulator_helpers import Clients, make_instance
 
 HERE = Path(__file__).parent
 #: DESIGN.md's constraints, in its order -> "file::test" (this file when no file is given).

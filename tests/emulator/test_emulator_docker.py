@@ -11,11 +11,11 @@ from typing import Any
 
 import docker
 import pytest
-from tests.emulator.emulator_helpers import Clients, make_instance, wait_for
 
 from parallel_engine.emulator.guest.docker_proxy import DockerEndpoints
 from parallel_engine.emulator.guest.docker_stamp import Refused, Stamp, stamp_create
 from parallel_engine.emulator.httpbase import JsonHandler, LoopbackServer
+from tests.emulator.emulator_helpers import Clients, make_instance, wait_for
 
 STAMP = Stamp("vm-7", "emu1", "127.0.0.1:4242", "/w/docker/7.sock", "/srv/engine.sock")
 

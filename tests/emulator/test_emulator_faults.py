@@ -8,11 +8,19 @@ import urllib.error
 import urllib.request
 
 import pytest
-from tests.emulator.emulator_helpers import Clients, bearer, claim_script, console, make_instance, user_credentials, wait_for
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1
 
 from parallel_engine.emulator import Emulator
+from tests.emulator.emulator_helpers import (
+    Clients,
+    bearer,
+    claim_script,
+    console,
+    make_instance,
+    user_credentials,
+    wait_for,
+)
 
 
 def test_429_burst_on_insert_is_not_retried_by_the_client(clients: Clients) -> None:

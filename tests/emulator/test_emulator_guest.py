@@ -7,11 +7,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.emulator.emulator_helpers import TIME_SCALE, Clients, console, make_instance, wait_for
 
 from parallel_engine.emulator import Emulator
 from parallel_engine.emulator.guest.bindir import DOCKER_WRAPPER
 from parallel_engine.emulator.guest.containers import Containers
+from tests.emulator.emulator_helpers import (
+    TIME_SCALE,
+    Clients,
+    console,
+    make_instance,
+    wait_for,
+)
 
 RECORDER = '#!/bin/bash\nprintf "%s\\n" "DOCKER_HOST=$DOCKER_HOST" "$@" > "$(dirname "$0")/argv"\n'
 

@@ -7,9 +7,17 @@ import time
 import urllib.request
 
 import pytest
-from tests.emulator.emulator_helpers import TIME_SCALE, Clients, FixedToken, console, make_instance, wait_for
 from google.api_core import exceptions as gexc
 from google.cloud import compute_v1, storage
+
+from tests.emulator.emulator_helpers import (
+    TIME_SCALE,
+    Clients,
+    FixedToken,
+    console,
+    make_instance,
+    wait_for,
+)
 
 PROBE = r"""
 MD="http://${GCE_METADATA_HOST}/computeMetadata/v1"

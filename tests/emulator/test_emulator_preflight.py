@@ -8,12 +8,19 @@ import json
 
 import pytest
 import requests
-from tests.emulator.emulator_helpers import Clients, bearer, claim_script, console, make_instance, wait_for
 from google.api_core import exceptions as gexc
 from google.auth.transport.requests import AuthorizedSession
 from google.cloud import compute_v1
 
 from parallel_engine.emulator import ControlError
+from tests.emulator.emulator_helpers import (
+    Clients,
+    bearer,
+    claim_script,
+    console,
+    make_instance,
+    wait_for,
+)
 
 
 def _quotas(clients: Clients) -> dict[str, tuple[float, float]]:

@@ -15,10 +15,17 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from tests.emulator.emulator_helpers import TIME_SCALE, Clients, cloudbuild_client, config_credentials, make_instance, wait_for
 
 from parallel_engine.emulator import ControlClient, Emulator, serve
 from parallel_engine.emulator.serve import render_config
+from tests.emulator.emulator_helpers import (
+    TIME_SCALE,
+    Clients,
+    cloudbuild_client,
+    config_credentials,
+    make_instance,
+    wait_for,
+)
 
 ESCAPING_SCRIPT = "sleep 300 &\nsetsid sleep 300 &\nnohup sleep 300 >/dev/null 2>&1 &\nsleep 300\n"
 

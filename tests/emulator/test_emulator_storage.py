@@ -8,9 +8,10 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from tests.emulator.emulator_helpers import Clients
 from google.api_core import exceptions as gexc
 from google.cloud.storage.retry import DEFAULT_RETRY
+
+from tests.emulator.emulator_helpers import Clients
 
 
 def test_bucket_upload_download_roundtrip(clients: Clients) -> None:

@@ -24,7 +24,6 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.emulator.emulator_helpers import bearer, cloudbuild_client, file_credentials, user_credentials
 from google.api_core import exceptions as gexc
 from google.auth import credentials as gauth
 from google.cloud import storage
@@ -35,10 +34,24 @@ from parallel_engine.emulator.cloudbuild_runner import LABEL_BUILD, docker_cli_a
 from parallel_engine.emulator.cloudbuild_validate import substitute, template_parameters
 from parallel_engine.emulator.gcs import FakeGcs
 from parallel_engine.emulator.identity import TokenRegistry
-from parallel_engine.emulator.oauth import CredentialsFiles, OAuthServer, write_credentials
-from parallel_engine.emulator.registry import Registry, RegistryUnavailable, ensure_registry_binary
+from parallel_engine.emulator.oauth import (
+    CredentialsFiles,
+    OAuthServer,
+    write_credentials,
+)
+from parallel_engine.emulator.registry import (
+    Registry,
+    RegistryUnavailable,
+    ensure_registry_binary,
+)
 from parallel_engine.emulator.storage_proxy import StorageProxy
 from parallel_engine.emulator.traffic import Traffic
+from tests.emulator.emulator_helpers import (
+    bearer,
+    cloudbuild_client,
+    file_credentials,
+    user_credentials,
+)
 
 pytestmark = [pytest.mark.emulator, pytest.mark.docker]
 

@@ -22,6 +22,7 @@ from parallel_engine.store import local_store
 from tests.collect_helpers import RUN_ID, finished_run, outputs_dir, staging_left
 from tests.faults.harness import scenario
 from tests.helpers import cli_env
+from tests.hostile import SEGMENTS
 
 BOUND_S = 60.0
 SECRET = b"secret-never-collected-7d1f"
@@ -210,8 +211,6 @@ def interrupted_at_random(rng: random.Random, tmp: Path) -> None:
     assert len(_collected(dest / "a")) == len(versions)
 
 
-# Each would land outside --dest if joined onto it; a bucket holds them as ordinary objects.
-HOSTILE_SEGMENTS = ["..", ".", "", "x\0y", "\\..", "é", "a", "b", "L" * 300]
 
 
 @scenario("collect: hostile object names in a bucket", ci_tries=2, marks=("emulator",))
@@ -223,7 +222,7 @@ def hostile_object_names(rng: random.Random, tmp: Path) -> None:
     from parallel_engine.paths import parts_of
     from parallel_engine.store import RunStore
 
-    names = {"/".join(rng.choice(HOSTILE_SEGMENTS) for _ in range(rng.randrange(1, 7))) for _ in range(12)}
+    names = {"/".join(rng.choice(SEGMENTS) for _ in range(rng.randrange(1, 7))) for _ in range(12)}
     names = {n for n in names if n not in (".", "..") and "\n" not in n}
     names |= {"ok/fine.txt"}
     with Emulator(time_scale=0.01) as cloud:

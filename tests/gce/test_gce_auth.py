@@ -12,11 +12,17 @@ from typing import Any
 
 import pytest
 import yaml
-from test_gce_backend import BackgroundRun, config_for, first_claim_holder, run_vms, settings
 
 import parallel_engine as pe
 from parallel_engine.api import open_store
 from parallel_engine.emulator import Emulator
+from tests.gce.gce_helpers import (
+    BackgroundRun,
+    config_for,
+    first_claim_holder,
+    run_vms,
+    settings,
+)
 from tests.helpers import ROOT, cli
 
 pytestmark = [pytest.mark.emulator, pytest.mark.docker]

@@ -16,36 +16,31 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.emulator.emulator_helpers import wait_for
 
 import parallel_engine as pe
 from parallel_engine.api import open_store
 from parallel_engine.backends.base import Event
+from parallel_engine.backends.gce.backend import script_for
 from parallel_engine.backends.gce.compute import Compute
 from parallel_engine.backends.gce.pool import GcePool
 from parallel_engine.backends.gce.settings import GceSettings
 from parallel_engine.config import Config, load_config
-from parallel_engine.errors import BackendError
 from parallel_engine.emulator import Emulator
-from parallel_engine.backends.gce.backend import script_for
+from parallel_engine.errors import BackendError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
+from tests.emulator.emulator_helpers import wait_for
+from tests.gce.gce_helpers import (
+    BackgroundRun,
+    config_for,
+    first_claim_holder,
+    run_in_thread,
+    run_vms,
+    settings,
+)
 from tests.helpers import ROOT, cli
-from tests.test_local_run import HOSTILE
+from tests.hostile import VALUES
 
 pytestmark = [pytest.mark.emulator, pytest.mark.docker]
-
-
-def settings(cloud: Emulator, image: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "BACKEND": "gce", "PROJECT_ID": cloud.project, "ZONE": cloud.zone, "BUCKET": cloud.bucket,
-        "COMPUTE_ENDPOINT": cloud.compute_endpoint, "STORAGE_ENDPOINT": cloud.storage_endpoint,
-        "CREDENTIALS_FILE": str(cloud.credentials_file), "TOKEN_URI": cloud.token_uri,
-        "IMAGE": image, "PULL_POLICY": "if-missing", "HEARTBEAT": 0.5, "POLL_INTERVAL": 0.2, **extra,
-    }
-
-
-def config_for(cloud: Emulator, image: str, **extra: Any) -> Config:
-    return load_config(None, flags=settings(cloud, image, **extra), environ={})
 
 
 class VmWatch:
@@ -101,11 +96,6 @@ class VmWatch:
         self._thread.join()
 
 
-def run_vms(cloud: Emulator, run_id: str) -> list[str]:
-    config = config_for(cloud, "x")
-    return list(Compute(config).list_run(cloud.zone, run_id))
-
-
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "code", tmp_path / "code")
@@ -145,11 +135,11 @@ def test_failing_task_is_failed_with_its_exit_code_and_logs(cloud: Emulator, exa
 def test_hostile_values_arrive_byte_exact_in_the_vm_container(cloud: Emulator, example_image: str, workdir: Path) -> None:
     dump = "import json,os,sys; json.dump(sys.argv[1:], open(os.environ['PE_OUTPUT_DIR']+'/argv.json','w'))"
     (workdir / "hostile.yaml").write_text(yaml.safe_dump(
-        {"tasks": [{"id": "h", "command": ["python", "-c", dump, *HOSTILE, ""]}]}, allow_unicode=True), encoding="utf-8")
+        {"tasks": [{"id": "h", "command": ["python", "-c", dump, *VALUES, ""]}]}, allow_unicode=True), encoding="utf-8")
     run = pe.run(workdir / "hostile.yaml", config=config_for(cloud, example_image))
     assert run.status().counts == {"succeeded": 1}
     run.collect(workdir / "out")
-    assert json.loads((workdir / "out" / "h" / "argv.json").read_text()) == [*HOSTILE, ""]
+    assert json.loads((workdir / "out" / "h" / "argv.json").read_text()) == [*VALUES, ""]
 
 
 def test_429_burst_on_instance_creation_is_retried(cloud: Emulator, example_image: str, workdir: Path) -> None:
@@ -187,9 +177,8 @@ def test_a_lost_insert_answer_is_retried_without_a_second_vm_or_a_conflict(
 
 def test_server_errors_and_dropped_connections_are_retried(cloud: Emulator) -> None:
     import requests
-    from google.auth.exceptions import TransportError
-
     from google.api_core import exceptions as gexc
+    from google.auth.exceptions import TransportError
 
     from parallel_engine.backends.gce.clients import _transient, is_google_error
 
@@ -229,64 +218,6 @@ def test_quota_refusal_waits_for_capacity_then_runs(cloud: Emulator, example_ima
     run = pe.run(workdir / "two.csv", config=config_for(cloud, example_image, VM_QUOTAS=2), info=said.append)
     assert run.status().counts == {"succeeded": 2}
     assert any(line.startswith("queued (quota)") for line in said)
-
-
-class BackgroundRun:
-    """pe.run in a thread, with a deadline counted from its start: a run that would hang (until
-    maxRunDuration) fails the test instead. `outcome()` raises when the deadline passes; leaving
-    the `with` block cancels a run the test did not wait for (it failed before asking)."""
-
-    def __init__(self, source: Path, config: Config, timeout: float = 120) -> None:
-        self.timeout = timeout
-        self._deadline = time.monotonic() + timeout
-        self._box: dict[str, Any] = {}
-        self._cancel = threading.Event()
-        self._runner = threading.Thread(target=self._target, args=(source, config), daemon=True)
-        self._runner.start()
-
-    def _target(self, source: Path, config: Config) -> None:
-        try:
-            self._box["run"] = pe.run(source, config=config, cancel=self._cancel)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            self._box["error"] = exc
-
-    def outcome(self) -> tuple[Any, BaseException | None]:
-        """(the run, None) or (None, what pe.run raised); AssertionError past the deadline."""
-        self._runner.join(max(0.0, self._deadline - time.monotonic()))
-        if self._runner.is_alive():
-            self._stop()
-            raise AssertionError(f"the run did not end within {self.timeout:g} s")
-        return self._box.get("run"), self._box.get("error")
-
-    def _stop(self) -> None:
-        self._cancel.set()
-        self._runner.join(60)
-
-    def __enter__(self) -> BackgroundRun:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._runner.is_alive():
-            self._stop()
-
-
-def run_in_thread(source: Path, config: Config, timeout: float = 120) -> tuple[Any, BaseException | None]:
-    """pe.run with a deadline (BackgroundRun), waited for at once."""
-    with BackgroundRun(source, config, timeout) as started:
-        return started.outcome()
-
-
-def first_claim_holder(store: Any, task_id: str, timeout: float = 60) -> tuple[str, str]:
-    """(run id, VM name) once attempt 1 of `task_id` is claimed."""
-
-    def claimed() -> tuple[str, str] | None:
-        for run_id in store.run_ids():
-            holder = store.blobs.read(f"runs/{run_id}/claims/{task_id}.1")
-            if holder:
-                return run_id, holder.decode()
-        return None
-
-    return wait_for(claimed, timeout=timeout, what=f"{task_id}.1 to be claimed")
 
 
 def test_preempted_vm_task_is_redone_and_not_counted_as_failure(

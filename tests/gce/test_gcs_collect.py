@@ -13,10 +13,9 @@ from parallel_engine.emulator.serve import config_values, render_config
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.store import RunRecord
 from tests.helpers import cli
+from tests.hostile import OBJECT_NAMES
 
 RUN_ID = "20260101-000000-bkt01"
-#: Each would land outside --dest if joined onto it; a bucket holds them all as ordinary objects.
-HOSTILE = ["../../../../escaped.txt", "sub/../../../../../escaped-too.txt", "./dot.txt", "sub//empty.txt", "nul\0.txt"]
 
 
 def test_object_names_with_dot_dot_segments_are_skipped_and_listed_never_written_outside_dest(
@@ -27,14 +26,14 @@ def test_object_names_with_dot_dot_segments_are_skipped_and_listed_never_written
     store.save_run(RunRecord(RUN_ID, time.time(), "gce", "p.csv", ("x",), (Task("a", (), {"x": "1"}),), {"retries": 0}))
     assert store.claim(RUN_ID, "a", 1, "vm-1")
     outputs = f"runs/{RUN_ID}/tasks/a/1/outputs/"
-    for name in HOSTILE:
+    for name in OBJECT_NAMES:
         store.blobs.write(outputs + name, b"hostile")
     store.blobs.write(outputs + "back\\slash.txt", b"a backslash is an ordinary character here")
     store.blobs.write(outputs + "ok/fine.txt", b"fine")
     store.blobs.write(f"runs/{RUN_ID}/tasks/stray.txt", b"no attempt's")
     store.write_status(RUN_ID, AttemptStatus("a", 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, "vm-1"))
     store.write_end(RUN_ID, "finished", time.time())
-    assert set(store.blobs.list(outputs)) >= {outputs + name for name in HOSTILE}  # the bucket kept them whole
+    assert set(store.blobs.list(outputs)) >= {outputs + name for name in OBJECT_NAMES}  # the bucket kept them whole
 
     done = cli("collect", RUN_ID, "--dest", "box/one/two/res", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -45,6 +44,6 @@ def test_object_names_with_dot_dot_segments_are_skipped_and_listed_never_written
     assert (dest / "a" / "ok" / "fine.txt").read_bytes() == b"fine"
     with open(dest / "skipped.csv", newline="", encoding="utf-8") as handle:
         rows = [(r["task_id"], r["path"], r["kind"]) for r in csv.DictReader(handle)]
-    assert sorted(rows) == sorted(("a", name, "unsafe name") for name in HOSTILE)
+    assert sorted(rows) == sorted(("a", name, "unsafe name") for name in OBJECT_NAMES)
     assert "ignored 1 store entry under no attempt of this run" in done.stderr
     assert not any(p.name.startswith(".collecting-") for p in dest.iterdir())

@@ -5,14 +5,14 @@ from __future__ import annotations
 import threading
 
 import pytest
-from tests.emulator.emulator_helpers import user_credentials
 from google.cloud import storage
 
+from parallel_engine.backends.gce.blobs import GCSBlobs
 from parallel_engine.emulator import Emulator
 from parallel_engine.errors import BackendError
-from parallel_engine.backends.gce.blobs import GCSBlobs
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.store import RunRecord, RunStore
+from tests.emulator.emulator_helpers import user_credentials
 
 
 def bucket_store(cloud: Emulator, prefix: str = "pe") -> RunStore:

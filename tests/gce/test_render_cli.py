@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from parallel_engine.backends.gce.backend import script_for
+from parallel_engine.backends.gce.settings import GceSettings
 from parallel_engine.config import Config, load_config
 from parallel_engine.emulator import Emulator
-from parallel_engine.backends.gce.backend import script_for
 from tests.helpers import cli
 
 pytestmark = pytest.mark.emulator
@@ -43,14 +44,14 @@ def config(cloud: Emulator) -> Config:
 def test_worker_script_is_the_backends_own_rendering(cloud: Emulator, tmp_path: Path) -> None:
     done = cli("render", "--worker", "--run-id", "run-1", *sets(cloud), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == script_for(config(cloud), "run-1", IMAGE)(None) + "\n"
+    assert done.stdout == script_for(GceSettings.of(config(cloud)), "run-1", IMAGE)(None) + "\n"
 
 
 def test_task_script_renders_that_task_in(cloud: Emulator, tmp_path: Path) -> None:
     (tmp_path / "params.csv").write_text("task_id,x\nalpha,1\n")
     done = cli("render", "params.csv", "--task", "alpha", "--run-id", "run-1", *sets(cloud), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == script_for(config(cloud), "run-1", IMAGE)((("alpha", 1),)) + "\n"
+    assert done.stdout == script_for(GceSettings.of(config(cloud)), "run-1", IMAGE)((("alpha", 1),)) + "\n"
 
 
 def test_render_pins_the_image_to_the_digest_build_recorded(cloud: Emulator, tmp_path: Path) -> None:
@@ -65,7 +66,7 @@ def test_render_pins_the_image_to_the_digest_build_recorded(cloud: Emulator, tmp
         store.blobs.delete("builds/latest.json")
     assert done.returncode == 0, done.stderr
     assert f"PE_IMAGE=europe-west1-docker.pkg.dev/proj/repo/app@{digest}\n" in done.stdout
-    assert done.stdout == script_for(config(cloud), "run-1", f"europe-west1-docker.pkg.dev/proj/repo/app@{digest}")(None) + "\n"
+    assert done.stdout == script_for(GceSettings.of(config(cloud)), "run-1", f"europe-west1-docker.pkg.dev/proj/repo/app@{digest}")(None) + "\n"
 
 
 def test_vm_request_carries_script_labels_and_the_delete_net(cloud: Emulator, tmp_path: Path) -> None:

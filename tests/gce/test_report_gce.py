@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_gce_backend import config_for, settings
 
 import parallel_engine as pe
 from parallel_engine.api import open_store
 from parallel_engine.emulator import Emulator
 from parallel_engine.names import GCE_PREFIX
 from parallel_engine.report import summary_rows, write_report
+from tests.gce.gce_helpers import config_for, settings
 from tests.helpers import ROOT, cli
 
 pytestmark = [pytest.mark.emulator, pytest.mark.docker]

@@ -23,12 +23,19 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from tests.emulator.emulator_helpers import Clients, make_instance, wait_for
 from google.api_core.exceptions import NotFound
 
-from parallel_engine.model import AttemptState, AttemptStatus
 from parallel_engine.backends.gce.startup import WorkerSettings, render_startup_script
-from parallel_engine.protocol import argv_key, command_key, encode_argv, heartbeat_key, open_key
+from parallel_engine.model import AttemptState, AttemptStatus
+from parallel_engine.protocol import (
+    argv_key,
+    command_key,
+    encode_argv,
+    heartbeat_key,
+    open_key,
+)
+from tests.emulator.emulator_helpers import Clients, make_instance, wait_for
+from tests.hostile import ARGV
 
 pytestmark = [pytest.mark.emulator, pytest.mark.docker]
 
@@ -95,31 +102,6 @@ for a in args:
 print("probe done", flush=True)
 '''
 
-HOSTILE_ARGV = [
-    "plain",
-    "with space",
-    "\"double\" and 'single' quotes",
-    "$(touch /tmp/pe-worker-pwned)",
-    "${HOME}",
-    "a; rm -rf / ; echo b",
-    "`id`",
-    "pipe | and && or ||",
-    "line1\nline2",
-    "cr\r\nlf",
-    "tab\there",
-    "back\\slash\\",
-    "ünïcødé ✓ 日本語 🚀",
-    "-leading-dash",
-    "--flag=value",
-    "-",
-    "--",
-    "",
-    "  ",
-    "*",
-    "%s %d",
-    ">redirect",
-    "=",
-]
 
 
 @pytest.fixture(scope="module")
@@ -545,14 +527,14 @@ def test_live_logs_and_heartbeat_are_in_the_bucket_before_the_task_ends(run: Run
 
 
 def test_hostile_argv_reaches_the_container_byte_exact(run: Run) -> None:
-    run.publish("hostile", HOSTILE_ARGV)
+    run.publish("hostile", ARGV)
     # A full command: item 0 replaces the image's entrypoint, the rest are its arguments.
-    run.publish("hostile-command", [], command=["python", "/probe.py", *HOSTILE_ARGV])
+    run.publish("hostile-command", [], command=["python", "/probe.py", *ARGV])
     run.start_vms("pe-hostile")
     run.wait_all_gone()
     for task in ("hostile", "hostile-command"):
         status = run.status(task)
         assert status is not None, run.console("pe-hostile")
         _ok(status, "pe-hostile")
-        assert run.argv_seen(task)["argv"] == HOSTILE_ARGV
+        assert run.argv_seen(task)["argv"] == ARGV
     assert not Path("/tmp/pe-worker-pwned").exists()

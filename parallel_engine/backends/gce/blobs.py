@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 import os
@@ -84,7 +85,8 @@ class GCSBlobs:
     @_translated
     def read(self, key: str) -> bytes | None:
         try:
-            return self.bucket.blob(self._name(key)).download_as_bytes(retry=self._retry)
+            data: bytes = self.bucket.blob(self._name(key)).download_as_bytes(retry=self._retry)
+            return data
         except self._exceptions.NotFound:
             return None
 
@@ -126,7 +128,7 @@ class GCSBlobs:
         }
 
     @_translated
-    def children(self, prefix: str) -> list[str]:
+    def children(self, prefix: str) -> builtins.list[str]:  # `list` is a method here
         iterator = self.client.list_blobs(self.bucket, prefix=self._name(prefix), delimiter="/", retry=self._retry)
         names = {blob.name.rsplit("/", 1)[-1] for blob in iterator}
         names |= {p.rstrip("/").rsplit("/", 1)[-1] for p in iterator.prefixes}

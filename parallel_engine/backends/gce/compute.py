@@ -81,7 +81,7 @@ class Compute:
             if isinstance(exc.__cause__, NotFound):
                 return False
             raise
-        return vm.labels.get(LABEL_RUN) == body["labels"][LABEL_RUN]  # never empty: the run id
+        return bool(vm.labels.get(LABEL_RUN) == body["labels"][LABEL_RUN])  # never empty: the run id
 
     def bulk_insert(self, zone: str, body: dict[str, Any]) -> None:
         """Create identical VMs in one call; its `requestId` makes a retried call one batch, not two."""

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 
-from parallel_engine.backends.base import Finished, InfoFn, OnEvent, PoolFailed, WorkerFailed
+from parallel_engine.backends.base import Finished, InfoFn, OnEvent, PoolFailed, WorkerFailed, verdicts_taken
 from parallel_engine.backends.gce.compute import CapacityRefused, Compute, delete_run_vms
 from parallel_engine.backends.gce.settings import GceSettings
 from parallel_engine.backends.gce.vm import bulk_body, instance_body, instance_properties
@@ -401,7 +401,12 @@ class GcePool:
 
     def _create_workers(self, alive: int) -> None:
         """Ask for VMs in the first zone, in order (ZONE, then FALLBACK_ZONES), that is not resting
-        after a capacity refusal: so the run returns to ZONE as soon as it has capacity again."""
+        after a capacity refusal: so the run returns to ZONE as soon as it has capacity again.
+        Only once the scheduler has taken its verdicts on what this pool reported: never a VM in
+        the moment between an infra failure and the run stopping for it (INFRA_FAILURE_LIMIT);
+        if it has not caught up within a poll interval, no VM this poll."""
+        if not verdicts_taken(self.on_event, self._stop, self.config.poll_interval):
+            return
         now = time.monotonic()
         zone = next((z for z in self.settings.zones if self._zone_rest.get(z, 0.0) <= now), None)
         if zone is None:

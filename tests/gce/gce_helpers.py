@@ -1,0 +1,92 @@
+"""What the gce backend's tests share: a config pointed at an emulator, runs in a thread with a
+deadline, and looks at the emulated cloud."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import parallel_engine as pe
+from parallel_engine.backends.gce.compute import Compute
+from parallel_engine.config import Config, load_config
+from parallel_engine.emulator import Emulator
+from parallel_engine.protocol import claim_key
+from tests.emulator.emulator_helpers import wait_for
+
+
+def settings(cloud: Emulator, image: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "BACKEND": "gce", "PROJECT_ID": cloud.project, "ZONE": cloud.zone, "BUCKET": cloud.bucket,
+        "COMPUTE_ENDPOINT": cloud.compute_endpoint, "STORAGE_ENDPOINT": cloud.storage_endpoint,
+        "CREDENTIALS_FILE": str(cloud.credentials_file), "TOKEN_URI": cloud.token_uri,
+        "IMAGE": image, "PULL_POLICY": "if-missing", "HEARTBEAT": 0.5, "POLL_INTERVAL": 0.2, **extra,
+    }
+
+
+def config_for(cloud: Emulator, image: str, **extra: Any) -> Config:
+    return load_config(None, flags=settings(cloud, image, **extra), environ={})
+
+
+def run_vms(cloud: Emulator, run_id: str) -> list[str]:
+    config = config_for(cloud, "x")
+    return list(Compute(config).list_run(cloud.zone, run_id))
+
+
+class BackgroundRun:
+    """pe.run in a thread, with a deadline counted from its start: a run that would hang (until
+    maxRunDuration) fails the test instead. `outcome()` raises when the deadline passes; leaving
+    the `with` block cancels a run the test did not wait for (it failed before asking)."""
+
+    def __init__(self, source: Path, config: Config, timeout: float = 120) -> None:
+        self.timeout = timeout
+        self._deadline = time.monotonic() + timeout
+        self._box: dict[str, Any] = {}
+        self._cancel = threading.Event()
+        self._runner = threading.Thread(target=self._target, args=(source, config), daemon=True)
+        self._runner.start()
+
+    def _target(self, source: Path, config: Config) -> None:
+        try:
+            self._box["run"] = pe.run(source, config=config, cancel=self._cancel)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self._box["error"] = exc
+
+    def outcome(self) -> tuple[Any, BaseException | None]:
+        """(the run, None) or (None, what pe.run raised); AssertionError past the deadline."""
+        self._runner.join(max(0.0, self._deadline - time.monotonic()))
+        if self._runner.is_alive():
+            self._stop()
+            raise AssertionError(f"the run did not end within {self.timeout:g} s")
+        return self._box.get("run"), self._box.get("error")
+
+    def _stop(self) -> None:
+        self._cancel.set()
+        self._runner.join(60)
+
+    def __enter__(self) -> BackgroundRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._runner.is_alive():
+            self._stop()
+
+
+def run_in_thread(source: Path, config: Config, timeout: float = 120) -> tuple[Any, BaseException | None]:
+    """pe.run with a deadline (BackgroundRun), waited for at once."""
+    with BackgroundRun(source, config, timeout) as started:
+        return started.outcome()
+
+
+def first_claim_holder(store: Any, task_id: str, timeout: float = 60) -> tuple[str, str]:
+    """(run id, VM name) once attempt 1 of `task_id` is claimed."""
+
+    def claimed() -> tuple[str, str] | None:
+        for run_id in store.run_ids():
+            holder = store.blobs.read(claim_key(run_id, task_id, 1))
+            if holder:
+                return run_id, holder.decode()
+        return None
+
+    return wait_for(claimed, timeout=timeout, what=f"{task_id}.1 to be claimed")
