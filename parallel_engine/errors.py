@@ -78,10 +78,6 @@ class BackendError(ParallelEngineError):
     exit_code = EXIT_BACKEND
 
 
-class QuotaError(BackendError):
-    """Capacity is refused for good (not a wait-for-capacity case)."""
-
-
 class BuildError(BackendError):
     """Building the image failed."""
 

@@ -3,7 +3,7 @@
 Why deterministic: the orchestrator can die and resume, so the name of a task's VM or a
 label value must be derivable again from the same inputs, on any machine.
 
-Rules (DESIGN.md "Names"):
+Rules:
 - A run id is `YYYYMMDD-HHMMSS-xxxxx` in UTC plus 5 random lowercase letters/digits, so two
   runs of the same params.csv never clash, and ids sort by creation time. It is itself a valid
   label value (and a naive `now` is taken as UTC).

@@ -40,10 +40,6 @@ class Outcome:
     def counts(self) -> Counter[str]:
         return Counter(str(s) for s in self.states.values())
 
-    @property
-    def all_succeeded(self) -> bool:
-        return all(s is TaskState.SUCCEEDED for s in self.states.values())
-
 
 class _States(dict[str, TaskState]):
     """Task states that keep their own counts, so a progress report costs O(1) per event, not O(tasks)."""

@@ -1,4 +1,4 @@
-"""The local run store: atomic writes, atomic claims, the layout DESIGN.md gives."""
+"""The local run store: atomic writes, atomic claims, the layout parallel_engine/protocol.py defines."""
 
 from __future__ import annotations
 

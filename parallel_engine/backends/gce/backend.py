@@ -15,11 +15,17 @@ from parallel_engine.backends.gce.compute import Compute, delete_run_vms
 from parallel_engine.backends.gce.pool import GcePool, cancel_running
 from parallel_engine.backends.gce.settings import GceSettings
 from parallel_engine.backends.gce.startup import WorkerSettings, render_startup_script
-from parallel_engine.backends.gce.vm import bulk_body, instance_body, instance_properties
+from parallel_engine.backends.gce.vm import (
+    batch_name_pattern,
+    bulk_body,
+    instance_body,
+    instance_properties,
+    task_vm_name,
+)
 from parallel_engine.config import GCE_DEFAULT_QUOTA, Config
 from parallel_engine.errors import ConfigError, CredentialsError
 from parallel_engine.model import AttemptState, Task
-from parallel_engine.names import gce_name, label_value
+from parallel_engine.names import label_value
 from parallel_engine.store import RunStore
 
 ScriptFor = Callable[[tuple[tuple[str, int], ...] | None], str]
@@ -106,9 +112,9 @@ class GceBackend:
         worker = label_value(task[0]) if task else "reuse"
         properties = instance_properties(self.config, settings.zone, script, run_id, worker)
         if task:
-            body = instance_body(properties, gce_name("pe", run_id, task[0], str(task[1])), settings.zone)
+            body = instance_body(properties, task_vm_name(run_id, *task), settings.zone)
         else:
-            body = bulk_body(properties, gce_name("pe", run_id, "b1") + "-###", self.config.effective_quota())
+            body = bulk_body(properties, batch_name_pattern(run_id, 1), self.config.effective_quota())
         return json.dumps(body, indent=2, ensure_ascii=False)
 
     def _render_image(self, say: InfoFn) -> str:

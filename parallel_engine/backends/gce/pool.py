@@ -21,11 +21,17 @@ from dataclasses import dataclass, field
 from parallel_engine.backends.base import Finished, InfoFn, OnEvent, PoolFailed, WorkerFailed, verdicts_taken
 from parallel_engine.backends.gce.compute import CapacityRefused, Compute, delete_run_vms
 from parallel_engine.backends.gce.settings import GceSettings
-from parallel_engine.backends.gce.vm import bulk_body, instance_body, instance_properties
+from parallel_engine.backends.gce.vm import (
+    batch_name_pattern,
+    bulk_body,
+    instance_body,
+    instance_properties,
+    task_vm_name,
+)
 from parallel_engine.config import Config
 from parallel_engine.errors import AccessError, BackendError, ParallelEngineError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
-from parallel_engine.names import gce_name, label_value
+from parallel_engine.names import label_value
 from parallel_engine.protocol import EVENT_STAMP, parse_event
 from parallel_engine.store import RunStore
 
@@ -448,7 +454,7 @@ class GcePool:
             return 0
         self._batch += 1
         properties = instance_properties(self.config, zone, self.script_for(None), self.run_id, "reuse")
-        pattern = gce_name("pe", self.run_id, f"b{self._batch}") + "-###"
+        pattern = batch_name_pattern(self.run_id, self._batch)
         self.compute.bulk_insert(zone, bulk_body(properties, pattern, wanted))
         self.info(f"started {wanted} worker VM(s) in {zone}")
         return wanted
@@ -461,7 +467,7 @@ class GcePool:
             unlisted = sum(1 for vm in self._vms.values() if vm.inflight and vm.zone is None)
             room = max(0, self.quota - alive - unlisted)
             batch = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
-            names = [gce_name("pe", self.run_id, task_id, str(attempt)) for task_id, attempt in batch]
+            names = [task_vm_name(self.run_id, task_id, attempt) for task_id, attempt in batch]
             for name, item in zip(names, batch, strict=True):
                 # Its attempt is known before the insert: a VM that dies young still settles it.
                 self._vms[name] = Vm(attempt=item, inflight=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from parallel_engine.names import GCE_PREFIX, gce_name
 from parallel_engine.protocol import LABEL_RUN, LABEL_WORKER
 
 if TYPE_CHECKING:
@@ -47,6 +48,16 @@ def instance_properties(
         "scheduling": scheduling,
         "metadata": {"items": [{"key": "startup-script", "value": startup_script}]},
     }
+
+
+def task_vm_name(run_id: str, task_id: str, attempt: int) -> str:
+    """The VM of one attempt (one VM per task)."""
+    return gce_name(GCE_PREFIX, run_id, task_id, str(attempt))
+
+
+def batch_name_pattern(run_id: str, batch: int) -> str:
+    """bulkInsert's namePattern for the reuse workers of one batch: `...-b<batch>-001`, `-002`, ..."""
+    return gce_name(GCE_PREFIX, run_id, f"b{batch}") + "-###"
 
 
 def instance_body(properties: dict[str, Any], name: str, zone: str) -> dict[str, Any]:
