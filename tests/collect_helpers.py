@@ -84,6 +84,9 @@ class MemoryBlobs:
     def read_many(self, keys: list[str]) -> list[bytes | None]:
         return [self.objects.get(key) for key in keys]
 
+    def add_folders(self, prefixes: list[str]) -> None:
+        pass  # a bucket has no folders
+
     def delete(self, key: str) -> None:
         self.objects.pop(key, None)
 
