@@ -96,6 +96,23 @@ def _config(config: Path | None, flags: Flags) -> Any:
 
 @app.command()
 @friendly
+def init(
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="the project folder (made if missing)")] = Path("."),
+    gce: Annotated[bool, typer.Option("--gce", help="a config for Compute Engine, filled from your credentials "
+                                                    "and gcloud's configuration (placeholders for the rest)")] = False,
+) -> None:
+    """Write a project that runs as it is: .config.yaml, code/ (Dockerfile, main.py, params.csv), cloudbuild.yaml.
+
+    Never overwrites a file: one that exists is kept, and listed as kept. Needs no credentials.
+    """
+    from parallel_engine.init import init_project
+
+    for line in init_project(folder, gce=gce).lines():
+        out.print(line, markup=False, highlight=False)
+
+
+@app.command()
+@friendly
 def run(
     source: Annotated[Path, typer.Argument(help="params.csv, a YAML task file, or a task list")],
     jobs: Annotated[Optional[int], typer.Option("-j", "--jobs", help="tasks at once (VM_QUOTAS)")] = None,

@@ -39,7 +39,9 @@ __all__ = [
     "Config",
     "Key",
     "describe_keys",
+    "is_placeholder",
     "load_config",
+    "placeholder",
 ]
 
 ENV_PREFIX = "PARALLEL_ENGINE_"
@@ -746,6 +748,9 @@ def load_config(
         for name, raw, where, origin in entries:
             if not isinstance(name, str) or name not in KEYS:
                 problems.append(_unknown_key_message(name, where))
+            elif is_placeholder(raw):
+                problems.append(f"{name} {where} is still the placeholder {shown(raw)} that "
+                                "`parallel-engine init` wrote: replace it with your value")
             elif _given(raw):  # `KEY:` with no value, a blank variable, a None flag: not set here
                 try:
                     values[name], origins[name] = KEYS[name].type(raw), origin
@@ -763,6 +768,21 @@ def load_config(
     config = Config(**{KEYS[name].attr: value for name, value in values.items()}, origins=origins, path=file_path)
     backend_class(config.backend).check_config(config)  # e.g. ZONE and BUCKET on gce, all named at once
     return config
+
+
+# ------------------------------------------------------------------ init's placeholders
+# `parallel-engine init --gce` writes one where it could not find a value (PROJECT_ID, ZONE, ...);
+# the loader refuses it, naming the key, so nobody launches with a placeholder by mistake.
+_PLACEHOLDER = re.compile(r"<FILL IN\b[^>]*>")
+
+
+def placeholder(what: str) -> str:
+    """The value init writes for a key it could not fill: `<FILL IN: what>`."""
+    return f"<FILL IN: {what}>"
+
+
+def is_placeholder(raw: Any) -> bool:
+    return isinstance(raw, str) and _PLACEHOLDER.search(raw) is not None
 
 
 def _cross_checks(values: Mapping[str, Any], origins: Mapping[str, str]) -> Iterable[str]:

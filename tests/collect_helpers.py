@@ -83,6 +83,9 @@ class MemoryBlobs:
     def read_many(self, keys: list[str]) -> list[bytes | None]:
         return [self.objects.get(key) for key in keys]
 
+    def add_folders(self, prefixes: list[str]) -> None:
+        pass  # a bucket has no folders
+
     def delete(self, key: str) -> None:
         self.objects.pop(key, None)
 
@@ -115,9 +118,6 @@ class MemoryBlobs:
 
     def link(self, source: str, target: str) -> bool:
         return False
-
-    def add_folders(self, prefixes: list[str]) -> None:
-        pass  # a bucket has no folders
 
 
 def memory_store() -> RunStore:

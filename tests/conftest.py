@@ -40,7 +40,14 @@ _docker_passes: list[str] = []
 _browser_skips: dict[str, str] = {}
 
 
+#: Google's libraries look for a GCE metadata server at 169.254.169.254 when they find no
+#: credentials: tests (and the commands they start) must never send traffic off this machine.
+NO_REAL_METADATA = {"NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9"}
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    for key, value in NO_REAL_METADATA.items():
+        os.environ.setdefault(key, value)
     config.addinivalue_line("markers", "docker: needs a Docker engine (skipped loudly without one; CI fails if any were skipped)")
     config.addinivalue_line("markers", "emulator: needs the emulated Google cloud")
     config.addinivalue_line("markers", "browser: needs headless Chromium (skipped loudly without it; CI fails if any were skipped)")

@@ -319,3 +319,23 @@ class ScriptedPool:
 def outcomes(*sequence: Outcome) -> Script:
     """A script whose attempt N of any task ends as sequence[N - 1] (the last one repeats)."""
     return lambda task, attempt: sequence[min(attempt, len(sequence)) - 1]
+
+
+def no_credentials_env(home: Path) -> dict[str, str]:
+    """A machine where nobody logged in: no ADC file, no GOOGLE_APPLICATION_CREDENTIALS, not a Google VM."""
+    return {"HOME": str(home), "CLOUDSDK_CONFIG": str(home / "gcloud"), "NO_GCE_CHECK": "true",
+            "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9",
+            "GOOGLE_APPLICATION_CREDENTIALS": "", "GOOGLE_CLOUD_PROJECT": ""}  # fmt: skip
+
+
+def service_account_key(folder: Path, project: str = "key-project") -> Path:
+    from parallel_engine.emulator.jwt import new_key
+
+    key_id, pem, _ = new_key()
+    path = folder / "key.json"
+    path.write_text(json.dumps({
+        "type": "service_account", "project_id": project, "private_key_id": key_id, "private_key": pem,
+        "client_email": f"runner@{project}.iam.gserviceaccount.com", "client_id": "1",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }))  # fmt: skip
+    return path

@@ -23,7 +23,7 @@ from parallel_engine.backends.gce.credentials import (
 )
 from parallel_engine.config import load_config
 from parallel_engine.errors import ConfigError, CredentialsError
-from tests.helpers import ROOT, cli
+from tests.helpers import ROOT, cli, no_credentials_env, service_account_key
 
 IMAGE = "europe-west1-docker.pkg.dev/proj/repo/app:1"
 PINNED = "europe-west1-docker.pkg.dev/proj/repo/app@sha256:" + "ab" * 32
@@ -31,13 +31,6 @@ GCE = {"BACKEND": "gce", "PROJECT_ID": "my-project", "ZONE": "europe-west1-b", "
        "IMAGE": IMAGE, "STORAGE_ENDPOINT": "http://127.0.0.1:9", "COMPUTE_ENDPOINT": "http://127.0.0.1:9",
        "CLOUDBUILD_ENDPOINT": "http://127.0.0.1:9"}  # fmt: skip
 NO_LOGIN = "gcloud auth application-default login"
-
-
-def no_credentials_env(home: Path) -> dict[str, str]:
-    """A machine where nobody logged in: no ADC file, no GOOGLE_APPLICATION_CREDENTIALS, not a Google VM."""
-    return {"HOME": str(home), "CLOUDSDK_CONFIG": str(home / "gcloud"), "NO_GCE_CHECK": "true",
-            "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9",
-            "GOOGLE_APPLICATION_CREDENTIALS": "", "GOOGLE_CLOUD_PROJECT": ""}  # fmt: skip
 
 
 @pytest.fixture
@@ -117,19 +110,6 @@ def test_help_and_config_errors_need_no_credentials(gce_dir: Path) -> None:
 
 
 # -- CREDENTIALS_FILE ----------------------------------------------------------------------------
-def service_account_key(folder: Path, project: str = "key-project") -> Path:
-    from parallel_engine.emulator.jwt import new_key
-
-    key_id, pem, _ = new_key()
-    path = folder / "key.json"
-    path.write_text(json.dumps({
-        "type": "service_account", "project_id": project, "private_key_id": key_id, "private_key": pem,
-        "client_email": f"runner@{project}.iam.gserviceaccount.com", "client_id": "1",
-        "token_uri": "https://oauth2.googleapis.com/token",
-    }))  # fmt: skip
-    return path
-
-
 def adc_file(folder: Path) -> Path:
     path = folder / "adc.json"
     path.write_text(json.dumps({"type": "authorized_user", "client_id": "c.apps.googleusercontent.com",

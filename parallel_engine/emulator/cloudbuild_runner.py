@@ -222,14 +222,17 @@ class BuildRunner:
             self.docker_env["DOCKER_HOST"] = settings.docker_host
 
     def run(self, slots: threading.Semaphore) -> None:
+        """Run the build; its terminal status is set only once its log is in the logs bucket, as
+        a client that sees SUCCESS on Google can read the whole log there."""
         record = self.record
+        end: tuple[str, str, str | None] | None = None  # (status, detail, failure type)
         try:
             with slots:
                 if record.cancel_requested.is_set() or record.status not in ACTIVE:
                     return
                 queue_ttl = parse_duration("build.queue_ttl", record.resource.get("queueTtl", "3600s"))
                 if self.injected == EXPIRED or (queue_ttl and time.monotonic() - record.created_monotonic > queue_ttl):
-                    record.finish(EXPIRED, "Build expired before it could start")
+                    end = (EXPIRED, "Build expired before it could start", None)
                     return
                 with record.lock:
                     if record.resource["status"] not in ACTIVE:
@@ -242,13 +245,14 @@ class BuildRunner:
                 if self.injected == INTERNAL_ERROR:
                     raise BuildEnded(INTERNAL_ERROR, "internal error (injected by the emulator's control API)")
                 self._run()
+                end = (SUCCESS, "", None)
         except BuildEnded as ended:
             record.log("ERROR")
             record.log(f"ERROR: {ended.detail}")
-            record.finish(ended.status, ended.detail, ended.failure_type)
+            end = (ended.status, ended.detail, ended.failure_type)
         except Exception as exc:  # a bug or a broken machine: INTERNAL_ERROR, never a hung build
             record.log(f"ERROR: internal error: {exc!r}")
-            record.finish(INTERNAL_ERROR, f"internal error: {exc}")
+            end = (INTERNAL_ERROR, f"internal error: {exc}", None)
         finally:
             remove_labelled([f"{LABEL_BUILD}={record.id}"], self.docker_env, timeouts=REMOVAL_TIMEOUTS)
             shutil.rmtree(self.workspace, ignore_errors=True)
@@ -258,6 +262,8 @@ class BuildRunner:
                 self.upload_log(record)
             except Exception as exc:  # the log bucket is best effort, as on Google
                 record.log(f"WARNING: could not write the log to the logs bucket: {exc}")
+            if end is not None:
+                record.finish(*end)
             record.done.set()
 
     def _run(self) -> None:
@@ -274,7 +280,6 @@ class BuildRunner:
             self._phase("PUSH", self._push_images)
         self._check_cancel()
         record.log("DONE")
-        record.finish(SUCCESS)
 
     def _registry_credentials(self, lifetime: float) -> None:
         """Docker's credentials for the emulator's registry, as the build's service account (a
