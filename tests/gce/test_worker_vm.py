@@ -87,7 +87,9 @@ for a in args:
         os.symlink("/etc/hostname", os.path.join(out, "host-link"))
         os.symlink("../../../../run.json", os.path.join(out, "sub dir", "climbs"))
         os.mkfifo(os.path.join(out, "pipe"))
-        open(os.path.join(out, "line\nbreak.txt"), "w").close()
+    elif a.startswith("--write="):  # an output named by what follows: "--write=line\nbreak.txt"
+        with open(os.path.join(out, a[len("--write="):]), "w") as f:
+            f.write("lost?\n")
     elif a.startswith("--exit="):
         print("exiting with", a[len("--exit="):], file=sys.stderr, flush=True)
         sys.exit(int(a[len("--exit="):]))
@@ -364,8 +366,35 @@ def test_outputs_that_are_no_regular_file_are_listed_in_skipped_never_uploaded(r
         (b"link", b"host-link", b"/etc/hostname"),
         (b"link", b"sub dir/climbs", b"../../../../run.json"),
         (b"fifo", b"pipe", b""),
-        (b"name refused here", b"line\nbreak.txt", b"a line break in its name"),
     }
+
+
+def test_an_output_whose_name_storage_refuses_fails_the_attempt_naming_the_file(run: Run) -> None:
+    # Cloud Storage refuses a line break in an object name: the file cannot be stored as named.
+    run.publish("refused", ["--write=line\nbreak.txt"])
+    run.start_vms("pe-refused")
+    run.wait_all_gone()
+    status = run.status("refused")
+    assert status is not None, run.console("pe-refused")
+    assert (status.state, status.exit_code) == (AttemptState.FAILED, 0), status
+    assert status.reason.startswith("output $'line\\nbreak.txt' could not be stored (HTTP 400)"), status.reason
+    assert "Disallowed unicode characters" in status.reason  # Storage's own message
+    assert sorted(run.outputs("refused")) == ["argv.json", "sub dir/résult.txt"]  # the others are stored
+    assert run.events() == [("refused.1", "failed")]
+
+
+def test_an_output_whose_upload_keeps_failing_fails_the_attempt_naming_the_file(run: Run) -> None:
+    run.publish("unlucky", ["--write=keep.txt"])
+    # Every try of that one upload answers 503 (http_tries of them): the file is not in the bucket.
+    run.cloud.control.fail_next(3, status=503, method="POST", path=r"keep\.txt", service="storage", caller="vm")
+    run.start_vms("pe-unlucky", http_tries=3)
+    run.wait_all_gone()
+    status = run.status("unlucky")
+    assert status is not None, run.console("pe-unlucky")
+    assert (status.state, status.exit_code) == (AttemptState.FAILED, 0), status
+    assert status.reason.startswith("output keep.txt could not be stored (HTTP 503) after 3 tries"), status.reason
+    assert "keep.txt" not in run.outputs("unlucky") and "argv.json" in run.outputs("unlucky")
+    assert run.cloud.control.pending_faults()["storage"] == 0
 
 
 def test_a_task_over_its_timeout_is_killed_and_recorded_timeout(run: Run) -> None:

@@ -198,9 +198,9 @@ gcs_get() { # KEY OUTFILE: download; 0 if found
   http GET "$PE_STORAGE/storage/v1/b/$BUCKET_ENC/o/$REPLY?alt=media" "$2"
 }
 
-gcs_put() { # KEY FILE [CONTENT_TYPE]: replace KEY with FILE's bytes (a media upload, streamed)
+gcs_put() { # KEY FILE [CONTENT_TYPE [REPLYFILE]]: replace KEY with FILE's bytes (a media upload, streamed)
   urlenc "$1"
-  http POST "$PE_STORAGE/upload/storage/v1/b/$BUCKET_ENC/o?uploadType=media&name=$REPLY" /dev/null \
+  http POST "$PE_STORAGE/upload/storage/v1/b/$BUCKET_ENC/o?uploadType=media&name=$REPLY" "${4:-/dev/null}" \
     -T "$2" -H 'Expect:' -H "Content-Type: ${3:-application/octet-stream}"
 }
 
@@ -386,22 +386,38 @@ upload_logs() { # [final]: the container's stdout/stderr so far (only what chang
   done
 }
 
+# Every regular file under the output folder, one object each. An output that cannot be stored
+# (a name Storage refuses, an upload failing after its retries, a file gone before it was sent)
+# is never dropped silently: the first such file's reason goes to $A/lost, and finish() turns a
+# success into `failed` with it.
 upload_outputs() {
-  local file rel
+  local file rel quoted
   : >"$A/skipped"
+  : >"$A/lost"
   while IFS= read -r -d '' file; do
     rel=${file#"$A/outputs/"}
-    if [[ $rel == *$'\n'* || $rel == *$'\r'* ]]; then
-      log "not uploading an output whose name has a line break (Storage refuses it)"
-      printf 'name refused here\0%s\0a line break in its name\0' "$rel" >>"$A/skipped"
-      continue
+    if gcs_put "${KEYBASE}outputs/$rel" "$file" "" "$A/upload.reply"; then continue; fi
+    printf -v quoted '%q' "$rel"
+    log "upload of output $quoted failed (HTTP $HTTP_CODE)"
+    if [[ ! -s $A/lost ]]; then
+      storage_message "$A/upload.reply"
+      if ((HTTP_TRIES > 1)); then REPLY="after $HTTP_TRIES tries${REPLY:+: $REPLY}"; fi
+      printf 'output %s could not be stored (HTTP %s)%s' "$quoted" "$HTTP_CODE" "${REPLY:+ $REPLY}" >"$A/lost"
     fi
-    gcs_put "${KEYBASE}outputs/$rel" "$file" || log "upload of output $rel failed"
   done < <(find "$A/outputs" -type f -print0)
   list_skipped >>"$A/skipped"
-  if [[ -s $A/skipped ]]; then
-    gcs_put "${KEYBASE}skipped" "$A/skipped" || log "upload of the list of skipped outputs failed"
+  if [[ -s $A/skipped ]] && ! gcs_put "${KEYBASE}skipped" "$A/skipped"; then
+    log "upload of the list of skipped outputs failed"
+    if [[ ! -s $A/lost ]]; then
+      printf 'the list of skipped outputs could not be stored (HTTP %s)' "$HTTP_CODE" >"$A/lost"
+    fi
   fi
+  : >"$A/outputs.done"
+}
+
+# The message of a Storage error reply in file $1 (JSON), or "" (no jq on COS: grep).
+storage_message() {
+  REPLY=$(grep -o '"message": *"[^"\\]*"' "$1" 2>/dev/null | head -n 1 | sed 's/^"message": *"//; s/"$//') || REPLY=""
 }
 
 # Entries of the outputs folder that are neither files nor folders are never read or followed;
@@ -425,13 +441,21 @@ list_skipped() {
 
 # finish STATE EXIT_CODE REASON: logs, outputs, status.json, then the event marker.
 finish() {
-  local state=$1 code=${2:-null} reason=$3 finished stamp worker task
+  local state=$1 code=${2:-null} reason=$3 finished stamp worker task shown
   finished=$EPOCHREALTIME
   upload_logs final
   # Outputs may be large: uploaded in the background (ignoring the shutdown's SIGTERM, the VM
   # gives ~30 s) while the heartbeat goes on.
   (trap '' TERM; upload_outputs) &
   wait_pid "$!" keep || true
+  if [[ $state == succeeded ]]; then
+    if [[ -s $A/lost ]]; then
+      state=failed reason=$(<"$A/lost")
+    elif [[ ! -e $A/outputs.done ]]; then
+      state=failed reason="the upload of the outputs stopped before every file was stored"
+    fi
+  fi
+  shown=$reason
   if ((${#reason} > 2000)); then
     reason=${reason:0:2000}
     while [[ $reason == *[$'\x80'-$'\xff'] ]]; do reason=${reason%?}; done  # no cut UTF-8 sequence
@@ -448,7 +472,7 @@ finish() {
   gcs_put "${KEYBASE}status.json" "$A/status.json" application/json || log "could not write status.json for $TASK.$ATTEMPT"
   printf -v stamp '%017.6f' "$EPOCHREALTIME"
   gcs_put_text "${RUN_KEY}events/$stamp-$TASK.$ATTEMPT" "$state" || log "could not write the event for $TASK.$ATTEMPT"
-  log "$TASK.$ATTEMPT: $state${2:+ (exit code $2)}${3:+: $3}"
+  log "$TASK.$ATTEMPT: $state${2:+ (exit code $2)}${shown:+: $shown}"
 }
 
 # stop the container: `docker stop` (SIGTERM, then SIGKILL after PE_STOP_GRACE_S), or kill.
