@@ -1,0 +1,86 @@
+"""`python -m parallel_engine.worker SETTINGS.json`: the VM worker (docs/worker-protocol.md).
+
+SETTINGS.json holds the fields of WorkerSettings as JSON (data, never code). The VM's identity,
+token and preemption come from its metadata server; Storage through google-cloud-storage; the
+task containers through the Docker engine DOCKER_HOST names (else /var/run/docker.sock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from parallel_engine.backends.gce.startup import WorkerSettings
+
+
+def load_settings(text: str) -> WorkerSettings:
+    """WorkerSettings from JSON; lists become the tuples the dataclass holds; unknown keys refused."""
+    data: dict[str, Any] = json.loads(text)
+    known = {f.name for f in fields(WorkerSettings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown worker settings: {', '.join(unknown)}")
+    if data.get("tasks") is not None:
+        data["tasks"] = tuple((str(task), int(attempt)) for task, attempt in data["tasks"])
+    if "docker_args" in data:
+        data["docker_args"] = tuple(data["docker_args"])
+    return WorkerSettings(**data)
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} parallel-engine-worker: {message}",
+          file=sys.stderr, flush=True)
+
+
+def main(argv: list[str]) -> int:
+    from google.cloud import storage
+
+    from parallel_engine.worker import metadata
+    from parallel_engine.worker.bucket import WorkerBucket
+    from parallel_engine.worker.loop import Signals, Worker
+
+    settings = load_settings(Path(argv[0]).read_text() if argv else os.environ["PE_WORKER_SETTINGS"])
+    signals = Signals(preempted_now=metadata.preempted_now)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: signals.terminating.set())
+    name = metadata.get("instance/name")
+    creds = metadata.credentials()
+    stop_watch = threading.Event()
+    threading.Thread(target=metadata.watch_preemption, args=(signals.preempted, stop_watch), daemon=True).start()
+    client = storage.Client(project="-", credentials=creds, client_options={"api_endpoint": settings.storage_endpoint})
+    bucket = WorkerBucket(client, settings.bucket, settings.prefix, settings.http_tries,
+                          settings.retry_base_s, settings.retry_max_s)
+    base = os.environ.get("TMPDIR") or settings.work_dir or None
+    if base:
+        Path(base).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="worker.", dir=base))
+    worker = Worker(settings, bucket, name, work, signals,
+                    delete_self=lambda: metadata.delete_own_vm(settings.compute_endpoint, name, creds),
+                    env=dict(os.environ), log=log)
+    log(f"run {settings.run_id}, image {settings.image}, store gs://{settings.bucket}/{settings.prefix}, work folder {work}")
+    try:
+        worker.run()
+        return 0
+    except Exception:  # noqa: BLE001 - a worker that dies must not leave its VM idling
+        log("the worker stopped unexpectedly:\n" + traceback.format_exc())
+        if settings.self_delete and not signals.terminating.is_set():
+            try:
+                metadata.delete_own_vm(settings.compute_endpoint, name, creds)
+            except Exception as exc:  # noqa: BLE001 - maxRunDuration is the net
+                log(f"self-delete failed ({exc}): maxRunDuration will delete this VM")
+        return 1
+    finally:
+        stop_watch.set()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

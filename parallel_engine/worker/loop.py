@@ -1,0 +1,374 @@
+"""The VM worker: pick attempts, run each in a container, write what docs/worker-protocol.md says.
+
+The container's lifecycle (labels, argv as data, PE_* env, outputs mount, log following, exit
+code, OOM reason, "did our kill stop it?") is the local docker runtime's own (runtimes/docker.py):
+this module only adds what a VM needs around it (claims, heartbeat, preemption, the bucket).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from parallel_engine.backends.gce.startup import WorkerSettings
+from parallel_engine.errors import BackendError
+from parallel_engine.model import AttemptState, AttemptStatus
+from parallel_engine.nofollow import walk
+from parallel_engine.protocol import (
+    ARGV,
+    COMMAND,
+    CONTAINER_OUTPUT_DIR,
+    EVENTS,
+    HEARTBEAT,
+    OUTPUTS,
+    SKIPPED,
+    STATUS_JSON,
+    STDERR_LOG,
+    STDOUT_LOG,
+    WORKERS,
+    attempt_env,
+    attempt_prefix,
+    decode_argv,
+    event_name,
+    parse_attempt,
+    run_prefix,
+)
+from parallel_engine.runtimes.base import AttemptSpec
+from parallel_engine.runtimes.docker import DockerAttempt, DockerRuntime, image_exists
+from parallel_engine.worker.bucket import WorkerBucket
+
+TICK_S = 0.05  # how often a running attempt's deadline, preemption and logs are looked at
+REASON_MAX = 2000
+FORWARDED_ENV = ("GCE_METADATA_HOST", "GCE_METADATA_IP")  # tasks call Google as the VM's account
+
+
+def shown(name: str) -> str:
+    """A file name as one printable token (bash's `%q` style for names with control characters)."""
+    if name.isprintable() and "'" not in name and " " not in name:
+        return name
+    if name.isprintable():
+        return "'" + name.replace("'", "'\\''") + "'"
+    escaped = "".join(ch if ch.isprintable() and ch not in "'\\" else
+                      {"\n": "\\n", "\r": "\\r", "\t": "\\t", "'": "\\'", "\\": "\\\\"}.get(ch, f"\\x{ord(ch):02x}")
+                      for ch in name)
+    return f"$'{escaped}'"
+
+
+@dataclass
+class Signals:
+    """What the outside world tells the worker: the VM is being preempted, or shut down."""
+
+    preempted: threading.Event = field(default_factory=threading.Event)
+    terminating: threading.Event = field(default_factory=threading.Event)
+    preempted_now: Callable[[], bool] = lambda: False
+
+
+class Worker:
+    """One VM's worker for one run. `delete_self` is called when the work is over (self_delete)."""
+
+    def __init__(self, settings: WorkerSettings, bucket: WorkerBucket, name: str, work: Path,
+                 signals: Signals | None = None, delete_self: Callable[[], None] | None = None,
+                 env: dict[str, str] | None = None, log: Callable[[str], None] = print) -> None:
+        self.s = settings
+        self.bucket = bucket
+        self.name = name
+        self.work = work
+        self.signals = signals or Signals()
+        self.delete_self = delete_self
+        self.env = dict(env or {})
+        self.log = log
+        self.runtime = DockerRuntime(settings.image, network=settings.docker_network)
+        self.record = "-"
+        self.running: tuple[str, int] | None = None
+        self.stop_all = False
+        self.image_error: str | None = None
+        self.image_ready = settings.pull_policy == "never"
+        self.won = self.taken = 0
+        self._record_lock = threading.Lock()
+        self._done = threading.Event()
+
+    # -- the whole life of the worker ---------------------------------------------------------
+    def run(self) -> None:
+        self.write_record("-")
+        beater = threading.Thread(target=self._beat, name="beater", daemon=True)
+        beater.start()
+        try:
+            if self.s.tasks is not None:
+                self._run_rendered(self.s.tasks)
+            else:
+                self._run_claiming()
+        finally:
+            self._done.set()
+            beater.join(5)
+            self.runtime.close()
+        self.log(f"claimed {self.won} attempt(s); {self.taken} were taken by other workers first")
+        if self.signals.terminating.is_set():
+            self.log("the VM is shutting down: exiting")
+        elif self.s.self_delete and self.delete_self is not None:
+            self.log(f"work done: deleting this VM ({self.name})")
+            self.delete_self()
+
+    def _over(self) -> bool:
+        return self.stop_all or self.signals.terminating.is_set() or self.signals.preempted.is_set()
+
+    def _run_rendered(self, tasks: tuple[tuple[str, int], ...]) -> None:
+        for task_id, attempt in tasks:
+            if self._over():
+                return
+            if self.bucket.claim(self.s.run_id, task_id, attempt, self.name):
+                self.won += 1
+                self.run_attempt(task_id, attempt)
+            else:
+                self.taken += 1
+                self.log(f"{task_id}.{attempt}: claimed by another worker")
+
+    def _run_claiming(self) -> None:
+        taken: set[str] = set()
+        cursor = ""
+        idle_since: float | None = None
+        while not self._over():
+            picked = self._sweep(cursor, taken)
+            if picked is not None:
+                cursor = picked
+                idle_since = None
+                continue
+            if cursor:
+                cursor = ""  # wrap around once before calling it idle
+                continue
+            now = time.monotonic()
+            idle_since = idle_since if idle_since is not None else now
+            if now - idle_since >= self.s.idle_s:
+                return
+            self.signals.terminating.wait(self.s.poll_s)
+
+    def _sweep(self, start: str, taken: set[str]) -> str | None:
+        """Claim and run the first claimable attempt from `start` on; its name, or None."""
+        for name in self.bucket.open_attempts(self.s.run_id, start, self.s.list_page_size):
+            parsed = parse_attempt(name)
+            if parsed is None or name in taken:
+                continue
+            self.write_record(name)  # before the claim: the orchestrator reads one claim per VM
+            taken.add(name)
+            if self.bucket.claim(self.s.run_id, *parsed, self.name):
+                self.won += 1
+                self.run_attempt(*parsed)
+                return name
+            self.taken += 1
+            if self._over():
+                return None
+        return None
+
+    # -- record and heartbeat -----------------------------------------------------------------
+    def write_record(self, text: str) -> None:
+        with self._record_lock:
+            self.record = text
+            self.bucket.put(run_prefix(self.s.run_id) + WORKERS + self.name, text.encode(), "text/plain")
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.s.heartbeat_s):
+            try:
+                with self._record_lock:
+                    self.bucket.put(run_prefix(self.s.run_id) + WORKERS + self.name, self.record.encode(), "text/plain")
+                running = self.running
+                if running is not None:
+                    self._heartbeat(*running)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried at the next one
+                self.log(f"heartbeat failed: {exc}")
+
+    def _heartbeat(self, task_id: str, attempt: int) -> None:
+        key = attempt_prefix(self.s.run_id, task_id, attempt) + HEARTBEAT
+        self.bucket.put(key, f"{time.time():.6f}".encode(), "text/plain")
+
+    # -- one attempt --------------------------------------------------------------------------
+    def ensure_image(self) -> bool:
+        if self.image_ready:
+            return True
+        if self.image_error is not None:
+            return False
+        client = self.runtime.client
+        if self.s.pull_policy == "if-missing" and image_exists(self.s.image, client):
+            self.image_ready = True
+            return True
+        for tried in range(1, self.s.pull_tries + 1):
+            self.log(f"pulling {self.s.image} (try {tried} of {self.s.pull_tries})")
+            try:
+                client.images.pull(self.s.image)
+                self.image_ready = True
+                return True
+            except Exception as exc:  # noqa: BLE001 - the registry's words go into the record
+                self.image_error = str(getattr(exc, "explanation", None) or exc)
+                self.log(f"pull failed: {self.image_error}")
+            if tried < self.s.pull_tries and not self.signals.terminating.is_set():
+                self.bucket.backoff(tried)
+        return False
+
+    def run_attempt(self, task_id: str, attempt: int) -> None:
+        self.running = (task_id, attempt)
+        try:
+            self._attempt(task_id, attempt)
+        finally:
+            self.running = None
+
+    def _attempt(self, task_id: str, attempt: int) -> None:
+        started = time.time()
+        folder = self.work / "attempts" / f"{task_id}.{attempt}"
+        outputs = folder / "outputs"
+        outputs.mkdir(parents=True, exist_ok=True)
+        outputs.chmod(0o777)  # the image's user may not be root
+        self.log(f"{task_id}.{attempt}: claimed")
+        self._heartbeat(task_id, attempt)
+        end = _End(self, task_id, attempt, started, folder)
+        if not self.ensure_image():
+            if self.signals.terminating.is_set():
+                self.stop_all = True
+                if self.signals.preempted.is_set() or self.signals.preempted_now():
+                    end.finish(AttemptState.PREEMPTED, None, "the VM was preempted before the image was pulled")
+                return
+            (folder / STDERR_LOG).write_text(self.image_error or "")
+            end.finish(AttemptState.INFRA, None, f"image pull failed: {self.image_error}")
+            self.stop_all = True  # an image this VM cannot pull fails every attempt
+            return
+        prefix = run_prefix(self.s.run_id)
+        raw, full = self.bucket.get(prefix + COMMAND + task_id), True
+        if raw is None:
+            raw, full = self.bucket.get(prefix + ARGV + task_id), False
+        if raw is None:
+            end.finish(AttemptState.INFRA, None, "cannot read the task's argv from the bucket")
+            return
+        spec = AttemptSpec(
+            run_id=self.s.run_id, task_id=task_id, attempt=attempt, argv=tuple(decode_argv(raw)),
+            command_override=full,
+            env={**{k: v for k, v in self.env.items() if k in FORWARDED_ENV},
+                 **attempt_env(self.s.run_id, task_id, attempt, CONTAINER_OUTPUT_DIR)},
+            output_dir=outputs, stdout_path=folder / STDOUT_LOG, stderr_path=folder / STDERR_LOG,
+            timeout_s=self.s.task_timeout_s,
+        )
+        try:
+            running = self.runtime.start(spec)
+        except BackendError as exc:
+            state = AttemptState.FAILED if "did not start" in str(exc) or "command is empty" in str(exc) else AttemptState.INFRA
+            end.finish(state, None, str(exc))
+            return
+        self._follow(running, end)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def _follow(self, running: DockerAttempt, end: _End) -> None:
+        """Wait for the container: deadline (monotonic), preemption, shutdown, live logs."""
+        deadline = None if self.s.task_timeout_s is None else time.monotonic() + self.s.task_timeout_s
+        next_logs = time.monotonic() + self.s.log_interval_s
+        stopping = timed_out = preempted = False
+        code = running.wait(0)
+        while code is None:
+            now = time.monotonic()
+            if not stopping:
+                if self.signals.preempted.is_set() or self.signals.terminating.is_set():
+                    preempted = self.signals.preempted.is_set()
+                    stopping = True
+                    threading.Thread(target=_stop, args=(running, self.s.stop_grace_s), daemon=True).start()
+                elif deadline is not None and now >= deadline:
+                    timed_out = stopping = True
+                    self.log(f"{end.task_id}.{end.attempt}: timed out after {self.s.task_timeout_s:g} s: killing the container")
+                    threading.Thread(target=running.kill, daemon=True).start()
+            if now >= next_logs:
+                end.upload_logs()
+                next_logs = now + self.s.log_interval_s
+            code = running.wait(TICK_S)
+        terminating = self.signals.terminating.is_set()
+        if not preempted and terminating and code != 0:
+            preempted = self.signals.preempted.is_set() or self.signals.preempted_now()
+        if code == 0:
+            end.finish(AttemptState.SUCCEEDED, 0, "")
+        elif timed_out and running.killed():
+            end.finish(AttemptState.TIMEOUT, code, f"timed out after {self.s.task_timeout_s:g} s")
+        elif preempted:
+            end.finish(AttemptState.PREEMPTED, code, "the VM was preempted")
+        elif terminating:
+            end.upload_logs()  # deleted or stopped: the orchestrator says lost or cancelled
+            self.log(f"{end.task_id}.{end.attempt}: the VM is shutting down: no status written")
+        else:
+            end.finish(AttemptState.FAILED, code, running.exit_reason() or f"exit code {code}")
+        if terminating or preempted:
+            self.stop_all = True
+
+
+def _stop(running: DockerAttempt, grace: int) -> None:
+    """`docker stop`: SIGTERM, then SIGKILL after `grace` seconds (the VM is going away)."""
+    with contextlib.suppress(Exception):  # gone already: the waiter reports the exit
+        running.container.stop(timeout=grace)
+
+
+class _End:
+    """Writing one attempt's end: logs, outputs, status.json, then the event (in that order)."""
+
+    def __init__(self, worker: Worker, task_id: str, attempt: int, started: float, folder: Path) -> None:
+        self.w = worker
+        self.task_id = task_id
+        self.attempt = attempt
+        self.started = started
+        self.folder = folder
+        self.key = attempt_prefix(worker.s.run_id, task_id, attempt)
+        self._sizes: tuple[int, int] | None = None
+
+    def upload_logs(self, final: bool = False) -> None:
+        """Both logs, whole, when they grew since the last upload (always when `final`)."""
+        paths = [self.folder / STDOUT_LOG, self.folder / STDERR_LOG]
+        sizes = tuple(p.stat().st_size if p.exists() else 0 for p in paths)
+        if not final and sizes == self._sizes:
+            return
+        self._sizes = (sizes[0], sizes[1])
+        for path in paths:
+            data = path.read_bytes() if path.exists() else b""
+            try:
+                self.w.bucket.put(self.key + path.name, data, "text/plain; charset=utf-8")
+            except Exception as exc:  # noqa: BLE001 - logs are best effort; the record is not
+                self.w.log(f"upload of {path.name} failed: {exc}")
+
+    def upload_outputs(self) -> str:
+        """Every regular file; links and special files listed in `skipped`. Returns "" or why an
+        output could not be stored (the first such file, named)."""
+        outputs = self.folder / "outputs"
+        files, odd = walk(str(outputs), "", "")
+        results = self.w.bucket.put_files([(self.key + OUTPUTS + rel, outputs / rel) for rel in files])
+        lost = ""
+        for rel, failure in zip(files, results, strict=True):
+            if failure is not None:
+                self.w.log(f"upload of output {shown(rel)} failed: {failure}")
+                lost = lost or f"output {shown(rel)} could not be stored: {_message(failure)}"
+        if odd:
+            listed = b"".join(f"{s.kind}\0{s.key}\0{s.detail}\0".encode("utf-8", "surrogateescape") for s in odd)
+            try:
+                self.w.bucket.put(self.key + SKIPPED, listed)
+            except Exception as exc:  # noqa: BLE001 - judged below like an output
+                lost = lost or f"the list of skipped outputs could not be stored: {_message(exc)}"
+        return lost
+
+    def finish(self, state: AttemptState, code: int | None, reason: str) -> None:
+        self.upload_logs(final=True)
+        lost = self.upload_outputs()
+        if lost and state == AttemptState.SUCCEEDED:
+            state, reason = AttemptState.FAILED, lost
+        if len(reason) > REASON_MAX:
+            reason = reason[:REASON_MAX] + "..."
+        status = AttemptStatus(self.task_id, self.attempt, state, code, self.started, time.time(), self.w.name, reason)
+        bucket, run_id = self.w.bucket, self.w.s.run_id
+        try:
+            bucket.put(self.key + STATUS_JSON, json.dumps(status.to_json()).encode(), "application/json")
+            bucket.put(run_prefix(run_id) + EVENTS + event_name(time.time(), self.task_id, self.attempt),
+                       str(state).encode(), "text/plain")
+        except Exception as exc:  # noqa: BLE001 - no record: the orchestrator calls the attempt lost
+            self.w.log(f"could not write the record of {self.task_id}.{self.attempt}: {exc}")
+        self.w.log(f"{self.task_id}.{self.attempt}: {state}" + (f" (exit code {code})" if code is not None else "")
+                   + (f": {reason}" if reason else ""))
+
+
+def _message(exc: BaseException) -> str:
+    """A Storage failure in one line: its HTTP code and message when it has them."""
+    code = getattr(exc, "code", None)
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return f"HTTP {code}: {message}" if isinstance(code, int) else message

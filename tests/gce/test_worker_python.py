@@ -1,0 +1,280 @@
+"""The Python VM worker (parallel_engine.worker) in-process: the emulator's Storage (fake-gcs-server
+behind its proxy) as the bucket, the local Docker engine for the task containers, no VM.
+
+Each test plays the orchestrator's part of docs/worker-protocol.md with google-cloud-storage and
+reads back what the worker wrote. The task image is the base image itself, each task a full
+command (`python -c ...`), so nothing is built.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.api_core.exceptions import NotFound
+
+from parallel_engine.backends.gce.startup import WorkerSettings
+from parallel_engine.model import AttemptState, AttemptStatus
+from parallel_engine.protocol import argv_key, command_key, encode_argv, heartbeat_key, open_key
+from parallel_engine.worker.__main__ import load_settings
+from parallel_engine.worker.bucket import WorkerBucket
+from parallel_engine.worker.loop import Signals, Worker, shown
+from tests.emulator.emulator_helpers import Clients, wait_for
+
+pytestmark = [pytest.mark.emulator, pytest.mark.docker]
+
+RUN = "20250101-000000-pywrk"
+IMAGE = "python:3.11-slim"
+
+# A task: prints to both streams, writes out.txt (and what `--write=NAME` names), sleeps, exits.
+TASK = r"""
+import os, sys, time
+out = os.environ["PE_OUTPUT_DIR"]
+print("started", os.environ["PE_TASK_ID"], os.environ["PE_ATTEMPT"], flush=True)
+print("to stderr", file=sys.stderr, flush=True)
+open(os.path.join(out, "out.txt"), "w").write(os.environ["PE_TASK_ID"])
+for a in sys.argv[1:]:
+    if a.startswith("--write="):
+        open(os.path.join(out, a[len("--write="):]), "w").write("keep me")
+    elif a == "--link":
+        os.symlink("/etc/hostname", os.path.join(out, "host-link"))
+    elif a.startswith("--sleep="):
+        time.sleep(float(a[len("--sleep="):]))
+    elif a.startswith("--exit="):
+        sys.exit(int(a[len("--exit="):]))
+print("done", flush=True)
+"""
+
+
+@dataclass
+class Side:
+    """The orchestrator's side and the worker under test, over one emulator."""
+
+    clients: Clients
+    work: Path
+    lines: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    @property
+    def bucket(self) -> Any:
+        return self.clients.storage.bucket(self.clients.cloud.bucket)
+
+    def publish(self, task_id: str, *args: str, attempt: int = 1, claimable: bool = True) -> None:
+        command = ["python", "-c", TASK, *args]
+        self.bucket.blob(command_key(RUN, task_id)).upload_from_string(encode_argv(command))
+        if claimable:
+            self.bucket.blob(open_key(RUN, task_id, attempt)).upload_from_string(b"")
+
+    def worker(self, name: str = "w1", signals: Signals | None = None, **overrides: Any) -> Worker:
+        values: dict[str, Any] = dict(
+            run_id=RUN, bucket=self.clients.cloud.bucket, image=IMAGE, pull_policy="never",
+            storage_endpoint=self.clients.cloud.storage_endpoint, heartbeat_s=0.2, log_interval_s=0.2,
+            poll_s=0.1, idle_s=0.3, stop_grace_s=1, http_tries=3, retry_base_s=0.05, retry_max_s=0.4,
+        )
+        values.update(overrides)
+        settings = WorkerSettings(**values)
+        bucket = WorkerBucket(self.clients.storage, settings.bucket, settings.prefix, settings.http_tries,
+                              settings.retry_base_s, settings.retry_max_s)
+        return Worker(settings, bucket, name, self.work / name, signals,
+                      delete_self=lambda: self.deleted.append(name), log=self.lines.append)
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            return bytes(self.bucket.blob(key).download_as_bytes())
+        except NotFound:
+            return None
+
+    def status(self, task_id: str, attempt: int = 1) -> AttemptStatus | None:
+        raw = self.read(f"runs/{RUN}/tasks/{task_id}/{attempt}/status.json")
+        return None if raw is None else AttemptStatus.from_json(json.loads(raw))
+
+    def names(self, under: str) -> list[str]:
+        prefix = f"runs/{RUN}/{under}"
+        return sorted(b.name[len(prefix):] for b in self.clients.storage.list_blobs(self.bucket, prefix=prefix))
+
+    def outputs(self, task_id: str, attempt: int = 1) -> dict[str, bytes]:
+        prefix = f"tasks/{task_id}/{attempt}/outputs/"
+        return {name: self.read(f"runs/{RUN}/{prefix}{name}") or b"" for name in self.names(prefix)}
+
+    def log(self, task_id: str, stream: str = "stdout") -> str:
+        return (self.read(f"runs/{RUN}/tasks/{task_id}/1/{stream}.log") or b"").decode()
+
+
+@pytest.fixture
+def side(clients: Clients, docker_engine: Any, base_image: str, tmp_path: Path) -> Iterator[Side]:
+    yield Side(clients, tmp_path)
+
+
+def test_the_worker_claims_runs_and_records_every_open_attempt_then_deletes_its_vm(side: Side) -> None:
+    for task in ("a", "b", "c"):
+        side.publish(task, "--link")
+    side.worker(list_page_size=2).run()
+    for task in ("a", "b", "c"):
+        status = side.status(task)
+        assert status is not None, side.lines
+        assert (status.state, status.exit_code, status.reason, status.worker) == (AttemptState.SUCCEEDED, 0, "", "w1")
+        assert status.started_at is not None and status.finished_at is not None and status.started_at <= status.finished_at
+        assert side.read(f"runs/{RUN}/claims/{task}.1") == b"w1"
+        assert side.log(task).splitlines() == [f"started {task} 1", "done"]
+        assert side.log(task, "stderr") == "to stderr\n"
+        assert side.outputs(task) == {"out.txt": task.encode()}
+        assert side.read(f"runs/{RUN}/tasks/{task}/1/skipped") == b"link\0host-link\0/etc/hostname\0"
+        assert float(side.read(heartbeat_key(RUN, task, 1)) or 0) >= status.started_at
+    assert sorted(name.split("-", 1)[1] for name in side.names("events/")) == ["a.1", "b.1", "c.1"]
+    assert side.read(f"runs/{RUN}/workers/w1") == b"c.1"  # the attempt it claimed last
+    assert side.deleted == ["w1"]
+
+
+def test_rendered_attempts_are_claimed_first_and_one_claimed_elsewhere_is_not_run(side: Side) -> None:
+    side.publish("mine", claimable=False)
+    side.publish("theirs", claimable=False)
+    side.bucket.blob(f"runs/{RUN}/claims/theirs.1").upload_from_string(b"someone-else")
+    side.worker(tasks=(("theirs", 1), ("mine", 1))).run()
+    assert side.status("mine") is not None and side.status("theirs") is None
+    assert side.names("tasks/theirs/") == []
+    assert side.read(f"runs/{RUN}/workers/w1") == b"-"
+
+
+def test_a_claim_of_this_vms_name_from_before_is_not_taken_as_ours(side: Side) -> None:
+    # A 412 on the first try is never ours, even holding our name (the VM booted again).
+    side.publish("again", claimable=False)
+    side.bucket.blob(f"runs/{RUN}/claims/again.1").upload_from_string(b"w1")
+    side.worker(tasks=(("again", 1),)).run()
+    assert side.status("again") is None
+
+
+def test_a_failing_task_is_failed_with_its_exit_code(side: Side) -> None:
+    side.publish("bad", "--exit=3")
+    side.worker().run()
+    status = side.status("bad")
+    assert status is not None
+    assert (status.state, status.exit_code, status.reason) == (AttemptState.FAILED, 3, "exit code 3")
+
+
+def test_a_task_over_its_timeout_is_killed_and_recorded_timeout(side: Side) -> None:
+    side.publish("slow", "--sleep=60")
+    side.worker(task_timeout_s=1.0).run()
+    status = side.status("slow")
+    assert status is not None
+    assert (status.state, status.exit_code, status.reason) == (AttemptState.TIMEOUT, 137, "timed out after 1 s")
+    assert status.duration_s is not None and status.duration_s < 30
+
+
+def test_live_logs_and_heartbeat_reach_the_bucket_while_the_task_runs(side: Side) -> None:
+    side.publish("chatty", "--sleep=3")
+    worker = side.worker()
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_for(lambda: "started chatty 1" in side.log("chatty"), timeout=30, what="live stdout")
+        assert side.status("chatty") is None
+        beat = side.read(heartbeat_key(RUN, "chatty", 1))
+        wait_for(lambda: side.read(heartbeat_key(RUN, "chatty", 1)) != beat, timeout=10, what="a new heartbeat")
+    finally:
+        thread.join(60)
+    assert side.log("chatty").splitlines() == ["started chatty 1", "done"]
+
+
+def test_a_preemption_stops_the_container_and_records_preempted(side: Side) -> None:
+    side.publish("long", "--sleep=120", "--exit=0")
+    signals = Signals()
+    worker = side.worker(signals=signals)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    wait_for(lambda: "started long 1" in side.log("long"), timeout=30, what="the task to start")
+    signals.preempted.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    status = side.status("long")
+    assert status is not None and (status.state, status.reason) == (AttemptState.PREEMPTED, "the VM was preempted")
+    assert side.deleted == ["w1"]  # the worker ends; Google deletes a preempted VM, this one asks too
+
+
+def test_a_shutdown_without_preemption_keeps_the_logs_and_writes_no_status(side: Side) -> None:
+    side.publish("doomed", "--sleep=120")
+    signals = Signals()
+    thread = threading.Thread(target=side.worker(signals=signals).run)
+    thread.start()
+    wait_for(lambda: "started doomed 1" in side.log("doomed"), timeout=30, what="the task to start")
+    signals.terminating.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert side.status("doomed") is None and side.names("events/") == []
+    assert "started doomed 1" in side.log("doomed")
+    assert side.deleted == []  # the VM is going away already
+
+
+# -- never lose an output silently ------------------------------------------------------------
+def test_an_output_whose_name_storage_refuses_fails_the_attempt_naming_the_file(side: Side) -> None:
+    side.publish("refused", "--write=line\nbreak.txt")
+    side.worker().run()
+    status = side.status("refused")
+    assert status is not None
+    assert (status.state, status.exit_code) == (AttemptState.FAILED, 0)
+    assert status.reason.startswith("output $'line\\nbreak.txt' could not be stored: HTTP 400"), status.reason
+    assert side.outputs("refused") == {"out.txt": b"refused"}  # the others are stored
+
+
+def test_an_output_whose_upload_keeps_failing_fails_the_attempt_naming_the_file(side: Side) -> None:
+    # The emulator can fail a call by its URL only, and an upload of a small file names its object in
+    # the body: here that one file's upload fails as google-cloud-storage raises it once its retries
+    # are spent (the bash worker's test injects the 503s into the emulator itself).
+    from google.api_core.exceptions import ServiceUnavailable
+
+    side.publish("unlucky", "--write=keep.txt")
+    worker = side.worker()
+    real_blob = worker.bucket._blob
+
+    def failing_blob(key: str) -> Any:
+        blob = real_blob(key)
+        if key.endswith("/keep.txt"):
+            def unavailable(*args: Any, **kwargs: Any) -> None:
+                raise ServiceUnavailable("Backend Error")
+            blob._handle_filename_and_upload = unavailable  # what transfer_manager calls per file
+        return blob
+
+    worker.bucket._blob = failing_blob  # type: ignore[method-assign]
+    worker.run()
+    status = side.status("unlucky")
+    assert status is not None
+    assert (status.state, status.exit_code) == (AttemptState.FAILED, 0)
+    assert status.reason == "output keep.txt could not be stored: HTTP 503: Backend Error", status.reason
+    assert side.outputs("unlucky") == {"out.txt": b"unlucky"}
+
+
+def test_an_output_that_vanishes_before_its_upload_fails_the_attempt_naming_the_file(side: Side) -> None:
+    side.publish("vanish", "--write=gone.txt")
+    worker = side.worker()
+    upload = worker.bucket.put_files
+
+    def removing_first(pairs: list[tuple[str, Path]]) -> list[BaseException | None]:
+        for key, path in pairs:
+            if key.endswith("/gone.txt"):
+                path.unlink()  # gone between the listing of the outputs and their upload
+        return upload(pairs)
+
+    worker.bucket.put_files = removing_first  # type: ignore[method-assign]
+    worker.run()
+    status = side.status("vanish")
+    assert status is not None
+    assert status.state == AttemptState.FAILED and status.reason.startswith("output gone.txt could not be stored")
+
+
+def test_file_names_are_shown_as_one_printable_token() -> None:
+    assert shown("plain.txt") == "plain.txt"
+    assert shown("a b") == "'a b'"
+    assert shown("line\nbreak") == "$'line\\nbreak'"
+    assert shown("it's\r") == "$'it\\'s\\r'"
+
+
+def test_settings_arrive_as_json_and_unknown_keys_are_refused() -> None:
+    settings = load_settings(json.dumps({"run_id": RUN, "bucket": "pe-bucket", "image": IMAGE, "tasks": [["t", 2]]}))
+    assert settings.tasks == (("t", 2),)
+    with pytest.raises(ValueError, match="unknown worker settings: nope"):
+        load_settings(json.dumps({"run_id": RUN, "bucket": "pe-bucket", "image": IMAGE, "nope": 1}))
+    assert argv_key(RUN, "t")  # the protocol's keys, never retyped here
