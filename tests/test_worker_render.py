@@ -78,6 +78,13 @@ VARIANTS = {
     ),
 }
 
+WORKER_IMAGE = "us-docker.pkg.dev/my-project/pe/parallel-engine-worker@sha256:" + "cd" * 32
+SHORT = {  # the short start-up script, which runs the Python worker in WORKER_IMAGE
+    "short-claim": replace(CLAIM, worker_image=WORKER_IMAGE),
+    "short-one-task": replace(RENDERED, tasks=(("task-b", 2),), docker_args=(), worker_image=WORKER_IMAGE),
+}
+VARIANTS.update(SHORT)
+
 
 def _shellcheck() -> str:
     """shellcheck, or a skip; under CI (CI=true) a missing shellcheck fails: CI must lint the script."""
@@ -90,7 +97,8 @@ def _shellcheck() -> str:
     return found
 
 
-@pytest.mark.parametrize("name,settings", [("claim", CLAIM), ("rendered", RENDERED)])
+@pytest.mark.parametrize("name,settings", [("claim", CLAIM), ("rendered", RENDERED),
+                                           ("short-one-task", SHORT["short-one-task"])])
 def test_rendered_script_matches_its_golden_file(name: str, settings: WorkerSettings) -> None:
     script = render_startup_script(settings)
     golden = GOLDEN / f"startup-script-{name}.sh"
@@ -266,3 +274,47 @@ def test_a_script_over_the_metadata_limit_is_refused() -> None:
     many = tuple((f"task-{i:05d}", 1) for i in range(30000))
     with pytest.raises(ConfigError, match="262144"):
         render_startup_script(replace(CLAIM, tasks=many))
+
+
+# -- the short start-up script (the Python worker) ----------------------------------------------
+@pytest.mark.parametrize("name", sorted(SHORT))
+def test_the_short_script_is_at_most_120_lines_of_code_and_never_calls_storage(name: str) -> None:
+    script = render_startup_script(SHORT[name])
+    code = [line for line in script.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert len(code) <= 120, len(code)
+    assert "storage/v1" not in script and "PE_STORAGE" not in script
+    assert not any("python" in line for line in code)  # the worker image's entrypoint runs it
+
+
+def test_the_short_script_with_one_task_per_vm_names_its_task() -> None:
+    assert "# This VM runs task task-b.2.\n" in render_startup_script(SHORT["short-one-task"])
+    assert "This VM runs task" not in render_startup_script(SHORT["short-claim"])
+
+
+@pytest.mark.parametrize("name", sorted(SHORT))
+def test_the_short_script_hands_the_worker_its_settings_as_data(name: str, tmp_path: Path) -> None:
+    from parallel_engine.worker.__main__ import load_settings
+
+    canary = tmp_path / "pwned"
+    evil = f"$(touch {canary})`touch {canary}`;'\"\\"
+    settings = replace(SHORT[name], work_dir=f"/var/lib/{evil} dir", image=f"img{evil}".replace(" ", ""))
+    script = render_startup_script(settings)
+    line = next(line for line in script.splitlines() if line.startswith("PE_SETTINGS="))
+    shown = subprocess.run(["bash", "-c", f"set -eu\n{line}\nprintf '%s' \"$PE_SETTINGS\""],
+                           capture_output=True, text=True, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert load_settings(shown.stdout) == settings
+    assert not canary.exists()
+
+
+def test_the_short_template_never_renders_a_value_without_the_quoting_filter() -> None:
+    text = (template_dir() / "worker-start.sh.j2").read_text()
+    expressions = [chunk.split("}}")[0] for chunk in text.split("{{")[1:]]
+    assert expressions
+    for expression in expressions:
+        assert expression.rstrip().endswith("| q"), f"unquoted value: {{{{{expression}}}}}"
+
+
+def test_docker_args_are_refused_for_the_python_worker() -> None:
+    with pytest.raises(ConfigError, match="docker_args are not supported by the Python worker"):
+        replace(SHORT["short-claim"], docker_args=("--gpus", "all"))

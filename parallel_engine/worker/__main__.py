@@ -36,9 +36,29 @@ def load_settings(text: str) -> WorkerSettings:
     return WorkerSettings(**data)
 
 
+def registry_auth(settings: WorkerSettings, creds: Any) -> dict[str, str] | None:
+    """The VM's token as docker-credential-gcr hands it to docker, for the registries it serves."""
+    from google.auth.transport.requests import Request
+
+    from parallel_engine.backends.gce.startup import credential_hosts, registry_host
+
+    if registry_host(settings.image) not in credential_hosts(settings.image, settings.registry):
+        return None
+    if not creds.valid:
+        creds.refresh(Request())
+    return {"username": "oauth2accesstoken", "password": str(creds.token)}
+
+
 def log(message: str) -> None:
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} parallel-engine-worker: {message}",
-          file=sys.stderr, flush=True)
+    """A line on stderr and, when PE_WORKER_LOG names a file, there too (the start-up script
+    follows it onto the VM's console: it outlives the container's own log stream at shutdown)."""
+    line = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} parallel-engine-worker: {message}\n"
+    sys.stderr.write(line)
+    sys.stderr.flush()
+    copy = os.environ.get("PE_WORKER_LOG")
+    if copy:
+        with open(copy, "a", encoding="utf-8", errors="replace") as out:
+            out.write(line)
 
 
 def main(argv: list[str]) -> int:
@@ -53,7 +73,7 @@ def main(argv: list[str]) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: signals.terminating.set())
     name = metadata.get("instance/name")
-    creds = metadata.credentials()
+    creds = metadata.credentials(log)
     stop_watch = threading.Event()
     threading.Thread(target=metadata.watch_preemption, args=(signals.preempted, stop_watch), daemon=True).start()
     client = storage.Client(project="-", credentials=creds, client_options={"api_endpoint": settings.storage_endpoint})
@@ -65,7 +85,7 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="worker.", dir=base))
     worker = Worker(settings, bucket, name, work, signals,
                     delete_self=lambda: metadata.delete_own_vm(settings.compute_endpoint, name, creds),
-                    env=dict(os.environ), log=log)
+                    env=dict(os.environ), log=log, registry_auth=lambda: registry_auth(settings, creds))
     log(f"run {settings.run_id}, image {settings.image}, store gs://{settings.bucket}/{settings.prefix}, work folder {work}")
     try:
         worker.run()

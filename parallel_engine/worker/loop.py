@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import threading
 import time
@@ -74,7 +75,8 @@ class Worker:
 
     def __init__(self, settings: WorkerSettings, bucket: WorkerBucket, name: str, work: Path,
                  signals: Signals | None = None, delete_self: Callable[[], None] | None = None,
-                 env: dict[str, str] | None = None, log: Callable[[str], None] = print) -> None:
+                 env: dict[str, str] | None = None, log: Callable[[str], None] = print,
+                 registry_auth: Callable[[], dict[str, str] | None] = lambda: None) -> None:
         self.s = settings
         self.bucket = bucket
         self.name = name
@@ -83,6 +85,7 @@ class Worker:
         self.delete_self = delete_self
         self.env = dict(env or {})
         self.log = log
+        self.registry_auth = registry_auth  # what docker-credential-gcr would hand docker
         self.runtime = DockerRuntime(settings.image, network=settings.docker_network)
         self.record = "-"
         self.running: tuple[str, int] | None = None
@@ -198,7 +201,7 @@ class Worker:
         for tried in range(1, self.s.pull_tries + 1):
             self.log(f"pulling {self.s.image} (try {tried} of {self.s.pull_tries})")
             try:
-                client.images.pull(self.s.image)
+                client.images.pull(self.s.image, auth_config=self.registry_auth())
                 self.image_ready = True
                 return True
             except Exception as exc:  # noqa: BLE001 - the registry's words go into the record
@@ -339,13 +342,13 @@ class _End:
         for rel, failure in zip(files, results, strict=True):
             if failure is not None:
                 self.w.log(f"upload of output {shown(rel)} failed: {failure}")
-                lost = lost or f"output {shown(rel)} could not be stored: {_message(failure)}"
+                lost = lost or f"output {shown(rel)} could not be stored {_message(failure)}"
         if odd:
             listed = b"".join(f"{s.kind}\0{s.key}\0{s.detail}\0".encode("utf-8", "surrogateescape") for s in odd)
             try:
                 self.w.bucket.put(self.key + SKIPPED, listed)
             except Exception as exc:  # noqa: BLE001 - judged below like an output
-                lost = lost or f"the list of skipped outputs could not be stored: {_message(exc)}"
+                lost = lost or f"the list of skipped outputs could not be stored {_message(exc)}"
         return lost
 
     def finish(self, state: AttemptState, code: int | None, reason: str) -> None:
@@ -368,7 +371,12 @@ class _End:
 
 
 def _message(exc: BaseException) -> str:
-    """A Storage failure in one line: its HTTP code and message when it has them."""
+    """A Storage failure as the bash worker words it: `(HTTP CODE): Storage's message`."""
     code = getattr(exc, "code", None)
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return f"HTTP {code}: {message}" if isinstance(code, int) else message
+    text = str(getattr(exc, "message", None) or exc or type(exc).__name__)
+    found = _STORAGE_MESSAGE.search(text)
+    message = found.group(1) if found else text
+    return f"(HTTP {code}): {message}" if isinstance(code, int) else f": {message}"
+
+
+_STORAGE_MESSAGE = re.compile(r'"message": *"((?:[^"\\]|\\.)*)"')

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -24,11 +26,28 @@ def get(path: str, session: requests.Session | None = None, timeout: float = 30)
     return answer.text
 
 
-def credentials() -> Any:
-    """The VM's service account (google-auth refreshes the token itself)."""
+def credentials(log: Callable[[str], None] = lambda line: None) -> Any:
+    """The VM's service account; google-auth refreshes the token itself (each refresh logged)."""
     from google.auth import compute_engine
 
-    return compute_engine.Credentials()  # type: ignore[no-untyped-call]  # google-auth leaves __init__ untyped
+    said = [0.0]
+
+    class Logged(compute_engine.Credentials):
+        def refresh(self, request: Any) -> None:
+            super().refresh(request)  # type: ignore[no-untyped-call]  # untyped in google-auth
+            if time.monotonic() - said[0] < 1.0:
+                return  # at 1/100 time every call refreshes: one line a second is enough
+            said[0] = time.monotonic()
+            left = "" if self.expiry is None else f" (expires in {max(0, int((self.expiry - _utcnow()).total_seconds()))} s)"
+            log(f"service-account token fetched{left}")
+
+    return Logged()  # type: ignore[no-untyped-call]  # google-auth leaves __init__ untyped
+
+
+def _utcnow() -> Any:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)  # google-auth's naive UTC
 
 
 def watch_preemption(preempted: threading.Event, stop: threading.Event) -> None:

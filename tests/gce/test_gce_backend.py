@@ -28,6 +28,7 @@ from parallel_engine.config import Config, load_config
 from parallel_engine.emulator import Emulator
 from parallel_engine.errors import BackendError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
+from parallel_engine.worker.image import tag as worker_image_tag
 from tests.emulator.emulator_helpers import wait_for
 from tests.gce.gce_helpers import (
     BackgroundRun,
@@ -288,8 +289,9 @@ def test_a_one_task_vm_whose_prelude_dies_is_an_infra_attempt_and_retried(
 
     real = gce_run.script_for
 
-    def dying_first(config: Config, run_id: str, image: str, self_delete: bool = True) -> Any:
-        render = real(config, run_id, image, self_delete)
+    def dying_first(config: Config, run_id: str, image: str, self_delete: bool = True,
+                    worker_image: str | None = None) -> Any:
+        render = real(config, run_id, image, self_delete, worker_image)
         # Attempt 1's VM gets a script that dies at once (as a prelude would): no claim, no record.
         return lambda tasks: "#!/bin/bash\nexit 3\n" if tasks and tasks[0][1] == 1 else render(tasks)
 
@@ -671,16 +673,30 @@ def test_the_emulators_own_config_builds_runs_and_collects(cloud: Emulator, dock
     assert f"built and pushed {image}@sha256:" in built.stdout
     assert "log: http://127.0.0.1" in built.stderr  # the build's log URL is shown
     digest = built.stdout.split("@", 1)[1].split(";")[0]
+    worker = f"{values['REGISTRY']}/parallel-engine-worker:{worker_image_tag()}"
+    assert f"worker {worker}@sha256:" in built.stdout  # the worker image, built and pushed beside it
+    worker_digest = built.stdout.split(f"worker {worker}@", 1)[1].split(";")[0]
+    again = cli("build", cwd=workdir, timeout=600)  # the worker's content is unchanged: not rebuilt
+    assert again.returncode == 0 and f"worker image {worker} is up to date ({worker_digest})" in again.stderr, again.stderr
+    digest = again.stdout.split("@", 1)[1].split(";")[0]
     docker_engine.images.remove(image, force=True)  # the VMs must pull it from the registry
     done = cli("run", "code/params.csv", cwd=workdir, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     run_id = done.stdout.split()[1].rstrip(":")
     store = open_store(load_config(workdir / ".config.yaml", environ={}))
-    assert store.load_run(run_id).spec["image"] == image.rsplit(":", 1)[0] + "@" + digest
+    spec = store.load_run(run_id).spec
+    assert spec["image"] == image.rsplit(":", 1)[0] + "@" + digest
+    assert spec["worker_image"] == worker.rsplit(":", 1)[0] + "@" + worker_digest  # both pinned
+    consoles = "".join(p.read_text(errors="replace") for p in cloud.workdir.glob("vms/*/console.log"))
+    assert "parallel-engine-start: run " in consoles and "parallel-engine-worker: " in consoles  # the short script, the Python worker
     collected = cli("collect", run_id, "--dest", "results", cwd=workdir)
     assert collected.returncode == 0, collected.stderr
     rows = list(csv.DictReader(open(workdir / "results" / "results.csv", newline="")))
     assert len(rows) == 12 and {r["state"] for r in rows} == {"succeeded"}
+    for row in rows:  # every output, byte for byte as the task wrote it (main.py's own bytes)
+        written = store.blobs.read(f"runs/{run_id}/tasks/{row['task_id']}/1/outputs/summary.json")
+        assert written and (workdir / "results" / row["task_id"] / "summary.json").read_bytes() == written
+        assert json.loads(written)["dataset"] == row["dataset"]
     assert run_vms(cloud, run_id) == []
     # The rest of the README's commands, with the same credentials (the config's CREDENTIALS_FILE).
     status = cli("status", run_id, "--json", cwd=workdir)

@@ -216,7 +216,8 @@ def test_an_output_whose_name_storage_refuses_fails_the_attempt_naming_the_file(
     status = side.status("refused")
     assert status is not None
     assert (status.state, status.exit_code) == (AttemptState.FAILED, 0)
-    assert status.reason.startswith("output $'line\\nbreak.txt' could not be stored: HTTP 400"), status.reason
+    assert status.reason == "output $'line\\nbreak.txt' could not be stored (HTTP 400): " \
+        "Disallowed unicode characters present in object name", status.reason
     assert side.outputs("refused") == {"out.txt": b"refused"}  # the others are stored
 
 
@@ -243,7 +244,7 @@ def test_an_output_whose_upload_keeps_failing_fails_the_attempt_naming_the_file(
     status = side.status("unlucky")
     assert status is not None
     assert (status.state, status.exit_code) == (AttemptState.FAILED, 0)
-    assert status.reason == "output keep.txt could not be stored: HTTP 503: Backend Error", status.reason
+    assert status.reason == "output keep.txt could not be stored (HTTP 503): Backend Error", status.reason
     assert side.outputs("unlucky") == {"out.txt": b"unlucky"}
 
 

@@ -1,4 +1,5 @@
-"""The VM worker (templates/startup-script.sh.j2) booted by emulated VMs, end to end.
+"""The VM workers booted by emulated VMs, end to end: the bash worker (templates/startup-script.sh.j2)
+and the Python worker in its image, started by the short script (templates/worker-start.sh.j2).
 
 Each test plays the orchestrator's part of docs/worker-protocol.md with the real Google clients
 (google-cloud-storage writes argv/, command/ and open/; google-cloud-compute creates the VMs),
@@ -124,10 +125,26 @@ def probe_image(docker_engine: Any, tmp_path_factory: pytest.TempPathFactory) ->
     return PROBE_IMAGE
 
 
+@pytest.fixture(scope="module")
+def worker_image(docker_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The Python worker's image, built offline from this checkout (tagged by its content hash)."""
+    from parallel_engine.worker import image
+
+    tag = f"parallel-engine-worker:{image.tag()}"
+    if subprocess.run(["docker", "image", "inspect", tag], capture_output=True, check=False).returncode == 0:
+        return tag
+    context = image.make_context(tmp_path_factory.mktemp("worker-image") / "context")
+    built = subprocess.run(["docker", "build", "-q", "--network", "none", "-t", tag, str(context)],
+                           capture_output=True, text=True, timeout=600, check=False)
+    if built.returncode != 0:
+        pytest.fail(f"building the worker image failed:\n{built.stderr}")
+    return tag
+
+
 class Run:
     """The orchestrator's side of the protocol for one run, through the real Google clients."""
 
-    def __init__(self, clients: Clients, image: str, work_dir: Path) -> None:
+    def __init__(self, clients: Clients, image: str, work_dir: Path, worker_image: str | None = None) -> None:
         self.clients = clients
         self.cloud = clients.cloud
         self.bucket = clients.storage.bucket(clients.cloud.bucket)
@@ -149,7 +166,9 @@ class Run:
             curl_retries=0,
             retry_base_s=0.05,
             retry_max_s=0.4,
+            worker_image=worker_image,
         )
+        self.python = worker_image is not None
 
     # -- writing what the orchestrator writes ------------------------------------------------
     def publish(self, task_id: str, argv: list[str], attempt: int = 1, command: list[str] | None = None) -> None:
@@ -237,11 +256,24 @@ class Run:
         return counts.get("compute.instances.delete", {}).get("vm", 0)
 
 
-@pytest.fixture
-def run(clients: Clients, probe_image: str, tmp_path: Path) -> Iterator[Run]:
-    started = Run(clients, probe_image, tmp_path / "vm-work")
+@pytest.fixture(params=["bash", "python"], ids=["bash-worker", "python-worker"])
+def run(request: pytest.FixtureRequest, clients: Clients, probe_image: str, tmp_path: Path) -> Iterator[Run]:
+    worker = request.getfixturevalue("worker_image") if request.param == "python" else None
+    started = Run(clients, probe_image, tmp_path / "vm-work", worker)
     yield started
     for name in started.vms:  # a failing test must not leave a worker running
+        try:
+            clients.instances.delete(project=clients.project, zone=clients.zone, instance=name)
+        except NotFound:
+            pass
+
+
+@pytest.fixture
+def bash_run(clients: Clients, probe_image: str, tmp_path: Path) -> Iterator[Run]:
+    """A run whose VMs boot the bash worker only."""
+    started = Run(clients, probe_image, tmp_path / "vm-work")
+    yield started
+    for name in started.vms:
         try:
             clients.instances.delete(project=clients.project, zone=clients.zone, instance=name)
         except NotFound:
@@ -342,7 +374,8 @@ def test_rendered_tasks_one_vm_per_task_and_a_duplicate_worker_runs_nothing_twic
 
 def test_a_failing_task_is_recorded_failed_with_its_exit_code(run: Run) -> None:
     run.publish("bad", ["--exit=3"])
-    run.start_vms("pe-failing", docker_args=("--user", "65534:65534"))  # not root: outputs still writable
+    # Not root: the outputs stay writable (docker_args are the bash worker's only).
+    run.start_vms("pe-failing", **({} if run.python else {"docker_args": ("--user", "65534:65534")}))
     run.wait_all_gone()
     status = run.status("bad")
     assert status is not None
@@ -383,7 +416,10 @@ def test_an_output_whose_name_storage_refuses_fails_the_attempt_naming_the_file(
     assert run.events() == [("refused.1", "failed")]
 
 
-def test_an_output_whose_upload_keeps_failing_fails_the_attempt_naming_the_file(run: Run) -> None:
+def test_an_output_whose_upload_keeps_failing_fails_the_attempt_naming_the_file(bash_run: Run) -> None:
+    # The bash worker only: the emulator fails a call by its URL, and google-cloud-storage names a
+    # small file's object in the body (tests/gce/test_worker_python.py pins it for the Python worker).
+    run = bash_run
     run.publish("unlucky", ["--write=keep.txt"])
     # Every try of that one upload answers 503 (http_tries of them): the file is not in the bucket.
     run.cloud.control.fail_next(3, status=503, method="POST", path=r"keep\.txt", service="storage", caller="vm")
@@ -413,10 +449,12 @@ def test_a_task_over_its_timeout_is_killed_and_recorded_timeout(run: Run) -> Non
 def test_transient_storage_errors_during_upload_are_retried(run: Run) -> None:
     run.publish("flaky-store", ["--print=survived"])
     control = run.cloud.control
-    # 3 failures: curl's own retry takes the first two, the script's backoff loop the third.
-    control.fail_next(3, status=503, method="POST", path=r"status\.json", service="storage", caller="vm")
+    # 3 failures: curl's own retry takes the first two, the script's backoff loop the third. The
+    # Python worker's uploads name their object in the body: any of its uploads gets them.
+    status_json, stderr_log = (r"uploadType=multipart",) * 2 if run.python else (r"status\.json", r"stderr\.log")
+    control.fail_next(3, status=503, method="POST", path=status_json, service="storage", caller="vm")
     # A token refused once (401): the script fetches a token again and retries.
-    control.fail_next(1, status=401, method="POST", path=r"stderr\.log", service="storage", caller="vm")
+    control.fail_next(1, status=401, method="POST", path=stderr_log, service="storage", caller="vm")
     run.start_vms("pe-flaky", curl_retries=1)
     run.wait_all_gone()
     status = run.status("flaky-store")
@@ -527,7 +565,10 @@ def test_a_vm_deleted_mid_task_keeps_the_logs_and_writes_no_status(run: Run) -> 
     run.start_vms("pe-doomed")
     wait_for(lambda: "probe started" in run.log("doomed", "stdout"), timeout=30, what="the task to start")
     run.clients.instances.delete(project=run.clients.project, zone=run.clients.zone, instance="pe-doomed")
-    wait_for(lambda: "no status written" in run.console("pe-doomed"), timeout=30, what="the worker to stop")
+    try:
+        wait_for(lambda: "no status written" in run.console("pe-doomed"), timeout=30, what="the worker to stop")
+    except TimeoutError:
+        raise AssertionError(f"the worker did not say it stopped; console:\n{run.console('pe-doomed')}") from None
     run.wait_all_gone()
     assert run.status("doomed") is None and run.events() == []  # the orchestrator calls it lost or cancelled
     assert run.names("claims/") == ["doomed.1"]

@@ -22,6 +22,7 @@ from parallel_engine.backends.gce.vm import (
     instance_properties,
     task_vm_name,
 )
+from parallel_engine.backends.gce.worker_image import pinned_worker
 from parallel_engine.config import GCE_DEFAULT_QUOTA, Config
 from parallel_engine.errors import ConfigError, CredentialsError
 from parallel_engine.model import AttemptState, Task
@@ -67,12 +68,14 @@ class GceBackend:
         clear error now), and the VM pool (which deletes its VMs when it closes)."""
         settings = self.settings
         image = resolve_image(self.config, store)
-        render_script = script_for(settings, run_id, image)
+        worker = pinned_worker(settings, store, _image(self.config))
+        render_script = script_for(settings, run_id, image, worker_image=worker)
         check_rendering(settings, render_script)
         compute = Compute(self.config)
         spec = {
             "runtime": "gce",
             "image": image,
+            "worker_image": worker,
             "tasks_per_vm": self.config.tasks_per_vm,
             "project": compute.project,
             "zones": settings.zones,
@@ -85,11 +88,18 @@ class GceBackend:
 
     def build(self, context: Path, on_line: InfoFn) -> Built:
         """Cloud Build from CONTEXT and the cloudbuild.yaml beside it; the digest is recorded for `run`."""
+        import time
+
         from parallel_engine.backends.gce.cloud_build import build_gce
+        from parallel_engine.backends.gce.worker_image import ensure_built
 
         cloudbuild = context.resolve().parent / "cloudbuild.yaml"
-        digest = build_gce(self.settings, self.open_store(), context, cloudbuild, on_line)
-        return Built(digest, f"built and pushed {self.config.image}@{digest}; `parallel-engine run` uses this digest")
+        store = self.open_store()
+        digest = build_gce(self.settings, store, context, cloudbuild, on_line)
+        worker = ensure_built(self.settings, store, _image(self.config), on_line)
+        store.save_build({"image": self.config.image, "digest": digest, "at": time.time(), **worker})
+        return Built(digest, f"built and pushed {self.config.image}@{digest}; worker "
+                             f"{worker['worker_image']}@{worker['worker_digest']}; `parallel-engine run` uses both digests")
 
     def down(self, run_id: str) -> str:
         """Delete every VM of a run, by label, from any machine, then record `cancelled` for each
@@ -106,7 +116,7 @@ class GceBackend:
         with IMAGE pinned to the digest `build` recorded (read from the bucket, as `run` does)."""
         settings = self.settings
         image = self._render_image(say)
-        script = script_for(settings, run_id, image)((task,) if task else None)
+        script = script_for(settings, run_id, image, worker_image=self._render_worker())((task,) if task else None)
         if not vm_request:
             return script
         worker = label_value(task[0]) if task else "reuse"
@@ -129,6 +139,15 @@ class GceBackend:
             say(f"note: IMAGE {image} is rendered as given: `run` would pin it to the digest of the last "
                 f"`parallel-engine build`, which it reads from the bucket with Google credentials ({exc.message})")
             return image
+
+
+    def _render_worker(self) -> str | None:
+        """The worker image `run` would pin (the bash worker's script when none is recorded or
+        the bucket cannot be read)."""
+        try:
+            return pinned_worker(self.settings, self.open_store(), _image(self.config))
+        except CredentialsError:
+            return None
 
 
 def _image(config: Config) -> str:
@@ -161,8 +180,10 @@ def without_tag(image: str) -> str:
     return f"{head}/{name}" if head else name
 
 
-def script_for(settings: GceSettings, run_id: str, image: str, self_delete: bool = True) -> ScriptFor:
-    """A renderer of the startup script of this run's VMs: all its attempts' (reuse), or one's."""
+def script_for(settings: GceSettings, run_id: str, image: str, self_delete: bool = True,
+               worker_image: str | None = None) -> ScriptFor:
+    """A renderer of the startup script of this run's VMs: all its attempts' (reuse), or one's;
+    the short one that runs the Python worker when a worker image is given."""
     config = settings.config
 
     def render(tasks: tuple[tuple[str, int], ...] | None) -> str:
@@ -182,6 +203,7 @@ def script_for(settings: GceSettings, run_id: str, image: str, self_delete: bool
             poll_s=config.poll_interval,
             idle_s=3 * config.poll_interval,
             self_delete=self_delete,
+            worker_image=worker_image,
         ))
 
     return render

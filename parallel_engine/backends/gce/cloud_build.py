@@ -171,12 +171,13 @@ def poll_limit(build: Any) -> float:
 
 
 def build_gce(settings: GceSettings, store: RunStore, context: Path, cloudbuild: Path,
-              on_line: Callable[[str], None]) -> str:
-    """Build CONTEXT into IMAGE with Cloud Build; returns the image digest and records it for `run`."""
+              on_line: Callable[[str], None], image: str | None = None) -> str:
+    """Build CONTEXT into IMAGE (or `image`) with Cloud Build; returns the image digest (the
+    caller records it for `run`)."""
     from google.cloud.devtools.cloudbuild_v1.types import Build
 
     config = settings.config
-    image = config.image
+    image = image or config.image
     if not image:
         raise ConfigError("IMAGE is not set: `build` needs the image name to push",
                           hint="set IMAGE, e.g. REGION-docker.pkg.dev/PROJECT/REPO/app:latest")
@@ -226,5 +227,4 @@ def build_gce(settings: GceSettings, store: RunStore, context: Path, cloudbuild:
     if not digest:
         raise BuildError(f"Cloud Build {build_id} succeeded but reported no digest for {image}",
                          hint="check that cloudbuild.yaml's `images` lists ${_IMAGE}")
-    store.save_build({"image": image, "digest": digest, "build_id": build_id, "at": time.time()})
-    return digest
+    return str(digest)

@@ -14,10 +14,11 @@ never an empty string in a shell script.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from parallel_engine.errors import ConfigError
 from parallel_engine.protocol import STATUS_FIELDS, TASK_ID_RE
 
 TEMPLATE_NAME = "startup-script.sh.j2"
+SHORT_TEMPLATE_NAME = "worker-start.sh.j2"  # starts the Python worker in its own container
 #: COS: /var is writable (noexec, which the worker never needs); HOME and / are read-only.
 DEFAULT_WORK_DIR = "/var/lib/parallel-engine-worker"
 PULL_POLICIES = ("always", "if-missing", "never")
@@ -83,6 +85,9 @@ class WorkerSettings:
     retry_max_s: float = 30.0
     docker_args: tuple[str, ...] = field(default=())  # extra `docker run` options (--gpus all, ...)
     list_page_size: int = 1000  # claim mode: maxResults per open/ listing page (Storage's maximum)
+    # The worker image (parallel_engine/worker/image.py): set, the VM runs the short start-up
+    # script (worker-start.sh.j2) and the Python worker in that image; None, the bash worker.
+    worker_image: str | None = None
 
     def __post_init__(self) -> None:
         _check(self)
@@ -123,6 +128,9 @@ def _check(s: WorkerSettings) -> None:
         _fail(f"prefix {s.prefix!r} has a '.' or '..' segment")
     if not s.image or s.image.startswith("-") or any(ch.isspace() for ch in s.image) or _CONTROL_RE.search(s.image):
         _fail(f"image {s.image!r} is not an image reference")
+    if s.worker_image is not None and (not s.worker_image or s.worker_image.startswith("-")
+                                       or any(ch.isspace() for ch in s.worker_image) or _CONTROL_RE.search(s.worker_image)):
+        _fail(f"worker_image {s.worker_image!r} is not an image reference")
     if s.registry is not None and not _REGISTRY_RE.fullmatch(s.registry):
         _fail(f"registry {s.registry!r} is not a registry host or repository "
               "(e.g. us-docker.pkg.dev or europe-west1-docker.pkg.dev/PROJECT/REPO)")
@@ -159,6 +167,9 @@ def _check(s: WorkerSettings) -> None:
         _fail(f"work_dir {s.work_dir!r} must be an absolute path without ':' (docker -v splits on it)")
     if not isinstance(s.docker_args, tuple) or not all(isinstance(a, str) for a in s.docker_args):
         _fail("docker_args must be a tuple of strings")
+    if s.docker_args and s.worker_image is not None:
+        _fail("docker_args are not supported by the Python worker (worker_image): the docker SDK takes no "
+              "`docker run` options")
     if any("\x00" in a for a in s.docker_args):
         _fail("docker_args cannot hold a NUL byte")
 
@@ -241,8 +252,13 @@ def render_template(context: dict[str, Any], name: str = TEMPLATE_NAME) -> str:
 
 
 def render_startup_script(settings: WorkerSettings) -> str:
-    """The startup script for one worker VM (what `parallel-engine render` prints)."""
-    script = render_template(template_context(settings))
+    """The startup script for one worker VM (what `parallel-engine render` prints): the short one
+    that starts the Python worker's container when a worker image is set, else the bash worker."""
+    if settings.worker_image is not None:
+        context = {**template_context(settings), "settings_json": json.dumps(asdict(settings), sort_keys=True)}
+        script = render_template(context, SHORT_TEMPLATE_NAME)
+    else:
+        script = render_template(template_context(settings))
     size = len(script.encode())
     if size > 256 * 1024:
         raise ConfigError(

@@ -1,0 +1,65 @@
+"""The worker image on gce: built with Cloud Build next to the user's image, pushed beside it,
+rebuilt only when its content changes (its tag is a hash of it: parallel_engine/worker/image.py),
+its digest recorded in the build record beside the user image's and pinned by `run`."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from parallel_engine.backends.base import InfoFn
+from parallel_engine.backends.gce.settings import GceSettings
+from parallel_engine.store import RunStore
+from parallel_engine.worker import image as worker_image
+
+NAME = "parallel-engine-worker"
+CLOUDBUILD = """steps:
+  - name: gcr.io/cloud-builders/docker
+    args: ["build", "-t", "${_IMAGE}", "worker"]
+images:
+  - "${_IMAGE}"
+"""
+
+
+def worker_repository(user_image: str, registry: str | None) -> str:
+    """Where the worker image goes: REGISTRY when it names a repository (host/...), else the
+    user image's own repository."""
+    if registry and "/" in registry.strip("/"):
+        return registry.strip("/")
+    head, _, _ = user_image.rpartition("/")
+    return head
+
+
+def expected_name(user_image: str, registry: str | None) -> str:
+    """The worker image of this version: `<repository>/parallel-engine-worker:worker-<hash>`."""
+    return f"{worker_repository(user_image, registry)}/{NAME}:{worker_image.tag()}"
+
+
+def ensure_built(settings: GceSettings, store: RunStore, user_image: str, say: InfoFn) -> dict[str, str]:
+    """{"worker_image": name, "worker_digest": digest}: the recorded build when its content is this
+    version's (nothing is built), else a new Cloud Build of it."""
+    from parallel_engine.backends.gce.cloud_build import build_gce
+
+    name = expected_name(user_image, settings.config.registry)
+    recorded = store.last_build() or {}
+    if recorded.get("worker_image") == name and recorded.get("worker_digest"):
+        say(f"worker image {name} is up to date ({recorded['worker_digest']})")
+        return {"worker_image": name, "worker_digest": str(recorded["worker_digest"])}
+    with tempfile.TemporaryDirectory(prefix="pe-worker-image-") as folder:
+        context = worker_image.make_context(Path(folder) / "worker")
+        cloudbuild = Path(folder) / "cloudbuild.yaml"
+        cloudbuild.write_text(CLOUDBUILD)
+        say(f"building the worker image {name}")
+        digest = build_gce(settings, store, context, cloudbuild, say, image=name)
+    return {"worker_image": name, "worker_digest": digest}
+
+
+def pinned_worker(settings: GceSettings, store: RunStore, user_image: str) -> str | None:
+    """The worker image `run` gives its VMs, pinned by digest: the one `build` recorded for this
+    version, else None (the VMs then run the bash worker)."""
+    recorded: dict[str, Any] = store.last_build() or {}
+    name = expected_name(user_image, settings.config.registry)
+    if recorded.get("worker_image") != name or not recorded.get("worker_digest"):
+        return None
+    return f"{name.rsplit(':', 1)[0]}@{recorded['worker_digest']}"
