@@ -234,6 +234,42 @@ def _print_summary(status: RunStatus, handle: api.Run) -> None:
 
 @app.command()
 @friendly
+def debug(
+    source: Annotated[Path, typer.Argument(help="params.csv, a YAML task file, or a task list")],
+    task: Annotated[str, typer.Option("--task", help="the id of the task to run")],
+    outputs: Annotated[Optional[Path], typer.Option(help="its outputs folder (default: ./debug/<task>/)")] = None,
+    shell: Annotated[bool, typer.Option("--shell", help="open a shell in that container (or with its environment) instead")] = False,
+    print_only: Annotated[bool, typer.Option("--print", help="print the equivalent command line, quoted to paste, and run nothing")] = False,
+    image: Annotated[Optional[str], typer.Option(help="image to run (IMAGE)")] = None,
+    runtime: Annotated[Optional[str], typer.Option(help="auto, process or docker (RUNTIME)")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run one task in the foreground exactly as a worker would (same container, argv, PE_* variables,
+    limits); its output on this terminal, its exit code as this command's. The container is removed afterwards."""
+    from parallel_engine import debug as debugging
+    from parallel_engine.backends.base import backend_for
+
+    cfg = _config(config, _flags(set_, IMAGE=image, RUNTIME=runtime))
+    chosen = debugging.find_task(source, task, cfg)
+    say = (lambda line: err.print(line, markup=False, soft_wrap=True))
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+    command = debugging.prepare(cfg, backend_for(cfg).debug_runtime(say), chosen, outputs, shell, tty)
+    if print_only:
+        out.print(command.printable(), markup=False, highlight=False, soft_wrap=True)
+        return
+    err.print(f"# task {chosen.id} ({command.runtime}); outputs in {command.outputs}", markup=False, soft_wrap=True)
+    with _terminate_as_interrupt():
+        try:
+            code = debugging.execute(command)
+        except KeyboardInterrupt:
+            raise Interrupted(f"debug of task {chosen.id} interrupted" +
+                              ("; its container was removed" if command.runtime == "docker" else "")) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+@friendly
 def build(
     context: Annotated[Path, typer.Argument(help="folder with the Dockerfile")] = Path("code"),
     image: Annotated[Optional[str], typer.Option(help="tag to build (IMAGE)")] = None,

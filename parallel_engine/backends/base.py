@@ -24,6 +24,7 @@ from parallel_engine.model import AttemptStatus, Task
 
 if TYPE_CHECKING:
     from parallel_engine.config import Config
+    from parallel_engine.runtimes.base import Runtime
     from parallel_engine.store import RunStore
 
 InfoFn = Callable[[str], None]
@@ -178,6 +179,10 @@ class Backend(Protocol):
 
     def render(self, run_id: str, task: tuple[str, int] | None, vm_request: bool, say: InfoFn) -> str:
         """Exactly what this backend gives a worker (the gce startup script or VM request)."""
+
+    def debug_runtime(self, say: InfoFn) -> Runtime:
+        """The runtime a worker of this backend runs a task with, ready on this machine (its
+        image present), for `debug` to start one task exactly as a worker would."""
 
 
 # -- the registry ---------------------------------------------------------------------------
