@@ -25,6 +25,7 @@ from parallel_engine.backends.gce.vm import (
 from parallel_engine.config import GCE_DEFAULT_QUOTA, Config
 from parallel_engine.errors import ConfigError, CredentialsError
 from parallel_engine.model import AttemptState, Task
+from parallel_engine.runtimes.base import Runtime
 from parallel_engine.names import label_value
 from parallel_engine.store import RunStore
 
@@ -116,6 +117,19 @@ class GceBackend:
         else:
             body = bulk_body(properties, batch_name_pattern(run_id, 1), self.config.effective_quota())
         return json.dumps(body, indent=2, ensure_ascii=False)
+
+    def debug_runtime(self, say: InfoFn) -> Runtime:
+        """A container of the image a VM would run (pinned to the digest `build` recorded), pulled
+        here with the user's credentials, on the network a VM's container has (the host's: a
+        task on a VM reaches its metadata server)."""
+        from parallel_engine.backends.gce.registry import pull_image
+        from parallel_engine.runtimes.docker import DockerRuntime
+
+        config = self.config
+        image = resolve_image(config, self.open_store())
+        pull_image(config, image, say)
+        return DockerRuntime(image, network=WorkerSettings.docker_network, cpus=config.cpus, memory=config.memory,
+                             labels=config.labels)
 
     def _render_image(self, say: InfoFn) -> str:
         """The image `render` shows: as `run` would pin it, reading the bucket only when IMAGE names
