@@ -130,6 +130,8 @@ def run(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="check and plan everything, create nothing: "
+                                                             "print the plan and an estimate of time and cost")] = False,
 ) -> None:
     """Run one task per row (or item, or line) of SOURCE and wait for them all."""
     # SIGINT/SIGTERM cancel the run from here until it has ended: before the run exists nothing
@@ -145,6 +147,9 @@ def run(
         )
         cfg = _config(config, flags)
         info = (lambda message: err.print(message, markup=False)) if not quiet else (lambda message: None)
+        if dry_run:
+            _print_dry_run(source, cfg, info)
+            return
         with _progress(quiet) as update:
             handle = api.run(source, config=cfg, progress=update, info=info, cancel=cancel)
     finally:
@@ -156,6 +161,11 @@ def run(
         raise typer.Exit(EXIT_INTERRUPTED)
     if any(view.state is not TaskState.SUCCEEDED for view in status.tasks):
         raise typer.Exit(EXIT_TASKS_FAILED)
+
+
+def _print_dry_run(source: Path, cfg: Any, info: Callable[[str], None]) -> None:
+    for line in api.dry_run(source, config=cfg, info=info).lines():
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _on_signals(handler: Any) -> None:

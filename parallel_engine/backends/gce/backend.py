@@ -77,6 +77,8 @@ class GceBackend:
             "tasks_per_vm": self.config.tasks_per_vm,
             "project": compute.project,
             "zones": settings.zones,
+            "machine_type": self.config.machine_type,
+            "spot": self.config.spot,
         }
 
         def make_pool(on_event: OnEvent) -> GcePool:
