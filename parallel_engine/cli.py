@@ -280,6 +280,36 @@ def debug(
 
 @app.command()
 @friendly
+def doctor(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Check everything a run needs on the configured backend: one line per check, ✓ or ✗ and the fix.
+
+    Exit 0 when every check passes, 2 otherwise.
+    """
+    from parallel_engine.backends.base import backend_for
+    from parallel_engine.doctor import exit_code
+
+    cfg = _config(config, _flags(set_))
+    out.print(f"doctor: backend {cfg.backend}", markup=False)
+    checks = []
+    for check in backend_for(cfg).doctor():  # each line as soon as its check is made
+        checks.append(check)
+        out.print(f"{'✓' if check.ok else '✗'} {check.name:<{DOCTOR_NAMES}} {check.detail}", markup=False, highlight=False)
+        if check.fix:
+            out.print(f"  {'':<{DOCTOR_NAMES}} fix: {check.fix}", markup=False, highlight=False)
+    failures = sum(not check.ok for check in checks)
+    out.print("all checks passed" if not failures else f"{failures} of {len(checks)} checks failed", markup=False)
+    raise typer.Exit(exit_code(checks))
+
+
+#: The width of doctor's check names (the longest: "quota IN_USE_ADDRESSES").
+DOCTOR_NAMES = 23
+
+
+@app.command()
+@friendly
 def build(
     context: Annotated[Path, typer.Argument(help="folder with the Dockerfile")] = Path("code"),
     image: Annotated[Optional[str], typer.Option(help="tag to build (IMAGE)")] = None,

@@ -6,7 +6,7 @@ any machine."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,6 +23,7 @@ from parallel_engine.backends.gce.vm import (
     task_vm_name,
 )
 from parallel_engine.config import GCE_DEFAULT_QUOTA, Config
+from parallel_engine.doctor import Check, run_checks
 from parallel_engine.errors import ConfigError, CredentialsError
 from parallel_engine.model import AttemptState, Task
 from parallel_engine.runtimes.base import Runtime
@@ -119,6 +120,11 @@ class GceBackend:
         else:
             body = bulk_body(properties, batch_name_pattern(run_id, 1), self.config.effective_quota())
         return json.dumps(body, indent=2, ensure_ascii=False)
+
+    def doctor(self) -> Iterator[Check]:
+        from parallel_engine.backends.gce.doctor import CHECKS, Gce
+
+        return run_checks(Gce(self.settings), CHECKS)
 
     def debug_runtime(self, say: InfoFn) -> Runtime:
         """A container of the image a VM would run (pinned to the digest `build` recorded), pulled

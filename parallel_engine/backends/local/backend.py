@@ -7,12 +7,14 @@ import os
 import re
 import shlex
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
 from parallel_engine.backends.base import Built, InfoFn, OnEvent, Plan
 from parallel_engine.backends.local.pool import LocalPool
 from parallel_engine.config import Config
+from parallel_engine.doctor import Check, run_checks
 from parallel_engine.errors import BackendError, ConfigError, ParallelEngineError, StoreError
 from parallel_engine.model import Task
 from parallel_engine.runtimes.base import Runtime
@@ -68,6 +70,11 @@ class LocalBackend:
         )
         say(f"runtime: {reason}")
         return runtime
+
+    def doctor(self) -> Iterator[Check]:
+        from parallel_engine.backends.local.doctor import CHECKS, Local
+
+        return run_checks(Local(self.config, Path.cwd()), CHECKS)
 
     def debug_runtime(self, say: InfoFn) -> Runtime:
         """The runtime `run` would pick here (RUNTIME, IMAGE, the engine): debug runs the task in it."""
