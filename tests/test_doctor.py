@@ -38,7 +38,7 @@ def test_a_missing_command_script_fails_with_where_to_run_from(tmp_path: Path) -
     assert "no such file" in done.stdout and "run from the folder" in done.stdout
 
 
-def test_no_docker_engine_fails_when_containers_are_wanted(project: Path) -> None:
+def test_no_docker_engine_fails_when_runtime_is_docker(project: Path) -> None:
     done = cli("doctor", "--set", "RUNTIME=docker", "--set", "IMAGE=x:1", cwd=project,
                env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
     assert done.returncode == 2, done.stdout + done.stderr
@@ -47,15 +47,22 @@ def test_no_docker_engine_fails_when_containers_are_wanted(project: Path) -> Non
 
 
 @pytest.mark.docker
-def test_an_image_not_built_fails_with_build(project: Path, docker_engine: Any) -> None:
-    done = cli("doctor", "--set", "IMAGE=parallel-engine-never-built:1", cwd=project, timeout=120)
+def test_an_image_not_built_fails_with_build_when_runtime_is_docker(project: Path, docker_engine: Any) -> None:
+    done = cli("doctor", "--set", "IMAGE=parallel-engine-never-built:1", "--set", "RUNTIME=docker", cwd=project, timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "✓" in rows(done.stdout)["Docker engine"] and "✗" in rows(done.stdout)["IMAGE"]
-    assert "parallel-engine build" in done.stdout
+    assert "fix: run `parallel-engine build`" in done.stdout
+
+
+@pytest.mark.docker
+def test_an_image_not_built_with_runtime_auto_passes_as_processes_and_checks_the_script(tmp_path: Path, docker_engine: Any) -> None:
+    done = cli("doctor", "--set", "IMAGE=parallel-engine-never-built:1", cwd=tmp_path, timeout=120)
+    assert "is not built yet: tasks run as processes" in rows(done.stdout)["IMAGE"]
+    assert "✗" in rows(done.stdout)["COMMAND"] and done.returncode == 2  # processes need code/main.py here
 
 
 @pytest.mark.docker
 def test_a_present_image_passes(project: Path, base_image: str) -> None:
     done = cli("doctor", "--set", f"IMAGE={base_image}", cwd=project, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"{base_image} is present" in done.stdout
+    assert f"{base_image} is present: tasks run in containers" in done.stdout
