@@ -169,7 +169,7 @@ def run(
             plan.cleanup()
             raise Interrupted("interrupted before the run started: nothing ran")
         store.save_run(record)
-        say(f"run {run_id}: {len(task_list.tasks)} tasks on {backend.name}, at most {quota} at once, "
+        say(f"run {run_id}: {len(task_list.tasks)} tasks on {backend.name}, at most {plan.spec.get('workers', quota)} at once, "
             f"store {store.where}")
         scheduler = Scheduler(task_list.tasks, budgets, plan.make_pool, progress)
         try:

@@ -133,7 +133,7 @@ def plan_run(source: str | Path, config: Config, task_list: TaskList, backend: B
     """The dry run's plan and estimate, from what `api.prepare` made."""
     name = str(Path(source))
     tasks = len(task_list.tasks)
-    workers = max(1, min(quota, tasks))
+    workers = max(1, min(quota, tasks, int(plan.spec.get("workers", quota))))  # gce: capped by the quotas
     durations, runs = past_durations(store, name)
     if durations:
         task_s: float | None = sum(durations) / len(durations)

@@ -47,3 +47,15 @@ def test_gce_dry_run_prints_the_plan_and_estimate_and_creates_nothing(cloud: Emu
         assert not [m for m in methods if MUTATING.search(m.rsplit(".", 1)[-1])], (service, methods)
     assert calls.get("cloudbuild", {}).get("total", 0) == 0
     assert store.run_ids() == []
+
+
+def test_gce_dry_run_plans_only_the_vms_the_quotas_leave_room_for(cloud: Emulator, tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "code", tmp_path / "code")
+    cloud.control.set_quota("INSTANCES", 3)
+    values = settings(cloud, "europe-west1-docker.pkg.dev/p/repo/app:1", VM_QUOTAS=6)
+    (tmp_path / ".config.yaml").write_text(yaml.safe_dump(values))
+    done = cli("run", "code/params.csv", "--dry-run", cwd=tmp_path, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"VM_QUOTAS 6, but the INSTANCES quota of {cloud.region} leaves room for 3 n1-standard-1: running 3 at once" \
+        in done.stderr
+    assert "backend: gce, 3 worker(s) at once" in done.stdout

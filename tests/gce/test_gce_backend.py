@@ -749,3 +749,21 @@ def test_debug_from_a_gce_config_pulls_the_built_digest_with_the_users_credentia
     summary = json.loads((workdir / "debug" / "3" / "summary.json").read_text())
     row = list(csv.DictReader(open(workdir / "code" / "params.csv", newline="")))[2]
     assert (summary["dataset"], summary["project"]) == (row["dataset"], row["project"])
+
+
+def test_run_reads_the_quotas_first_and_caps_the_vms_at_what_fits(cloud: Emulator, example_image: str, workdir: Path) -> None:
+    """CPUS 8 leaves room for 2 n1-standard-4: VM_QUOTAS 5 becomes 2 before any VM is asked for,
+    said once, and no VM is ever refused for quota."""
+    cloud.control.set_quota("CPUS", 8)
+    (workdir / "five.yaml").write_text(yaml.safe_dump({"tasks": [
+        {"id": f"t{i}", "command": ["python", "-c", "import time; time.sleep(1)"]} for i in range(5)]}))
+    said: list[str] = []
+    config = config_for(cloud, example_image, VM_QUOTAS=5, MACHINE_TYPE="n1-standard-4")
+    with VmWatch(cloud) as watch:
+        run = pe.run(workdir / "five.yaml", config=config, info=said.append)
+    assert run.status().counts == {"succeeded": 5}
+    assert f"VM_QUOTAS 5, but the CPUS quota of {cloud.region} leaves room for 2 n1-standard-4 (4 vCPUs): " \
+           "running 2 at once" in said
+    assert not [line for line in said if "queued (quota)" in line]
+    assert watch.most_alive == 2, watch.most_alive
+    assert run.store.load_run(run.run_id).spec["workers"] == 2

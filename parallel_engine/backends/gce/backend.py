@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from parallel_engine.backends.base import Built, InfoFn, OnEvent, Plan
+from parallel_engine.backends.gce.capacity import vms_that_fit
 from parallel_engine.backends.gce.compute import Compute, delete_run_vms
 from parallel_engine.backends.gce.pool import GcePool, cancel_running
 from parallel_engine.backends.gce.settings import GceSettings
@@ -72,8 +73,10 @@ class GceBackend:
         render_script = script_for(settings, run_id, image)
         check_rendering(settings, render_script)
         compute = Compute(self.config)
+        quota = vms_that_fit(settings, compute.project, quota, say)
         spec = {
             "runtime": "gce",
+            "workers": quota,
             "image": image,
             "tasks_per_vm": self.config.tasks_per_vm,
             "project": compute.project,
