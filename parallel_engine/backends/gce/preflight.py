@@ -44,7 +44,7 @@ class Preflight:
         config = settings.config
         self.settings = settings
         self.project = project
-        self.session = AuthorizedSession(credentials(config))  # type: ignore[no-untyped-call]
+        self.session = AuthorizedSession(credentials(config))  # type: ignore[no-untyped-call]  # google-auth leaves it untyped
         self.compute = f"{settings.compute_endpoint}/compute/v1/projects/{project}"
         self.storage = f"{settings.storage_endpoint}/storage/v1/b/{settings.bucket}"
         self.iam = config.iam_endpoint or DEFAULT_IAM
@@ -59,7 +59,7 @@ class Preflight:
         from parallel_engine.backends.gce.credentials import access_error
 
         try:
-            answer = self.session.request(method, url, timeout=TIMEOUT_S, **kwargs)  # type: ignore[no-untyped-call]
+            answer = self.session.request(method, url, timeout=TIMEOUT_S, **kwargs)  # type: ignore[no-untyped-call]  # google-auth leaves it untyped
         except GoogleAuthError as exc:
             raise (access_error(exc, what) or CredentialsError(f"{what}: {exc}")) from None
         except OSError as exc:  # requests' errors are OSErrors: nobody answers there
