@@ -21,6 +21,8 @@ from typing import Any
 from parallel_engine.backends.base import Backend, Built, Plan, backend_for
 from parallel_engine.collect import collect
 from parallel_engine.config import Config, load_config
+from parallel_engine.debug import DebugCommand
+from parallel_engine.doctor import Check
 from parallel_engine.dry_run import DryRun
 from parallel_engine.errors import ConfigError, Interrupted, ParallelEngineError
 from parallel_engine.exec_limits import CONTAINER_RESERVE, check_tasks_can_start
@@ -205,6 +207,23 @@ def dry_run(source: str | Path, *, config: Config | None = None, info: InfoFn | 
     config = config or load_config()
     task_list, backend, store, _, quota, plan = prepare(source, config, info or (lambda message: None))
     return plan_run(source, config, task_list, backend, store, quota, plan)
+
+
+def doctor(config: Config | None = None) -> Iterator[Check]:
+    """The configured backend's checks of everything a run needs, each as it is made."""
+    return backend_for(config or load_config()).doctor()
+
+
+def debug_command(source: str | Path, task_id: str, *, config: Config | None = None, outputs: Path | None = None,
+                  shell: bool = False, tty: bool = False, info: InfoFn | None = None) -> DebugCommand:
+    """What `debug` runs for one task: its container's `docker run` line, or its command line
+    (`debug.execute` runs it; `.printable()` is the line to paste)."""
+    from parallel_engine import debug
+
+    config = config or load_config()
+    task = debug.find_task(source, task_id, config)
+    runtime = backend_for(config).debug_runtime(info or (lambda message: None))
+    return debug.prepare(config, runtime, task, outputs, shell, tty)
 
 
 def check_can_start(task_list: TaskList, store: RunStore, run_id: str, runtime: str, command: list[str]) -> None:

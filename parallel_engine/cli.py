@@ -257,23 +257,21 @@ def debug(
 ) -> None:
     """Run one task in the foreground exactly as a worker would (same container, argv, PE_* variables,
     limits); its output on this terminal, its exit code as this command's. The container is removed afterwards."""
-    from parallel_engine import debug as debugging
-    from parallel_engine.backends.base import backend_for
+    from parallel_engine.debug import execute
 
     cfg = _config(config, _flags(set_, IMAGE=image, RUNTIME=runtime))
-    chosen = debugging.find_task(source, task, cfg)
     say = (lambda line: err.print(line, markup=False, soft_wrap=True))
     tty = sys.stdin.isatty() and sys.stdout.isatty()
-    command = debugging.prepare(cfg, backend_for(cfg).debug_runtime(say), chosen, outputs, shell, tty)
+    command = api.debug_command(source, task, config=cfg, outputs=outputs, shell=shell, tty=tty, info=say)
     if print_only:
         out.print(command.printable(), markup=False, highlight=False, soft_wrap=True)
         return
-    err.print(f"# task {chosen.id} ({command.runtime}); outputs in {command.outputs}", markup=False, soft_wrap=True)
+    err.print(f"# task {task} ({command.runtime}); outputs in {command.outputs}", markup=False, soft_wrap=True)
     with _terminate_as_interrupt():
         try:
-            code = debugging.execute(command)
+            code = execute(command)
         except KeyboardInterrupt:
-            raise Interrupted(f"debug of task {chosen.id} interrupted" +
+            raise Interrupted(f"debug of task {task} interrupted" +
                               ("; its container was removed" if command.runtime == "docker" else "")) from None
     raise typer.Exit(code)
 
@@ -288,13 +286,12 @@ def doctor(
 
     Exit 0 when every check passes, 2 otherwise.
     """
-    from parallel_engine.backends.base import backend_for
     from parallel_engine.doctor import exit_code
 
     cfg = _config(config, _flags(set_))
     out.print(f"doctor: backend {cfg.backend}", markup=False)
     checks = []
-    for check in backend_for(cfg).doctor():  # each line as soon as its check is made
+    for check in api.doctor(cfg):  # each line as soon as its check is made
         checks.append(check)
         out.print(f"{'✓' if check.ok else '✗'} {check.name:<{DOCTOR_NAMES}} {check.detail}", markup=False, highlight=False)
         if check.fix:

@@ -233,3 +233,13 @@ def test_on_a_terminal_the_program_gets_a_tty(tmp_path: Path, base_image: str, d
         os.close(controller)
     assert b"isatty True True" in output
     assert debug_containers(docker_engine) == []
+
+
+def test_process_shell_opens_a_shell_with_the_tasks_pe_variables(tmp_path: Path) -> None:
+    project(tmp_path, sys.executable)
+    done = subprocess.run(
+        [sys.executable, "-m", "parallel_engine", "debug", "tasks.yaml", "--task", "exits-5", "--runtime", "process",
+         "--shell"], input='echo "task=$PE_TASK_ID out=$PE_OUTPUT_DIR"; exit 4\n',
+        cwd=tmp_path, env={**cli_env(), "SHELL": "/bin/sh"}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 4, done.stderr
+    assert f"task=exits-5 out={tmp_path / 'debug' / 'exits-5'}" in done.stdout

@@ -59,3 +59,14 @@ def test_gce_dry_run_plans_only_the_vms_the_quotas_leave_room_for(cloud: Emulato
     assert f"VM_QUOTAS 6, but the INSTANCES quota of {cloud.region} leaves room for 3 n1-standard-1: running 3 at once" \
         in done.stderr
     assert "backend: gce, 3 worker(s) at once" in done.stdout
+
+
+def test_quotas_that_cannot_be_read_leave_vm_quotas_as_set_and_say_so(cloud: Emulator, tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "code", tmp_path / "code")
+    cloud.control.deny("compute.regions.get")
+    values = settings(cloud, "europe-west1-docker.pkg.dev/p/repo/app:1", VM_QUOTAS=6)
+    (tmp_path / ".config.yaml").write_text(yaml.safe_dump(values))
+    done = cli("run", "code/params.csv", "--dry-run", cwd=tmp_path, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"note: could not read the quotas of {cloud.region}" in done.stderr and "VM_QUOTAS 6 as set" in done.stderr
+    assert "backend: gce, 6 worker(s) at once" in done.stdout
