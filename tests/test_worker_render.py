@@ -318,3 +318,13 @@ def test_the_short_template_never_renders_a_value_without_the_quoting_filter() -
 def test_docker_args_are_refused_for_the_python_worker() -> None:
     with pytest.raises(ConfigError, match="docker_args are not supported by the Python worker"):
         replace(SHORT["short-claim"], docker_args=("--gpus", "all"))
+
+
+def test_the_worker_image_installs_exactly_the_worker_extra() -> None:
+    import tomllib
+
+    from parallel_engine.worker.image import REQUIREMENTS
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert sorted(extras["worker"]) == sorted(REQUIREMENTS)
+    assert not any(name.startswith(("google-cloud-compute", "grpc")) for name in REQUIREMENTS)
