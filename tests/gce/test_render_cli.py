@@ -54,37 +54,36 @@ def test_task_script_renders_that_task_in(cloud: Emulator, tmp_path: Path) -> No
     assert done.stdout == script_for(GceSettings.of(config(cloud)), "run-1", IMAGE)((("alpha", 1),)) + "\n"
 
 
-def test_render_pins_the_image_to_the_digest_build_recorded(cloud: Emulator, tmp_path: Path) -> None:
+def render_with_build_record(cloud: Emulator, tmp_path: Path, record: dict[str, str]) -> str:
+    """`render --worker` while the bucket holds `record` as the last build; its output."""
     from parallel_engine.api import open_store
 
-    digest = "sha256:" + "c" * 64
     store = open_store(config(cloud))
-    store.blobs.write("builds/latest.json", json.dumps({"image": IMAGE, "digest": digest}).encode())
+    store.blobs.write("builds/latest.json", json.dumps(record).encode())
     try:
         done = cli("render", "--worker", "--run-id", "run-1", *sets(cloud), cwd=tmp_path)
     finally:
         store.blobs.delete("builds/latest.json")
     assert done.returncode == 0, done.stderr
-    assert f"PE_IMAGE=europe-west1-docker.pkg.dev/proj/repo/app@{digest}\n" in done.stdout
-    assert done.stdout == script_for(GceSettings.of(config(cloud)), "run-1", f"europe-west1-docker.pkg.dev/proj/repo/app@{digest}")(None) + "\n"
+    return done.stdout
+
+
+def test_render_pins_the_image_to_the_digest_build_recorded(cloud: Emulator, tmp_path: Path) -> None:
+    digest = "sha256:" + "c" * 64
+    shown = render_with_build_record(cloud, tmp_path, {"image": IMAGE, "digest": digest})
+    assert f"PE_IMAGE=europe-west1-docker.pkg.dev/proj/repo/app@{digest}\n" in shown
+    assert shown == script_for(GceSettings.of(config(cloud)), "run-1", f"europe-west1-docker.pkg.dev/proj/repo/app@{digest}")(None) + "\n"
 
 
 def test_render_shows_both_images_pinned_when_build_recorded_a_worker_image(cloud: Emulator, tmp_path: Path) -> None:
-    from parallel_engine.api import open_store
     from parallel_engine.worker.image import tag
 
     digest, worker_digest = "sha256:" + "c" * 64, "sha256:" + "d" * 64
     worker = f"europe-west1-docker.pkg.dev/proj/repo/parallel-engine-worker:{tag()}"
-    store = open_store(config(cloud))
-    store.blobs.write("builds/latest.json", json.dumps(
-        {"image": IMAGE, "digest": digest, "worker_image": worker, "worker_digest": worker_digest}).encode())
-    try:
-        done = cli("render", "--worker", "--run-id", "run-1", *sets(cloud), cwd=tmp_path)
-    finally:
-        store.blobs.delete("builds/latest.json")
-    assert done.returncode == 0, done.stderr
-    assert f"PE_IMAGE=europe-west1-docker.pkg.dev/proj/repo/app@{digest}\n" in done.stdout
-    assert f"PE_WORKER_IMAGE=europe-west1-docker.pkg.dev/proj/repo/parallel-engine-worker@{worker_digest}\n" in done.stdout
+    shown = render_with_build_record(
+        cloud, tmp_path, {"image": IMAGE, "digest": digest, "worker_image": worker, "worker_digest": worker_digest})
+    assert f"PE_IMAGE=europe-west1-docker.pkg.dev/proj/repo/app@{digest}\n" in shown
+    assert f"PE_WORKER_IMAGE=europe-west1-docker.pkg.dev/proj/repo/parallel-engine-worker@{worker_digest}\n" in shown
 
 
 def test_vm_request_carries_script_labels_and_the_delete_net(cloud: Emulator, tmp_path: Path) -> None:
