@@ -23,9 +23,11 @@ from parallel_engine.collect import collect
 from parallel_engine.config import Config, load_config
 from parallel_engine.errors import ConfigError, Interrupted, ParallelEngineError
 from parallel_engine.exec_limits import CONTAINER_RESERVE, check_tasks_can_start
+from parallel_engine.follow import POLL_S, follow, progress_counts
 from parallel_engine.model import TaskList
 from parallel_engine.names import new_run_id
 from parallel_engine.processes import this_orchestrator
+from parallel_engine.progress import CountsBar, auto_bar
 from parallel_engine.protocol import CONTAINER_OUTPUT_DIR, attempt_env
 from parallel_engine.results import RunStatus, read_log, run_status, status_of
 from parallel_engine.scheduler import Outcome, ProgressFn, Scheduler
@@ -77,6 +79,15 @@ class Run:
         for line in done.warnings(Path(dest)):
             (info or (lambda message: None))(line)
         return done.results_csv
+
+    def wait(self, progress: bool = True, poll_s: float = POLL_S) -> RunStatus:
+        """Follow the run until it ends and return its last status, with a live bar (in Jupyter,
+        or on a terminal's stderr) unless `progress=False`. Read-only: the run may be orchestrated
+        by another process or machine, which it never disturbs (`exit_code(status)` says how it ended)."""
+        if self.outcome is not None:
+            return self.status()  # it ended here
+        with (auto_bar() if progress else CountsBar(None)) as update:
+            return follow(self.store, self.run_id, lambda status: update(progress_counts(status)), poll_s)
 
     @property
     def cancelled(self) -> bool:
@@ -233,6 +244,12 @@ def get_run(run_id: str, config: Config | None = None) -> Run:
     store = existing_store(config)
     store.check_run(run_id)  # raises RunNotFoundError with a hint
     return Run(run_id, store)
+
+
+def attach(run_id: str, config: Config | None = None) -> Run:
+    """A handle on a run started elsewhere (another process, terminal or machine with the same
+    store): `.wait()` follows it to its end without taking it over."""
+    return get_run(run_id, config)
 
 
 def list_runs(config: Config | None = None) -> list[RunStatus]:

@@ -10,7 +10,6 @@ import signal
 import sys
 import threading
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +30,9 @@ from parallel_engine.errors import (
     ParallelEngineError,
 )
 from parallel_engine.model import TaskState
+from parallel_engine.follow import ending, exit_code, follow, progress_counts
 from parallel_engine.processes import keep_child_statuses
+from parallel_engine.progress import CountsBar
 from parallel_engine.results import RunStatus, TaskView, read_log
 
 app = typer.Typer(
@@ -163,39 +164,9 @@ def _on_signals(handler: Any) -> None:
         signal.signal(sig, handler)
 
 
-class _progress:
+def _progress(quiet: bool) -> CountsBar:
     """A live bar with counts per state, or nothing when quiet or not on a terminal."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.enabled = not quiet and err.is_terminal
-        self.bar: Any = None
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(
-                TextColumn("[bold]tasks"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
-                TimeElapsedColumn(), console=err, transient=False,
-            )
-        self.task_id: Any = None
-
-    def __enter__(self) -> Callable[[Counter[str]], None]:
-        if self.enabled:
-            self.bar.start()
-        return self.update
-
-    def update(self, counts: Counter[str]) -> None:
-        if not self.enabled:
-            return
-        total = sum(counts.values())
-        done = sum(counts[s] for s in ("succeeded", "failed", "cancelled"))
-        text = "  ".join(f"{state} {counts[state]}" for state in ("queued", "running", "succeeded", "failed", "cancelled") if counts[state])
-        if self.task_id is None:
-            self.task_id = self.bar.add_task("tasks", total=total, counts=text)
-        self.bar.update(self.task_id, completed=done, total=total, counts=text)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bar.stop()
+    return CountsBar(err if not quiet and err.is_terminal else None)
 
 
 SHOWN_FAILURES = 20
@@ -230,6 +201,29 @@ def _print_summary(status: RunStatus, handle: api.Run) -> None:
             out.print(f"... and {len(failed) - SHOWN_FAILURES} more: `parallel-engine status {status.record.run_id}`",
                       markup=False)
     out.print(f"results: parallel-engine collect {status.record.run_id} --dest results", markup=False)
+
+
+@app.command()
+@friendly
+def wait(
+    run_id: Annotated[str, typer.Argument(help="the run id")],
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")] = False,
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Follow a run until it ends without taking it over (read-only), then its summary and exit code.
+
+    For scripts and CI: exit 0 every task succeeded, 1 one failed, 130 cancelled, 4 interrupted
+    (its orchestrator is gone without recording an end), 3 it stopped on an error.
+    """
+    handle = api.get_run(run_id, _config(config, _flags(set_, STORE=store)))
+    with _progress(quiet) as update:
+        status = follow(handle.store, run_id, lambda state: update(progress_counts(state)))
+    _print_summary(status, handle)
+    if ending(status):
+        err.print(ending(status), markup=False)
+    raise typer.Exit(exit_code(status))
 
 
 @app.command()

@@ -102,7 +102,9 @@ def _run_state(store: RunStore, record: RunRecord) -> str:
         return ended
     owner = record.spec.get("orchestrator", {})
     if owner.get("host") == socket.gethostname() and not orchestrator_alive(owner):
-        return "interrupted"  # its pid is gone, a zombie, or another process's now
+        # Its pid is gone, a zombie, or another process's now. It may have written end.json and
+        # exited since the read above: read it again, or a run that just ended reads interrupted.
+        return store.read_end(record.run_id) or "interrupted"
     return "running"
 
 
