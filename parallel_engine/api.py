@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +29,11 @@ from parallel_engine.names import new_run_id
 from parallel_engine.processes import this_orchestrator
 from parallel_engine.progress import CountsBar, auto_bar
 from parallel_engine.protocol import CONTAINER_OUTPUT_DIR, attempt_env
-from parallel_engine.results import RunStatus, read_log, run_status, status_of
+from parallel_engine.results import RunStatus, read_log, result_rows, run_status, status_of
 from parallel_engine.scheduler import Outcome, ProgressFn, Scheduler
 from parallel_engine.state import Budgets
 from parallel_engine.store import RunRecord, RunStore
-from parallel_engine.tasks import load_tasks
+from parallel_engine.tasks import load_source
 
 InfoFn = Callable[[str], None]
 
@@ -79,6 +79,21 @@ class Run:
         for line in done.warnings(Path(dest)):
             (info or (lambda message: None))(line)
         return done.results_csv
+
+    def results(self) -> Any:
+        """One row per task: its parameters, task_id, results.csv's columns (state, exit_code,
+        attempts, duration_s, worker, started_at, finished_at, reason) and `outputs` (where its
+        winning, or last, attempt's outputs are in the store). A pandas DataFrame (times as UTC
+        datetimes) when pandas is installed (the `notebook` extra), else a list of dicts."""
+        rows = result_rows(self.store, self.status())
+        try:
+            import pandas
+        except ImportError:
+            return rows
+        frame = pandas.DataFrame(rows, columns=list(rows[0]) if rows else None)
+        for column in ("started_at", "finished_at"):
+            frame[column] = pandas.to_datetime(frame[column].replace("", None), utc=True)
+        return frame
 
     def wait(self, progress: bool = True, poll_s: float = POLL_S) -> RunStatus:
         """Follow the run until it ends and return its last status, with a live bar (in Jupyter,
@@ -131,19 +146,26 @@ def stop_on_signals(cancel: threading.Event) -> Iterator[None]:
 
 
 def run(
-    source: str | Path,
+    source: str | Path | Sequence[Mapping[str, Any]] | Any,
     *,
     config: Config | None = None,
     config_path: str | Path | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | bool | None = None,
     info: InfoFn | None = None,
     cancel: threading.Event | None = None,
     **overrides: Any,
 ) -> Run:
     """Run one task per parameter set and wait for the end; returns the finished `Run`.
 
+    `source`: a task file's path (params.csv, YAML, a task list), or the rows of a params table as
+    a list of dicts or a pandas DataFrame (checked as params.csv is; errors name the row).
+    `progress`: a callback of the counts per state, or True for a live bar (Jupyter or terminal).
     `overrides` are config keys in lower case (`jobs` is VM_QUOTAS), as flags are.
     """
+    if progress is True:
+        with auto_bar() as update:
+            return run(source, config=config, config_path=config_path, progress=update, info=info,
+                       cancel=cancel, **overrides)
     if config is None:
         keys = {key: "VM_QUOTAS" if key == "jobs" else key.upper() for key in overrides}
         flags = {keys[key]: value for key, value in overrides.items()}
@@ -152,7 +174,7 @@ def run(
     elif overrides:
         raise ConfigError("pass either config= or keyword overrides, not both")
     say = info or (lambda message: None)
-    task_list = load_tasks(source, args_template=config.args_template, arg_style=config.arg_style)
+    task_list = load_source(source, args_template=config.args_template, arg_style=config.arg_style)
     cancel = cancel or threading.Event()
     backend = backend_for(config)
     store = backend.open_store()
@@ -166,7 +188,7 @@ def run(
         run_id=run_id,
         created=time.time(),
         backend=backend.name,
-        source=str(Path(source)),
+        source=str(Path(source)) if isinstance(source, (str, Path)) else task_list.path,
         columns=task_list.columns,
         tasks=task_list.tasks,
         spec={
@@ -187,7 +209,7 @@ def run(
         store.save_run(record)
         say(f"run {run_id}: {len(task_list.tasks)} tasks on {backend.name}, at most {quota} at once, "
             f"store {store.where}")
-        scheduler = Scheduler(task_list.tasks, budgets, plan.make_pool, progress)
+        scheduler = Scheduler(task_list.tasks, budgets, plan.make_pool, progress or None)
         try:
             outcome = scheduler.run(cancel)  # a pool stops all its workers on the way out
         except BaseException:

@@ -39,8 +39,8 @@ from parallel_engine.model import COLLECT_FILES, RESULT_COLUMNS, TaskState
 from parallel_engine.nofollow import NAME_ERRNOS
 from parallel_engine.paths import parts_of, unsafe_segment
 from parallel_engine.protocol import SKIPPED
-from parallel_engine.results import RunStatus, run_status
-from parallel_engine.store import RunRecord, RunStore, write_atomic
+from parallel_engine.results import RunStatus, result_columns, result_fields, run_status
+from parallel_engine.store import RunStore, write_atomic
 
 #: In --dest: which run was collected there and the names (task folders, files) collect wrote.
 COLLECTED_MARKER = ".parallel-engine-collected"
@@ -391,16 +391,6 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def result_columns(record: RunRecord) -> list[str]:
-    if record.columns:
-        return list(record.columns)
-    seen: dict[str, None] = {}
-    for task in record.tasks:
-        for name in task.params:
-            seen.setdefault(name, None)
-    return list(seen)
-
-
 def _results_rows(status: RunStatus, excel_safe: bool) -> list[Sequence[object]]:
     columns = result_columns(status.record)
     extra = [c for c in ("task_id",) if c not in columns]
@@ -409,12 +399,9 @@ def _results_rows(status: RunStatus, excel_safe: bool) -> list[Sequence[object]]
         duration = view.duration_s
         row: list[object] = [cell(view.params.get(c, ""), excel_safe) for c in columns]
         row += [cell(view.task_id, excel_safe)] if extra else []
-        row += [
-            str(view.state),
-            "" if view.exit_code is None else view.exit_code,
-            len(view.attempts),
-            "" if duration is None else f"{duration:.3f}",
-        ]
+        fields = {**result_fields(view), "duration_s": "" if duration is None else f"{duration:.3f}"}
+        row += [cell(value, excel_safe) if isinstance(value, str) else "" if value is None else value
+                for value in (fields[name] for name in RESULT_COLUMNS)]
         rows.append(row)
     return rows
 

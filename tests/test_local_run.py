@@ -44,7 +44,8 @@ def test_example_job_runs_and_collects_outputs_and_results_csv(tmp_path: Path) -
     assert collected.returncode == 0, collected.stderr
     rows = list(csv.DictReader(open(tmp_path / "results" / "results.csv", newline="")))
     assert len(rows) == 12
-    assert list(rows[0]) == ["dataset", "project", "var", "task_id", "state", "exit_code", "attempts", "duration_s"]
+    assert list(rows[0]) == ["dataset", "project", "var", "task_id", "state", "exit_code", "attempts", "duration_s",
+                             "worker", "started_at", "finished_at", "reason"]
     params = list(csv.DictReader(open(tmp_path / "code" / "params.csv", newline="")))
     for row, param in zip(rows, params):
         assert (row["dataset"], row["project"], row["var"]) == (param["dataset"], param["project"], param["var"])
