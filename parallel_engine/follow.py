@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from parallel_engine.errors import EXIT_BACKEND, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_INTERRUPTED, EXIT_TASKS_FAILED
 from parallel_engine.model import TaskState
-from parallel_engine.results import RunStatus, run_status
+from parallel_engine.results import RunStatus, read_log, run_state, run_status
 from parallel_engine.store import RunStore
 
 #: Between two reads of the store at least this long, and at least twice as long as a read took
@@ -67,3 +67,28 @@ def ending(status: RunStatus) -> str:
 def progress_counts(status: RunStatus) -> Counter[str]:
     """Counts per task state, as a live run's progress callback gets them."""
     return Counter(status.counts)
+
+
+def tail_log(store: RunStore, run_id: str, task_id: str, attempt: int | None, stream: str,
+             write: Callable[[bytes], None], poll_s: float = POLL_S,
+             sleep: Callable[[float], None] = time.sleep) -> int:
+    """Write one attempt's log (the latest by default) as it grows, until the attempt has ended
+    (its record is written after its last log) or the run has; returns the attempt's number.
+
+    A gce worker uploads the logs every few seconds while the attempt runs: what is new shows
+    then. A log found shorter than what was written (replaced, not grown) is written again whole.
+    """
+    record = store.load_run(run_id)
+    chosen, _ = read_log(store, run_id, task_id, attempt, stream)  # the checks and errors of `logs`
+    written = 0
+    while True:
+        ended = store.read_status(run_id, task_id, chosen) is not None or run_state(store, record) != "running"
+        data = store.read_log(run_id, task_id, chosen, stream) or b""
+        if len(data) < written:
+            written = 0
+        if len(data) > written:
+            write(data[written:])
+            written = len(data)
+        if ended:
+            return chosen
+        sleep(poll_s)

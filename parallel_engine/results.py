@@ -157,6 +157,11 @@ def _run_state(store: RunStore, record: RunRecord) -> str:
     return "running"
 
 
+def run_state(store: RunStore, record: RunRecord) -> str:
+    """How the run stands (running, finished, cancelled, failed, interrupted) without reading its attempts."""
+    return _run_state(store, record)
+
+
 def _lost(history: list[AttemptStatus], record: RunRecord, run_state: str) -> list[AttemptStatus]:
     """Workers that die with their orchestrator (local threads): once it is gone (or the run
     stopped on an error, e.g. a store it could no longer write), a claimed attempt without a

@@ -17,7 +17,7 @@ from parallel_engine.follow import exit_code, follow
 from parallel_engine.processes import this_orchestrator
 from parallel_engine.results import run_status
 from parallel_engine.store import LocalBlobs, RunStore, local_store
-from tests.helpers import FAILED, SUCCEEDED, cli, cli_env, record_run, wait_for
+from tests.helpers import FAILED, SUCCEEDED, cli, cli_env, gated, record_run
 
 RUN = "20260101-120000-abcde"
 
@@ -92,35 +92,11 @@ def test_a_run_that_records_its_end_as_its_orchestrator_exits_is_not_read_as_int
 
 
 # -- a run another process orchestrates, followed from its start to its end ----------------------
-GATE = """import os, sys, time
-while not os.path.exists({go!r}):
-    time.sleep(0.02)
-sys.exit(int(sys.argv[1].partition("=")[2]))
-"""
-
-
 @pytest.fixture()
 def gated_run(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
-    """`run` of three tasks (exit codes 0, 0, 1) that wait for the file `go`, started in its own
-    process; yields it once its run exists, with the run id and that file."""
-    go = tmp_path / "go"
-    (tmp_path / "gate.py").write_text(GATE.format(go=str(go)))
-    (tmp_path / "params.csv").write_text("code\n0\n0\n1\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "parallel_engine", "run", "params.csv", "-q", "-j", "3", "--runtime", "process",
-         "--command", f"{sys.executable} {tmp_path / 'gate.py'}"],
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    runs = tmp_path / ".parallel-engine" / "runs"
-    try:
-        wait_for(lambda: len(list(runs.glob("*/claims/*"))) == 3, 60, "three running tasks")
-        (run_dir,) = runs.iterdir()
-        yield proc, run_dir.name, go
-    finally:
-        go.touch()  # the tasks end by themselves, whatever happened to their orchestrator
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=60)
+    """`run` of three tasks (exit codes 0, 0, 1) that wait for the file `go`, in its own process."""
+    with gated(tmp_path, [0, 0, 1]) as started:
+        yield started
 
 
 def start_wait(tmp_path: Path, run_id: str) -> subprocess.Popen[str]:
