@@ -71,14 +71,16 @@ class Run:
         return data.decode("utf-8", errors="replace")
 
     def collect(self, dest: str | Path, *, replace: bool = False, excel_safe: bool = False,
-                info: InfoFn | None = None) -> Path:
-        """Outputs into dest/<task_id>/, dest/results.csv (returned) and, for what was not copied
-        (links, special files, unsafe names), dest/skipped.csv; `info` hears one line per warning.
-        `replace`: replace another run's collection found in dest; `excel_safe`: see README "Collect"."""
-        done = collect(self.store, self.run_id, Path(dest), replace=replace, excel_safe=excel_safe)
+                include_failed: bool = False, format: str = "csv", info: InfoFn | None = None) -> Path:
+        """Outputs into dest/<task_id>/, dest/results.csv (returned; results.parquet with
+        `format="parquet"`) and, for what was not copied (links, special files, unsafe names),
+        dest/skipped.csv; `info` hears one line per warning. `replace`: replace another run's
+        collection found in dest; `excel_safe`, `include_failed`: see README "Collect"."""
+        done = collect(self.store, self.run_id, Path(dest), replace=replace, excel_safe=excel_safe,
+                       include_failed=include_failed, fmt=format)
         for line in done.warnings(Path(dest)):
             (info or (lambda message: None))(line)
-        return done.results_csv
+        return done.results_file
 
     def results(self) -> Any:
         """One row per task: its parameters, task_id, results.csv's columns (state, exit_code,

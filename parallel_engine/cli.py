@@ -437,6 +437,8 @@ def collect(
     dest: Annotated[Path, typer.Option("--dest", help="folder for outputs and results.csv")] = Path("results"),
     replace: Annotated[bool, typer.Option("--replace", help="replace the collection of another run found in --dest")] = False,
     excel_safe: Annotated[bool, typer.Option("--excel-safe", help="prefix cells a spreadsheet would run as a formula (=, +, -, @) with '")] = False,
+    include_failed: Annotated[bool, typer.Option("--include-failed", help="also the outputs of failed tasks' last attempts (results' state tells them apart)")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="the results table: csv (results.csv) or parquet (results.parquet, needs pyarrow)")] = "csv",
     store: StoreOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -451,14 +453,17 @@ def collect(
     handle = api.get_run(run_id, _config(config, _flags(set_, STORE=store)))
     with _terminate_as_interrupt():
         try:
-            done = collect_run(handle.store, run_id, dest, replace=replace, excel_safe=excel_safe)
+            done = collect_run(handle.store, run_id, dest, replace=replace, excel_safe=excel_safe,
+                               include_failed=include_failed, fmt=fmt)
         except KeyboardInterrupt:
             raise Interrupted(f"collect interrupted: {dest} holds what it held before, or all of this "
                               "collection if it was already being moved in") from None
     for line in done.warnings(dest):
         err.print(f"warning: {line}", markup=False)
     counts = done.status.counts
-    out.print(f"collected {counts.get('succeeded', 0)} task outputs into {dest}/ and {done.results_csv}", markup=False)
+    failed = f" (and {counts.get('failed', 0)} failed tasks')" if include_failed else ""
+    out.print(f"collected {counts.get('succeeded', 0)} task outputs{failed} into {dest}/ and {done.results_file}",
+              markup=False)
 
 
 @contextmanager

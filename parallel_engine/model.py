@@ -51,7 +51,7 @@ RESERVED_COLUMNS = (*RESULT_COLUMNS, "outputs")
 
 #: The files `collect` writes at the top of --dest, beside one folder per task: no task id may take
 #: one of these names (compared case-insensitively, as some filesystems compare names).
-COLLECT_FILES = ("results.csv", "skipped.csv")
+COLLECT_FILES = ("results.csv", "skipped.csv", "results.parquet")
 
 
 @dataclass(frozen=True)
