@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parallel_engine.backends.base import Built, backend_for
 from parallel_engine.collect import collect
@@ -34,6 +34,9 @@ from parallel_engine.scheduler import Outcome, ProgressFn, Scheduler
 from parallel_engine.state import Budgets
 from parallel_engine.store import RunRecord, RunStore
 from parallel_engine.tasks import load_source
+
+if TYPE_CHECKING:
+    from parallel_engine.report import WrittenReport  # the plotting extra: imported when a report is made
 
 InfoFn = Callable[[str], None]
 
@@ -96,6 +99,14 @@ class Run:
         for column in ("started_at", "finished_at"):
             frame[column] = pandas.to_datetime(frame[column].replace("", None), utc=True)
         return frame
+
+    def report(self, output: str | Path = "report.html", png: str | Path | None = None) -> WrittenReport:
+        """Write the run's report (README "The report"; a snapshot while it runs) and return it:
+        in Jupyter, the page shows inline; `png`: the timeline alone too. Needs the `report` extra."""
+        from parallel_engine.report import WrittenReport, write_report
+
+        data = write_report(self.store, self.run_id, Path(output), Path(png) if png is not None else None)
+        return WrittenReport(Path(output), data)
 
     def wait(self, progress: bool = True, poll_s: float = POLL_S) -> RunStatus:
         """Follow the run until it ends and return its last status, with a live bar (in Jupyter,
