@@ -70,7 +70,7 @@ def friendly(func: F) -> F:
                 err.print(f"hint: {exc.hint}", markup=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature; mypy sees a plain callable
 
 
 Flags = tuple[dict[str, Any], dict[str, str]]  # values by key, and how each was given
