@@ -68,3 +68,4 @@ def test_the_runner_notebook_executes_in_a_kernel_from_config_to_report(
     assert len(rows) == 13 and sum(row["state"] == "failed" for row in rows) == 1
     assert (tmp_path / "results" / "13").is_dir()  # the failed task's folder (include_failed)
     assert '<iframe srcdoc="' in texts(cells["c21"], "text/html") and (tmp_path / "report.html").is_file()
+    assert "tasks 13/13" in texts(cells["c23"], "text/plain") and "'succeeded': 12" in texts(cells["c23"], "text/plain")
