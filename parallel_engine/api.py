@@ -89,13 +89,14 @@ class Run:
         """One row per task: its parameters, task_id, results.csv's columns (state, exit_code,
         attempts, duration_s, worker, started_at, finished_at, reason) and `outputs` (where its
         winning, or last, attempt's outputs are in the store). A pandas DataFrame (times as UTC
-        datetimes) when pandas is installed (the `notebook` extra), else a list of dicts."""
+        datetimes, exit codes as nullable integers) when pandas is installed (the `notebook` extra), else a list of dicts."""
         rows = result_rows(self.store, self.status())
         try:
             import pandas
         except ImportError:
             return rows
         frame = pandas.DataFrame(rows, columns=list(rows[0]) if rows else None)
+        frame["exit_code"] = frame["exit_code"].astype("Int64")  # integers, with <NA> where none
         for column in ("started_at", "finished_at"):
             frame[column] = pandas.to_datetime(frame[column].replace("", None), utc=True)
         return frame

@@ -285,6 +285,9 @@ def status(
 
     Over 200 tasks: the counts and the tasks that did not succeed (at most 200). --all: every task, one plain line each. --json: everything, for scripts.
     """
+    if sum((as_json, show_all, failed)) > 1 or (watch and (as_json or show_all)):
+        raise ParallelEngineError("--json, --all and --failed are three different views: choose one "
+                                  "(--watch goes with the table or --failed)")
     handle = api.get_run(run_id, _config(config, _flags(set_, STORE=store)))
     if watch:
         _watch(handle, failed)

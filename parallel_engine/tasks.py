@@ -124,6 +124,10 @@ def load_source(
         return load_tasks(source, args_template=args_template, arg_style=arg_style)
     if _is_dataframe(source):
         frame: Any = source
+        twice = sorted({str(name) for name in frame.columns[frame.columns.duplicated()]})
+        if twice:
+            raise TaskSourceError(f"DataFrame: column name {shown(twice[0])} appears twice",
+                                  hint="give every column its own name")
         if not all(isinstance(name, str) for name in frame.columns):
             names = ", ".join(shown(name) for name in frame.columns)
             raise TaskSourceError(f"DataFrame: every column name must be text, these are: {names}",

@@ -41,7 +41,7 @@ def test_a_dataframe_runs_one_task_per_row_and_results_come_back_as_a_dataframe_
                                      "worker", "started_at", "finished_at", "reason", "outputs"]
     assert results["n"].tolist() == ["1", "2", "3"] and results["name"].tolist() == ["a", "b", ""]
     assert results["state"].tolist() == ["succeeded", "failed", "succeeded"]
-    assert results["exit_code"].tolist() == [0, 3, 0] and results["reason"].tolist() == ["", "exit code 3", ""]
+    assert str(results["exit_code"].dtype) == "Int64" and results["exit_code"].tolist() == [0, 3, 0] and results["reason"].tolist() == ["", "exit code 3", ""]
     assert all(results["worker"].str.startswith("local-")) and (results["duration_s"] > 0).all()
     assert str(results["started_at"].dtype).startswith("datetime64") and (results["finished_at"] >= results["started_at"]).all()
     argv = [(Path(folder) / "argv.txt").read_text() for folder in results["outputs"]]
@@ -87,3 +87,5 @@ def test_a_dataframe_with_missing_values_omits_those_arguments_and_names_its_row
     assert load_source(frame).tasks[1].source == "DataFrame row 2"
     with pytest.raises(TaskSourceError, match="DataFrame: every column name must be text"):
         load_source(pd.DataFrame({0: [1]}))
+    with pytest.raises(TaskSourceError, match="DataFrame: column name 'x' appears twice"):
+        load_source(pd.DataFrame([[1, 2]], columns=["x", "x"]))

@@ -116,3 +116,10 @@ def test_logs_follow_prints_what_a_running_attempt_writes_until_it_ends(tmp_path
     assert follow.returncode == 0, err
     assert rest == b"released\n"
     assert b"task 1 attempt 1: ended" in err
+
+
+def test_status_views_that_exclude_each_other_are_refused(tmp_path: Path) -> None:
+    record_run(local_store(tmp_path / "store"), RUN, {"good": [SUCCEEDED]})
+    for flags in (["--json", "--failed"], ["--all", "--json"], ["--watch", "--json"], ["--watch", "--all"]):
+        shown = cli("status", RUN, *flags, "--store", "store", cwd=tmp_path)
+        assert shown.returncode == 2 and "choose one" in shown.stderr, flags
