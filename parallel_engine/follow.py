@@ -72,13 +72,19 @@ def progress_counts(status: RunStatus) -> Counter[str]:
 def tail_log(store: RunStore, run_id: str, task_id: str, attempt: int | None, stream: str,
              write: Callable[[bytes], None], poll_s: float = POLL_S,
              sleep: Callable[[float], None] = time.sleep) -> int:
-    """Write one attempt's log (the latest by default) as it grows, until the attempt has ended
-    (its record is written after its last log) or the run has; returns the attempt's number.
+    """Write one attempt's log (the latest by default; of a queued task, its first once it starts)
+    as it grows, until the attempt has ended (its record is written after its last log) or the
+    run has; returns the attempt's number.
 
     A gce worker uploads the logs every few seconds while the attempt runs: what is new shows
     then. A log found shorter than what was written (replaced, not grown) is written again whole.
     """
     record = store.load_run(run_id)
+    if attempt is None and any(task.id == task_id for task in record.tasks):
+        # A task still queued: its first attempt is waited for (`logs` without --follow says "not started yet").
+        while (not any(claimed == task_id for claimed, _ in store.claimed(run_id))
+               and run_state(store, record) == "running"):
+            sleep(poll_s)
     chosen, _ = read_log(store, run_id, task_id, attempt, stream)  # the checks and errors of `logs`
     written = 0
     while True:

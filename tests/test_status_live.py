@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pty
 import queue
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
+from parallel_engine.follow import tail_log
+from parallel_engine.model import AttemptState, AttemptStatus
+from parallel_engine.processes import this_orchestrator
 from parallel_engine.store import local_store
 from tests.helpers import FAILED, SUCCEEDED, cli, cli_env, gated, record_run, wait_for
 
@@ -123,3 +128,29 @@ def test_status_views_that_exclude_each_other_are_refused(tmp_path: Path) -> Non
     for flags in (["--json", "--failed"], ["--all", "--json"], ["--watch", "--json"], ["--watch", "--all"]):
         shown = cli("status", RUN, *flags, "--store", "store", cwd=tmp_path)
         assert shown.returncode == 2 and "choose one" in shown.stderr, flags
+
+
+def test_logs_follow_of_a_queued_task_waits_for_its_first_attempt(tmp_path: Path) -> None:
+    store = local_store(tmp_path)
+    record = record_run(store, RUN, {"a": [None], "b": []}, ended=None)
+    store.save_run(dataclasses.replace(record, spec={**record.spec, "orchestrator": this_orchestrator()}))
+    written: list[bytes] = []
+    pauses: list[float] = []
+
+    def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        time.sleep(seconds)
+
+    follower = threading.Thread(target=tail_log, args=(store, RUN, "b", None, "stdout", written.append, 0.01, pause))
+    follower.start()
+    try:
+        wait_for(lambda: len(pauses) >= 3 or not follower.is_alive(), 10, "the follower to look three times")
+        assert follower.is_alive() and written == []  # still waiting for the task to start
+        store.claim(RUN, "b", 1, "worker-b")
+        store.add_attempt_folders(RUN, "b", 1)
+        store.blobs.write(f"runs/{RUN}/tasks/b/1/stdout.log", b"hello\n")
+        wait_for(lambda: written == [b"hello\n"], 10, "the first attempt's log")
+        store.record_end(RUN, AttemptStatus("b", 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, "worker-b"))
+    finally:
+        follower.join(timeout=10)
+    assert not follower.is_alive() and written == [b"hello\n"]
