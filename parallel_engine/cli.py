@@ -166,6 +166,16 @@ def _on_signals(handler: Any) -> None:
         signal.signal(sig, handler)
 
 
+@contextmanager
+def _following(run_id: str) -> Iterator[None]:
+    """Ctrl-C stops only the follower (`wait`, `status --watch`, `logs --follow`): exit 130, and
+    the run, which it never touched, goes on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped following run {run_id}: the run itself goes on, untouched") from None
+
+
 def _progress(quiet: bool) -> CountsBar:
     """A live bar with counts per state, or nothing when quiet or not on a terminal."""
     return CountsBar(err if not quiet and err.is_terminal else None)
@@ -240,7 +250,7 @@ def wait(
     (its orchestrator is gone without recording an end), 3 it stopped on an error.
     """
     handle = api.get_run(run_id, _config(config, _flags(set_, STORE=store)))
-    with _progress(quiet) as update:
+    with _following(run_id), _progress(quiet) as update:
         status = follow(handle.store, run_id, lambda state: update(progress_counts(state)))
     _print_summary(status, handle)
     if ending(status):
@@ -290,7 +300,8 @@ def status(
                                   "(--watch goes with the table or --failed)")
     handle = api.get_run(run_id, _config(config, _flags(set_, STORE=store)))
     if watch:
-        _watch(handle, failed)
+        with _following(run_id):
+            _watch(handle, failed)
         return
     state = handle.status()
     if as_json:
@@ -424,7 +435,8 @@ def logs(
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
 
-        chosen = tail_log(handle.store, run_id, task_id, attempt, stream, write)
+        with _following(run_id):
+            chosen = tail_log(handle.store, run_id, task_id, attempt, stream, write)
         err.print(f"# run {run_id} task {task_id} attempt {chosen}: ended", markup=False)
         return
     chosen, data = read_log(handle.store, run_id, task_id, attempt, "stderr" if stderr else "stdout")

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import pty
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -154,3 +155,31 @@ def test_logs_follow_of_a_queued_task_waits_for_its_first_attempt(tmp_path: Path
     finally:
         follower.join(timeout=10)
     assert not follower.is_alive() and written == [b"hello\n"]
+
+
+def test_ctrl_c_stops_wait_with_130_and_the_run_goes_on(tmp_path: Path) -> None:
+    with gated(tmp_path, [0, 1]) as (run, run_id, go):
+        primary, secondary = pty.openpty()
+        waiting = subprocess.Popen([sys.executable, "-m", "parallel_engine", "wait", run_id], cwd=tmp_path,
+                                   env={**cli_env(), "COLUMNS": "150", "TERM": "xterm"},
+                                   stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary)
+        os.close(secondary)
+        chunks: queue.Queue[bytes] = queue.Queue()
+        threading.Thread(target=read_all, args=(primary, chunks), daemon=True).start()
+        seen = b""
+
+        def saw(text: bytes) -> bool:
+            nonlocal seen
+            while not chunks.empty():
+                seen += chunks.get()
+            return text in seen
+
+        wait_for(lambda: saw(b"tasks"), 60, "wait's progress bar")  # it is following
+        waiting.send_signal(signal.SIGINT)
+        assert waiting.wait(timeout=60) == 130
+        wait_for(lambda: saw(b"the run itself goes on"), 10, "what wait says")
+        assert run.poll() is None  # untouched
+        go.touch()
+        assert run.wait(timeout=60) == 1
+        os.close(primary)
+    assert b"Traceback" not in seen and b"Aborted" not in seen
