@@ -46,6 +46,7 @@ class TaskView:
             "exit_code": self.exit_code,
             "duration_s": self.duration_s,
             "reason": result.reason if result else "",
+            "worker": result.worker if result else "",
             "params": self.params,
         }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pty
 import queue
@@ -183,3 +184,10 @@ def test_ctrl_c_stops_wait_with_130_and_the_run_goes_on(tmp_path: Path) -> None:
         assert run.wait(timeout=60) == 1
         os.close(primary)
     assert b"Traceback" not in seen and b"Aborted" not in seen
+
+
+def test_status_json_gives_each_tasks_worker(tmp_path: Path) -> None:
+    record_run(local_store(tmp_path / "store"), RUN, {"a": [SUCCEEDED], "b": []})
+    shown = cli("status", RUN, "--json", "--store", "store", cwd=tmp_path)
+    tasks = {task["task_id"]: task for task in json.loads(shown.stdout)["tasks"]}
+    assert tasks["a"]["worker"] == "worker-a" and tasks["b"]["worker"] == ""
