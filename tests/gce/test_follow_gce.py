@@ -53,3 +53,7 @@ def test_logs_follow_shows_a_vm_attempts_output_while_it_runs_and_wait_exits_as_
     assert b"".join(data for data, _ in chunks) == b"started\nreleased\n"
     assert chunks[0] == (b"started\n", False)  # shown while the attempt still ran on its VM
     assert waiting.returncode == 0 and f"run {run_id}: 1 succeeded" in out, out + err
+    (row,) = run.results().to_dict(orient="records")  # the results table of a run in a bucket
+    assert row["state"] == "succeeded" and row["worker"].startswith("pe-") and row["attempts"] == 1
+    prefix = config.bucket_prefix.strip("/")
+    assert row["outputs"] == f"gs://{cloud.bucket}/{prefix}/runs/{run_id}/tasks/slow/1/outputs"
