@@ -18,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from parallel_engine.backends.base import Built, backend_for
+from parallel_engine.backends.base import Backend, Built, Plan, backend_for
 from parallel_engine.collect import collect
 from parallel_engine.config import Config, load_config
+from parallel_engine.debug import DebugCommand
+from parallel_engine.doctor import Check
+from parallel_engine.dry_run import DryRun
 from parallel_engine.errors import ConfigError, Interrupted, ParallelEngineError
 from parallel_engine.exec_limits import CONTAINER_RESERVE, check_tasks_can_start
 from parallel_engine.follow import POLL_S, follow, progress_counts
@@ -188,14 +191,8 @@ def run(
     elif overrides:
         raise ConfigError("pass either config= or keyword overrides, not both")
     say = info or (lambda message: None)
-    task_list = load_source(source, args_template=config.args_template, arg_style=config.arg_style)
     cancel = cancel or threading.Event()
-    backend = backend_for(config)
-    store = backend.open_store()
-    run_id = new_run_id()
-    quota = config.effective_quota()
-    plan = backend.plan(store, run_id, quota, task_list.tasks, say)
-    check_can_start(task_list, store, run_id, plan.spec["runtime"], config.command_argv())
+    task_list, backend, store, run_id, quota, plan = prepare(source, config, say)
     budgets = Budgets(retries=config.retries, infra_retries=config.preemption_retries,
                       infra_failure_limit=config.infra_failure_limit)
     record = RunRecord(
@@ -221,7 +218,7 @@ def run(
             plan.cleanup()
             raise Interrupted("interrupted before the run started: nothing ran")
         store.save_run(record)
-        say(f"run {run_id}: {len(task_list.tasks)} tasks on {backend.name}, at most {quota} at once, "
+        say(f"run {run_id}: {len(task_list.tasks)} tasks on {backend.name}, at most {plan.spec.get('workers', quota)} at once, "
             f"store {store.where}")
         scheduler = Scheduler(task_list.tasks, budgets, plan.make_pool, progress or None)
         try:
@@ -234,6 +231,47 @@ def run(
             plan.cleanup()
         store.write_end(run_id, "cancelled" if outcome.cancelled else "finished", time.time())
     return Run(run_id, store, outcome, record)
+
+
+def prepare(source: str | Path | Sequence[Mapping[str, Any]] | Any, config: Config,
+            say: InfoFn) -> tuple[TaskList, Backend, RunStore, str, int, Plan]:
+    """Everything `run` does before it writes anything: the tasks read (a task file, a list of
+    dicts or a DataFrame), the backend's plan made and checked (`run --dry-run` stops here)."""
+    task_list = load_source(source, args_template=config.args_template, arg_style=config.arg_style)
+    backend = backend_for(config)
+    store = backend.open_store()
+    run_id = new_run_id()
+    quota = config.effective_quota()
+    plan = backend.plan(store, run_id, quota, task_list.tasks, say)
+    check_can_start(task_list, store, run_id, plan.spec["runtime"], config.command_argv())
+    return task_list, backend, store, run_id, quota, plan
+
+
+def dry_run(source: str | Path, *, config: Config | None = None, info: InfoFn | None = None) -> DryRun:
+    """Everything `run` would do short of creating anything (no run.json, no VM): the plan and
+    an estimate of VM-hours and cost."""
+    from parallel_engine.dry_run import plan_run
+
+    config = config or load_config()
+    task_list, backend, store, _, quota, plan = prepare(source, config, info or (lambda message: None))
+    return plan_run(source, config, task_list, backend, store, quota, plan)
+
+
+def doctor(config: Config | None = None) -> Iterator[Check]:
+    """The configured backend's checks of everything a run needs, each as it is made."""
+    return backend_for(config or load_config()).doctor()
+
+
+def debug_command(source: str | Path, task_id: str, *, config: Config | None = None, outputs: Path | None = None,
+                  shell: bool = False, tty: bool = False, info: InfoFn | None = None) -> DebugCommand:
+    """What `debug` runs for one task: its container's `docker run` line, or its command line
+    (`debug.execute` runs it; `.printable()` is the line to paste)."""
+    from parallel_engine import debug
+
+    config = config or load_config()
+    task = debug.find_task(source, task_id, config)
+    runtime = backend_for(config).debug_runtime(info or (lambda message: None))
+    return debug.prepare(config, runtime, task, outputs, shell, tty)
 
 
 def check_can_start(task_list: TaskList, store: RunStore, run_id: str, runtime: str, command: list[str]) -> None:

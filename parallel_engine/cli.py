@@ -133,6 +133,8 @@ def run(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="check and plan everything, create nothing: "
+                                                             "print the plan and an estimate of time and cost")] = False,
 ) -> None:
     """Run one task per row (or item, or line) of SOURCE and wait for them all."""
     # SIGINT/SIGTERM cancel the run from here until it has ended: before the run exists nothing
@@ -148,6 +150,9 @@ def run(
         )
         cfg = _config(config, flags)
         info = (lambda message: err.print(message, markup=False)) if not quiet else (lambda message: None)
+        if dry_run:
+            _print_dry_run(source, cfg, info)
+            return
         with _progress(quiet) as update:
             handle = api.run(source, config=cfg, progress=update, info=info, cancel=cancel)
     finally:
@@ -159,6 +164,11 @@ def run(
         raise typer.Exit(EXIT_INTERRUPTED)
     if any(view.state is not TaskState.SUCCEEDED for view in status.tasks):
         raise typer.Exit(EXIT_TASKS_FAILED)
+
+
+def _print_dry_run(source: Path, cfg: Any, info: Callable[[str], None]) -> None:
+    for line in api.dry_run(source, config=cfg, info=info).lines():
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _on_signals(handler: Any) -> None:
@@ -256,6 +266,69 @@ def wait(
     if ending(status):
         err.print(ending(status), markup=False)
     raise typer.Exit(exit_code(status))
+
+
+@app.command()
+@friendly
+def debug(
+    source: Annotated[Path, typer.Argument(help="params.csv, a YAML task file, or a task list")],
+    task: Annotated[str, typer.Option("--task", help="the id of the task to run")],
+    outputs: Annotated[Optional[Path], typer.Option(help="its outputs folder (default: ./debug/<task>/)")] = None,
+    shell: Annotated[bool, typer.Option("--shell", help="open a shell in that container (or with its environment) instead")] = False,
+    print_only: Annotated[bool, typer.Option("--print", help="print the equivalent command line, quoted to paste, and run nothing")] = False,
+    image: Annotated[Optional[str], typer.Option(help="image to run (IMAGE)")] = None,
+    runtime: Annotated[Optional[str], typer.Option(help="auto, process or docker (RUNTIME)")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run one task in the foreground exactly as a worker would (same container, argv, PE_* variables,
+    limits); its output on this terminal, its exit code as this command's. The container is removed afterwards."""
+    from parallel_engine.debug import execute
+
+    cfg = _config(config, _flags(set_, IMAGE=image, RUNTIME=runtime))
+    say = (lambda line: err.print(line, markup=False, soft_wrap=True))
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+    command = api.debug_command(source, task, config=cfg, outputs=outputs, shell=shell, tty=tty, info=say)
+    if print_only:
+        out.print(command.printable(), markup=False, highlight=False, soft_wrap=True)
+        return
+    err.print(f"# task {task} ({command.runtime}); outputs in {command.outputs}", markup=False, soft_wrap=True)
+    with _terminate_as_interrupt():
+        try:
+            code = execute(command)
+        except KeyboardInterrupt:
+            raise Interrupted(f"debug of task {task} interrupted" +
+                              ("; its container was removed" if command.runtime == "docker" else "")) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+@friendly
+def doctor(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Check everything a run needs on the configured backend: one line per check, ✓ or ✗ and the fix.
+
+    Exit 0 when every check passes, 2 otherwise.
+    """
+    from parallel_engine.doctor import exit_code
+
+    cfg = _config(config, _flags(set_))
+    out.print(f"doctor: backend {cfg.backend}", markup=False)
+    checks = []
+    for check in api.doctor(cfg):  # each line as soon as its check is made
+        checks.append(check)
+        out.print(f"{'✓' if check.ok else '✗'} {check.name:<{DOCTOR_NAMES}} {check.detail}", markup=False, highlight=False)
+        if check.fix:
+            out.print(f"  {'':<{DOCTOR_NAMES}} fix: {check.fix}", markup=False, highlight=False)
+    failures = sum(not check.ok for check in checks)
+    out.print("all checks passed" if not failures else f"{failures} of {len(checks)} checks failed", markup=False)
+    raise typer.Exit(exit_code(checks))
+
+
+#: The width of doctor's check names (the longest: "quota IN_USE_ADDRESSES").
+DOCTOR_NAMES = 23
 
 
 @app.command()
