@@ -12,11 +12,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parallel_engine.backends.base import Backend, Built, Plan, backend_for
 from parallel_engine.collect import collect
@@ -26,15 +26,20 @@ from parallel_engine.doctor import Check
 from parallel_engine.dry_run import DryRun
 from parallel_engine.errors import ConfigError, Interrupted, ParallelEngineError
 from parallel_engine.exec_limits import CONTAINER_RESERVE, check_tasks_can_start
+from parallel_engine.follow import POLL_S, follow, progress_counts
 from parallel_engine.model import TaskList
 from parallel_engine.names import new_run_id
 from parallel_engine.processes import this_orchestrator
+from parallel_engine.progress import CountsBar, auto_bar
 from parallel_engine.protocol import CONTAINER_OUTPUT_DIR, attempt_env
-from parallel_engine.results import RunStatus, read_log, run_status, status_of
+from parallel_engine.results import RunStatus, read_log, result_rows, run_status, status_of
 from parallel_engine.scheduler import Outcome, ProgressFn, Scheduler
 from parallel_engine.state import Budgets
 from parallel_engine.store import RunRecord, RunStore
-from parallel_engine.tasks import load_tasks
+from parallel_engine.tasks import load_source
+
+if TYPE_CHECKING:
+    from parallel_engine.report import WrittenReport  # the plotting extra: imported when a report is made
 
 InfoFn = Callable[[str], None]
 
@@ -72,14 +77,49 @@ class Run:
         return data.decode("utf-8", errors="replace")
 
     def collect(self, dest: str | Path, *, replace: bool = False, excel_safe: bool = False,
-                info: InfoFn | None = None) -> Path:
-        """Outputs into dest/<task_id>/, dest/results.csv (returned) and, for what was not copied
-        (links, special files, unsafe names), dest/skipped.csv; `info` hears one line per warning.
-        `replace`: replace another run's collection found in dest; `excel_safe`: see README "Collect"."""
-        done = collect(self.store, self.run_id, Path(dest), replace=replace, excel_safe=excel_safe)
+                include_failed: bool = False, format: str = "csv", info: InfoFn | None = None) -> Path:
+        """Outputs into dest/<task_id>/, dest/results.csv (returned; results.parquet with
+        `format="parquet"`) and, for what was not copied (links, special files, unsafe names),
+        dest/skipped.csv; `info` hears one line per warning. `replace`: replace another run's
+        collection found in dest; `excel_safe`, `include_failed`: see README "Collect"."""
+        done = collect(self.store, self.run_id, Path(dest), replace=replace, excel_safe=excel_safe,
+                       include_failed=include_failed, fmt=format)
         for line in done.warnings(Path(dest)):
             (info or (lambda message: None))(line)
-        return done.results_csv
+        return done.results_file
+
+    def results(self) -> Any:
+        """One row per task: its parameters, task_id, results.csv's columns (state, exit_code,
+        attempts, duration_s, worker, started_at, finished_at, reason) and `outputs` (where its
+        winning, or last, attempt's outputs are in the store). A pandas DataFrame (times as UTC
+        datetimes, exit codes as nullable integers) when pandas is installed (the `notebook` extra), else a list of dicts."""
+        rows = result_rows(self.store, self.status())
+        try:
+            import pandas
+        except ImportError:
+            return rows
+        frame = pandas.DataFrame(rows, columns=list(rows[0]) if rows else None)
+        frame["exit_code"] = frame["exit_code"].astype("Int64")  # integers, with <NA> where none
+        for column in ("started_at", "finished_at"):
+            frame[column] = pandas.to_datetime(frame[column].replace("", None), utc=True)
+        return frame
+
+    def report(self, output: str | Path = "report.html", png: str | Path | None = None) -> WrittenReport:
+        """Write the run's report (README "The report"; a snapshot while it runs) and return it:
+        in Jupyter, the page shows inline; `png`: the timeline alone too. Needs the `report` extra."""
+        from parallel_engine.report import WrittenReport, write_report
+
+        data = write_report(self.store, self.run_id, Path(output), Path(png) if png is not None else None)
+        return WrittenReport(Path(output), data)
+
+    def wait(self, progress: bool = True, poll_s: float = POLL_S) -> RunStatus:
+        """Follow the run until it ends and return its last status, with a live bar (in Jupyter,
+        or on a terminal's stderr) unless `progress=False`. Read-only: the run may be orchestrated
+        by another process or machine, which it never disturbs (`exit_code(status)` says how it ended)."""
+        if self.outcome is not None:
+            return self.status()  # it ended here
+        with (auto_bar() if progress else CountsBar(None)) as update:
+            return follow(self.store, self.run_id, lambda status: update(progress_counts(status)), poll_s)
 
     @property
     def cancelled(self) -> bool:
@@ -123,19 +163,26 @@ def stop_on_signals(cancel: threading.Event) -> Iterator[None]:
 
 
 def run(
-    source: str | Path,
+    source: str | Path | Sequence[Mapping[str, Any]] | Any,
     *,
     config: Config | None = None,
     config_path: str | Path | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | bool | None = None,
     info: InfoFn | None = None,
     cancel: threading.Event | None = None,
     **overrides: Any,
 ) -> Run:
     """Run one task per parameter set and wait for the end; returns the finished `Run`.
 
+    `source`: a task file's path (params.csv, YAML, a task list), or the rows of a params table as
+    a list of dicts or a pandas DataFrame (checked as params.csv is; errors name the row).
+    `progress`: a callback of the counts per state, or True for a live bar (Jupyter or terminal).
     `overrides` are config keys in lower case (`jobs` is VM_QUOTAS), as flags are.
     """
+    if progress is True:
+        with auto_bar() as update:
+            return run(source, config=config, config_path=config_path, progress=update, info=info,
+                       cancel=cancel, **overrides)
     if config is None:
         keys = {key: "VM_QUOTAS" if key == "jobs" else key.upper() for key in overrides}
         flags = {keys[key]: value for key, value in overrides.items()}
@@ -152,7 +199,7 @@ def run(
         run_id=run_id,
         created=time.time(),
         backend=backend.name,
-        source=str(Path(source)),
+        source=str(Path(source)) if isinstance(source, (str, Path)) else task_list.path,
         columns=task_list.columns,
         tasks=task_list.tasks,
         spec={
@@ -173,7 +220,7 @@ def run(
         store.save_run(record)
         say(f"run {run_id}: {len(task_list.tasks)} tasks on {backend.name}, at most {plan.spec.get('workers', quota)} at once, "
             f"store {store.where}")
-        scheduler = Scheduler(task_list.tasks, budgets, plan.make_pool, progress)
+        scheduler = Scheduler(task_list.tasks, budgets, plan.make_pool, progress or None)
         try:
             outcome = scheduler.run(cancel)  # a pool stops all its workers on the way out
         except BaseException:
@@ -186,10 +233,11 @@ def run(
     return Run(run_id, store, outcome, record)
 
 
-def prepare(source: str | Path, config: Config, say: InfoFn) -> tuple[TaskList, Backend, RunStore, str, int, Plan]:
-    """Everything `run` does before it writes anything: the tasks read, the backend's plan made
-    and checked (`run --dry-run` stops here)."""
-    task_list = load_tasks(source, args_template=config.args_template, arg_style=config.arg_style)
+def prepare(source: str | Path | Sequence[Mapping[str, Any]] | Any, config: Config,
+            say: InfoFn) -> tuple[TaskList, Backend, RunStore, str, int, Plan]:
+    """Everything `run` does before it writes anything: the tasks read (a task file, a list of
+    dicts or a DataFrame), the backend's plan made and checked (`run --dry-run` stops here)."""
+    task_list = load_source(source, args_template=config.args_template, arg_style=config.arg_style)
     backend = backend_for(config)
     store = backend.open_store()
     run_id = new_run_id()
@@ -270,6 +318,12 @@ def get_run(run_id: str, config: Config | None = None) -> Run:
     store = existing_store(config)
     store.check_run(run_id)  # raises RunNotFoundError with a hint
     return Run(run_id, store)
+
+
+def attach(run_id: str, config: Config | None = None) -> Run:
+    """A handle on a run started elsewhere (another process, terminal or machine with the same
+    store): `.wait()` follows it to its end without taking it over."""
+    return get_run(run_id, config)
 
 
 def list_runs(config: Config | None = None) -> list[RunStatus]:

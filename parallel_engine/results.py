@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
 from collections.abc import Iterator
@@ -45,6 +46,7 @@ class TaskView:
             "exit_code": self.exit_code,
             "duration_s": self.duration_s,
             "reason": result.reason if result else "",
+            "worker": result.worker if result else "",
             "params": self.params,
         }
 
@@ -89,6 +91,54 @@ class RunStatus:
         yield "\n]}\n"
 
 
+def utc_text(at: float | None) -> str:
+    """A time as ISO 8601 in UTC, to the millisecond ("" when unknown)."""
+    if at is None:
+        return ""
+    return dt.datetime.fromtimestamp(at, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def result_fields(view: TaskView) -> dict[str, object]:
+    """What a task's result adds to its parameters (model.RESULT_COLUMNS), from its winning
+    attempt (or its last one, which tells why it did not succeed); None where unknown."""
+    result = view.result
+    return {
+        "state": str(view.state),
+        "exit_code": view.exit_code,
+        "attempts": len(view.attempts),
+        "duration_s": view.duration_s,
+        "worker": result.worker if result else "",
+        "started_at": utc_text(result.started_at if result else None),
+        "finished_at": utc_text(result.finished_at if result else None),
+        "reason": " ".join(result.reason.splitlines()) if result else "",
+    }
+
+
+def result_columns(record: RunRecord) -> list[str]:
+    """The parameter columns, in the task source's order."""
+    if record.columns:
+        return list(record.columns)
+    seen: dict[str, None] = {}
+    for task in record.tasks:
+        for name in task.params:
+            seen.setdefault(name, None)
+    return list(seen)
+
+
+def result_rows(store: RunStore, status: RunStatus) -> list[dict[str, object]]:
+    """`Run.results()`: per task its parameters, task_id, results.csv's columns, and `outputs`:
+    where its winning (or last) attempt's outputs are in the store ("" before it started)."""
+    columns = result_columns(status.record)
+    rows = []
+    for view in status.tasks:
+        result = view.result
+        outputs = (store.location(store.attempt_prefix(status.record.run_id, view.task_id, result.attempt) + "outputs")
+                   if result else "")
+        rows.append({**{name: view.params.get(name, "") for name in columns}, "task_id": view.task_id,
+                     **result_fields(view), "outputs": outputs})
+    return rows
+
+
 def budgets_of(record: RunRecord) -> Budgets:
     return Budgets(
         retries=int(record.spec.get("retries", 0)),
@@ -102,8 +152,15 @@ def _run_state(store: RunStore, record: RunRecord) -> str:
         return ended
     owner = record.spec.get("orchestrator", {})
     if owner.get("host") == socket.gethostname() and not orchestrator_alive(owner):
-        return "interrupted"  # its pid is gone, a zombie, or another process's now
+        # Its pid is gone, a zombie, or another process's now. It may have written end.json and
+        # exited since the read above: read it again, or a run that just ended reads interrupted.
+        return store.read_end(record.run_id) or "interrupted"
     return "running"
+
+
+def run_state(store: RunStore, record: RunRecord) -> str:
+    """How the run stands (running, finished, cancelled, failed, interrupted) without reading its attempts."""
+    return _run_state(store, record)
 
 
 def _lost(history: list[AttemptStatus], record: RunRecord, run_state: str) -> list[AttemptStatus]:

@@ -383,6 +383,11 @@ class RunStore:
         """Where `key` (default: the store's root) lives on this machine; None in a bucket."""
         return self.blobs.local_path(key)
 
+    def location(self, key: str) -> str:
+        """Where `key` is, for a person: a path on this machine, or its gs:// address."""
+        path = self.blobs.local_path(key)
+        return str(path) if path is not None else f"{self.where.rstrip('/')}/{key}"
+
     # -- runs -------------------------------------------------------------------------
     def save_run(self, record: RunRecord) -> None:
         """Create the run: its folders (the only place they are made), then run.json."""
