@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +21,17 @@ from typing import Any
 from parallel_engine.backends.base import Built, backend_for
 from parallel_engine.collect import collect
 from parallel_engine.config import Config, load_config
-from parallel_engine.errors import ConfigError, Interrupted, ParallelEngineError
+from parallel_engine.crash import crash_point
+from parallel_engine.errors import ConfigError, Interrupted
 from parallel_engine.exec_limits import CONTAINER_RESERVE, check_tasks_can_start
+from parallel_engine.lease import take as take_lease
 from parallel_engine.model import TaskList
 from parallel_engine.names import new_run_id
+from parallel_engine.orchestrate import budgets_for, cancel_run, check_resumable, drive, running_attempts
 from parallel_engine.processes import this_orchestrator
 from parallel_engine.protocol import CONTAINER_OUTPUT_DIR, attempt_env
 from parallel_engine.results import RunStatus, read_log, run_status, status_of
-from parallel_engine.scheduler import Outcome, ProgressFn, Scheduler
+from parallel_engine.scheduler import Outcome, ProgressFn
 from parallel_engine.state import Budgets
 from parallel_engine.store import RunRecord, RunStore
 from parallel_engine.tasks import load_tasks
@@ -164,6 +167,7 @@ def run(
             "retries": budgets.retries,
             "preemption_retries": budgets.infra_retries,
             "task_timeout": config.task_timeout,
+            "infra_failure_limit": budgets.infra_failure_limit,
             "orchestrator": this_orchestrator(),
         },
     )
@@ -174,19 +178,56 @@ def run(
             plan.cleanup()
             raise Interrupted("interrupted before the run started: nothing ran")
         store.save_run(record)
+        lease = take_lease(store, run_id, "run")
+        crash_point("run-json")
         say(f"run {run_id}: {len(task_list.tasks)} tasks on {backend.name}, at most {quota} at once, "
             f"store {store.where}")
-        scheduler = Scheduler(task_list.tasks, budgets, plan.make_pool, progress)
-        try:
-            outcome = scheduler.run(cancel)  # a pool stops all its workers on the way out
-        except BaseException:
-            with suppress(ParallelEngineError):  # a broken store must not hide the first error
-                store.write_end(run_id, "failed", time.time())
-            raise
-        finally:
-            plan.cleanup()
-        store.write_end(run_id, "cancelled" if outcome.cancelled else "finished", time.time())
+        outcome = drive(store, run_id, task_list.tasks, budgets, plan, lease, cancel, progress)
     return Run(run_id, store, outcome, record)
+
+
+def resume(
+    run_id: str,
+    *,
+    config: Config | None = None,
+    progress: ProgressFn | None = None,
+    info: InfoFn | None = None,
+    cancel: threading.Event | None = None,
+    force: bool = False,
+) -> Run:
+    """Take over a run nobody orchestrates (its orchestrator was killed, its machine slept) and
+    drive it to the end as `run` would: what its workers left is settled, due retries are
+    submitted, what is left is started. `force`: take it even if its lease looks alive."""
+    config = config or load_config()
+    say = info or (lambda message: None)
+    cancel = cancel or threading.Event()
+    backend = backend_for(config)
+    store = backend.existing_store()
+    record = store.load_run(run_id)  # raises RunNotFoundError with a hint
+    check_resumable(store, record, backend)
+    with stop_on_signals(cancel):
+        store.add_run_folders(run_id)  # a run recorded before leases has no leases/ folder yet
+        lease = take_lease(store, run_id, "resume", force)
+        try:
+            history = store.attempts(run_id)
+            plan = backend.resume(store, record, running_attempts(history), say)
+        except BaseException:
+            lease.release()
+            raise
+        say(f"run {run_id}: resumed on {backend.name}, {len(record.tasks)} tasks, store {store.where}")
+        outcome = drive(store, run_id, record.tasks, budgets_for(record, config), plan, lease, cancel,
+                        progress, history)
+    return Run(run_id, store, outcome, record)
+
+
+def cancel(run_id: str, config: Config | None = None) -> str:
+    """Stop a run from any machine (its workers removed, running attempts recorded cancelled,
+    the run marked cancelled); say what was done."""
+    config = config or load_config()
+    backend = backend_for(config)
+    store = backend.existing_store()
+    stopped = cancel_run(store, store.load_run(run_id), backend)
+    return f"cancelled by {stopped.by}" + (f": {stopped.removed}" if stopped.removed else "")
 
 
 def check_can_start(task_list: TaskList, store: RunStore, run_id: str, runtime: str, command: list[str]) -> None:

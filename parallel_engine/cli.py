@@ -132,21 +132,66 @@ def run(
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")] = False,
 ) -> None:
     """Run one task per row (or item, or line) of SOURCE and wait for them all."""
-    # SIGINT/SIGTERM cancel the run from here until it has ended: before the run exists nothing
-    # is created (exit 130). Once it ended (end.json says how) they are ignored until this command
-    # exits, so a late one cannot change an exit code that agrees with end.json.
-    cancel = threading.Event()
-    _on_signals(api.cancel_handler(cancel))
-    try:
+
+    def start(progress: Callable[[Counter[str]], None], info: Callable[[str], None],
+              cancel: threading.Event) -> api.Run:
         flags = _flags(
             set_, VM_QUOTAS=jobs, RETRIES=retries, TASK_TIMEOUT=timeout, COMMAND=command, IMAGE=image,
             RUNTIME=runtime, BACKEND=backend, ARGS_TEMPLATE=args_template, ARG_STYLE=arg_style, STORE=store,
             SPOT=spot, TASKS_PER_VM=tasks_per_vm,
         )
-        cfg = _config(config, flags)
+        return api.run(source, config=_config(config, flags), progress=progress, info=info, cancel=cancel)
+
+    _orchestrate_here(quiet, start)
+
+
+@app.command()
+@friendly
+def resume(
+    run_id: Annotated[str, typer.Argument(help="the run id (see `parallel-engine runs`)")],
+    force: Annotated[bool, typer.Option("--force", help="take the run over even if its orchestrator looks "
+                                                        "alive (only when it surely is gone)")] = False,
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")] = False,
+) -> None:
+    """Take over a run nobody orchestrates (killed, or its machine slept) and drive it to its end as `run` does."""
+
+    def start(progress: Callable[[Counter[str]], None], info: Callable[[str], None],
+              cancel: threading.Event) -> api.Run:
+        cfg = _config(config, _flags(set_, STORE=store))
+        return api.resume(run_id, config=cfg, progress=progress, info=info, cancel=cancel, force=force)
+
+    _orchestrate_here(quiet, start)
+
+
+@app.command()
+@friendly
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="the run id")],
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Stop a run from any machine: its workers removed, running attempts recorded cancelled, the run marked cancelled."""
+    done = api.cancel(run_id, _config(config, _flags(set_, STORE=store)))
+    out.print(f"run {run_id}: {done}", markup=False)
+
+
+def _orchestrate_here(quiet: bool, start: Callable[[Callable[[Counter[str]], None], Callable[[str], None],
+                                                    threading.Event], api.Run]) -> None:
+    """Drive a run here (`run`, `resume`) to its end: progress, then the summary and exit code.
+
+    SIGINT/SIGTERM cancel the run from here until it has ended: before the run exists nothing
+    is created (exit 130). Once it ended (end.json says how) they are ignored until this command
+    exits, so a late one cannot change an exit code that agrees with end.json."""
+    cancel = threading.Event()
+    _on_signals(api.cancel_handler(cancel))
+    try:
         info = (lambda message: err.print(message, markup=False)) if not quiet else (lambda message: None)
         with _progress(quiet) as update:
-            handle = api.run(source, config=cfg, progress=update, info=info, cancel=cancel)
+            handle = start(update, info, cancel)
     finally:
         _on_signals(signal.SIG_IGN)
     status = handle.status()
@@ -297,6 +342,8 @@ def status(
     out.print(", ".join(f"{n} {s}" for s, n in sorted(state.counts.items())), markup=False)
     if state.waiting:
         out.print(state.waiting, markup=False)
+    if state.how_to_continue:
+        out.print(state.how_to_continue, markup=False)
 
 
 def _status_cells(view: TaskView) -> tuple[str, ...]:
@@ -446,6 +493,9 @@ def runs(
         counts = ", ".join(f"{n} {state}" for state, n in sorted(s.counts.items()))
         table.add_row(s.record.run_id, s.run_state, created, s.record.source, counts)
     out.print(table)
+    if any(s.how_to_continue for s in found):
+        out.print("interrupted: nobody orchestrates the run any more; `parallel-engine resume RUN` continues it",
+                  markup=False)
 
 
 @app.command()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from parallel_engine.backends.base import backend_class
 from parallel_engine.errors import StoreError, brief
 from parallel_engine.model import AttemptState, AttemptStatus, TaskState
+from parallel_engine.lease import holder_alive
 from parallel_engine.processes import orchestrator_alive
 from parallel_engine.state import Budgets, task_state, winning_attempt
 from parallel_engine.store import RunRecord, RunStore
@@ -57,6 +58,15 @@ class RunStatus:
     waiting: str = ""  # while a gce run waits for capacity: "queued (quota): ..." (runs/<id>/capacity.json)
 
     @property
+    def how_to_continue(self) -> str:
+        """For a run nobody orchestrates: what it is, and the command that takes it over."""
+        if self.run_state != "interrupted":
+            return ""
+        return (f"interrupted: nobody orchestrates run {self.record.run_id} any more; "
+                f"continue it with `parallel-engine resume {self.record.run_id}` "
+                f"(or stop what is left with `parallel-engine cancel {self.record.run_id}`)")
+
+    @property
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for view in self.tasks:
@@ -100,6 +110,9 @@ def _run_state(store: RunStore, record: RunRecord) -> str:
     ended = store.read_end(record.run_id)
     if ended is not None:
         return ended
+    lease = store.read_lease(record.run_id)
+    if lease is not None:  # who holds the run now (a resume may have taken it from run.json's orchestrator)
+        return "running" if holder_alive(lease[1]) else "interrupted"
     owner = record.spec.get("orchestrator", {})
     if owner.get("host") == socket.gethostname() and not orchestrator_alive(owner):
         return "interrupted"  # its pid is gone, a zombie, or another process's now

@@ -24,7 +24,7 @@ from parallel_engine.model import AttemptStatus, Task
 
 if TYPE_CHECKING:
     from parallel_engine.config import Config
-    from parallel_engine.store import RunStore
+    from parallel_engine.store import RunRecord, RunStore
 
 InfoFn = Callable[[str], None]
 
@@ -134,10 +134,8 @@ class Backend(Protocol):
     """Where workers come from. Made from a checked `Config` (`backend_for`); cheap to make:
     nothing is created or asked of a cloud until a method needs it.
 
-    Where the next features go (docs/architecture.md, "What comes next"): `resume` re-attaches
-    with a plan made from the run's record instead of a new one, and its pool first reports
-    what happened while nobody watched; `cancel` from any machine is `down` plus the run's end;
-    `reap` lists the backend's labelled workers; `doctor` and `run --dry-run` ask the backend
+    Where the next features go (docs/architecture.md, "What comes next"): `resume` on gce
+    re-attaches to the run's live VMs; `reap` lists the backend's labelled workers; `doctor` and `run --dry-run` ask the backend
     what `plan` would need, without `make_pool`.
     """
 
@@ -168,6 +166,12 @@ class Backend(Protocol):
     def plan(self, store: RunStore, run_id: str, quota: int, tasks: tuple[Task, ...], say: InfoFn) -> Plan:
         """Everything the run needs of this backend, checked before run.json is written: a bad
         setting is one clear error while nothing exists yet."""
+
+    def resume(self, store: RunStore, record: RunRecord, running: list[AttemptStatus], say: InfoFn) -> Plan:
+        """A plan to take over `record`'s run (nobody orchestrates it, its lease is ours), made
+        from what the run recorded, not from today's settings. `running` are the attempts its
+        workers claimed and never recorded: the pool re-attaches to the workers that still run
+        them, or settles each as a `Finished` fact (`lost`) once it knows the worker is gone."""
 
     def build(self, context: Path, on_line: InfoFn) -> Built:
         """Build CONTEXT into IMAGE where this backend's workers can run it."""

@@ -23,10 +23,10 @@ from parallel_engine.backends.gce.vm import (
     task_vm_name,
 )
 from parallel_engine.config import GCE_DEFAULT_QUOTA, Config
-from parallel_engine.errors import ConfigError, CredentialsError
-from parallel_engine.model import AttemptState, Task
+from parallel_engine.errors import ConfigError, CredentialsError, ParallelEngineError
+from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.names import label_value
-from parallel_engine.store import RunStore
+from parallel_engine.store import RunRecord, RunStore
 
 ScriptFor = Callable[[tuple[tuple[str, int], ...] | None], str]
 
@@ -82,6 +82,13 @@ class GceBackend:
             return GcePool(settings, store, run_id, compute, render_script, on_event, say, quota)
 
         return Plan(spec, make_pool)
+
+    def resume(self, store: RunStore, record: RunRecord, running: list[AttemptStatus], say: InfoFn) -> Plan:
+        """Not built yet for VMs: re-attaching to a run's live VMs needs the pool to adopt them."""
+        raise ParallelEngineError(
+            f"resume of a gce run is not supported yet (run {record.run_id})",
+            hint=f"its VMs go on claiming and delete themselves when the work is done; "
+                 f"`parallel-engine status {record.run_id}` follows it, `parallel-engine cancel {record.run_id}` stops it")
 
     def build(self, context: Path, on_line: InfoFn) -> Built:
         """Cloud Build from CONTEXT and the cloudbuild.yaml beside it; the digest is recorded for `run`."""
