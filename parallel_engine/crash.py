@@ -4,7 +4,9 @@ over from there. Read once at import; each point is a string compare off the hot
 creation, a retry being decided, the run's end).
 
 Points: run-json (the run exists, nothing started), retry-due (an attempt failed, its retry not
-submitted yet), teardown (every task closed, the run's end not written)."""
+submitted yet), teardown (every task closed, the run's end not written; gce: its VMs not yet
+deleted), and on gce vm-create (a VM being asked for), vm-created (asked for, not yet noted),
+poll (a monitor's look has seen an attempt's end, not yet taken it in)."""
 
 from __future__ import annotations
 

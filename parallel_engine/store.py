@@ -41,6 +41,7 @@ from parallel_engine.protocol import (
     END_JSON,
     EVENTS,
     LEASES,
+    OPEN,
     RUN_FOLDERS,
     RUN_JSON,
     SOURCES,
@@ -490,6 +491,11 @@ class RunStore:
     def open_attempt(self, run_id: str, task_id: str, attempt: int) -> None:
         """Make the attempt claimable (its open marker)."""
         self.blobs.create(open_key(run_id, task_id, attempt), b"")
+
+    def opened(self, run_id: str) -> list[tuple[str, int]]:
+        """(task_id, attempt) of every open marker: published, not ended (one listing)."""
+        prefix = run_prefix(run_id) + OPEN
+        return [parsed for key in self.blobs.list(prefix) if (parsed := parse_attempt(key[len(prefix):]))]
 
     def close_attempt(self, run_id: str, task_id: str, attempt: int) -> None:
         """The attempt ended: no worker looks at it again."""

@@ -134,8 +134,7 @@ class Backend(Protocol):
     """Where workers come from. Made from a checked `Config` (`backend_for`); cheap to make:
     nothing is created or asked of a cloud until a method needs it.
 
-    Where the next features go (docs/architecture.md, "What comes next"): `resume` on gce
-    re-attaches to the run's live VMs; `reap` lists the backend's labelled workers; `doctor` and `run --dry-run` ask the backend
+    Where the next features go (docs/architecture.md, "What comes next"): `reap` lists the backend's labelled workers; `doctor` and `run --dry-run` ask the backend
     what `plan` would need, without `make_pool`.
     """
 

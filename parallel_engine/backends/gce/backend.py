@@ -23,7 +23,7 @@ from parallel_engine.backends.gce.vm import (
     task_vm_name,
 )
 from parallel_engine.config import GCE_DEFAULT_QUOTA, Config
-from parallel_engine.errors import ConfigError, CredentialsError, ParallelEngineError
+from parallel_engine.errors import ConfigError, CredentialsError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.names import label_value
 from parallel_engine.store import RunRecord, RunStore
@@ -84,11 +84,26 @@ class GceBackend:
         return Plan(spec, make_pool)
 
     def resume(self, store: RunStore, record: RunRecord, running: list[AttemptStatus], say: InfoFn) -> Plan:
-        """Not built yet for VMs: re-attaching to a run's live VMs needs the pool to adopt them."""
-        raise ParallelEngineError(
-            f"resume of a gce run is not supported yet (run {record.run_id})",
-            hint=f"its VMs go on claiming and delete themselves when the work is done; "
-                 f"`parallel-engine status {record.run_id}` follows it, `parallel-engine cancel {record.run_id}` stops it")
+        """The run's own image (the digest it pinned), quota and TASKS_PER_VM; the pool adopts the
+        run's live VMs by label and settles each attempt whose VM is gone (`GcePool.adopted`)."""
+        settings, spec = self.settings, record.spec
+        if spec.get("tasks_per_vm", self.config.tasks_per_vm) != self.config.tasks_per_vm:
+            raise ConfigError(
+                f"run {record.run_id} ran with TASKS_PER_VM={spec.get('tasks_per_vm')}, "
+                f"but TASKS_PER_VM is {self.config.tasks_per_vm} ({self.config.origin('TASKS_PER_VM')})",
+                hint=f"resume it with --set TASKS_PER_VM={spec.get('tasks_per_vm')}")
+        image = str(spec.get("image") or resolve_image(self.config, store))
+        render_script = script_for(settings, record.run_id, image)
+        compute = Compute(self.config)
+        quota = int(spec.get("quota", self.config.effective_quota()))
+        tasks = {task.id: task for task in record.tasks}
+        adopted = tuple((tasks[status.task_id], status) for status in running if status.task_id in tasks)
+
+        def make_pool(on_event: OnEvent) -> GcePool:
+            return GcePool(settings, store, record.run_id, compute, render_script, on_event, say, quota,
+                           adopted=adopted)
+
+        return Plan(spec, make_pool)
 
     def build(self, context: Path, on_line: InfoFn) -> Built:
         """Cloud Build from CONTEXT and the cloudbuild.yaml beside it; the digest is recorded for `run`."""
