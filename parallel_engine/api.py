@@ -130,9 +130,12 @@ def run(
     progress: ProgressFn | None = None,
     info: InfoFn | None = None,
     cancel: threading.Event | None = None,
+    run_id: str | None = None,
     **overrides: Any,
 ) -> Run:
     """Run one task per parameter set and wait for the end; returns the finished `Run`.
+
+    `run_id`: the id to give the run (`run --detach` picks it before starting the orchestrator).
 
     `overrides` are config keys in lower case (`jobs` is VM_QUOTAS), as flags are.
     """
@@ -148,7 +151,7 @@ def run(
     cancel = cancel or threading.Event()
     backend = backend_for(config)
     store = backend.open_store()
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
     quota = config.effective_quota()
     plan = backend.plan(store, run_id, quota, task_list.tasks, say)
     check_can_start(task_list, store, run_id, plan.spec["runtime"], config.command_argv())

@@ -130,8 +130,14 @@ def run(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")] = False,
+    detach: Annotated[bool, typer.Option("--detach", help="return once the run started; its orchestrator "
+                                                          "goes on in the background (see README \"Long runs\")")] = False,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", hidden=True)] = None,
 ) -> None:
-    """Run one task per row (or item, or line) of SOURCE and wait for them all."""
+    """Run one task per row (or item, or line) of SOURCE and wait for them all (--detach: in the background)."""
+    if detach:
+        _detach(_config(config, _flags(set_, STORE=store, BACKEND=backend)))
+        return
 
     def start(progress: Callable[[Counter[str]], None], info: Callable[[str], None],
               cancel: threading.Event) -> api.Run:
@@ -140,7 +146,8 @@ def run(
             RUNTIME=runtime, BACKEND=backend, ARGS_TEMPLATE=args_template, ARG_STYLE=arg_style, STORE=store,
             SPOT=spot, TASKS_PER_VM=tasks_per_vm,
         )
-        return api.run(source, config=_config(config, flags), progress=progress, info=info, cancel=cancel)
+        return api.run(source, config=_config(config, flags), progress=progress, info=info, cancel=cancel,
+                       run_id=run_id)
 
     _orchestrate_here(quiet, start)
 
@@ -177,6 +184,19 @@ def cancel(
     """Stop a run from any machine: its workers removed, running attempts recorded cancelled, the run marked cancelled."""
     done = api.cancel(run_id, _config(config, _flags(set_, STORE=store)))
     out.print(f"run {run_id}: {done}", markup=False)
+
+
+def _detach(cfg: Any) -> None:
+    """`run --detach`: this same command line again, as a background orchestrator (detach.py)."""
+    from parallel_engine.detach import start_detached
+    from parallel_engine.names import new_run_id
+
+    argv = [arg for arg in sys.argv[1:] if arg != "--detach"]
+    done = start_detached(argv, api.open_store(cfg), new_run_id())
+    out.print(f"run {done.run_id}: started in the background (orchestrator pid {done.pid}, log {done.log})",
+              markup=False)
+    out.print(f"follow it with `parallel-engine status {done.run_id}`; stop it with "
+              f"`parallel-engine cancel {done.run_id}`", markup=False)
 
 
 def _orchestrate_here(quiet: bool, start: Callable[[Callable[[Counter[str]], None], Callable[[str], None],

@@ -5,7 +5,9 @@ the store, collect byte-exact, no process of the run left, the run recorded fini
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -52,11 +54,16 @@ def the_run(folder: Path) -> Path:
 
 @pytest.fixture()
 def leftovers() -> Iterator[list[str]]:
-    """Run ids whose processes are killed after the test whatever happened (never left running)."""
+    """Run ids whose processes are killed after the test whatever happened (never left running),
+    and "pid:N" for a background orchestrator this test started."""
     ids: list[str] = []
     yield ids
-    for run_id in ids:
-        kill_run_processes(run_id)
+    for item in ids:
+        if item.startswith("pid:"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(item[4:]), signal.SIGKILL)
+        else:
+            kill_run_processes(item)
 
 
 def holding_run(folder: Path, leftovers: list[str]) -> tuple[subprocess.Popen[str], str]:
@@ -211,3 +218,41 @@ def test_cancel_of_a_killed_run_stops_its_processes_and_records_the_attempts_can
     cancelled_everywhere(tmp_path, run_id)
     again = cli("cancel", run_id, cwd=tmp_path)
     assert again.returncode == 2 and f"run {run_id} is over (cancelled): there is nothing to cancel" in again.stderr
+
+
+# -- run --detach -------------------------------------------------------------------------------
+def detached(folder: Path, hold: int, leftovers: list[str]) -> tuple[str, int]:
+    """`run --detach`: returns at once with the run id and the background orchestrator's pid."""
+    (folder / "task.py").write_text(TASK)
+    (folder / "params.csv").write_text("\n".join(TASKS).format(hold=hold, fail=0) + "\n")
+    done = cli("run", "params.csv", "-j", "4", "--runtime", "process", "--detach",
+               "--command", f"{sys.executable} {folder / 'task.py'}", cwd=folder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = the_run(folder).name
+    leftovers.append(run_id)
+    pid = int(done.stdout.split("orchestrator pid ")[1].split(",")[0])
+    leftovers.insert(0, f"pid:{pid}")  # first: the orchestrator goes before its run's processes
+    assert f"run {run_id}: started in the background (orchestrator pid {pid}, log " in done.stdout
+    return run_id, pid
+
+
+def test_run_detach_returns_and_its_background_orchestrator_finishes_the_run(
+    tmp_path: Path, leftovers: list[str]
+) -> None:
+    run_id, _ = detached(tmp_path, 0, leftovers)
+    wait_for(lambda: (the_run(tmp_path) / "end.json").exists(), 60, "the detached run to end")
+    status = json.loads(cli("status", run_id, "--json", cwd=tmp_path).stdout)
+    assert (status["state"], status["counts"]) == ("finished", {"succeeded": 4})
+    log = (tmp_path / STORE / "orchestrators" / f"{run_id}.log").read_text()
+    assert f"run {run_id}: 4 succeeded" in log
+
+
+def test_a_detached_run_is_found_by_resume_and_cancel_through_its_lease(tmp_path: Path, leftovers: list[str]) -> None:
+    run_id, pid = detached(tmp_path, 1, leftovers)
+    wait_for(lambda: len(run_processes(run_id)) >= 2, 60, "the two holding tasks to run")
+    refused = cli("resume", run_id, cwd=tmp_path)
+    assert refused.returncode == 2 and f"run {run_id} is orchestrated by pid {pid} on " in refused.stderr
+    done = cli("cancel", run_id, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"run {run_id}: cancelled by its orchestrator (pid {pid})" in done.stdout
+    cancelled_everywhere(tmp_path, run_id)
