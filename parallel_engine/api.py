@@ -233,6 +233,12 @@ def cancel(run_id: str, config: Config | None = None) -> str:
     return f"cancelled by {stopped.by}" + (f": {stopped.removed}" if stopped.removed else "")
 
 
+def reap(older_than_s: float, delete: bool, config: Config | None = None) -> list[str]:
+    """The backend's workers no run needs any more (gce: leaked VMs), one line each; deleted when `delete`."""
+    config = config or load_config()
+    return backend_for(config).reap(older_than_s, delete)
+
+
 def check_can_start(task_list: TaskList, store: RunStore, run_id: str, runtime: str, command: list[str]) -> None:
     """Refuse a task whose command line the kernel would refuse (E2BIG), before anything runs:
     with what it gets on this machine (process runtime), or in a container (docker, gce)."""

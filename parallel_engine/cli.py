@@ -186,6 +186,29 @@ def cancel(
     out.print(f"run {run_id}: {done}", markup=False)
 
 
+@app.command()
+@friendly
+def reap(
+    older_than: Annotated[str, typer.Option("--older-than", help="only VMs created longer ago than this, e.g. 2h, 30m")] = "2h",
+    yes: Annotated[bool, typer.Option("--yes", help="delete them (without it: only list them)")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """List every VM of the project's runs that no run needs any more (its run is over or unknown to the store, or nobody orchestrates it and its worker stopped); --yes deletes them."""
+    from parallel_engine.config import parse_duration
+    from parallel_engine.errors import ConfigError
+
+    try:
+        seconds = parse_duration(older_than)
+    except ValueError:
+        raise ConfigError(f"--older-than {older_than!r} is not a duration", hint="e.g. 2h, 30m or 90s") from None
+    lines = api.reap(seconds, yes, _config(config, _flags(set_)))
+    for line in lines:
+        out.print(("deleted " if yes else "") + line, markup=False)
+    verb = "deleted" if yes else "would delete (run again with --yes)"
+    out.print(f"{len(lines)} VM(s) {verb}" if lines else "no VM to reap", markup=False)
+
+
 def _detach(cfg: Any) -> None:
     """`run --detach`: this same command line again, as a background orchestrator (detach.py)."""
     from parallel_engine.detach import start_detached

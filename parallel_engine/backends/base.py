@@ -179,6 +179,11 @@ class Backend(Protocol):
         """Remove whatever of the run is still running (from any machine where it can be
         reached), record what it stopped, and say what was removed."""
 
+    def reap(self, older_than_s: float, delete: bool) -> list[str]:
+        """One line per worker (older than `older_than_s`) that no run needs any more: its run is
+        over or unknown to the store, or nobody orchestrates it and it stopped its heartbeat;
+        each removed when `delete`."""
+
     def render(self, run_id: str, task: tuple[str, int] | None, vm_request: bool, say: InfoFn) -> str:
         """Exactly what this backend gives a worker (the gce startup script or VM request)."""
 

@@ -105,6 +105,20 @@ class GceBackend:
 
         return Plan(spec, make_pool)
 
+    def reap(self, older_than_s: float, delete: bool) -> list[str]:
+        """One line per VM of the project that no run needs any more (backends/gce/reap.py),
+        each deleted when `delete`."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from parallel_engine.backends.gce.reap import doomed_vms
+
+        compute = Compute(self.config)
+        doomed = doomed_vms(compute, self.open_store(), older_than_s, 3 * self.config.heartbeat)
+        if delete:
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                list(pool.map(lambda vm: compute.delete(vm.zone, vm.name), doomed))
+        return [f"{vm.zone}/{vm.name} (run {vm.run_id}): {vm.why}" for vm in doomed]
+
     def build(self, context: Path, on_line: InfoFn) -> Built:
         """Cloud Build from CONTEXT and the cloudbuild.yaml beside it; the digest is recorded for `run`."""
         from parallel_engine.backends.gce.cloud_build import build_gce

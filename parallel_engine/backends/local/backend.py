@@ -144,6 +144,11 @@ class LocalBackend:
         processes = kill_run_processes(run_id)
         return f"removed {containers} container(s) and {processes} process(es)"
 
+    def reap(self, older_than_s: float, delete: bool) -> list[str]:
+        raise ParallelEngineError(
+            "reap deletes leaked gce VMs, but BACKEND is local",
+            hint="locally, `parallel-engine down RUN` (or `cancel RUN`) removes what a killed run left")
+
     def render(self, run_id: str, task: tuple[str, int] | None, vm_request: bool, say: InfoFn) -> str:
         raise ParallelEngineError(
             "render shows what a gce VM runs, but BACKEND is local",
