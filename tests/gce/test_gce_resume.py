@@ -20,6 +20,7 @@ from parallel_engine.backends.gce.compute import Compute
 from parallel_engine.emulator import Emulator
 from parallel_engine.model import AttemptState
 from tests.gce.gce_helpers import config_for, settings
+from tests.emulator.emulator_helpers import wait_for
 from tests.helpers import cli, cli_env
 
 pytestmark = [pytest.mark.emulator, pytest.mark.docker]
@@ -81,3 +82,29 @@ def test_a_gce_run_killed_at_each_point_is_finished_by_resume(
     assert histories["t2"][0] == "failed"  # its first attempt failed on purpose, and was retried
     if hold:
         assert histories["t3"] == ["succeeded"]
+
+
+def test_cancel_of_a_killed_gce_run_deletes_its_vms_and_records_the_running_attempts_cancelled(
+    cloud: Emulator, example_image: str, tmp_path: Path
+) -> None:
+    (tmp_path / ".config.yaml").write_text(yaml.safe_dump(settings(cloud, example_image, VM_QUOTAS=2)))
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump({"tasks": [
+        {"id": f"t{i}", "command": ["python", "-c", "import time; time.sleep(120)"]} for i in range(3)]}))
+    proc = subprocess.Popen([sys.executable, "-m", "parallel_engine", "run", "long.yaml", "-q"], cwd=tmp_path,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = open_store(config_for(cloud, example_image))
+    try:
+        wait_for(lambda: store.run_ids() and len(store.claimed(store.run_ids()[0])) == 2, 90, "two claimed attempts")
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+    (run_id,) = store.run_ids()
+    done = cli("cancel", run_id, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"run {run_id}: cancelled by `cancel`: deleted 2 VM(s); none left" in done.stdout
+    assert Compute(config_for(cloud, example_image)).list_run_everywhere(run_id) == []
+    assert store.read_end(run_id) == "cancelled"
+    states = sorted(str(a.state) for attempts in store.attempts(run_id).values() for a in attempts)
+    assert states == ["cancelled", "cancelled"]
+    shown = json.loads(cli("status", run_id, "--json", cwd=tmp_path).stdout)
+    assert (shown["state"], shown["counts"]) == ("cancelled", {"cancelled": 3})
