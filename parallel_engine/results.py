@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -56,13 +57,17 @@ class RunStatus:
     run_state: str  # running | finished | cancelled | failed | interrupted
     tasks: tuple[TaskView, ...]
     waiting: str = ""  # while a gce run waits for capacity: "queued (quota): ..." (runs/<id>/capacity.json)
+    last_seen: float | None = None  # interrupted: when its orchestrator last refreshed its lease
 
     @property
     def how_to_continue(self) -> str:
         """For a run nobody orchestrates: what it is, and the command that takes it over."""
         if self.run_state != "interrupted":
             return ""
-        return (f"interrupted: nobody orchestrates run {self.record.run_id} any more; "
+        when = ""
+        if self.last_seen:
+            when = f" (its orchestrator was last seen {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.last_seen))})"
+        return (f"interrupted{when}: nobody orchestrates run {self.record.run_id} any more; "
                 f"continue it with `parallel-engine resume {self.record.run_id}` "
                 f"(or stop what is left with `parallel-engine cancel {self.record.run_id}`)")
 
@@ -134,7 +139,11 @@ def run_status(store: RunStore, run_id: str) -> RunStatus:
     record = store.load_run(run_id)
     run_state = _run_state(store, record)
     waiting = store.read_capacity(run_id) if run_state == "running" else ""
-    return status_of(record, run_state, store.attempts(run_id), waiting)
+    status = status_of(record, run_state, store.attempts(run_id), waiting)
+    if run_state == "interrupted":
+        lease = store.read_lease(run_id)
+        status = replace(status, last_seen=float(lease[1].get("at", 0)) or None if lease else None)
+    return status
 
 
 def status_of(

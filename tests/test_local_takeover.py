@@ -89,7 +89,8 @@ def killed_at(folder: Path, proc: subprocess.Popen[str]) -> str:
     assert proc.returncode == -signal.SIGKILL, stderr
     run_id = the_run(folder).name
     status = cli("status", run_id, cwd=folder)
-    assert f"interrupted: nobody orchestrates run {run_id} any more; continue it with " \
+    assert "interrupted (its orchestrator was last seen 20" in status.stdout, status.stdout + status.stderr
+    assert f"): nobody orchestrates run {run_id} any more; continue it with " \
            f"`parallel-engine resume {run_id}`" in status.stdout, status.stdout + status.stderr
     assert "interrupted" in cli("runs", cwd=folder).stdout
     return run_id
