@@ -55,13 +55,15 @@ class Lease:
     _stop: threading.Event
     _thread: threading.Thread | None = None
 
-    def keep(self, on_refresh: Callable[[], None] = lambda: None, every: float = LEASE_REFRESH_S) -> None:
+    def keep(self, on_refresh: Callable[[], None] = lambda: None, every: float | None = None) -> None:
         """Refresh the lease every `every` seconds in a thread, calling `on_refresh` each time (a
         look at the store: was the run cancelled from elsewhere?). Stops refreshing if a newer
         generation took the lease over (`resume --force`)."""
 
+        period = LEASE_REFRESH_S if every is None else every
+
         def refresh() -> None:
-            while not self._stop.wait(every):
+            while not self._stop.wait(period):
                 try:
                     newest = self.store.read_lease(self.run_id)
                     if newest is not None and newest[0] != self.generation:

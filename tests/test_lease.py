@@ -90,3 +90,34 @@ def test_a_lease_taken_over_is_no_longer_refreshed_by_its_old_holder(store: RunS
     lease.release()  # the newer holder's lease stays as it is
     newest = store.read_lease(RUN)
     assert newest is not None and newest[0] == taker.generation and "released" not in newest[1]
+
+
+def test_a_run_cancelled_from_another_machine_stops_at_its_next_lease_refresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cancel` of a run orchestrated elsewhere writes end.json `cancelled`: the orchestrator reads
+    it when it refreshes its lease and cancels, as Ctrl-C would."""
+    import parallel_engine as pe
+    from parallel_engine import lease as lease_module
+    from parallel_engine.runtimes.process import kill_run_processes, run_processes
+
+    monkeypatch.setattr(lease_module, "LEASE_REFRESH_S", 0.05)
+    (tmp_path / "tasks.txt").write_text("sleep 300\nsleep 300\n")
+    store = local_store(tmp_path / "store")
+    done: list[object] = []
+    thread = threading.Thread(target=lambda: done.append(pe.run(
+        tmp_path / "tasks.txt", runtime="process", store=str(tmp_path / "store"), jobs=2)), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: store.run_ids() and len(run_processes(store.run_ids()[0])) == 2, 60, "both tasks to run")
+        (run_id,) = store.run_ids()
+        store.write_end(run_id, "cancelled", time.time())  # what `cancel` on another machine writes first
+        thread.join(60)
+        assert not thread.is_alive(), "the run did not stop"
+    finally:
+        for run_id in store.run_ids():
+            kill_run_processes(run_id)
+    (run,) = done
+    assert run.cancelled  # type: ignore[attr-defined]
+    assert run_processes(run_id) == []
+    assert sorted(str(a.state) for a in (a for h in store.attempts(run_id).values() for a in h)) == ["cancelled"] * 2
