@@ -109,7 +109,8 @@ class Scheduler:
     ) -> None:
         """`history`: the attempts a run already has in the store (`resume`): a task with none
         starts at attempt 1; one whose last attempt ended is decided as if that end had just
-        come (a retry, or closed); one still running waits for its end, which the pool reports."""
+        come (a retry, or closed), except a cancelled one, which runs again; one still running
+        waits for its end, which the pool reports."""
         self.tasks = {task.id: task for task in tasks}
         self.budgets = budgets
         self.progress = progress
@@ -130,6 +131,11 @@ class Scheduler:
             elif past[-1].state is AttemptState.RUNNING:
                 self.attempts[task.id] = list(past)
                 states[task.id] = TaskState.RUNNING
+            elif past[-1].state is AttemptState.CANCELLED:
+                # Stopped by a cancel whose run never recorded its end (the orchestrator died
+                # during it): resuming is finishing the run, so the task runs again, outside the budgets.
+                self.attempts[task.id] = list(past)
+                self.pool.submit(task, past[-1].attempt + 1)
             else:
                 self.attempts[task.id] = list(past[:-1])
                 self._close(past[-1], states, False)
