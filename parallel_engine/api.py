@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from parallel_engine.backends.base import Built, backend_for
+from parallel_engine.backends.base import Backend, Built, Plan, backend_for
 from parallel_engine.collect import collect
 from parallel_engine.config import Config, load_config
 from parallel_engine.crash import crash_point
+from parallel_engine.debug import DebugCommand
+from parallel_engine.doctor import Check
+from parallel_engine.dry_run import DryRun
 from parallel_engine.errors import ConfigError, Interrupted
 from parallel_engine.exec_limits import CONTAINER_RESERVE, check_tasks_can_start
 from parallel_engine.lease import take as take_lease
@@ -147,14 +150,8 @@ def run(
     elif overrides:
         raise ConfigError("pass either config= or keyword overrides, not both")
     say = info or (lambda message: None)
-    task_list = load_tasks(source, args_template=config.args_template, arg_style=config.arg_style)
     cancel = cancel or threading.Event()
-    backend = backend_for(config)
-    store = backend.open_store()
-    run_id = run_id or new_run_id()
-    quota = config.effective_quota()
-    plan = backend.plan(store, run_id, quota, task_list.tasks, say)
-    check_can_start(task_list, store, run_id, plan.spec["runtime"], config.command_argv())
+    task_list, backend, store, run_id, quota, plan = prepare(source, config, say, run_id)
     budgets = Budgets(retries=config.retries, infra_retries=config.preemption_retries,
                       infra_failure_limit=config.infra_failure_limit)
     record = RunRecord(
@@ -183,7 +180,7 @@ def run(
         store.save_run(record)
         lease = take_lease(store, run_id, "run")
         crash_point("run-json")
-        say(f"run {run_id}: {len(task_list.tasks)} tasks on {backend.name}, at most {quota} at once, "
+        say(f"run {run_id}: {len(task_list.tasks)} tasks on {backend.name}, at most {plan.spec.get('workers', quota)} at once, "
             f"store {store.where}")
         outcome = drive(store, run_id, task_list.tasks, budgets, plan, lease, cancel, progress)
     return Run(run_id, store, outcome, record)
@@ -237,6 +234,47 @@ def reap(older_than_s: float, delete: bool, config: Config | None = None) -> lis
     """The backend's workers no run needs any more (gce: leaked VMs), one line each; deleted when `delete`."""
     config = config or load_config()
     return backend_for(config).reap(older_than_s, delete)
+
+
+def prepare(source: str | Path, config: Config, say: InfoFn,
+            run_id: str | None = None) -> tuple[TaskList, Backend, RunStore, str, int, Plan]:
+    """Everything `run` does before it writes anything: the tasks read, the backend's plan made
+    and checked (`run --dry-run` stops here). `run_id`: one picked already (`run --detach`)."""
+    task_list = load_tasks(source, args_template=config.args_template, arg_style=config.arg_style)
+    backend = backend_for(config)
+    store = backend.open_store()
+    run_id = run_id or new_run_id()
+    quota = config.effective_quota()
+    plan = backend.plan(store, run_id, quota, task_list.tasks, say)
+    check_can_start(task_list, store, run_id, plan.spec["runtime"], config.command_argv())
+    return task_list, backend, store, run_id, quota, plan
+
+
+def dry_run(source: str | Path, *, config: Config | None = None, info: InfoFn | None = None) -> DryRun:
+    """Everything `run` would do short of creating anything (no run.json, no VM): the plan and
+    an estimate of VM-hours and cost."""
+    from parallel_engine.dry_run import plan_run
+
+    config = config or load_config()
+    task_list, backend, store, _, quota, plan = prepare(source, config, info or (lambda message: None))
+    return plan_run(source, config, task_list, backend, store, quota, plan)
+
+
+def doctor(config: Config | None = None) -> Iterator[Check]:
+    """The configured backend's checks of everything a run needs, each as it is made."""
+    return backend_for(config or load_config()).doctor()
+
+
+def debug_command(source: str | Path, task_id: str, *, config: Config | None = None, outputs: Path | None = None,
+                  shell: bool = False, tty: bool = False, info: InfoFn | None = None) -> DebugCommand:
+    """What `debug` runs for one task: its container's `docker run` line, or its command line
+    (`debug.execute` runs it; `.printable()` is the line to paste)."""
+    from parallel_engine import debug
+
+    config = config or load_config()
+    task = debug.find_task(source, task_id, config)
+    runtime = backend_for(config).debug_runtime(info or (lambda message: None))
+    return debug.prepare(config, runtime, task, outputs, shell, tty)
 
 
 def check_can_start(task_list: TaskList, store: RunStore, run_id: str, runtime: str, command: list[str]) -> None:

@@ -67,7 +67,7 @@ def friendly(func: F) -> F:
                 err.print(f"hint: {exc.hint}", markup=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature; mypy sees a plain callable
 
 
 Flags = tuple[dict[str, Any], dict[str, str]]  # values by key, and how each was given
@@ -133,19 +133,25 @@ def run(
     detach: Annotated[bool, typer.Option("--detach", help="return once the run started; its orchestrator "
                                                           "goes on in the background (see README \"Long runs\")")] = False,
     run_id: Annotated[Optional[str], typer.Option("--run-id", hidden=True)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="check and plan everything, create nothing: "
+                                                             "print the plan and an estimate of time and cost")] = False,
 ) -> None:
     """Run one task per row (or item, or line) of SOURCE and wait for them all (--detach: in the background)."""
+    flags = _flags(
+        set_, VM_QUOTAS=jobs, RETRIES=retries, TASK_TIMEOUT=timeout, COMMAND=command, IMAGE=image,
+        RUNTIME=runtime, BACKEND=backend, ARGS_TEMPLATE=args_template, ARG_STYLE=arg_style, STORE=store,
+        SPOT=spot, TASKS_PER_VM=tasks_per_vm,
+    )
+    if dry_run:
+        _print_dry_run(source, _config(config, flags),
+                       (lambda message: err.print(message, markup=False)) if not quiet else (lambda message: None))
+        return
     if detach:
-        _detach(_config(config, _flags(set_, STORE=store, BACKEND=backend)))
+        _detach(_config(config, flags))
         return
 
     def start(progress: Callable[[Counter[str]], None], info: Callable[[str], None],
               cancel: threading.Event) -> api.Run:
-        flags = _flags(
-            set_, VM_QUOTAS=jobs, RETRIES=retries, TASK_TIMEOUT=timeout, COMMAND=command, IMAGE=image,
-            RUNTIME=runtime, BACKEND=backend, ARGS_TEMPLATE=args_template, ARG_STYLE=arg_style, STORE=store,
-            SPOT=spot, TASKS_PER_VM=tasks_per_vm,
-        )
         return api.run(source, config=_config(config, flags), progress=progress, info=info, cancel=cancel,
                        run_id=run_id)
 
@@ -246,6 +252,11 @@ def _orchestrate_here(quiet: bool, start: Callable[[Callable[[Counter[str]], Non
         raise typer.Exit(EXIT_TASKS_FAILED)
 
 
+def _print_dry_run(source: Path, cfg: Any, info: Callable[[str], None]) -> None:
+    for line in api.dry_run(source, config=cfg, info=info).lines():
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def _on_signals(handler: Any) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
@@ -318,6 +329,69 @@ def _print_summary(status: RunStatus, handle: api.Run) -> None:
             out.print(f"... and {len(failed) - SHOWN_FAILURES} more: `parallel-engine status {status.record.run_id}`",
                       markup=False)
     out.print(f"results: parallel-engine collect {status.record.run_id} --dest results", markup=False)
+
+
+@app.command()
+@friendly
+def debug(
+    source: Annotated[Path, typer.Argument(help="params.csv, a YAML task file, or a task list")],
+    task: Annotated[str, typer.Option("--task", help="the id of the task to run")],
+    outputs: Annotated[Optional[Path], typer.Option(help="its outputs folder (default: ./debug/<task>/)")] = None,
+    shell: Annotated[bool, typer.Option("--shell", help="open a shell in that container (or with its environment) instead")] = False,
+    print_only: Annotated[bool, typer.Option("--print", help="print the equivalent command line, quoted to paste, and run nothing")] = False,
+    image: Annotated[Optional[str], typer.Option(help="image to run (IMAGE)")] = None,
+    runtime: Annotated[Optional[str], typer.Option(help="auto, process or docker (RUNTIME)")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run one task in the foreground exactly as a worker would (same container, argv, PE_* variables,
+    limits); its output on this terminal, its exit code as this command's. The container is removed afterwards."""
+    from parallel_engine.debug import execute
+
+    cfg = _config(config, _flags(set_, IMAGE=image, RUNTIME=runtime))
+    say = (lambda line: err.print(line, markup=False, soft_wrap=True))
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+    command = api.debug_command(source, task, config=cfg, outputs=outputs, shell=shell, tty=tty, info=say)
+    if print_only:
+        out.print(command.printable(), markup=False, highlight=False, soft_wrap=True)
+        return
+    err.print(f"# task {task} ({command.runtime}); outputs in {command.outputs}", markup=False, soft_wrap=True)
+    with _terminate_as_interrupt():
+        try:
+            code = execute(command)
+        except KeyboardInterrupt:
+            raise Interrupted(f"debug of task {task} interrupted" +
+                              ("; its container was removed" if command.runtime == "docker" else "")) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+@friendly
+def doctor(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Check everything a run needs on the configured backend: one line per check, ✓ or ✗ and the fix.
+
+    Exit 0 when every check passes, 2 otherwise.
+    """
+    from parallel_engine.doctor import exit_code
+
+    cfg = _config(config, _flags(set_))
+    out.print(f"doctor: backend {cfg.backend}", markup=False)
+    checks = []
+    for check in api.doctor(cfg):  # each line as soon as its check is made
+        checks.append(check)
+        out.print(f"{'✓' if check.ok else '✗'} {check.name:<{DOCTOR_NAMES}} {check.detail}", markup=False, highlight=False)
+        if check.fix:
+            out.print(f"  {'':<{DOCTOR_NAMES}} fix: {check.fix}", markup=False, highlight=False)
+    failures = sum(not check.ok for check in checks)
+    out.print("all checks passed" if not failures else f"{failures} of {len(checks)} checks failed", markup=False)
+    raise typer.Exit(exit_code(checks))
+
+
+#: The width of doctor's check names (the longest: "quota IN_USE_ADDRESSES").
+DOCTOR_NAMES = 23
 
 
 @app.command()

@@ -482,6 +482,8 @@ class Config:
     heartbeat: float = key(Duration(), 30.0, "how often a running attempt refreshes its heartbeat in the store")
     max_run_duration: float = key(Duration(30, 120 * 86400), 86400.0, "a VM deletes itself after this long, whatever happens")
     fallback_zones: list[str] = key(StrList(Zone(), "zones like europe-west1-b"), [], "zones to try when ZONE has no capacity")
+    price_per_vm_hour: float | None = key(PositiveFloat(), None, "USD per VM-hour in `run --dry-run`'s cost estimate",
+                                          default_doc="MACHINE_TYPE's price in the built-in table (parallel_engine/prices.py)")
     infra_failure_limit: int = key(_POSITIVE, 5, "infra failures (VM refused, image pull failed) before the run gives up")
     # containers of the local backend
     cpus: float | None = key(PositiveFloat(), None, "CPU limit of each task's container (unset: none)")

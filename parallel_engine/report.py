@@ -313,7 +313,7 @@ def write_png(data: ReportData, path: Path) -> None:
     if lanes:
         axes.set_ylim(len(lanes) - 0.5, -0.5)  # first worker on top
     axes.xaxis_date()
-    axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(axes.xaxis.get_major_locator()))  # type: ignore[no-untyped-call]
+    axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(axes.xaxis.get_major_locator()))  # type: ignore[no-untyped-call]  # matplotlib leaves ConciseDateFormatter untyped
     axes.set_xlabel("time (UTC)")
     snapshot = f", snapshot at {_utc(data.snapshot_at)}" if data.running else ""
     axes.set_title(f"run {data.run_id}: {len(lanes)} worker(s), {len(data.bars)} attempt(s){snapshot}")

@@ -6,6 +6,7 @@ shape docs/architecture.md draws."""
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -99,3 +100,13 @@ def test_tests_import_helpers_never_other_test_modules() -> None:
     for path in (ROOT / "tests").rglob("*.py"):
         test_modules = sorted(m for m in _imports(path) if m.split(".")[-1].startswith("test_"))
         assert not test_modules, f"{path.relative_to(ROOT)} imports test modules {test_modules}"
+
+
+def test_every_type_ignore_in_the_package_says_why() -> None:
+    """mypy checks that a `type: ignore` names its error code; the reason is for the reader."""
+    bare = []
+    for path in (ROOT / "parallel_engine").rglob("*.py"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "type: ignore[" in line and not re.search(r"type: ignore\[[^\]]+\]\s*#\s*\S", line):
+                bare.append(f"{path.relative_to(ROOT)}:{number}")
+    assert not bare, f"a type: ignore without a reason after it: {bare}"

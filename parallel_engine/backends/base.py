@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -24,6 +24,8 @@ from parallel_engine.model import AttemptStatus, Task
 
 if TYPE_CHECKING:
     from parallel_engine.config import Config
+    from parallel_engine.doctor import Check
+    from parallel_engine.runtimes.base import Runtime
     from parallel_engine.store import RunRecord, RunStore
 
 InfoFn = Callable[[str], None]
@@ -186,6 +188,13 @@ class Backend(Protocol):
 
     def render(self, run_id: str, task: tuple[str, int] | None, vm_request: bool, say: InfoFn) -> str:
         """Exactly what this backend gives a worker (the gce startup script or VM request)."""
+
+    def doctor(self) -> Iterator[Check]:
+        """This backend's checks of everything a run needs (parallel_engine/doctor.py), each as it is made."""
+
+    def debug_runtime(self, say: InfoFn) -> Runtime:
+        """The runtime a worker of this backend runs a task with, ready on this machine (its
+        image present), for `debug` to start one task exactly as a worker would."""
 
 
 # -- the registry ---------------------------------------------------------------------------

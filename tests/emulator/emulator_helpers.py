@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 import google.oauth2.credentials
+import requests
 from google.auth import credentials as gauth
 from google.cloud import compute_v1, storage
 from google.cloud.devtools import cloudbuild_v1
@@ -217,3 +220,22 @@ class FixedToken(gauth.Credentials):
 
     def refresh(self, request: object) -> None:
         """Nothing to refresh: keep sending the same token."""
+
+
+def push_tiny_image(registry: str, repository: str, token: str) -> str:
+    """A one-blob image pushed with the registry API (no Docker): its manifest digest."""
+    auth = {"Authorization": f"Bearer {token}"}
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    started = requests.post(f"http://{registry}/v2/{repository}/blobs/uploads/", headers=auth, timeout=30)
+    location = started.headers["Location"]
+    location = location if location.startswith("http") else f"http://{registry}{location}"
+    sep = "&" if "?" in location else "?"
+    requests.put(f"{location}{sep}digest={config_digest}", data=config, headers=auth, timeout=30).raise_for_status()
+    blob = {"mediaType": "application/vnd.docker.container.image.v1+json", "size": len(config), "digest": config_digest}
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                           "config": blob, "layers": []}).encode()  # fmt: skip
+    headers = {**auth, "Content-Type": "application/vnd.docker.distribution.manifest.v2+json"}
+    put = requests.put(f"http://{registry}/v2/{repository}/manifests/v1", data=manifest, headers=headers, timeout=30)
+    put.raise_for_status()
+    return str(put.headers["Docker-Content-Digest"])

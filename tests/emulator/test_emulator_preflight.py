@@ -3,8 +3,6 @@ Google answers it, and the control API that makes each answer say no."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 
 import pytest
 import requests
@@ -19,6 +17,7 @@ from tests.emulator.emulator_helpers import (
     claim_script,
     console,
     make_instance,
+    push_tiny_image,
     wait_for,
 )
 
@@ -182,32 +181,13 @@ def test_the_bucket_is_in_the_zones_region_and_the_control_api_moves_it(clients:
     assert listed == {cloud.bucket: "EU", "made-without-location": "US"}
 
 
-def _push_tiny_image(registry: str, repository: str, token: str) -> str:
-    """A one-blob image pushed with the registry API (no Docker): its manifest digest."""
-    auth = {"Authorization": f"Bearer {token}"}
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
-    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    started = requests.post(f"http://{registry}/v2/{repository}/blobs/uploads/", headers=auth, timeout=30)
-    location = started.headers["Location"]
-    location = location if location.startswith("http") else f"http://{registry}{location}"
-    sep = "&" if "?" in location else "?"
-    requests.put(f"{location}{sep}digest={config_digest}", data=config, headers=auth, timeout=30).raise_for_status()
-    blob = {"mediaType": "application/vnd.docker.container.image.v1+json", "size": len(config), "digest": config_digest}
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                           "config": blob, "layers": []}).encode()  # fmt: skip
-    headers = {**auth, "Content-Type": "application/vnd.docker.distribution.manifest.v2+json"}
-    put = requests.put(f"http://{registry}/v2/{repository}/manifests/v1", data=manifest, headers=headers, timeout=30)
-    put.raise_for_status()
-    return str(put.headers["Docker-Content-Digest"])
-
-
 def test_an_image_deleted_through_the_control_api_is_missing_by_digest(clients: Clients) -> None:
     cloud = clients.cloud
     if not cloud.registry_host:
         pytest.skip("the emulated cloud has no registry (apt-get install docker-registry)")
     token = bearer(clients.credentials)
     repository = f"{cloud.project}/parallel-engine/app"
-    digest = _push_tiny_image(cloud.registry_host, repository, token)
+    digest = push_tiny_image(cloud.registry_host, repository, token)
     manifest = f"http://{cloud.registry_host}/v2/{repository}/manifests/{digest}"
     accept = {"Authorization": f"Bearer {token}", "Accept": "application/vnd.docker.distribution.manifest.v2+json"}
     assert requests.head(manifest, headers=accept, timeout=30).status_code == 200

@@ -146,6 +146,18 @@ def test_serve_leaves_the_config_of_an_emulator_still_running(tmp_path: Path) ->
     assert result == [0]
 
 
+def _count_named(parent: psutil.Process, name: str) -> int:
+    """Descendants called `name`; one that ends while we look is not counted (the VM's shell
+    starts and ends short processes all the time)."""
+    count = 0
+    for child in parent.children(recursive=True):
+        try:
+            count += child.name() == name
+        except psutil.NoSuchProcess:
+            pass
+    return count
+
+
 def _start_emulator(tmp_path: Path) -> tuple[subprocess.Popen[str], dict]:
     """`python -m parallel_engine.emulator` in `tmp_path`; the process and the config it wrote."""
     process = subprocess.Popen(
@@ -177,7 +189,7 @@ def test_python_m_emulator_stops_everything_on_signal(tmp_path: Path, signum: in
     try:
         _insert(values, ESCAPING_SCRIPT)
         parent = psutil.Process(process.pid)
-        wait_for(lambda: sum(p.name() == "sleep" for p in parent.children(recursive=True)) >= 2, timeout=30,
+        wait_for(lambda: _count_named(parent, "sleep") >= 2, timeout=30,
                  what="the VM's processes")  # fmt: skip
         descendants = parent.children(recursive=True)
         servers = ControlClient(values["COMPUTE_ENDPOINT"]).info()["pids"]

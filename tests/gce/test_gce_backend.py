@@ -723,3 +723,47 @@ def test_an_event_that_lands_after_a_newer_one_is_still_seen(cloud: Emulator) ->
     assert [s.task_id for s in events] == ["late", "early"]
     pool._poll()
     assert len(events) == 2  # nothing handled twice
+
+
+def test_debug_from_a_gce_config_pulls_the_built_digest_with_the_users_credentials_and_runs_the_task(
+        cloud: Emulator, docker_engine: Any, workdir: Path) -> None:
+    from parallel_engine.emulator.serve import config_values, render_config
+
+    assert cloud.registry_host, "the emulated cloud has no registry (apt-get install docker-registry)"
+    values = config_values(cloud)
+    image = values["IMAGE"]
+    shutil.copy(ROOT / "cloudbuild.yaml", workdir / "cloudbuild.yaml")
+    (workdir / ".config.yaml").write_text(render_config(values))
+    built = cli("build", cwd=workdir, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    digest = built.stdout.split("@", 1)[1].split(";")[0]
+    pinned = image.rsplit(":", 1)[0] + "@" + digest
+    docker_engine.images.remove(image, force=True)  # debug must pull it from the registry
+    printed = cli("debug", "code/params.csv", "--task", "3", "--print", cwd=workdir, timeout=300)
+    assert printed.returncode == 0, printed.stderr
+    assert f" {pinned} " in printed.stdout and "--network host" in printed.stdout
+    assert f"pulling {pinned} with your Google credentials" in printed.stderr
+    done = cli("debug", "code/params.csv", "--task", "3", cwd=workdir, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"image {pinned} is already here" in done.stderr
+    summary = json.loads((workdir / "debug" / "3" / "summary.json").read_text())
+    row = list(csv.DictReader(open(workdir / "code" / "params.csv", newline="")))[2]
+    assert (summary["dataset"], summary["project"]) == (row["dataset"], row["project"])
+
+
+def test_run_reads_the_quotas_first_and_caps_the_vms_at_what_fits(cloud: Emulator, example_image: str, workdir: Path) -> None:
+    """CPUS 8 leaves room for 2 n1-standard-4: VM_QUOTAS 5 becomes 2 before any VM is asked for,
+    said once, and no VM is ever refused for quota."""
+    cloud.control.set_quota("CPUS", 8)
+    (workdir / "five.yaml").write_text(yaml.safe_dump({"tasks": [
+        {"id": f"t{i}", "command": ["python", "-c", "import time; time.sleep(1)"]} for i in range(5)]}))
+    said: list[str] = []
+    config = config_for(cloud, example_image, VM_QUOTAS=5, MACHINE_TYPE="n1-standard-4")
+    with VmWatch(cloud) as watch:
+        run = pe.run(workdir / "five.yaml", config=config, info=said.append)
+    assert run.status().counts == {"succeeded": 5}
+    assert f"VM_QUOTAS 5, but the CPUS quota of {cloud.region} leaves room for 2 n1-standard-4 (4 vCPUs): " \
+           "running 2 at once" in said
+    assert not [line for line in said if "queued (quota)" in line]
+    assert watch.most_alive == 2, watch.most_alive
+    assert run.store.load_run(run.run_id).spec["workers"] == 2

@@ -6,11 +6,12 @@ any machine."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
 from parallel_engine.backends.base import Built, InfoFn, OnEvent, Plan
+from parallel_engine.backends.gce.capacity import vms_that_fit
 from parallel_engine.backends.gce.compute import Compute, delete_run_vms
 from parallel_engine.backends.gce.pool import GcePool, cancel_running
 from parallel_engine.backends.gce.settings import GceSettings
@@ -23,8 +24,10 @@ from parallel_engine.backends.gce.vm import (
     task_vm_name,
 )
 from parallel_engine.config import GCE_DEFAULT_QUOTA, Config
+from parallel_engine.doctor import Check, run_checks
 from parallel_engine.errors import ConfigError, CredentialsError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
+from parallel_engine.runtimes.base import Runtime
 from parallel_engine.names import label_value
 from parallel_engine.store import RunRecord, RunStore
 
@@ -70,12 +73,16 @@ class GceBackend:
         render_script = script_for(settings, run_id, image)
         check_rendering(settings, render_script)
         compute = Compute(self.config)
+        quota = vms_that_fit(settings, compute.project, quota, say)
         spec = {
             "runtime": "gce",
+            "workers": quota,
             "image": image,
             "tasks_per_vm": self.config.tasks_per_vm,
             "project": compute.project,
             "zones": settings.zones,
+            "machine_type": self.config.machine_type,
+            "spot": self.config.spot,
         }
 
         def make_pool(on_event: OnEvent) -> GcePool:
@@ -95,7 +102,7 @@ class GceBackend:
         image = str(spec.get("image") or resolve_image(self.config, store))
         render_script = script_for(settings, record.run_id, image)
         compute = Compute(self.config)
-        quota = int(spec.get("quota", self.config.effective_quota()))
+        quota = int(spec.get("workers", spec.get("quota", self.config.effective_quota())))  # what fit the quotas
         tasks = {task.id: task for task in record.tasks}
         adopted = tuple((tasks[status.task_id], status) for status in running if status.task_id in tasks)
 
@@ -152,6 +159,24 @@ class GceBackend:
         else:
             body = bulk_body(properties, batch_name_pattern(run_id, 1), self.config.effective_quota())
         return json.dumps(body, indent=2, ensure_ascii=False)
+
+    def doctor(self) -> Iterator[Check]:
+        from parallel_engine.backends.gce.doctor import CHECKS, Gce
+
+        return run_checks(Gce(self.settings), CHECKS)
+
+    def debug_runtime(self, say: InfoFn) -> Runtime:
+        """A container of the image a VM would run (pinned to the digest `build` recorded), pulled
+        here with the user's credentials, on the network a VM's container has (the host's: a
+        task on a VM reaches its metadata server)."""
+        from parallel_engine.backends.gce.registry import pull_image
+        from parallel_engine.runtimes.docker import DockerRuntime
+
+        config = self.config
+        image = resolve_image(config, self.open_store())
+        pull_image(config, image, say)
+        return DockerRuntime(image, network=WorkerSettings.docker_network, cpus=config.cpus, memory=config.memory,
+                             labels=config.labels)
 
     def _render_image(self, say: InfoFn) -> str:
         """The image `render` shows: as `run` would pin it, reading the bucket only when IMAGE names

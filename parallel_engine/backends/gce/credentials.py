@@ -98,7 +98,7 @@ def _adc_path() -> Path | None:
     try:
         from google.auth import _cloud_sdk
 
-        return Path(_cloud_sdk.get_application_default_credentials_path())  # type: ignore[no-untyped-call]
+        return Path(_cloud_sdk.get_application_default_credentials_path())  # type: ignore[no-untyped-call]  # google-auth leaves it untyped
     except Exception:  # noqa: BLE001 - only a cache key: without it, the credentials load once per process
         return None
 
@@ -156,9 +156,9 @@ def _from_file(path: Path, what: str) -> tuple[Any, str | None]:
     info = _read_info(path, what, FILE_TYPES)
     try:
         if info["type"] == "service_account":
-            key = service_account.Credentials.from_service_account_info(info, scopes=SCOPES)  # type: ignore[no-untyped-call]
+            key = service_account.Credentials.from_service_account_info(info, scopes=SCOPES)  # type: ignore[no-untyped-call]  # google-auth leaves it untyped
             return key, info.get("project_id")
-        return user.Credentials.from_authorized_user_info(info, scopes=SCOPES), None  # type: ignore[no-untyped-call]
+        return user.Credentials.from_authorized_user_info(info, scopes=SCOPES), None  # type: ignore[no-untyped-call]  # google-auth leaves it untyped
     except (ValueError, KeyError) as exc:
         raise CredentialsError(f"{what} is not a valid {info['type']} file: {exc}", hint=FILE_HINT) from None
 

@@ -7,12 +7,14 @@ import os
 import re
 import shlex
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 from parallel_engine.backends.base import Built, InfoFn, OnEvent, Plan
 from parallel_engine.backends.local.pool import LocalPool
 from parallel_engine.config import Config
+from parallel_engine.doctor import Check, run_checks
 from parallel_engine.errors import BackendError, ConfigError, ParallelEngineError, StoreError
 from parallel_engine.model import AttemptStatus, Task
 from parallel_engine.runtimes.base import Runtime
@@ -60,13 +62,27 @@ class LocalBackend:
             )
         return self.open_store()
 
-    def plan(self, store: RunStore, run_id: str, quota: int, tasks: tuple[Task, ...], say: InfoFn) -> Plan:
+    def _runtime(self, say: InfoFn) -> Runtime:
         config = self.config
         runtime, reason = select_runtime(
             config.runtime, config.image, network=config.docker_network, cpus=config.cpus,
             memory=config.memory, command=config.command_argv(), labels=config.labels,
         )
         say(f"runtime: {reason}")
+        return runtime
+
+    def doctor(self) -> Iterator[Check]:
+        from parallel_engine.backends.local.doctor import CHECKS, Local
+
+        return run_checks(Local(self.config, Path.cwd()), CHECKS)
+
+    def debug_runtime(self, say: InfoFn) -> Runtime:
+        """The runtime `run` would pick here (RUNTIME, IMAGE, the engine): debug runs the task in it."""
+        return self._runtime(say)
+
+    def plan(self, store: RunStore, run_id: str, quota: int, tasks: tuple[Task, ...], say: InfoFn) -> Plan:
+        config = self.config
+        runtime = self._runtime(say)
         if runtime.name == "process":
             check_script(config, tasks, Path.cwd())
         spec = {

@@ -1,0 +1,68 @@
+"""`parallel-engine doctor` on the local backend: the engine, IMAGE and the COMMAND's script, each
+✗ with its fix, exit 0 only when all pass."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import ROOT, cli
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    shutil.copytree(ROOT / "code", tmp_path / "code")
+    return tmp_path
+
+
+def rows(stdout: str) -> dict[str, str]:
+    """Each check's line, by check name."""
+    return {name: line for line in stdout.splitlines() for name in ("Docker engine", "IMAGE", "COMMAND")
+            if line[:1] in "✓✗" and line[2:].startswith(name + " ")}
+
+
+def test_processes_from_the_project_folder_pass_and_exit_0(project: Path) -> None:
+    done = cli("doctor", "--set", "RUNTIME=process", cwd=project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert set(rows(done.stdout)) == {"Docker engine", "IMAGE", "COMMAND"}
+    assert "✗" not in done.stdout
+
+
+def test_a_missing_command_script_fails_with_where_to_run_from(tmp_path: Path) -> None:
+    done = cli("doctor", "--set", "RUNTIME=process", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "✗" in rows(done.stdout)["COMMAND"]
+    assert "no such file" in done.stdout and "run from the folder" in done.stdout
+
+
+def test_no_docker_engine_fails_when_runtime_is_docker(project: Path) -> None:
+    done = cli("doctor", "--set", "RUNTIME=docker", "--set", "IMAGE=x:1", cwd=project,
+               env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "✗" in rows(done.stdout)["Docker engine"] and "ensure-docker.sh" in done.stdout
+    assert "not checked: no Docker engine to ask" in done.stdout
+
+
+@pytest.mark.docker
+def test_an_image_not_built_fails_with_build_when_runtime_is_docker(project: Path, docker_engine: Any) -> None:
+    done = cli("doctor", "--set", "IMAGE=parallel-engine-never-built:1", "--set", "RUNTIME=docker", cwd=project, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "✓" in rows(done.stdout)["Docker engine"] and "✗" in rows(done.stdout)["IMAGE"]
+    assert "fix: run `parallel-engine build`" in done.stdout
+
+
+@pytest.mark.docker
+def test_an_image_not_built_with_runtime_auto_passes_as_processes_and_checks_the_script(tmp_path: Path, docker_engine: Any) -> None:
+    done = cli("doctor", "--set", "IMAGE=parallel-engine-never-built:1", cwd=tmp_path, timeout=120)
+    assert "is not built yet: tasks run as processes" in rows(done.stdout)["IMAGE"]
+    assert "✗" in rows(done.stdout)["COMMAND"] and done.returncode == 2  # processes need code/main.py here
+
+
+@pytest.mark.docker
+def test_a_present_image_passes(project: Path, base_image: str) -> None:
+    done = cli("doctor", "--set", f"IMAGE={base_image}", cwd=project, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{base_image} is present: tasks run in containers" in done.stdout
