@@ -36,6 +36,7 @@ from parallel_engine.follow import ending, exit_code, follow, progress_counts, t
 from parallel_engine.processes import keep_child_statuses
 from parallel_engine.progress import CountsBar
 from parallel_engine.results import RunStatus, TaskView, read_log
+from parallel_engine.scheduler import ProgressFn
 
 app = typer.Typer(
     help="Fan a batch job out: one task per parameter set, on local processes, containers or VMs.",
@@ -133,28 +134,117 @@ def run(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")] = False,
+    detach: Annotated[bool, typer.Option("--detach", help="return once the run started; its orchestrator "
+                                                          "goes on in the background (see README \"Long runs\")")] = False,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", hidden=True)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="check and plan everything, create nothing: "
                                                              "print the plan and an estimate of time and cost")] = False,
 ) -> None:
-    """Run one task per row (or item, or line) of SOURCE and wait for them all."""
-    # SIGINT/SIGTERM cancel the run from here until it has ended: before the run exists nothing
-    # is created (exit 130). Once it ended (end.json says how) they are ignored until this command
-    # exits, so a late one cannot change an exit code that agrees with end.json.
+    """Run one task per row (or item, or line) of SOURCE and wait for them all (--detach: in the background)."""
+    flags = _flags(
+        set_, VM_QUOTAS=jobs, RETRIES=retries, TASK_TIMEOUT=timeout, COMMAND=command, IMAGE=image,
+        RUNTIME=runtime, BACKEND=backend, ARGS_TEMPLATE=args_template, ARG_STYLE=arg_style, STORE=store,
+        SPOT=spot, TASKS_PER_VM=tasks_per_vm,
+    )
+    if dry_run:
+        _print_dry_run(source, _config(config, flags),
+                       (lambda message: err.print(message, markup=False)) if not quiet else (lambda message: None))
+        return
+    if detach:
+        _detach(_config(config, flags))
+        return
+
+    def start(progress: ProgressFn, info: Callable[[str], None],
+              cancel: threading.Event) -> api.Run:
+        return api.run(source, config=_config(config, flags), progress=progress, info=info, cancel=cancel,
+                       run_id=run_id)
+
+    _orchestrate_here(quiet, start)
+
+
+@app.command()
+@friendly
+def resume(
+    run_id: Annotated[str, typer.Argument(help="the run id (see `parallel-engine runs`)")],
+    force: Annotated[bool, typer.Option("--force", help="take the run over even if its orchestrator looks "
+                                                        "alive (only when it surely is gone)")] = False,
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")] = False,
+) -> None:
+    """Take over a run nobody orchestrates (killed, or its machine slept) and drive it to its end as `run` does."""
+
+    def start(progress: ProgressFn, info: Callable[[str], None],
+              cancel: threading.Event) -> api.Run:
+        cfg = _config(config, _flags(set_, STORE=store))
+        return api.resume(run_id, config=cfg, progress=progress, info=info, cancel=cancel, force=force)
+
+    _orchestrate_here(quiet, start)
+
+
+@app.command()
+@friendly
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="the run id")],
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Stop a run from any machine: its workers removed, running attempts recorded cancelled, the run marked cancelled."""
+    done = api.cancel(run_id, _config(config, _flags(set_, STORE=store)))
+    out.print(f"run {run_id}: {done}", markup=False)
+
+
+@app.command()
+@friendly
+def reap(
+    older_than: Annotated[str, typer.Option("--older-than", help="only VMs created longer ago than this, e.g. 2h, 30m")] = "2h",
+    yes: Annotated[bool, typer.Option("--yes", help="delete them (without it: only list them)")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """List every VM of the project's runs that no run needs any more (its run is over or unknown to the store, or nobody orchestrates it and its worker stopped); --yes deletes them."""
+    from parallel_engine.config import parse_duration
+    from parallel_engine.errors import ConfigError
+
+    try:
+        seconds = parse_duration(older_than)
+    except ValueError:
+        raise ConfigError(f"--older-than {older_than!r} is not a duration", hint="e.g. 2h, 30m or 90s") from None
+    lines = api.reap(seconds, yes, _config(config, _flags(set_)))
+    for line in lines:
+        out.print(("deleted " if yes else "") + line, markup=False)
+    verb = "deleted" if yes else "would delete (run again with --yes)"
+    out.print(f"{len(lines)} VM(s) {verb}" if lines else "no VM to reap", markup=False)
+
+
+def _detach(cfg: Any) -> None:
+    """`run --detach`: this same command line again, as a background orchestrator (detach.py)."""
+    from parallel_engine.detach import start_detached
+    from parallel_engine.names import new_run_id
+
+    argv = [arg for arg in sys.argv[1:] if arg != "--detach"]
+    done = start_detached(argv, api.open_store(cfg), new_run_id())
+    out.print(f"run {done.run_id}: started in the background (orchestrator pid {done.pid}, log {done.log})",
+              markup=False)
+    out.print(f"follow it with `parallel-engine status {done.run_id}`; stop it with "
+              f"`parallel-engine cancel {done.run_id}`", markup=False)
+
+
+def _orchestrate_here(quiet: bool, start: Callable[[ProgressFn, Callable[[str], None],
+                                                    threading.Event], api.Run]) -> None:
+    """Drive a run here (`run`, `resume`) to its end: progress, then the summary and exit code.
+
+    SIGINT/SIGTERM cancel the run from here until it has ended: before the run exists nothing
+    is created (exit 130). Once it ended (end.json says how) they are ignored until this command
+    exits, so a late one cannot change an exit code that agrees with end.json."""
     cancel = threading.Event()
     _on_signals(api.cancel_handler(cancel))
     try:
-        flags = _flags(
-            set_, VM_QUOTAS=jobs, RETRIES=retries, TASK_TIMEOUT=timeout, COMMAND=command, IMAGE=image,
-            RUNTIME=runtime, BACKEND=backend, ARGS_TEMPLATE=args_template, ARG_STYLE=arg_style, STORE=store,
-            SPOT=spot, TASKS_PER_VM=tasks_per_vm,
-        )
-        cfg = _config(config, flags)
         info = (lambda message: err.print(message, markup=False)) if not quiet else (lambda message: None)
-        if dry_run:
-            _print_dry_run(source, cfg, info)
-            return
         with _progress(quiet) as update:
-            handle = api.run(source, config=cfg, progress=update, info=info, cancel=cancel)
+            handle = start(update, info, cancel)
     finally:
         _on_signals(signal.SIG_IGN)
     status = handle.status()
@@ -422,6 +512,8 @@ def _status_view(state: RunStatus) -> Group:
     parts.append(Text(_counts_line(state)))
     if state.waiting:
         parts.append(Text(state.waiting))
+    if state.how_to_continue:
+        parts.append(Text(state.how_to_continue))
     return Group(*parts)
 
 
@@ -617,6 +709,9 @@ def runs(
         counts = ", ".join(f"{n} {state}" for state, n in sorted(s.counts.items()))
         table.add_row(s.record.run_id, s.run_state, created, s.record.source, counts)
     out.print(table)
+    if any(s.how_to_continue for s in found):
+        out.print("interrupted: nobody orchestrates the run any more; `parallel-engine resume RUN` continues it",
+                  markup=False)
 
 
 @app.command()

@@ -48,6 +48,10 @@ class RunNotFoundError(StoreError):
     """No run with that id exists in the store."""
 
 
+class RunBusyError(ParallelEngineError):
+    """Another orchestrator holds the run's lease and still lives (`resume` without --force)."""
+
+
 class AccessError(ParallelEngineError):
     """Google refused us for a reason the user must fix in their setup: credentials missing,
     unreadable or refused, or a permission or an API missing (exit 2, like bad input)."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from parallel_engine.backends.base import backend_class
 from parallel_engine.errors import StoreError, brief
 from parallel_engine.model import AttemptState, AttemptStatus, TaskState
+from parallel_engine.lease import holder_alive
 from parallel_engine.processes import orchestrator_alive
 from parallel_engine.state import Budgets, task_state, winning_attempt
 from parallel_engine.store import RunRecord, RunStore
@@ -57,6 +59,19 @@ class RunStatus:
     run_state: str  # running | finished | cancelled | failed | interrupted
     tasks: tuple[TaskView, ...]
     waiting: str = ""  # while a gce run waits for capacity: "queued (quota): ..." (runs/<id>/capacity.json)
+    last_seen: float | None = None  # interrupted: when its orchestrator last refreshed its lease
+
+    @property
+    def how_to_continue(self) -> str:
+        """For a run nobody orchestrates: what it is, and the command that takes it over."""
+        if self.run_state != "interrupted":
+            return ""
+        when = ""
+        if self.last_seen:
+            when = f" (its orchestrator was last seen {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.last_seen))})"
+        return (f"interrupted{when}: nobody orchestrates run {self.record.run_id} any more; "
+                f"continue it with `parallel-engine resume {self.record.run_id}` "
+                f"(or stop what is left with `parallel-engine cancel {self.record.run_id}`)")
 
     @property
     def counts(self) -> dict[str, int]:
@@ -150,6 +165,9 @@ def _run_state(store: RunStore, record: RunRecord) -> str:
     ended = store.read_end(record.run_id)
     if ended is not None:
         return ended
+    lease = store.read_lease(record.run_id)
+    if lease is not None:  # who holds the run now (a resume may have taken it from run.json's orchestrator)
+        return "running" if holder_alive(lease[1]) else "interrupted"
     owner = record.spec.get("orchestrator", {})
     if owner.get("host") == socket.gethostname() and not orchestrator_alive(owner):
         # Its pid is gone, a zombie, or another process's now. It may have written end.json and
@@ -178,7 +196,11 @@ def run_status(store: RunStore, run_id: str) -> RunStatus:
     record = store.load_run(run_id)
     run_state = _run_state(store, record)
     waiting = store.read_capacity(run_id) if run_state == "running" else ""
-    return status_of(record, run_state, store.attempts(run_id), waiting)
+    status = status_of(record, run_state, store.attempts(run_id), waiting)
+    if run_state == "interrupted":
+        lease = store.read_lease(run_id)
+        status = replace(status, last_seen=float(lease[1].get("at", 0)) or None if lease else None)
+    return status
 
 
 def status_of(
