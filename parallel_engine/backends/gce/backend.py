@@ -94,7 +94,7 @@ class GceBackend:
         return Plan(spec, make_pool)
 
     def resume(self, store: RunStore, record: RunRecord, running: list[AttemptStatus], say: InfoFn) -> Plan:
-        """The run's own image (the digest it pinned), quota and TASKS_PER_VM; the pool adopts the
+        """The run's own images (the digests it pinned), quota and TASKS_PER_VM; the pool adopts the
         run's live VMs by label and settles each attempt whose VM is gone (`GcePool.adopted`)."""
         settings, spec = self.settings, record.spec
         if spec.get("tasks_per_vm", self.config.tasks_per_vm) != self.config.tasks_per_vm:
@@ -103,7 +103,8 @@ class GceBackend:
                 f"but TASKS_PER_VM is {self.config.tasks_per_vm} ({self.config.origin('TASKS_PER_VM')})",
                 hint=f"resume it with --set TASKS_PER_VM={spec.get('tasks_per_vm')}")
         image = str(spec.get("image") or resolve_image(self.config, store))
-        render_script = script_for(settings, record.run_id, image)
+        worker = spec.get("worker_image")  # the worker the run pinned (None: the bash worker)
+        render_script = script_for(settings, record.run_id, image, worker_image=str(worker) if worker else None)
         compute = Compute(self.config)
         quota = int(spec.get("workers", spec.get("quota", self.config.effective_quota())))  # what fit the quotas
         tasks = {task.id: task for task in record.tasks}
