@@ -46,6 +46,7 @@ class DebugCommand:
     env: dict[str, str]
     outputs: Path
     run_id: str
+    image_user: str = ""  # the image's USER: as root, the outputs folder is opened to it as a worker's is
 
     def printable(self) -> str:
         """The command as one line a shell runs unchanged (environment first, as `env` takes it)."""
@@ -101,7 +102,8 @@ def prepare(config: Config, runtime: Runtime, task: Task, outputs: Path | None,
 
         assert isinstance(runtime, DockerRuntime)
         kwargs = runtime.container_kwargs(spec)  # the one spec the docker runtime creates
-        return DebugCommand("docker", docker_run_argv(kwargs, tty=tty, shell=shell), {}, folder, run_id)
+        return DebugCommand("docker", docker_run_argv(kwargs, tty=tty, shell=shell), {}, folder, run_id,
+                            runtime.image_user())
     argv = [os.environ.get("SHELL") or "/bin/sh"] if shell else process_argv(config, spec)
     return DebugCommand("process", argv, dict(spec.env), folder, run_id)
 
@@ -162,10 +164,14 @@ def docker_run_argv(kwargs: dict[str, Any], tty: bool = False, shell: bool = Fal
 def execute(command: DebugCommand) -> int:
     """Run it on this terminal and return its exit code (128+N for a signal, as a shell says).
     Ctrl-C stops it; a container of this debug run is removed whatever happened."""
-    command.outputs.mkdir(parents=True, exist_ok=True)
     if command.runtime == "docker" and shutil.which("docker") is None:
         raise BackendError("debug runs the container with the `docker` command, which is not on PATH",
                            hint="install the Docker CLI, or run the line `parallel-engine debug --print` shows elsewhere")
+    command.outputs.mkdir(parents=True, exist_ok=True)
+    if command.runtime == "docker":
+        from parallel_engine.runtimes.docker import open_outputs_to
+
+        open_outputs_to(command.outputs, command.image_user)  # as the docker runtime does for a worker
     env = {**os.environ, **command.env}
     try:
         child = subprocess.Popen(command.argv, env=env)

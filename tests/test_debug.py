@@ -16,7 +16,7 @@ import yaml
 
 from parallel_engine.errors import BackendError
 from parallel_engine.protocol import LABEL_RUN
-from tests.helpers import BASE_IMAGE, cli, cli_env, wait_for
+from tests.helpers import BASE_IMAGE, build_with_user, cli, cli_env, wait_for
 from tests.hostile import ARGV
 
 #: Writes its argv, PE_* variables and memory limit to $PE_OUTPUT_DIR/seen.json, prints a line on
@@ -243,3 +243,26 @@ def test_process_shell_opens_a_shell_with_the_tasks_pe_variables(tmp_path: Path)
         cwd=tmp_path, env={**cli_env(), "SHELL": "/bin/sh"}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 4, done.stderr
     assert f"task=exits-5 out={tmp_path / 'debug' / 'exits-5'}" in done.stdout
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("user", ["1234:1234", "nobody"])
+def test_as_root_an_image_with_a_non_root_user_can_write_its_debug_outputs(
+        tmp_path: Path, base_image: str, docker_engine: Any, user: str) -> None:
+    # A worker's container gets its outputs folder opened to the image's USER (the docker
+    # runtime does it); debug runs the same container, so the folder must be opened the same way.
+    import os
+
+    if os.getuid() != 0:
+        pytest.skip("as a non-root caller the container runs as the caller, who owns the folder")
+    tag = build_with_user(base_image, user, tmp_path / "ctx", f"parallel-engine-debug-user:{user.replace(':', '-')}")
+    (tmp_path / "tasks.yaml").write_text(yaml.safe_dump({"tasks": [{"id": "writes", "command": [
+        "python", "-c", "import os; open(os.environ['PE_OUTPUT_DIR'] + '/who', 'w').write(str(os.getuid()))"]}]}))
+    try:
+        done = cli("debug", "tasks.yaml", "--task", "writes", "--image", tag, "--runtime", "docker",
+                   cwd=tmp_path, timeout=180)
+    finally:
+        docker_engine.images.remove(tag, force=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "debug" / "writes" / "who").read_text() != "0"
+    assert debug_containers(docker_engine) == []
