@@ -15,8 +15,13 @@ import os
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,8 @@ SHOWN_IDS = 10
 CONTAINER_SHELL = "/bin/sh"
 #: How long a stopped debug waits for its program before killing it.
 STOP_GRACE_S = 5.0
+#: How often a stopped debug removes its container again while `docker run` has not ended.
+REMOVE_EVERY_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -181,26 +188,49 @@ def execute(command: DebugCommand) -> int:
     try:
         code = child.wait()
     except KeyboardInterrupt:
-        _stop(command, child)
+        with _no_more_interrupts():  # a second Ctrl-C must not cut the clean-up short
+            _stop(command, child)
         raise
     finally:
         if command.runtime == "docker":
-            _remove_container(command.run_id)
+            with _no_more_interrupts():
+                _remove_container(command.run_id)
     return 128 - code if code < 0 else code
 
 
-def _stop(command: DebugCommand, child: subprocess.Popen[bytes]) -> None:
-    """Ctrl-C (or SIGTERM) reached us: the container is removed at once, which ends `docker run`;
-    a process gets SIGTERM and a moment before SIGKILL."""
-    if command.runtime == "docker":
-        _remove_container(command.run_id)
-    else:
-        child.terminate()
+@contextmanager
+def _no_more_interrupts() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored for the block (the clean-up), then as they were. Only the main
+    thread can set handlers: elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        child.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop(command: DebugCommand, child: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C (or SIGTERM) reached us: a process gets SIGTERM and a moment before SIGKILL; the
+    container is removed, which ends `docker run` -- again until it ends, as `docker run` may
+    not have created it yet. Past the grace the client is killed (the caller removes once more)."""
+    deadline = time.monotonic() + STOP_GRACE_S
+    if command.runtime != "docker":
+        child.terminate()
+    while True:
+        if command.runtime == "docker":
+            _remove_container(command.run_id)
+        try:
+            child.wait(timeout=max(0.0, min(REMOVE_EVERY_S, deadline - time.monotonic())))
+            return
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                child.kill()
+                child.wait()
+                return
 
 
 def _remove_container(run_id: str) -> None:
