@@ -57,6 +57,7 @@ def test_price_comes_from_price_per_vm_hour_else_the_dated_table() -> None:
     assert vm_hour_price("n1-standard-1", False, 0.5).per_hour == 0.5
     listed = vm_hour_price("n1-standard-4", False, None)
     assert listed.per_hour == 0.19 and PRICES_DATE in listed.basis and "cloud.google.com" in listed.basis
-    assert "upper bound" in vm_hour_price("n1-standard-4", True, None).basis
+    spot = vm_hour_price("n1-standard-4", True, None)  # Spot VMs are priced as Spot, not as on demand
+    assert spot.per_hour == 0.06701 and "Spot price, approximate" in spot.basis and PRICES_DATE in spot.basis
     unknown = vm_hour_price("x9-huge-1", False, None)
     assert unknown.per_hour is None and "PRICE_PER_VM_HOUR" in unknown.basis
