@@ -70,3 +70,18 @@ def test_quotas_that_cannot_be_read_leave_vm_quotas_as_set_and_say_so(cloud: Emu
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"note: could not read the quotas of {cloud.region}" in done.stderr and "VM_QUOTAS 6 as set" in done.stderr
     assert "backend: gce, 6 worker(s) at once" in done.stdout
+
+
+def test_a_machine_type_the_zone_does_not_have_is_one_error_naming_the_key_and_nothing_is_written(
+        cloud: Emulator, tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "code", tmp_path / "code")
+    image = "europe-west1-docker.pkg.dev/p/repo/app:1"
+    (tmp_path / ".config.yaml").write_text(yaml.safe_dump(settings(cloud, image, MACHINE_TYPE="zz-huge-7")))
+    for args in (["--dry-run"], []):  # `run` itself refuses it before it creates anything
+        done = cli("run", "code/params.csv", *args, cwd=tmp_path, timeout=180)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"MACHINE_TYPE zz-huge-7 (file {tmp_path / '.config.yaml'}) does not exist in {cloud.zone}" in done.stderr
+        assert f"gcloud compute machine-types list --zones {cloud.zone}" in done.stderr
+        assert "Traceback" not in done.stderr and "dry run:" not in done.stdout
+    assert open_store(config_for(cloud, image)).run_ids() == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".config.yaml", "code"]

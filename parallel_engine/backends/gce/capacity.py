@@ -1,6 +1,7 @@
 """Quotas read before launch: `run` on gce asks the region once how many of its VMs fit in the
 quotas left (backends/gce/quotas.py) and caps VM_QUOTAS there, saying so, instead of finding out
-from refusals. A region it cannot read leaves VM_QUOTAS as it is: the pool still waits out refusals."""
+from refusals. A region it cannot read leaves VM_QUOTAS as it is: the pool still waits out refusals.
+A MACHINE_TYPE the zone does not have is an error here, before anything is created."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from parallel_engine.backends.base import InfoFn
 from parallel_engine.backends.gce.preflight import Preflight
 from parallel_engine.backends.gce.quotas import needs, room_for
 from parallel_engine.backends.gce.settings import GceSettings
-from parallel_engine.errors import ParallelEngineError
+from parallel_engine.errors import ConfigError, ParallelEngineError
 
 
 def vms_that_fit(settings: GceSettings, project: str, wanted: int, say: InfoFn) -> int:
@@ -23,8 +24,9 @@ def vms_that_fit(settings: GceSettings, project: str, wanted: int, say: InfoFn) 
     except ParallelEngineError as exc:
         say(f"note: could not read the quotas of {region} ({exc.message}): VM_QUOTAS {wanted} as set")
         return wanted
-    if cpus is None:
-        return wanted  # an unknown machine type: the VM request says so when it is made
+    if cpus is None:  # the zone answered that it has no such type: every VM request would be refused
+        raise ConfigError(f"MACHINE_TYPE {config.machine_type} ({config.origin('MACHINE_TYPE')}) does not exist in "
+                          f"{settings.zone}", hint=f"choose one of `gcloud compute machine-types list --zones {settings.zone}`")
     room, limiting = room_for(needs(quotas, cpus, config.spot, config.external_ip))
     if room is None or limiting is None or room >= wanted:
         return wanted
