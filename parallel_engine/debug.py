@@ -174,11 +174,15 @@ def execute(command: DebugCommand) -> int:
     if command.runtime == "docker" and shutil.which("docker") is None:
         raise BackendError("debug runs the container with the `docker` command, which is not on PATH",
                            hint="install the Docker CLI, or run the line `parallel-engine debug --print` shows elsewhere")
-    command.outputs.mkdir(parents=True, exist_ok=True)
-    if command.runtime == "docker":
-        from parallel_engine.runtimes.docker import open_outputs_to
+    try:
+        command.outputs.mkdir(parents=True, exist_ok=True)
+        if command.runtime == "docker":
+            from parallel_engine.runtimes.docker import open_outputs_to
 
-        open_outputs_to(command.outputs, command.image_user)  # as the docker runtime does for a worker
+            open_outputs_to(command.outputs, command.image_user)  # as the docker runtime does for a worker
+    except OSError as exc:
+        raise ParallelEngineError(f"cannot make the outputs folder {command.outputs}: {exc.strerror or exc}",
+                                  hint="choose another folder with --outputs") from None
     env = {**os.environ, **command.env}
     try:
         child = subprocess.Popen(command.argv, env=env)

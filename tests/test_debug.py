@@ -82,6 +82,16 @@ def test_an_unknown_task_id_is_an_error_naming_the_file_and_some_ids(tmp_path: P
     assert not (tmp_path / "debug").exists()
 
 
+@pytest.mark.parametrize("outputs", ["a-file", "a-file/below"])
+def test_an_outputs_folder_that_cannot_be_made_is_one_error_naming_it(tmp_path: Path, outputs: str) -> None:
+    project(tmp_path, sys.executable)
+    (tmp_path / "a-file").write_text("not a folder")
+    done = cli("debug", "tasks.yaml", "--task", "exits-5", "--runtime", "process", "--outputs", outputs, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot make the outputs folder {tmp_path / outputs}" in done.stderr and "--outputs" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "debug").exists()
+
+
 def test_a_create_argument_debug_cannot_say_as_docker_run_is_refused_not_dropped() -> None:
     from parallel_engine.debug import docker_run_argv
 
