@@ -116,6 +116,10 @@ class Preflight:
                          missing_ok=True)
         return None if found is None else int(found["guestCpus"])
 
+    def zone_exists(self, zone: str) -> bool:
+        """False when Compute Engine has no such zone (zones.get: 404; zonal calls answer 400)."""
+        return self.get(f"{self.compute}/zones/{zone}", "Compute (zones.get)", missing_ok=True) is not None
+
     def region_quotas(self, region: str) -> dict[str, Quota]:
         found = self.must(self.get(f"{self.compute}/regions/{region}", "Compute (regions.get)"))
         return {q["metric"]: Quota(q["metric"], float(q.get("limit", 0)), float(q.get("usage", 0)))
