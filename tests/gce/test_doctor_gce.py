@@ -169,6 +169,15 @@ def test_spot_vms_are_checked_against_preemptible_cpus_when_the_region_grants_it
     assert check.fix.startswith("lower VM_QUOTAS to 2 ")
 
 
+def test_a_server_error_or_an_unknown_zone_still_fails_with_a_fix(cloud: Emulator) -> None:
+    values = ready(cloud)
+    cloud.control.fail_next(3, 503, path="machineTypes")  # the quota checks' first read, each time
+    quota = doctor(values)["quota CPUS"]
+    assert not quota.ok and "(HTTP 503)" in quota.detail and "again" in quota.fix
+    zone = doctor({**values, "ZONE": "us-central1-z"})["quota CPUS"]
+    assert not zone.ok and "Unknown zone" in zone.detail and zone.fix == "choose one of `gcloud compute zones list`"
+
+
 def test_doctor_exits_2_when_a_check_fails(cloud: Emulator, tmp_path: Path) -> None:
     values = ready(cloud)
     cloud.control.set_bucket_location("EU")

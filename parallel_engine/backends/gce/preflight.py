@@ -158,6 +158,11 @@ def refusal(status: int, text: str, what: str, project: str) -> AccessError | Ba
     if status == 403:
         return PermissionDenied(f"{what} was refused (403): {short}",
                                 hint="ask the project's owner for a role that grants it")
+    if status == 429 or status >= 500:
+        return BackendError(f"{what} failed (HTTP {status}): {short}",
+                            hint="Google failed or was busy, which passes: try again in a minute")
+    if status == 400 and "Unknown zone" in short:  # how zonal calls refuse a zone Google does not have
+        return BackendError(f"{what} failed (HTTP {status}): {short}", hint="choose one of `gcloud compute zones list`")
     return BackendError(f"{what} failed (HTTP {status}): {short}")
 
 
