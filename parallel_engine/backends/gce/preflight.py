@@ -67,7 +67,12 @@ class Preflight:
         if answer.status_code == 404 and missing_ok:
             return None
         if answer.status_code < 300:
-            body: dict[str, Any] = answer.json() if answer.content else {}
+            try:
+                body: dict[str, Any] = answer.json() if answer.content else {}
+            except ValueError:  # a web page: a proxy's, or a *_ENDPOINT that is not the API
+                raise BackendError(f"{what}: the answer of {url.split('/')[2]} is not JSON: "
+                                   f"{answer.text.strip()[:100]!r}",
+                                   hint="check the *_ENDPOINT keys and any proxy between you and Google") from None
             return body
         raise refusal(answer.status_code, answer.text, what, self.project)
 
