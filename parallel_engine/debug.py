@@ -174,6 +174,7 @@ def execute(command: DebugCommand) -> int:
     if command.runtime == "docker" and shutil.which("docker") is None:
         raise BackendError("debug runs the container with the `docker` command, which is not on PATH",
                            hint="install the Docker CLI, or run the line `parallel-engine debug --print` shows elsewhere")
+    made = _first_missing(command.outputs)  # removed again when the program cannot start
     try:
         command.outputs.mkdir(parents=True, exist_ok=True)
         if command.runtime == "docker":
@@ -187,6 +188,8 @@ def execute(command: DebugCommand) -> int:
     try:
         child = subprocess.Popen(command.argv, env=env)
     except OSError as exc:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)  # only folders made just now, which nothing wrote to
         raise BackendError(f"cannot start {command.argv[0]!r}: {exc.strerror or exc}",
                            hint="check COMMAND (or the task's command) and that the program exists") from exc
     try:
@@ -200,6 +203,16 @@ def execute(command: DebugCommand) -> int:
             with _no_more_interrupts():
                 _remove_container(command.run_id)
     return 128 - code if code < 0 else code
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost of `folder` and its parents that does not exist yet (None: it exists)."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing = path
+    return missing
 
 
 @contextmanager

@@ -105,6 +105,14 @@ def test_an_outputs_folder_that_cannot_be_made_is_one_error_naming_it(tmp_path: 
     assert "Traceback" not in done.stderr and not (tmp_path / "debug").exists()
 
 
+def test_a_program_that_cannot_start_leaves_no_outputs_folder_behind(tmp_path: Path) -> None:
+    (tmp_path / "tasks.yaml").write_text(yaml.safe_dump({"tasks": [{"id": "gone", "command": ["/nonexistent/prog"]}]}))
+    done = cli("debug", "tasks.yaml", "--task", "gone", "--runtime", "process", cwd=tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert "cannot start '/nonexistent/prog'" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "debug").exists()
+
+
 def test_a_create_argument_debug_cannot_say_as_docker_run_is_refused_not_dropped() -> None:
     from parallel_engine.debug import docker_run_argv
 
