@@ -12,7 +12,7 @@ from parallel_engine.errors import ParallelEngineError
 
 __version__ = "0.1.0"
 
-_API = ("Run", "get_run", "list_runs", "run")
+_API = ("Run", "attach", "build", "cancel", "get_run", "list_runs", "resume", "run")
 __all__ = ["ParallelEngineError", "__version__", *_API]
 
 

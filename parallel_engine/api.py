@@ -12,29 +12,37 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parallel_engine.backends.base import Backend, Built, Plan, backend_for
 from parallel_engine.collect import collect
 from parallel_engine.config import Config, load_config
+from parallel_engine.crash import crash_point
 from parallel_engine.debug import DebugCommand
 from parallel_engine.doctor import Check
 from parallel_engine.dry_run import DryRun
-from parallel_engine.errors import ConfigError, Interrupted, ParallelEngineError
+from parallel_engine.errors import ConfigError, Interrupted
 from parallel_engine.exec_limits import CONTAINER_RESERVE, check_tasks_can_start
+from parallel_engine.follow import POLL_S, follow, progress_counts
+from parallel_engine.lease import take as take_lease
 from parallel_engine.model import TaskList
 from parallel_engine.names import new_run_id
+from parallel_engine.orchestrate import budgets_for, cancel_run, check_resumable, drive, running_attempts
 from parallel_engine.processes import this_orchestrator
+from parallel_engine.progress import CountsBar, auto_bar
 from parallel_engine.protocol import CONTAINER_OUTPUT_DIR, attempt_env
-from parallel_engine.results import RunStatus, read_log, run_status, status_of
-from parallel_engine.scheduler import Outcome, ProgressFn, Scheduler
+from parallel_engine.results import RunStatus, read_log, result_rows, run_status, status_of
+from parallel_engine.scheduler import Outcome, ProgressFn
 from parallel_engine.state import Budgets
 from parallel_engine.store import RunRecord, RunStore
-from parallel_engine.tasks import load_tasks
+from parallel_engine.tasks import load_source
+
+if TYPE_CHECKING:
+    from parallel_engine.report import WrittenReport  # the plotting extra: imported when a report is made
 
 InfoFn = Callable[[str], None]
 
@@ -72,14 +80,49 @@ class Run:
         return data.decode("utf-8", errors="replace")
 
     def collect(self, dest: str | Path, *, replace: bool = False, excel_safe: bool = False,
-                info: InfoFn | None = None) -> Path:
-        """Outputs into dest/<task_id>/, dest/results.csv (returned) and, for what was not copied
-        (links, special files, unsafe names), dest/skipped.csv; `info` hears one line per warning.
-        `replace`: replace another run's collection found in dest; `excel_safe`: see README "Collect"."""
-        done = collect(self.store, self.run_id, Path(dest), replace=replace, excel_safe=excel_safe)
+                include_failed: bool = False, format: str = "csv", info: InfoFn | None = None) -> Path:
+        """Outputs into dest/<task_id>/, dest/results.csv (returned; results.parquet with
+        `format="parquet"`) and, for what was not copied (links, special files, unsafe names),
+        dest/skipped.csv; `info` hears one line per warning. `replace`: replace another run's
+        collection found in dest; `excel_safe`, `include_failed`: see README "Collect"."""
+        done = collect(self.store, self.run_id, Path(dest), replace=replace, excel_safe=excel_safe,
+                       include_failed=include_failed, fmt=format)
         for line in done.warnings(Path(dest)):
             (info or (lambda message: None))(line)
-        return done.results_csv
+        return done.results_file
+
+    def results(self) -> Any:
+        """One row per task: its parameters, task_id, results.csv's columns (state, exit_code,
+        attempts, duration_s, worker, started_at, finished_at, reason) and `outputs` (where its
+        winning, or last, attempt's outputs are in the store). A pandas DataFrame (times as UTC
+        datetimes, exit codes as nullable integers) when pandas is installed (the `notebook` extra), else a list of dicts."""
+        rows = result_rows(self.store, self.status())
+        try:
+            import pandas
+        except ImportError:
+            return rows
+        frame = pandas.DataFrame(rows, columns=list(rows[0]) if rows else None)
+        frame["exit_code"] = frame["exit_code"].astype("Int64")  # integers, with <NA> where none
+        for column in ("started_at", "finished_at"):
+            frame[column] = pandas.to_datetime(frame[column].replace("", None), utc=True)
+        return frame
+
+    def report(self, output: str | Path = "report.html", png: str | Path | None = None) -> WrittenReport:
+        """Write the run's report (README "The report"; a snapshot while it runs) and return it:
+        in Jupyter, the page shows inline; `png`: the timeline alone too. Needs the `report` extra."""
+        from parallel_engine.report import WrittenReport, write_report
+
+        data = write_report(self.store, self.run_id, Path(output), Path(png) if png is not None else None)
+        return WrittenReport(Path(output), data)
+
+    def wait(self, progress: bool = True, poll_s: float = POLL_S) -> RunStatus:
+        """Follow the run until it ends and return its last status, with a live bar (in Jupyter,
+        or on a terminal's stderr) unless `progress=False`. Read-only: the run may be orchestrated
+        by another process or machine, which it never disturbs (`exit_code(status)` says how it ended)."""
+        if self.outcome is not None:
+            return self.status()  # it ended here
+        with (auto_bar() if progress else CountsBar(None)) as update:
+            return follow(self.store, self.run_id, lambda status: update(progress_counts(status)), poll_s)
 
     @property
     def cancelled(self) -> bool:
@@ -123,19 +166,28 @@ def stop_on_signals(cancel: threading.Event) -> Iterator[None]:
 
 
 def run(
-    source: str | Path,
+    source: str | Path | Sequence[Mapping[str, Any]] | Any,
     *,
     config: Config | None = None,
     config_path: str | Path | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | bool | None = None,
     info: InfoFn | None = None,
     cancel: threading.Event | None = None,
+    run_id: str | None = None,
     **overrides: Any,
 ) -> Run:
     """Run one task per parameter set and wait for the end; returns the finished `Run`.
 
+    `source`: a task file's path (params.csv, YAML, a task list), or the rows of a params table as
+    a list of dicts or a pandas DataFrame (checked as params.csv is; errors name the row).
+    `progress`: a callback of the counts per state, or True for a live bar (Jupyter or terminal).
+    `run_id`: the id to give the run (`run --detach` picks it before starting the orchestrator).
     `overrides` are config keys in lower case (`jobs` is VM_QUOTAS), as flags are.
     """
+    if progress is True:
+        with auto_bar() as update:
+            return run(source, config=config, config_path=config_path, progress=update, info=info,
+                       cancel=cancel, run_id=run_id, **overrides)
     if config is None:
         keys = {key: "VM_QUOTAS" if key == "jobs" else key.upper() for key in overrides}
         flags = {keys[key]: value for key, value in overrides.items()}
@@ -145,14 +197,14 @@ def run(
         raise ConfigError("pass either config= or keyword overrides, not both")
     say = info or (lambda message: None)
     cancel = cancel or threading.Event()
-    task_list, backend, store, run_id, quota, plan = prepare(source, config, say)
+    task_list, backend, store, run_id, quota, plan = prepare(source, config, say, run_id)
     budgets = Budgets(retries=config.retries, infra_retries=config.preemption_retries,
                       infra_failure_limit=config.infra_failure_limit)
     record = RunRecord(
         run_id=run_id,
         created=time.time(),
         backend=backend.name,
-        source=str(Path(source)),
+        source=str(Path(source)) if isinstance(source, (str, Path)) else task_list.path,
         columns=task_list.columns,
         tasks=task_list.tasks,
         spec={
@@ -161,6 +213,7 @@ def run(
             "retries": budgets.retries,
             "preemption_retries": budgets.infra_retries,
             "task_timeout": config.task_timeout,
+            "infra_failure_limit": budgets.infra_failure_limit,
             "orchestrator": this_orchestrator(),
         },
     )
@@ -171,28 +224,73 @@ def run(
             plan.cleanup()
             raise Interrupted("interrupted before the run started: nothing ran")
         store.save_run(record)
+        lease = take_lease(store, run_id, "run")
+        crash_point("run-json")
         say(f"run {run_id}: {len(task_list.tasks)} tasks on {backend.name}, at most {plan.spec.get('workers', quota)} at once, "
             f"store {store.where}")
-        scheduler = Scheduler(task_list.tasks, budgets, plan.make_pool, progress)
-        try:
-            outcome = scheduler.run(cancel)  # a pool stops all its workers on the way out
-        except BaseException:
-            with suppress(ParallelEngineError):  # a broken store must not hide the first error
-                store.write_end(run_id, "failed", time.time())
-            raise
-        finally:
-            plan.cleanup()
-        store.write_end(run_id, "cancelled" if outcome.cancelled else "finished", time.time())
+        outcome = drive(store, run_id, task_list.tasks, budgets, plan, lease, cancel, progress or None)
     return Run(run_id, store, outcome, record)
 
 
-def prepare(source: str | Path, config: Config, say: InfoFn) -> tuple[TaskList, Backend, RunStore, str, int, Plan]:
-    """Everything `run` does before it writes anything: the tasks read, the backend's plan made
-    and checked (`run --dry-run` stops here)."""
-    task_list = load_tasks(source, args_template=config.args_template, arg_style=config.arg_style)
+def resume(
+    run_id: str,
+    *,
+    config: Config | None = None,
+    progress: ProgressFn | None = None,
+    info: InfoFn | None = None,
+    cancel: threading.Event | None = None,
+    force: bool = False,
+) -> Run:
+    """Take over a run nobody orchestrates (its orchestrator was killed, its machine slept) and
+    drive it to the end as `run` would: what its workers left is settled, due retries are
+    submitted, what is left is started. `force`: take it even if its lease looks alive."""
+    config = config or load_config()
+    say = info or (lambda message: None)
+    cancel = cancel or threading.Event()
+    backend = backend_for(config)
+    store = backend.existing_store()
+    record = store.load_run(run_id)  # raises RunNotFoundError with a hint
+    check_resumable(store, record, backend)
+    with stop_on_signals(cancel):
+        store.add_run_folders(run_id)  # a run recorded before leases has no leases/ folder yet
+        lease = take_lease(store, run_id, "resume", force)
+        try:
+            history = store.attempts(run_id)
+            plan = backend.resume(store, record, running_attempts(history), say)
+        except BaseException:
+            lease.release()
+            raise
+        say(f"run {run_id}: resumed on {backend.name}, {len(record.tasks)} tasks, store {store.where}")
+        outcome = drive(store, run_id, record.tasks, budgets_for(record, config), plan, lease, cancel,
+                        progress, history)
+    return Run(run_id, store, outcome, record)
+
+
+def cancel(run_id: str, config: Config | None = None) -> str:
+    """Stop a run from any machine (its workers removed, running attempts recorded cancelled,
+    the run marked cancelled); say what was done."""
+    config = config or load_config()
+    backend = backend_for(config)
+    store = backend.existing_store()
+    stopped = cancel_run(store, store.load_run(run_id), backend)
+    return f"cancelled by {stopped.by}" + (f": {stopped.removed}" if stopped.removed else "")
+
+
+def reap(older_than_s: float, delete: bool, config: Config | None = None) -> list[str]:
+    """The backend's workers no run needs any more (gce: leaked VMs), one line each; deleted when `delete`."""
+    config = config or load_config()
+    return backend_for(config).reap(older_than_s, delete)
+
+
+def prepare(source: str | Path | Sequence[Mapping[str, Any]] | Any, config: Config, say: InfoFn,
+            run_id: str | None = None) -> tuple[TaskList, Backend, RunStore, str, int, Plan]:
+    """Everything `run` does before it writes anything: the tasks read (a task file, a list of
+    dicts or a DataFrame), the backend's plan made and checked (`run --dry-run` stops here).
+    `run_id`: one picked already (`run --detach`)."""
+    task_list = load_source(source, args_template=config.args_template, arg_style=config.arg_style)
     backend = backend_for(config)
     store = backend.open_store()
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
     quota = config.effective_quota()
     plan = backend.plan(store, run_id, quota, task_list.tasks, say)
     check_can_start(task_list, store, run_id, plan.spec["runtime"], config.command_argv())
@@ -270,6 +368,12 @@ def get_run(run_id: str, config: Config | None = None) -> Run:
     store = existing_store(config)
     store.check_run(run_id)  # raises RunNotFoundError with a hint
     return Run(run_id, store)
+
+
+def attach(run_id: str, config: Config | None = None) -> Run:
+    """A handle on a run started elsewhere (another process, terminal or machine with the same
+    store): `.wait()` follows it to its end without taking it over."""
+    return get_run(run_id, config)
 
 
 def list_runs(config: Config | None = None) -> list[RunStatus]:

@@ -10,7 +10,6 @@ import signal
 import sys
 import threading
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,9 @@ from typing import Annotated, Any, Optional, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.console import Group
 from rich.table import Table  # rich.progress is imported only when a bar is drawn
+from rich.text import Text
 
 from parallel_engine import api
 from parallel_engine.config import load_config
@@ -31,8 +32,11 @@ from parallel_engine.errors import (
     ParallelEngineError,
 )
 from parallel_engine.model import TaskState
+from parallel_engine.follow import ending, exit_code, follow, progress_counts, tail_log
 from parallel_engine.processes import keep_child_statuses
+from parallel_engine.progress import CountsBar
 from parallel_engine.results import RunStatus, TaskView, read_log
+from parallel_engine.scheduler import ProgressFn
 
 app = typer.Typer(
     help="Fan a batch job out: one task per parameter set, on local processes, containers or VMs.",
@@ -130,28 +134,117 @@ def run(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")] = False,
+    detach: Annotated[bool, typer.Option("--detach", help="return once the run started; its orchestrator "
+                                                          "goes on in the background (see README \"Long runs\")")] = False,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", hidden=True)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="check and plan everything, create nothing: "
                                                              "print the plan and an estimate of time and cost")] = False,
 ) -> None:
-    """Run one task per row (or item, or line) of SOURCE and wait for them all."""
-    # SIGINT/SIGTERM cancel the run from here until it has ended: before the run exists nothing
-    # is created (exit 130). Once it ended (end.json says how) they are ignored until this command
-    # exits, so a late one cannot change an exit code that agrees with end.json.
+    """Run one task per row (or item, or line) of SOURCE and wait for them all (--detach: in the background)."""
+    flags = _flags(
+        set_, VM_QUOTAS=jobs, RETRIES=retries, TASK_TIMEOUT=timeout, COMMAND=command, IMAGE=image,
+        RUNTIME=runtime, BACKEND=backend, ARGS_TEMPLATE=args_template, ARG_STYLE=arg_style, STORE=store,
+        SPOT=spot, TASKS_PER_VM=tasks_per_vm,
+    )
+    if dry_run:
+        _print_dry_run(source, _config(config, flags),
+                       (lambda message: err.print(message, markup=False)) if not quiet else (lambda message: None))
+        return
+    if detach:
+        _detach(_config(config, flags))
+        return
+
+    def start(progress: ProgressFn, info: Callable[[str], None],
+              cancel: threading.Event) -> api.Run:
+        return api.run(source, config=_config(config, flags), progress=progress, info=info, cancel=cancel,
+                       run_id=run_id)
+
+    _orchestrate_here(quiet, start)
+
+
+@app.command()
+@friendly
+def resume(
+    run_id: Annotated[str, typer.Argument(help="the run id (see `parallel-engine runs`)")],
+    force: Annotated[bool, typer.Option("--force", help="take the run over even if its orchestrator looks "
+                                                        "alive (only when it surely is gone)")] = False,
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")] = False,
+) -> None:
+    """Take over a run nobody orchestrates (killed, or its machine slept) and drive it to its end as `run` does."""
+
+    def start(progress: ProgressFn, info: Callable[[str], None],
+              cancel: threading.Event) -> api.Run:
+        cfg = _config(config, _flags(set_, STORE=store))
+        return api.resume(run_id, config=cfg, progress=progress, info=info, cancel=cancel, force=force)
+
+    _orchestrate_here(quiet, start)
+
+
+@app.command()
+@friendly
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="the run id")],
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Stop a run from any machine: its workers removed, running attempts recorded cancelled, the run marked cancelled."""
+    done = api.cancel(run_id, _config(config, _flags(set_, STORE=store)))
+    out.print(f"run {run_id}: {done}", markup=False)
+
+
+@app.command()
+@friendly
+def reap(
+    older_than: Annotated[str, typer.Option("--older-than", help="only VMs created longer ago than this, e.g. 2h, 30m")] = "2h",
+    yes: Annotated[bool, typer.Option("--yes", help="delete them (without it: only list them)")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """List every VM of the project's runs that no run needs any more (its run is over or unknown to the store, or nobody orchestrates it and its worker stopped); --yes deletes them."""
+    from parallel_engine.config import parse_duration
+    from parallel_engine.errors import ConfigError
+
+    try:
+        seconds = parse_duration(older_than)
+    except ValueError:
+        raise ConfigError(f"--older-than {older_than!r} is not a duration", hint="e.g. 2h, 30m or 90s") from None
+    lines = api.reap(seconds, yes, _config(config, _flags(set_)))
+    for line in lines:
+        out.print(("deleted " if yes else "") + line, markup=False)
+    verb = "deleted" if yes else "would delete (run again with --yes)"
+    out.print(f"{len(lines)} VM(s) {verb}" if lines else "no VM to reap", markup=False)
+
+
+def _detach(cfg: Any) -> None:
+    """`run --detach`: this same command line again, as a background orchestrator (detach.py)."""
+    from parallel_engine.detach import start_detached
+    from parallel_engine.names import new_run_id
+
+    argv = [arg for arg in sys.argv[1:] if arg != "--detach"]
+    done = start_detached(argv, api.open_store(cfg), new_run_id())
+    out.print(f"run {done.run_id}: started in the background (orchestrator pid {done.pid}, log {done.log})",
+              markup=False)
+    out.print(f"follow it with `parallel-engine status {done.run_id}`; stop it with "
+              f"`parallel-engine cancel {done.run_id}`", markup=False)
+
+
+def _orchestrate_here(quiet: bool, start: Callable[[ProgressFn, Callable[[str], None],
+                                                    threading.Event], api.Run]) -> None:
+    """Drive a run here (`run`, `resume`) to its end: progress, then the summary and exit code.
+
+    SIGINT/SIGTERM cancel the run from here until it has ended: before the run exists nothing
+    is created (exit 130). Once it ended (end.json says how) they are ignored until this command
+    exits, so a late one cannot change an exit code that agrees with end.json."""
     cancel = threading.Event()
     _on_signals(api.cancel_handler(cancel))
     try:
-        flags = _flags(
-            set_, VM_QUOTAS=jobs, RETRIES=retries, TASK_TIMEOUT=timeout, COMMAND=command, IMAGE=image,
-            RUNTIME=runtime, BACKEND=backend, ARGS_TEMPLATE=args_template, ARG_STYLE=arg_style, STORE=store,
-            SPOT=spot, TASKS_PER_VM=tasks_per_vm,
-        )
-        cfg = _config(config, flags)
         info = (lambda message: err.print(message, markup=False)) if not quiet else (lambda message: None)
-        if dry_run:
-            _print_dry_run(source, cfg, info)
-            return
         with _progress(quiet) as update:
-            handle = api.run(source, config=cfg, progress=update, info=info, cancel=cancel)
+            handle = start(update, info, cancel)
     finally:
         _on_signals(signal.SIG_IGN)
     status = handle.status()
@@ -173,39 +266,19 @@ def _on_signals(handler: Any) -> None:
         signal.signal(sig, handler)
 
 
-class _progress:
+@contextmanager
+def _following(run_id: str) -> Iterator[None]:
+    """Ctrl-C stops only the follower (`wait`, `status --watch`, `logs --follow`): exit 130, and
+    the run, which it never touched, goes on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped following run {run_id}: the run itself goes on, untouched") from None
+
+
+def _progress(quiet: bool) -> CountsBar:
     """A live bar with counts per state, or nothing when quiet or not on a terminal."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.enabled = not quiet and err.is_terminal
-        self.bar: Any = None
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(
-                TextColumn("[bold]tasks"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[counts]}"),
-                TimeElapsedColumn(), console=err, transient=False,
-            )
-        self.task_id: Any = None
-
-    def __enter__(self) -> Callable[[Counter[str]], None]:
-        if self.enabled:
-            self.bar.start()
-        return self.update
-
-    def update(self, counts: Counter[str]) -> None:
-        if not self.enabled:
-            return
-        total = sum(counts.values())
-        done = sum(counts[s] for s in ("succeeded", "failed", "cancelled"))
-        text = "  ".join(f"{state} {counts[state]}" for state in ("queued", "running", "succeeded", "failed", "cancelled") if counts[state])
-        if self.task_id is None:
-            self.task_id = self.bar.add_task("tasks", total=total, counts=text)
-        self.bar.update(self.task_id, completed=done, total=total, counts=text)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bar.stop()
+    return CountsBar(err if not quiet and err.is_terminal else None)
 
 
 SHOWN_FAILURES = 20
@@ -220,26 +293,69 @@ def _print_summary(status: RunStatus, handle: api.Run) -> None:
     counts = status.counts
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     out.print(f"run {status.record.run_id}: {summary}", markup=False)
-    failed = [v for v in status.tasks if v.state is TaskState.FAILED]
-    if failed:
-        table = Table(title="failed tasks")
-        for column in ("task", "state", "exit code", "attempts", "reason"):
-            table.add_column(column, overflow="fold")
-        for view in failed[:SHOWN_FAILURES]:
-            last = view.attempts[-1]
-            table.add_row(view.task_id, str(last.state), str(last.exit_code), str(len(view.attempts)), last.reason)
-        out.print(table)
-        for view in failed[:SHOWN_FAILURES]:
-            last = view.attempts[-1]
-            stderr = handle.store.read_log(status.record.run_id, view.task_id, last.attempt, "stderr") or b""
-            tail = _tail(stderr)
-            if tail:
-                out.print(f"--- task {view.task_id}, attempt {last.attempt}: last stderr lines", markup=False)
-                out.print(tail, markup=False, highlight=False, soft_wrap=True)
-        if len(failed) > SHOWN_FAILURES:
-            out.print(f"... and {len(failed) - SHOWN_FAILURES} more: `parallel-engine status {status.record.run_id}`",
-                      markup=False)
+    _print_failed(status, handle, SHOWN_FAILURES, summary=True)
     out.print(f"results: parallel-engine collect {status.record.run_id} --dest results", markup=False)
+
+
+def _failed_table(status: RunStatus, most: int, worker: bool = True) -> Table | Text:
+    failed = [v for v in status.tasks if v.state is TaskState.FAILED]
+    if not failed:
+        return Text(f"run {status.record.run_id} ({status.run_state}): no task failed")
+    table = Table(title="failed tasks")
+    for column in ("task", "state", "exit code", "attempts", *(["worker"] if worker else []), "reason"):
+        table.add_column(column, overflow="fold")
+    for view in failed[:most]:
+        last = view.attempts[-1]
+        table.add_row(view.task_id, str(last.state), str(last.exit_code), str(len(view.attempts)),
+                      *([last.worker] if worker else []), last.reason)
+    return table
+
+
+def _print_failed(status: RunStatus, handle: api.Run, most: int, summary: bool = False) -> None:
+    """The failed tasks (at most `most`) with their last attempt's reason, then the last stderr
+    lines of the first SHOWN_FAILURES of them. A run's `summary` says nothing when none failed,
+    and leaves the worker to `status --failed`."""
+    failed = [v for v in status.tasks if v.state is TaskState.FAILED]
+    if not failed and summary:
+        return
+    out.print(_failed_table(status, most, worker=not summary))
+    for view in failed[:SHOWN_FAILURES]:
+        last = view.attempts[-1]
+        stderr = handle.store.read_log(status.record.run_id, view.task_id, last.attempt, "stderr") or b""
+        tail = _tail(stderr)
+        if tail:
+            out.print(f"--- task {view.task_id}, attempt {last.attempt}: last stderr lines", markup=False)
+            out.print(tail, markup=False, highlight=False, soft_wrap=True)
+    run_id = status.record.run_id
+    if len(failed) > most:
+        out.print(f"... and {len(failed) - most} more failed: `parallel-engine status {run_id} --all` "
+                  "lists every task", markup=False)
+    if len(failed) > SHOWN_FAILURES:
+        out.print(f"(stderr of the first {SHOWN_FAILURES} only: `parallel-engine logs {run_id} TASK --stderr` "
+                  "shows any)", markup=False)
+
+
+@app.command()
+@friendly
+def wait(
+    run_id: Annotated[str, typer.Argument(help="the run id")],
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress bar")] = False,
+    store: StoreOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Follow a run until it ends without taking it over (read-only), then its summary and exit code.
+
+    For scripts and CI: exit 0 every task succeeded, 1 one failed, 130 cancelled, 4 interrupted
+    (its orchestrator is gone without recording an end), 3 it stopped on an error.
+    """
+    handle = api.get_run(run_id, _config(config, _flags(set_, STORE=store)))
+    with _following(run_id), _progress(quiet) as update:
+        status = follow(handle.store, run_id, lambda state: update(progress_counts(state)))
+    _print_summary(status, handle)
+    if ending(status):
+        err.print(ending(status), markup=False)
+    raise typer.Exit(exit_code(status))
 
 
 @app.command()
@@ -327,7 +443,7 @@ def build(
 
 #: `status` draws a table of at most this many tasks: rich needs ~0.35 ms a row (17 s at 50,000).
 TABLE_ROWS = 200
-STATUS_COLUMNS = ("task", "state", "attempts", "exit code", "duration s", "reason")
+STATUS_COLUMNS = ("task", "state", "attempts", "exit code", "duration s", "worker", "reason", "parameters")
 
 
 @app.command()
@@ -336,60 +452,114 @@ def status(
     run_id: Annotated[str, typer.Argument(help="the run id (see `parallel-engine runs`)")],
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     show_all: Annotated[bool, typer.Option("--all", help="every task, one plain line each (any run size)")] = False,
+    failed: Annotated[bool, typer.Option("--failed", help="only the failed tasks, with their reason and last stderr lines")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="redraw as the run goes, until it ends (read-only)")] = False,
     store: StoreOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Show every task of a run: state, attempts, exit code, duration.
+    """Show every task of a run: state, attempts, exit code, duration, worker, reason, parameters.
 
     Over 200 tasks: the counts and the tasks that did not succeed (at most 200). --all: every task, one plain line each. --json: everything, for scripts.
     """
+    if sum((as_json, show_all, failed)) > 1 or (watch and (as_json or show_all)):
+        raise ParallelEngineError("--json, --all and --failed are three different views: choose one "
+                                  "(--watch goes with the table or --failed)")
     handle = api.get_run(run_id, _config(config, _flags(set_, STORE=store)))
+    if watch:
+        with _following(run_id):
+            _watch(handle, failed)
+        return
     state = handle.status()
     if as_json:
         _write_out(state.iter_json())
-        return
-    if show_all:
-        _write_out(_aligned([STATUS_COLUMNS, *(_status_cells(view) for view in state.tasks)]))
+    elif failed:
+        _print_failed(state, handle, TABLE_ROWS)
+        out.print(_counts_line(state), markup=False)
+    elif show_all:
+        width = out.width if out.is_terminal else None  # a terminal's lines are cut to fit; a pipe gets all
+        _write_out(_aligned([STATUS_COLUMNS, *(_status_cells(view) for view in state.tasks)], width))
+        out.print(_counts_line(state), markup=False)
     else:
-        shown = state.tasks
-        title = f"run {run_id} ({state.run_state})"
-        if len(state.tasks) > TABLE_ROWS:
-            shown = tuple(view for view in state.tasks if view.state is not TaskState.SUCCEEDED)
-            title += f": the {len(shown)} of {len(state.tasks)} tasks that did not succeed"
-        if shown:
-            table = Table(title=title)
-            for column in STATUS_COLUMNS:
-                table.add_column(column, overflow="fold")
-            for view in shown[:TABLE_ROWS]:
-                table.add_row(*_status_cells(view))
-            out.print(table)
-        else:
-            out.print(f"{title}: all {len(state.tasks)} tasks succeeded", markup=False)
-        if len(shown) > TABLE_ROWS:
-            out.print(f"... and {len(shown) - TABLE_ROWS} more that did not succeed", markup=False)
-        if len(shown) < len(state.tasks):
-            out.print(f"`parallel-engine status {run_id} --all` lists all {len(state.tasks)} tasks; "
-                      "--json for scripts", markup=False)
-    out.print(", ".join(f"{n} {s}" for s, n in sorted(state.counts.items())), markup=False)
+        out.print(_status_view(state))
+
+
+def _status_view(state: RunStatus) -> Group:
+    """The table (of at most TABLE_ROWS tasks: the ones that did not succeed when there are more),
+    what was left out, and the counts."""
+    run_id = state.record.run_id
+    parts: list[Any] = []
+    shown = state.tasks
+    title = f"run {run_id} ({state.run_state})"
+    if len(state.tasks) > TABLE_ROWS:
+        shown = tuple(view for view in state.tasks if view.state is not TaskState.SUCCEEDED)
+        title += f": the {len(shown)} of {len(state.tasks)} tasks that did not succeed"
+    if shown:
+        rows = [_status_cells(view) for view in shown[:TABLE_ROWS]]
+        table = Table(title=title)
+        for column in STATUS_COLUMNS[:-1]:
+            table.add_column(column, overflow="fold")
+        # The parameters get what the other columns leave of the terminal's width, cut (never
+        # wrapped) to it: `--json` has them all.
+        others = sum(max(len(row[i]) for row in [STATUS_COLUMNS, *rows]) for i in range(len(STATUS_COLUMNS) - 1))
+        room = max(out.width - others - 3 * len(STATUS_COLUMNS) - 1, len(STATUS_COLUMNS[-1]))
+        table.add_column(STATUS_COLUMNS[-1], no_wrap=True, overflow="ellipsis", max_width=room)
+        for row in rows:
+            table.add_row(*row)
+        parts.append(table)
+    else:
+        parts.append(Text(f"{title}: all {len(state.tasks)} tasks succeeded"))
+    if len(shown) > TABLE_ROWS:
+        parts.append(Text(f"... and {len(shown) - TABLE_ROWS} more that did not succeed"))
+    if len(shown) < len(state.tasks):
+        parts.append(Text(f"`parallel-engine status {run_id} --all` lists all {len(state.tasks)} tasks; --json for scripts"))
+    parts.append(Text(_counts_line(state)))
     if state.waiting:
-        out.print(state.waiting, markup=False)
+        parts.append(Text(state.waiting))
+    if state.how_to_continue:
+        parts.append(Text(state.how_to_continue))
+    return Group(*parts)
+
+
+def _counts_line(state: RunStatus) -> str:
+    return ", ".join(f"{n} {s}" for s, n in sorted(state.counts.items()))
+
+
+def _watch(handle: api.Run, failed: bool) -> None:
+    """Redraw the status at each reading of the store until the run ends; only the last one off a terminal."""
+    from rich.live import Live
+
+    def view(state: RunStatus) -> Any:
+        return _status_view(state) if not failed else Group(_failed_table(state, TABLE_ROWS), Text(_counts_line(state)))
+
+    if not out.is_terminal:
+        state = follow(handle.store, handle.run_id, lambda state: None)
+        out.print(view(state))
+        return
+    with Live(console=out, auto_refresh=False, transient=False) as live:
+        follow(handle.store, handle.run_id, lambda state: live.update(view(state), refresh=True))
 
 
 def _status_cells(view: TaskView) -> tuple[str, ...]:
     result = view.result
     duration = view.duration_s
+    worker = result.worker if result else ""
+    params = " ".join(f"{name}={value}" for name, value in view.params.items() if name != "task_id")
     return (view.task_id, str(view.state), str(len(view.attempts)),
             "" if view.exit_code is None else str(view.exit_code),
-            "" if duration is None else f"{duration:.2f}",
-            " ".join(result.reason.splitlines()) if result else "")
+            "" if duration is None else f"{duration:.2f}", worker,
+            " ".join(result.reason.splitlines()) if result else "", " ".join(params.splitlines()))
 
 
-def _aligned(rows: list[tuple[str, ...]]) -> Iterator[str]:
-    """Rows as lines of space-aligned columns (the last one ragged): a table at any size."""
+def _aligned(rows: list[tuple[str, ...]], width: int | None = None) -> Iterator[str]:
+    """Rows as lines of space-aligned columns (the last one ragged): a table at any size; each
+    line cut to `width` characters (ending in "…") when given."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        yield "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip() + "\n"
+        line = "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[-1]]).rstrip()
+        if width is not None and len(line) > width:
+            line = line[: width - 1] + "…"
+        yield line + "\n"
 
 
 def _write_out(pieces: Iterable[str]) -> None:
@@ -417,12 +587,27 @@ def logs(
     task_id: Annotated[str, typer.Argument(help="the task id")],
     attempt: Annotated[Optional[int], typer.Option(help="attempt number (default: the latest)")] = None,
     stderr: Annotated[bool, typer.Option("--stderr", help="show stderr instead of stdout")] = False,
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="print what the attempt writes until it ends")] = False,
     store: StoreOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Print a task's stdout (or stderr) for one attempt."""
+    """Print a task's stdout (or stderr) for one attempt (the latest by default).
+
+    --follow: go on printing what it writes until it ends (on gce, as its worker uploads the logs).
+    """
     handle = api.get_run(run_id, _config(config, _flags(set_, STORE=store)))
+    if follow_:
+        stream = "stderr" if stderr else "stdout"
+
+        def write(data: bytes) -> None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+
+        with _following(run_id):
+            chosen = tail_log(handle.store, run_id, task_id, attempt, stream, write)
+        err.print(f"# run {run_id} task {task_id} attempt {chosen}: ended", markup=False)
+        return
     chosen, data = read_log(handle.store, run_id, task_id, attempt, "stderr" if stderr else "stdout")
     err.print(f"# run {run_id} task {task_id} attempt {chosen} {'stderr' if stderr else 'stdout'}", markup=False)
     sys.stdout.buffer.write(data)
@@ -436,6 +621,8 @@ def collect(
     dest: Annotated[Path, typer.Option("--dest", help="folder for outputs and results.csv")] = Path("results"),
     replace: Annotated[bool, typer.Option("--replace", help="replace the collection of another run found in --dest")] = False,
     excel_safe: Annotated[bool, typer.Option("--excel-safe", help="prefix cells a spreadsheet would run as a formula (=, +, -, @) with '")] = False,
+    include_failed: Annotated[bool, typer.Option("--include-failed", help="also the outputs of failed tasks' last attempts (results' state tells them apart)")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="the results table: csv (results.csv) or parquet (results.parquet, needs pyarrow)")] = "csv",
     store: StoreOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -450,14 +637,17 @@ def collect(
     handle = api.get_run(run_id, _config(config, _flags(set_, STORE=store)))
     with _terminate_as_interrupt():
         try:
-            done = collect_run(handle.store, run_id, dest, replace=replace, excel_safe=excel_safe)
+            done = collect_run(handle.store, run_id, dest, replace=replace, excel_safe=excel_safe,
+                               include_failed=include_failed, fmt=fmt)
         except KeyboardInterrupt:
             raise Interrupted(f"collect interrupted: {dest} holds what it held before, or all of this "
                               "collection if it was already being moved in") from None
     for line in done.warnings(dest):
         err.print(f"warning: {line}", markup=False)
     counts = done.status.counts
-    out.print(f"collected {counts.get('succeeded', 0)} task outputs into {dest}/ and {done.results_csv}", markup=False)
+    failed = f" (and {counts.get('failed', 0)} failed tasks')" if include_failed else ""
+    out.print(f"collected {counts.get('succeeded', 0)} task outputs{failed} into {dest}/ and {done.results_file}",
+              markup=False)
 
 
 @contextmanager
@@ -523,6 +713,9 @@ def runs(
         counts = ", ".join(f"{n} {state}" for state, n in sorted(s.counts.items()))
         table.add_row(s.record.run_id, s.run_state, created, s.record.source, counts)
     out.print(table)
+    if any(s.how_to_continue for s in found):
+        out.print("interrupted: nobody orchestrates the run any more; `parallel-engine resume RUN` continues it",
+                  markup=False)
 
 
 @app.command()

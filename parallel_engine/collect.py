@@ -34,17 +34,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from parallel_engine.errors import StoreError
+from parallel_engine.errors import ConfigError, StoreError
 from parallel_engine.model import COLLECT_FILES, RESULT_COLUMNS, TaskState
 from parallel_engine.nofollow import NAME_ERRNOS
 from parallel_engine.paths import parts_of, unsafe_segment
 from parallel_engine.protocol import SKIPPED
-from parallel_engine.results import RunStatus, run_status
-from parallel_engine.store import RunRecord, RunStore, write_atomic
+from parallel_engine.results import RunStatus, result_columns, result_fields, run_status
+from parallel_engine.store import RunStore, write_atomic
 
 #: In --dest: which run was collected there and the names (task folders, files) collect wrote.
 COLLECTED_MARKER = ".parallel-engine-collected"
-RESULTS_CSV, SKIPPED_CSV = COLLECT_FILES
+RESULTS_CSV, SKIPPED_CSV, RESULTS_PARQUET = COLLECT_FILES
+FORMATS = ("csv", "parquet")
 STAGING_PREFIX = ".collecting-"
 SKIPPED_COLUMNS = ("task_id", "path", "kind", "detail")
 #: The VM worker's list of the outputs it did not upload, beside status.json in the attempt's folder.
@@ -65,7 +66,7 @@ class SkippedOutput:
 
 @dataclass(frozen=True)
 class Collected:
-    results_csv: Path
+    results_file: Path  # results.csv, or results.parquet
     status: RunStatus
     skipped: tuple[SkippedOutput, ...]  # listed in skipped.csv
     ignored: tuple[str, ...]  # store keys under tasks/ that belong to no attempt of the run
@@ -83,19 +84,30 @@ class Collected:
         return lines
 
 
-def collect(store: RunStore, run_id: str, dest: Path, *, replace: bool = False,
-            excel_safe: bool = False) -> Collected:
+def collect(store: RunStore, run_id: str, dest: Path, *, replace: bool = False, excel_safe: bool = False,
+            include_failed: bool = False, fmt: str = "csv") -> Collected:
     """Collect run `run_id` into `dest` (created if missing); see the module's rules.
 
     `replace` lets it replace the collection of another run found in `dest`; `excel_safe` writes
     params values and task ids that a spreadsheet would run as a formula with a leading `'`.
+    `include_failed`: failed tasks' last attempts' outputs too, into dest/<task_id>/ as the others
+    (results' `state` tells them apart). `fmt`: the results table as results.csv, or results.parquet.
     """
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown results format {fmt!r}", hint=f"use one of: {', '.join(FORMATS)}")
+    if fmt == "parquet":
+        if excel_safe:
+            raise ConfigError("--excel-safe is for results.csv (a spreadsheet's formulas): not for parquet",
+                              hint="drop --excel-safe, or collect with --format csv")
+        from parallel_engine.results_parquet import require_pyarrow
+
+        require_pyarrow()
     status = run_status(store, run_id)
     _check_dest(store, dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
         with _locked(dest):
-            return _collect(store, status, dest, replace, excel_safe)
+            return _collect(store, status, dest, replace, excel_safe, include_failed, fmt)
     except OSError as exc:
         raise StoreError(f"cannot collect into {dest}: {exc.filename or dest}: {exc.strerror or exc}",
                          hint="check that you may write there, and free space") from None
@@ -284,38 +296,51 @@ def _without_clashes(task_id: str, copies: list[tuple[str, tuple[str, ...]]],
 # ---------------------------------------------------------------------------- copying
 
 
-def _collect(store: RunStore, status: RunStatus, dest: Path, replace: bool, excel_safe: bool) -> Collected:
+def _collect(store: RunStore, status: RunStatus, dest: Path, replace: bool, excel_safe: bool,
+             include_failed: bool, fmt: str) -> Collected:
     run_id = status.record.run_id
-    winners = {view.task_id: view.result.attempt for view in status.tasks
-               if view.state is TaskState.SUCCEEDED and view.result is not None}
+    kept = (TaskState.SUCCEEDED, TaskState.FAILED) if include_failed else (TaskState.SUCCEEDED,)
+    winners = {view.task_id: view.result.attempt for view in status.tasks  # a failed task's: its last
+               if view.state in kept and view.result is not None}
     _clear_staging(dest)
     marker = _check_owner(dest, run_id, {*winners, *COLLECT_FILES}, replace)
     plan = _plan(store, status, winners, os.pathconf(dest, "PC_NAME_MAX"))
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dest))
     try:
         _stage(store, plan, staging)  # the long part: Ctrl-C here leaves --dest as it was
+        results = RESULTS_PARQUET if fmt == "parquet" else RESULTS_CSV
+        table = _results_table(status, excel_safe, fmt)  # before the switch: it is short, and may not fail
         with _signals_held():
-            skipped = _commit(dest, staging, status, marker, plan, excel_safe)
+            skipped = _commit(dest, staging, status, marker, plan, excel_safe, (results, table))
     finally:
         with _signals_held():
             shutil.rmtree(staging, ignore_errors=True)
-    return Collected(dest / RESULTS_CSV, status, skipped, tuple(plan.ignored))
+    return Collected(dest / results, status, skipped, tuple(plan.ignored))
+
+
+def _results_table(status: RunStatus, excel_safe: bool, fmt: str) -> bytes:
+    if fmt == "parquet":
+        from parallel_engine.results_parquet import parquet_bytes
+
+        return parquet_bytes(status)
+    return _csv_bytes(_results_rows(status, excel_safe))
 
 
 def _commit(dest: Path, staging: Path, status: RunStatus, marker: _Marker | None, plan: _Plan,
-            excel_safe: bool) -> tuple[SkippedOutput, ...]:
+            excel_safe: bool, results: tuple[str, bytes]) -> tuple[SkippedOutput, ...]:
     """Switch --dest to this collection: what the earlier one wrote is moved aside (into staging,
     removed with it), each task folder moved in whole, then the tables and the marker."""
     run_id = status.record.run_id
     winners = list(plan.copies)
     skipped = tuple(sorted(plan.skipped, key=lambda item: (item.task_id, item.path)))
-    written = {*winners, RESULTS_CSV, *([SKIPPED_CSV] if skipped else [])}
+    written = {*winners, results[0], *([SKIPPED_CSV] if skipped else [])}
     owned = set(marker.names) if marker else set()
     _write_marker(dest, run_id, owned | written)  # from here on every name is this run's to replace
     aside = staging / ".replaced"  # task ids never start with '.'
     aside.mkdir()
     if marker is not None and marker.run_id != run_id:
-        _move_aside(dest / RESULTS_CSV, aside)  # never a results.csv of one run beside folders of another
+        for name in (RESULTS_CSV, RESULTS_PARQUET):  # never the results of one run beside folders of another
+            _move_aside(dest / name, aside)
     for name in sorted(owned - written):  # e.g. the skipped.csv of an earlier collect; nothing foreign is here
         _move_aside(dest / name, aside)
     for task_id in winners:
@@ -330,7 +355,7 @@ def _commit(dest: Path, staging: Path, status: RunStatus, marker: _Marker | None
             [cell(item.task_id, excel_safe), cell(item.path, excel_safe), item.kind, cell(item.detail, excel_safe)]
             for item in skipped
         ])
-    _write_csv(dest / RESULTS_CSV, _results_rows(status, excel_safe))
+    write_atomic(str(dest / results[0]), results[1])
     _write_marker(dest, run_id, written)
     return skipped
 
@@ -391,16 +416,6 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def result_columns(record: RunRecord) -> list[str]:
-    if record.columns:
-        return list(record.columns)
-    seen: dict[str, None] = {}
-    for task in record.tasks:
-        for name in task.params:
-            seen.setdefault(name, None)
-    return list(seen)
-
-
 def _results_rows(status: RunStatus, excel_safe: bool) -> list[Sequence[object]]:
     columns = result_columns(status.record)
     extra = [c for c in ("task_id",) if c not in columns]
@@ -409,18 +424,19 @@ def _results_rows(status: RunStatus, excel_safe: bool) -> list[Sequence[object]]
         duration = view.duration_s
         row: list[object] = [cell(view.params.get(c, ""), excel_safe) for c in columns]
         row += [cell(view.task_id, excel_safe)] if extra else []
-        row += [
-            str(view.state),
-            "" if view.exit_code is None else view.exit_code,
-            len(view.attempts),
-            "" if duration is None else f"{duration:.3f}",
-        ]
+        fields = {**result_fields(view), "duration_s": "" if duration is None else f"{duration:.3f}"}
+        row += [cell(value, excel_safe) if isinstance(value, str) else "" if value is None else value
+                for value in (fields[name] for name in RESULT_COLUMNS)]
         rows.append(row)
     return rows
 
 
 def _write_csv(path: Path, rows: Sequence[Sequence[object]]) -> None:
+    write_atomic(str(path), _csv_bytes(rows))
+
+
+def _csv_bytes(rows: Sequence[Sequence[object]]) -> bytes:
     table = io.StringIO(newline="")
     csv.writer(table).writerows(rows)
-    write_atomic(str(path), table.getvalue().encode("utf-8"))
+    return table.getvalue().encode("utf-8")
 

@@ -9,6 +9,7 @@ EXIT_OK = 0
 EXIT_TASKS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BACKEND = 3
+EXIT_RUN_INTERRUPTED = 4  # `wait`: the run's orchestrator is gone without recording an end
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # the reader of our output stopped early (`status --all | head`): 128 + SIGPIPE
 
@@ -45,6 +46,10 @@ class StoreError(ParallelEngineError):
 
 class RunNotFoundError(StoreError):
     """No run with that id exists in the store."""
+
+
+class RunBusyError(ParallelEngineError):
+    """Another orchestrator holds the run's lease and still lives (`resume` without --force)."""
 
 
 class AccessError(ParallelEngineError):

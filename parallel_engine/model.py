@@ -43,13 +43,15 @@ class Task:
         )
 
 
-#: The columns results.csv adds after the params columns (and task_id): a params column or a
-#: YAML argument cannot take one of these names, or results.csv would have two of them.
-RESULT_COLUMNS = ("state", "exit_code", "attempts", "duration_s")
+#: The columns results.csv adds after the params columns (and task_id), and `Run.results()` with
+#: `outputs`: a params column or a YAML argument cannot take one of these names, or the table
+#: would have two of them.
+RESULT_COLUMNS = ("state", "exit_code", "attempts", "duration_s", "worker", "started_at", "finished_at", "reason")
+RESERVED_COLUMNS = (*RESULT_COLUMNS, "outputs")
 
 #: The files `collect` writes at the top of --dest, beside one folder per task: no task id may take
 #: one of these names (compared case-insensitively, as some filesystems compare names).
-COLLECT_FILES = ("results.csv", "skipped.csv")
+COLLECT_FILES = ("results.csv", "skipped.csv", "results.parquet")
 
 
 @dataclass(frozen=True)

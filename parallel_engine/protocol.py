@@ -29,8 +29,9 @@ OPEN = "open/"  # orchestrator (gce): <task>.<attempt>, "this attempt is claimab
 WORKERS = "workers/"  # worker (gce): <vm>, the attempt a VM claimed last, rewritten every heartbeat
 BUILDS = "builds/"  # orchestrator (gce): the last build's image digest
 SOURCES = "sources/"  # orchestrator (gce): the build contexts uploaded for Cloud Build
+LEASES = "leases/"  # orchestrator: <generation>, who orchestrates the run (the highest one holds it)
 #: The folders of a run that hold its keys: made when the run is created, never again.
-RUN_FOLDERS = (CLAIMS, EVENTS, TASKS)
+RUN_FOLDERS = (CLAIMS, EVENTS, TASKS, LEASES)
 
 # What one attempt's folder (tasks/<task>/<attempt>/) holds.
 STATUS_JSON = "status.json"  # its record, written once when it ends
@@ -92,6 +93,16 @@ def heartbeat_key(run_id: str, task_id: str, attempt: int) -> str:
 def worker_key(run_id: str, worker: str) -> str:
     """A VM's record: the attempt it claimed last, rewritten every heartbeat."""
     return f"{RUNS}{run_id}/{WORKERS}{worker}"
+
+
+def lease_key(run_id: str, generation: int) -> str:
+    """One orchestrator's lease on the run; taking it over is creating the next generation."""
+    return f"{RUNS}{run_id}/{LEASES}{generation:09d}"
+
+
+def parse_lease(name: str) -> int | None:
+    """A lease key's generation (the last segment of `lease_key`); None for anything else."""
+    return int(name) if name.isascii() and name.isdigit() else None
 
 
 # -- the event stamp ----------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,25 @@ def write_report(store: RunStore, run_id: str, html: Path, png: Path | None = No
     if png is not None:
         write_png(data, png)
     return data
+
+
+@dataclass(frozen=True)
+class WrittenReport:
+    """A report written to `path`: Jupyter shows the page itself, inline (in an iframe, its
+    scripts inside); anywhere else it reads as where the file is."""
+
+    path: Path
+    data: ReportData
+    height_px: int = 900
+
+    def _repr_html_(self) -> str:
+        page = self.path.read_text(encoding="utf-8")
+        return (f'<iframe srcdoc="{escape(page, quote=True)}" title="report of run {escape(self.data.run_id)}" '
+                f'style="width: 100%; height: {self.height_px}px; border: 1px solid #ddd"></iframe>')
+
+    def __repr__(self) -> str:
+        snapshot = " (a snapshot: the run is still going)" if self.data.running else ""
+        return f"report of run {self.data.run_id}: {self.path}{snapshot}"
 
 
 def require_extra(png: bool = False) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from parallel_engine.backends.base import backend_class
 from parallel_engine.errors import StoreError, brief
 from parallel_engine.model import AttemptState, AttemptStatus, TaskState
+from parallel_engine.lease import holder_alive
 from parallel_engine.processes import orchestrator_alive
 from parallel_engine.state import Budgets, task_state, winning_attempt
 from parallel_engine.store import RunRecord, RunStore
@@ -45,6 +48,7 @@ class TaskView:
             "exit_code": self.exit_code,
             "duration_s": self.duration_s,
             "reason": result.reason if result else "",
+            "worker": result.worker if result else "",
             "params": self.params,
         }
 
@@ -55,6 +59,19 @@ class RunStatus:
     run_state: str  # running | finished | cancelled | failed | interrupted
     tasks: tuple[TaskView, ...]
     waiting: str = ""  # while a gce run waits for capacity: "queued (quota): ..." (runs/<id>/capacity.json)
+    last_seen: float | None = None  # interrupted: when its orchestrator last refreshed its lease
+
+    @property
+    def how_to_continue(self) -> str:
+        """For a run nobody orchestrates: what it is, and the command that takes it over."""
+        if self.run_state != "interrupted":
+            return ""
+        when = ""
+        if self.last_seen:
+            when = f" (its orchestrator was last seen {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.last_seen))})"
+        return (f"interrupted{when}: nobody orchestrates run {self.record.run_id} any more; "
+                f"continue it with `parallel-engine resume {self.record.run_id}` "
+                f"(or stop what is left with `parallel-engine cancel {self.record.run_id}`)")
 
     @property
     def counts(self) -> dict[str, int]:
@@ -89,6 +106,54 @@ class RunStatus:
         yield "\n]}\n"
 
 
+def utc_text(at: float | None) -> str:
+    """A time as ISO 8601 in UTC, to the millisecond ("" when unknown)."""
+    if at is None:
+        return ""
+    return dt.datetime.fromtimestamp(at, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def result_fields(view: TaskView) -> dict[str, object]:
+    """What a task's result adds to its parameters (model.RESULT_COLUMNS), from its winning
+    attempt (or its last one, which tells why it did not succeed); None where unknown."""
+    result = view.result
+    return {
+        "state": str(view.state),
+        "exit_code": view.exit_code,
+        "attempts": len(view.attempts),
+        "duration_s": view.duration_s,
+        "worker": result.worker if result else "",
+        "started_at": utc_text(result.started_at if result else None),
+        "finished_at": utc_text(result.finished_at if result else None),
+        "reason": " ".join(result.reason.splitlines()) if result else "",
+    }
+
+
+def result_columns(record: RunRecord) -> list[str]:
+    """The parameter columns, in the task source's order."""
+    if record.columns:
+        return list(record.columns)
+    seen: dict[str, None] = {}
+    for task in record.tasks:
+        for name in task.params:
+            seen.setdefault(name, None)
+    return list(seen)
+
+
+def result_rows(store: RunStore, status: RunStatus) -> list[dict[str, object]]:
+    """`Run.results()`: per task its parameters, task_id, results.csv's columns, and `outputs`:
+    where its winning (or last) attempt's outputs are in the store ("" before it started)."""
+    columns = result_columns(status.record)
+    rows = []
+    for view in status.tasks:
+        result = view.result
+        outputs = (store.location(store.attempt_prefix(status.record.run_id, view.task_id, result.attempt) + "outputs")
+                   if result else "")
+        rows.append({**{name: view.params.get(name, "") for name in columns}, "task_id": view.task_id,
+                     **result_fields(view), "outputs": outputs})
+    return rows
+
+
 def budgets_of(record: RunRecord) -> Budgets:
     return Budgets(
         retries=int(record.spec.get("retries", 0)),
@@ -100,10 +165,20 @@ def _run_state(store: RunStore, record: RunRecord) -> str:
     ended = store.read_end(record.run_id)
     if ended is not None:
         return ended
+    lease = store.read_lease(record.run_id)
+    if lease is not None:  # who holds the run now (a resume may have taken it from run.json's orchestrator)
+        return "running" if holder_alive(lease[1]) else "interrupted"
     owner = record.spec.get("orchestrator", {})
     if owner.get("host") == socket.gethostname() and not orchestrator_alive(owner):
-        return "interrupted"  # its pid is gone, a zombie, or another process's now
+        # Its pid is gone, a zombie, or another process's now. It may have written end.json and
+        # exited since the read above: read it again, or a run that just ended reads interrupted.
+        return store.read_end(record.run_id) or "interrupted"
     return "running"
+
+
+def run_state(store: RunStore, record: RunRecord) -> str:
+    """How the run stands (running, finished, cancelled, failed, interrupted) without reading its attempts."""
+    return _run_state(store, record)
 
 
 def _lost(history: list[AttemptStatus], record: RunRecord, run_state: str) -> list[AttemptStatus]:
@@ -121,7 +196,11 @@ def run_status(store: RunStore, run_id: str) -> RunStatus:
     record = store.load_run(run_id)
     run_state = _run_state(store, record)
     waiting = store.read_capacity(run_id) if run_state == "running" else ""
-    return status_of(record, run_state, store.attempts(run_id), waiting)
+    status = status_of(record, run_state, store.attempts(run_id), waiting)
+    if run_state == "interrupted":
+        lease = store.read_lease(run_id)
+        status = replace(status, last_seen=float(lease[1].get("at", 0)) or None if lease else None)
+    return status
 
 
 def status_of(

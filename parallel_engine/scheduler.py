@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from parallel_engine.backends.base import Event, Finished, OnEvent, Pool, PoolFailed, Started, WorkerFailed
+from parallel_engine.crash import crash_point
 from parallel_engine.errors import BackendError
 from parallel_engine.model import AttemptState, AttemptStatus, Task, TaskState
 from parallel_engine.state import Budgets, retry_allowed, task_state
@@ -104,13 +105,19 @@ class Scheduler:
         budgets: Budgets,
         make_pool: Callable[[OnEvent], Pool],
         progress: ProgressFn | None = None,
+        history: dict[str, list[AttemptStatus]] | None = None,
     ) -> None:
+        """`history`: the attempts a run already has in the store (`resume`): a task with none
+        starts at attempt 1; one whose last attempt ended is decided as if that end had just
+        come (a retry, or closed), except a cancelled one, which runs again; one still running
+        waits for its end, which the pool reports."""
         self.tasks = {task.id: task for task in tasks}
         self.budgets = budgets
         self.progress = progress
         self.events = Inbox()
         self.pool = make_pool(self.events)
         self.attempts: dict[str, list[AttemptStatus]] = {task_id: [] for task_id in self.tasks}
+        self._history = history or {}
         self._infra: Counter[str] = Counter()  # identical infra failures, by reason
         self._reported_at = 0.0
 
@@ -118,7 +125,20 @@ class Scheduler:
         states = _States(list(self.tasks))
         self.pool.start()
         for task in self.tasks.values():
-            self.pool.submit(task, 1)
+            past = self._history.get(task.id)
+            if not past:
+                self.pool.submit(task, 1)
+            elif past[-1].state is AttemptState.RUNNING:
+                self.attempts[task.id] = list(past)
+                states[task.id] = TaskState.RUNNING
+            elif past[-1].state is AttemptState.CANCELLED:
+                # Stopped by a cancel whose run never recorded its end (the orchestrator died
+                # during it): resuming is finishing the run, so the task runs again, outside the budgets.
+                self.attempts[task.id] = list(past)
+                self.pool.submit(task, past[-1].attempt + 1)
+            else:
+                self.attempts[task.id] = list(past[:-1])
+                self._close(past[-1], states, False)
         self._report(states)
         cancelled = False
         pause = EVENT_PAUSE_MIN_S
@@ -187,6 +207,7 @@ class Scheduler:
         history.sort(key=lambda a: a.attempt)
         if not cancelled and status.state is not AttemptState.SUCCEEDED and retry_allowed(history, self.budgets):
             states[status.task_id] = TaskState.QUEUED
+            crash_point("retry-due")
             self.pool.submit(self.tasks[status.task_id], status.attempt + 1)
             return
         states[status.task_id] = task_state(history, self.budgets, run_cancelled=cancelled)

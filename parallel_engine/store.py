@@ -40,6 +40,8 @@ from parallel_engine.protocol import (
     CLAIMS,
     END_JSON,
     EVENTS,
+    LEASES,
+    OPEN,
     RUN_FOLDERS,
     RUN_JSON,
     SOURCES,
@@ -52,8 +54,10 @@ from parallel_engine.protocol import (
     command_key,
     encode_argv,
     event_name,
+    lease_key,
     open_key,
     parse_attempt,
+    parse_lease,
     run_prefix,
     worker_key,
 )
@@ -383,6 +387,11 @@ class RunStore:
         """Where `key` (default: the store's root) lives on this machine; None in a bucket."""
         return self.blobs.local_path(key)
 
+    def location(self, key: str) -> str:
+        """Where `key` is, for a person: a path on this machine, or its gs:// address."""
+        path = self.blobs.local_path(key)
+        return str(path) if path is not None else f"{self.where.rstrip('/')}/{key}"
+
     # -- runs -------------------------------------------------------------------------
     def save_run(self, record: RunRecord) -> None:
         """Create the run: its folders (the only place they are made), then run.json."""
@@ -440,6 +449,29 @@ class RunStore:
         raw = self.blobs.read(run_prefix(run_id) + END_JSON)
         return None if raw is None else str(json.loads(raw).get("state", "finished"))
 
+    # -- the lease: who orchestrates the run (parallel_engine/lease.py decides what it means) ----
+    def take_lease(self, run_id: str, generation: int, holder: dict[str, Any]) -> bool:
+        """Create lease `generation` (atomic): False if someone else took that generation first."""
+        return self.blobs.create(lease_key(run_id, generation), _dumps(holder))
+
+    def refresh_lease(self, run_id: str, generation: int, holder: dict[str, Any]) -> None:
+        """Rewrite our own lease (its `at`): only its holder calls this."""
+        self.blobs.write(lease_key(run_id, generation), _dumps(holder))
+
+    def read_lease(self, run_id: str) -> tuple[int, dict[str, Any]] | None:
+        """The newest lease (generation, holder), or None if no orchestrator ever took one."""
+        prefix = run_prefix(run_id) + LEASES
+        generations = [g for key in self.blobs.list(prefix) if (g := parse_lease(key[len(prefix):])) is not None]
+        for generation in sorted(generations, reverse=True):
+            raw = self.blobs.read(lease_key(run_id, generation))
+            if raw is None:
+                continue
+            try:
+                return generation, dict(json.loads(raw))
+            except (ValueError, TypeError):
+                return generation, {}  # unreadable: a holder we cannot name, judged stale
+        return None
+
     def write_capacity(self, run_id: str, waiting: str | None, at: float) -> None:
         """capacity.json: that the run waits for capacity (`waiting` says why) or, with None, that it does not."""
         record = {"waiting": waiting is not None, "reason": waiting or "", "at": at}
@@ -464,6 +496,11 @@ class RunStore:
     def open_attempt(self, run_id: str, task_id: str, attempt: int) -> None:
         """Make the attempt claimable (its open marker)."""
         self.blobs.create(open_key(run_id, task_id, attempt), b"")
+
+    def opened(self, run_id: str) -> list[tuple[str, int]]:
+        """(task_id, attempt) of every open marker: published, not ended (one listing)."""
+        prefix = run_prefix(run_id) + OPEN
+        return [parsed for key in self.blobs.list(prefix) if (parsed := parse_attempt(key[len(prefix):]))]
 
     def close_attempt(self, run_id: str, task_id: str, attempt: int) -> None:
         """The attempt ended: no worker looks at it again."""

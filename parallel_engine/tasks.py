@@ -65,7 +65,7 @@ import csv
 import io
 import re
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,7 @@ import yaml
 
 from parallel_engine.bounded_yaml import BoundedLoader, YamlRefused
 from parallel_engine.errors import ConfigError, TaskSourceError, brief, shown
-from parallel_engine.model import COLLECT_FILES, RESULT_COLUMNS, Task, TaskList
+from parallel_engine.model import COLLECT_FILES, RESERVED_COLUMNS, Task, TaskList
 from parallel_engine.protocol import TASK_ID_RE
 
 ARG_STYLES = ("equals", "space")
@@ -114,6 +114,90 @@ def load_tasks(
     return _load_task_list(src)
 
 
+def load_source(
+    source: object, *, args_template: str | None = None,
+    arg_style: str = "equals",
+) -> TaskList:
+    """A task file (load_tasks), or the rows of a params table given as a list of dicts or a pandas
+    DataFrame: read like params.csv, with the same checks, errors naming the row (from 1)."""
+    if isinstance(source, (str, Path)):
+        return load_tasks(source, args_template=args_template, arg_style=arg_style)
+    if _is_dataframe(source):
+        frame: Any = source
+        twice = sorted({str(name) for name in frame.columns[frame.columns.duplicated()]})
+        if twice:
+            raise TaskSourceError(f"DataFrame: column name {shown(twice[0])} appears twice",
+                                  hint="give every column its own name")
+        if not all(isinstance(name, str) for name in frame.columns):
+            names = ", ".join(shown(name) for name in frame.columns)
+            raise TaskSourceError(f"DataFrame: every column name must be text, these are: {names}",
+                                  hint="rename the columns, e.g. frame.columns = frame.columns.map(str)")
+        return load_rows(frame.to_dict(orient="records"), "DataFrame", args_template=args_template,
+                         arg_style=arg_style)
+    if isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
+        rows: Any = source  # each row is checked
+        return load_rows(rows, "list of dicts", args_template=args_template, arg_style=arg_style)
+    raise TaskSourceError(f"tasks of type {type(source).__name__} are not a task source",
+                          hint="give a path (params.csv, a YAML task file, a task list), a list of dicts, "
+                               "or a pandas DataFrame")
+
+
+def load_rows(
+    rows: Sequence[Mapping[str, object]], shown_as: str, *, args_template: str | None = None,
+    arg_style: str = "equals",
+) -> TaskList:
+    """One task per row: the first row's keys are the columns (in its order), as params.csv's header."""
+    if arg_style not in ARG_STYLES:
+        raise ConfigError(f"unknown argument style {shown(arg_style)}", hint=f"use one of: {', '.join(ARG_STYLES)}")
+    src = _Source(Path(shown_as), shown_as, unit="row")
+    if not rows:
+        raise TaskSourceError(f"{shown_as}: no rows: no tasks", hint="give one row per task")
+    header: list[str] = []
+    table: list[tuple[int, list[str]]] = [(0, header)]
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, Mapping):
+            raise src.error(number, f"a {type(row).__name__}, not a dict of column to value",
+                            hint="give every row as a dict, e.g. {'dataset': 'a', 'var': 'x'}")
+        if number == 1:
+            for name in row:
+                if not isinstance(name, str):
+                    raise src.error(0, f"column name {shown(name)} is not text", hint="name every column with a string")
+                header.append(name)
+        elif set(row) != set(header):
+            missing, extra = [c for c in header if c not in row], [c for c in row if c not in header]
+            raise src.error(number, "its columns differ from the first row's: "
+                            + "; ".join(part for part in (f"missing {_listed(missing)}" if missing else "",
+                                                          f"extra {_listed([str(c) for c in extra])}" if extra else "")
+                                        if part),
+                            hint="give every row the same keys; None or '' omits an argument for that row")
+        cells = [_cell(src, number, name, row[name]) for name in header]
+        table.append((number, cells))
+    return _params_table(src, table, args_template or None, arg_style)
+
+
+def _is_dataframe(value: object) -> bool:
+    """A pandas DataFrame, known without importing pandas (it is loaded if one was made)."""
+    kind = type(value)
+    return kind.__name__ == "DataFrame" and kind.__module__.split(".")[0] == "pandas"
+
+
+def _cell(src: _Source, number: int, column: str, value: object) -> str:
+    """A value as params.csv would hold it: text; a number as Python writes it; None or a missing
+    value (NaN, pandas' NA or NaT) as an empty cell, which omits the argument."""
+    if value is None or (isinstance(value, float) and value != value) or type(value).__name__ in ("NAType", "NaTType"):
+        return ""
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        value = value.item()  # a numpy scalar, as the Python number it holds
+        if isinstance(value, float) and value != value:
+            return ""
+    if isinstance(value, (str, int, float)):  # bool is an int: True, False
+        text = str(value)
+        _check_argv_text(src, number, text, f"column {shown(column)}")
+        return text
+    raise src.error(number, f"column {shown(column)} holds a {type(value).__name__}, not text or a number",
+                    hint="give text, a number or None (e.g. format a date as text first)")
+
+
 # --------------------------------------------------------------------------- common parts
 
 
@@ -121,12 +205,15 @@ def load_tasks(
 class _Source:
     path: Path
     shown: str  # as the user wrote it, for messages
+    unit: str = "line"  # or "row": a list of dicts or a DataFrame (rows counted from 1; 0 is its columns)
 
     def at(self, line: int) -> str:
-        return f"{self.shown}:{line}"
+        if self.unit == "line":
+            return f"{self.shown}:{line}"
+        return f"{self.shown}, its column names" if line == 0 else f"{self.shown}, row {line}"
 
     def source(self, line: int) -> str:
-        return f"{self.path.name}:{line}"
+        return f"{self.path.name}:{line}" if self.unit == "line" else f"{self.shown} row {line}"
 
     def error(self, line: int, message: str, hint: str) -> TaskSourceError:
         return TaskSourceError(f"{self.at(line)}: {message}", hint=hint)
@@ -221,7 +308,7 @@ def _check_unique_ids(src: _Source, tasks: Iterable[tuple[int, Task]]) -> None:
             same = "" if first_id == task.id else f" (as {first_id!r}: ids differ only in case)"
             raise src.error(
                 line,
-                f"duplicate task id {task.id!r}, already used at line {first_line}{same}",
+                f"duplicate task id {task.id!r}, already used at {src.unit} {first_line}{same}",
                 hint=f"give every task its own id; see {src.at(first_line)} and {src.at(line)}",
             )
         seen[key] = (task.id, line)
@@ -240,7 +327,7 @@ def _check_not_reserved(src: _Source, line: int, name: str, what: str, reserved:
     if name in reserved:
         raise src.error(
             line,
-            f"{what} {shown(name)} is taken: results.csv adds its own columns "
+            f"{what} {shown(name)} is taken: results.csv and Run.results() add their own columns "
             f"{', '.join(reserved)} after the parameters",
             hint=f"rename {shown(name)} (e.g. to 'my_{name}') and the option your program reads",
         )
@@ -301,7 +388,11 @@ _Piece = str | _Field
 
 
 def _load_params(src: _Source, template: str | None, arg_style: str) -> TaskList:
-    rows = _read_rows(src, _read_text(src))
+    return _params_table(src, _read_rows(src, _read_text(src)), template, arg_style)
+
+
+def _params_table(src: _Source, rows: list[tuple[int, list[str]]], template: str | None, arg_style: str) -> TaskList:
+    """Tasks from a header row and data rows, each with the line (or row) it came from."""
     if not rows:
         raise src.error(1, "the file is empty: no tasks", hint="add a header row and task rows")
     header_line, header = rows[0]
@@ -374,7 +465,7 @@ def _check_header(src: _Source, line: int, header: list[str]) -> None:
                 hint="name every column (or remove the empty column)",
             )
         _check_option_name(src, line, name, "column name")
-        _check_not_reserved(src, line, name, "column name", RESULT_COLUMNS)
+        _check_not_reserved(src, line, name, "column name", RESERVED_COLUMNS)
         if name in first:
             raise src.error(
                 line,
@@ -623,7 +714,7 @@ def _yaml_args(src: _Source, line: int, item_node: yaml.MappingNode, value: Any)
                 name_line, f"argument name {shown(name)} is not a string", hint="quote the name"
             )
         _check_option_name(src, name_line, name, "argument name")
-        _check_not_reserved(src, name_line, name, "argument name", (TASK_ID_COLUMN, *RESULT_COLUMNS))
+        _check_not_reserved(src, name_line, name, "argument name", (TASK_ID_COLUMN, *RESERVED_COLUMNS))
         text = "" if raw is None else _scalar(raw)
         if text is None:
             raise src.error(

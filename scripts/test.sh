@@ -8,6 +8,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # `pip install` outside one (PEP 668).
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# The Jupyter kernel that executes notebooks/runner.ipynb in its test (inside .venv only).
+bash scripts/ensure-kernel.sh
 if [ -f scripts/ensure-docker.sh ]; then
   bash scripts/ensure-docker.sh
 fi

@@ -11,7 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +350,42 @@ def service_account_key(folder: Path, project: str = "key-project") -> Path:
         "token_uri": "https://oauth2.googleapis.com/token",
     }))  # fmt: skip
     return path
+
+
+# -- a run in its own process whose tasks wait for a file ------------------------------------------
+GATE = """import os, sys, time
+print("started", flush=True)
+while not os.path.exists({go!r}):
+    time.sleep(0.02)
+print("released", flush=True)
+sys.exit(int(sys.argv[1].partition("=")[2]))
+"""
+
+
+@contextmanager
+def gated(tmp_path: Path, codes: list[int]) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
+    """`parallel-engine run` (process runtime, all tasks at once) of one task per exit code in
+    `codes`, each printing "started", waiting for the file `go`, printing "released" and exiting
+    with its code. Yields the run's process, its id and `go` once every task runs; at the end `go`
+    exists (the tasks end by themselves, whatever happened to their orchestrator) and the run's
+    process is gone."""
+    go = tmp_path / "go"
+    (tmp_path / "gate.py").write_text(GATE.format(go=str(go)))
+    (tmp_path / "params.csv").write_text("code\n" + "".join(f"{code}\n" for code in codes))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parallel_engine", "run", "params.csv", "-q", "-j", str(len(codes)),
+         "--runtime", "process", "--command", f"{sys.executable} {tmp_path / 'gate.py'}"],
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    runs = tmp_path / ".parallel-engine" / "runs"
+    logs = lambda: list(runs.glob("*/tasks/*/1/stdout.log")) if runs.exists() else []  # noqa: E731
+    try:
+        wait_for(lambda: len(logs()) == len(codes) and all(b"started" in p.read_bytes() for p in logs()), 60,
+                 "every task running")
+        (run_dir,) = runs.iterdir()
+        yield proc, run_dir.name, go
+    finally:
+        go.touch()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=60)

@@ -77,3 +77,13 @@ def test_a_present_image_passes(project: Path, base_image: str) -> None:
     done = cli("doctor", "--set", f"IMAGE={base_image}", cwd=project, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{base_image} is present: tasks run in containers" in done.stdout
+
+
+@pytest.mark.parametrize(("host", "plain"), [
+    ("127.0.0.1:5000", True), ("127.5.0.1", True), ("localhost:5000", True), ("[::1]:5000", True),
+    ("europe-west1-docker.pkg.dev", False), ("10.0.0.1:5000", False), ("registry.example:443", False),
+])  # fmt: skip
+def test_doctor_asks_a_registry_over_plain_http_only_where_docker_would(host: str, plain: bool) -> None:
+    from parallel_engine.backends.gce.preflight import _plain_http_registry
+
+    assert _plain_http_registry(host) is plain

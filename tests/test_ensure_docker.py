@@ -13,7 +13,8 @@ import pytest
 from tests.helpers import ROOT, fake_program, script_env
 
 SCRIPT = ROOT / "scripts" / "ensure-docker.sh"
-SHELL_SCRIPTS = [SCRIPT, ROOT / "scripts" / "test.sh", ROOT / ".ci" / "run", ROOT / "scripts" / "ensure-browser.sh"]
+SHELL_SCRIPTS = [SCRIPT, ROOT / "scripts" / "test.sh", ROOT / ".ci" / "run", ROOT / "scripts" / "ensure-browser.sh",
+                 ROOT / "scripts" / "ensure-kernel.sh"]
 
 
 def source_and_call(tmp_path: Path, call: str, **extra: str) -> subprocess.CompletedProcess[str]:

@@ -44,7 +44,8 @@ def test_example_job_runs_and_collects_outputs_and_results_csv(tmp_path: Path) -
     assert collected.returncode == 0, collected.stderr
     rows = list(csv.DictReader(open(tmp_path / "results" / "results.csv", newline="")))
     assert len(rows) == 12
-    assert list(rows[0]) == ["dataset", "project", "var", "task_id", "state", "exit_code", "attempts", "duration_s"]
+    assert list(rows[0]) == ["dataset", "project", "var", "task_id", "state", "exit_code", "attempts", "duration_s",
+                             "worker", "started_at", "finished_at", "reason"]
     params = list(csv.DictReader(open(tmp_path / "code" / "params.csv", newline="")))
     for row, param in zip(rows, params):
         assert (row["dataset"], row["project"], row["var"]) == (param["dataset"], param["project"], param["var"])
@@ -209,10 +210,11 @@ def test_status_table_shows_state_attempts_and_exit_code_per_task(workdir: Path)
     shown = cli("status", run_id_of(done), cwd=workdir, env={"COLUMNS": "120"})
     assert shown.returncode == 0, shown.stderr
     rows = table_rows(shown.stdout)
-    assert rows[0] == ["task", "state", "attempts", "exit code", "duration s", "reason"]
+    assert rows[0] == ["task", "state", "attempts", "exit code", "duration s", "worker", "reason", "parameters"]
     by_task = {row[0]: row for row in rows[1:]}
-    assert by_task["good"][1:4] == ["succeeded", "1", "0"]
-    assert by_task["bad"][1:4] == ["failed", "1", "7"] and by_task["bad"][5] == "exit code 7"
+    assert by_task["good"][1:4] == ["succeeded", "1", "0"] and by_task["good"][7] == "x=ok"
+    assert by_task["bad"][1:4] == ["failed", "1", "7"] and by_task["bad"][6] == "exit code 7"
+    assert by_task["bad"][5].startswith("local-")
     assert "1 failed, 1 succeeded" in shown.stdout
 
 

@@ -95,11 +95,12 @@ def test_status_all_prints_every_task_as_one_aligned_plain_line(tmp_path: Path) 
     shown = cli("status", RUN, "--all", "--store", "store", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
-    assert lines[0].split() == ["task", "state", "attempts", "exit", "code", "duration", "s", "reason"]
+    assert lines[0].split() == ["task", "state", "attempts", "exit", "code", "duration", "s", "worker", "reason",
+                                "parameters"]
     rows = lines[1:251]
     assert [row.split()[0] for row in rows] == [f"t{i:04d}" for i in range(249)] + ["t0249-café"]
-    assert rows[7].split() == ["t0007", "failed", "1", "3", "2.50", "exit", "code", "3"]
-    assert rows[3].split() == ["t0003", "queued", "0"]
+    assert rows[7].split() == ["t0007", "failed", "1", "3", "2.50", "worker-t0007", "exit", "code", "3", "x=t0007"]
+    assert rows[3].split() == ["t0003", "queued", "0", "x=t0003"]
     state_column = lines[0].index("state")
     assert all(row[state_column - 2:state_column] == "  " and row[state_column] != " " for row in rows)
     assert lines[251] == "5 failed, 1 queued, 244 succeeded"

@@ -278,7 +278,8 @@ def test_usable_header_names_are_accepted(tmp_path: Path, name: str) -> None:
     assert load_tasks(path).tasks[0].argv == (f"--{name}=1",)
 
 
-@pytest.mark.parametrize("name", ["state", "exit_code", "attempts", "duration_s"])
+@pytest.mark.parametrize("name", ["state", "exit_code", "attempts", "duration_s", "worker", "started_at",
+                                  "finished_at", "reason", "outputs"])
 def test_column_named_like_a_results_csv_column_is_refused(tmp_path: Path, name: str) -> None:
     path = write(tmp_path / "params.csv", f"x,{name}\n1,2\n")
     err = refused(path, 1, f"column name {name!r}", "results.csv")

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parallel_engine.errors import TaskSourceError
-from parallel_engine.model import TaskList
+from parallel_engine.model import RESERVED_COLUMNS, TaskList
 from parallel_engine.tasks import load_tasks
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -43,7 +43,7 @@ def values(longest: int) -> st.SearchStrategy[str]:
 
 VALUE = values(5_000)
 OPTION_NAME = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.-]{0,15}", fullmatch=True).filter(
-    lambda name: name not in ("task_id", "state", "exit_code", "attempts", "duration_s"))
+    lambda name: name not in ("task_id", *RESERVED_COLUMNS))
 
 
 @contextmanager

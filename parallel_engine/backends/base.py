@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from parallel_engine.config import Config
     from parallel_engine.doctor import Check
     from parallel_engine.runtimes.base import Runtime
-    from parallel_engine.store import RunStore
+    from parallel_engine.store import RunRecord, RunStore
 
 InfoFn = Callable[[str], None]
 
@@ -136,10 +136,7 @@ class Backend(Protocol):
     """Where workers come from. Made from a checked `Config` (`backend_for`); cheap to make:
     nothing is created or asked of a cloud until a method needs it.
 
-    Where the next features go (docs/architecture.md, "What comes next"): `resume` re-attaches
-    with a plan made from the run's record instead of a new one, and its pool first reports
-    what happened while nobody watched; `cancel` from any machine is `down` plus the run's end;
-    `reap` lists the backend's labelled workers; `doctor` and `run --dry-run` ask the backend
+    Where the next features go (docs/architecture.md, "What comes next"): `reap` lists the backend's labelled workers; `doctor` and `run --dry-run` ask the backend
     what `plan` would need, without `make_pool`.
     """
 
@@ -171,12 +168,23 @@ class Backend(Protocol):
         """Everything the run needs of this backend, checked before run.json is written: a bad
         setting is one clear error while nothing exists yet."""
 
+    def resume(self, store: RunStore, record: RunRecord, running: list[AttemptStatus], say: InfoFn) -> Plan:
+        """A plan to take over `record`'s run (nobody orchestrates it, its lease is ours), made
+        from what the run recorded, not from today's settings. `running` are the attempts its
+        workers claimed and never recorded: the pool re-attaches to the workers that still run
+        them, or settles each as a `Finished` fact (`lost`) once it knows the worker is gone."""
+
     def build(self, context: Path, on_line: InfoFn) -> Built:
         """Build CONTEXT into IMAGE where this backend's workers can run it."""
 
     def down(self, run_id: str) -> str:
         """Remove whatever of the run is still running (from any machine where it can be
         reached), record what it stopped, and say what was removed."""
+
+    def reap(self, older_than_s: float, delete: bool) -> list[str]:
+        """One line per worker (older than `older_than_s`) that no run needs any more: its run is
+        over or unknown to the store, or nobody orchestrates it and it stopped its heartbeat;
+        each removed when `delete`."""
 
     def render(self, run_id: str, task: tuple[str, int] | None, vm_request: bool, say: InfoFn) -> str:
         """Exactly what this backend gives a worker (the gce startup script or VM request)."""

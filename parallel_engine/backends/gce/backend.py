@@ -26,10 +26,10 @@ from parallel_engine.backends.gce.vm import (
 from parallel_engine.config import GCE_DEFAULT_QUOTA, Config
 from parallel_engine.doctor import Check, run_checks
 from parallel_engine.errors import ConfigError, CredentialsError
-from parallel_engine.model import AttemptState, Task
+from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.runtimes.base import Runtime
 from parallel_engine.names import label_value
-from parallel_engine.store import RunStore
+from parallel_engine.store import RunRecord, RunStore
 
 ScriptFor = Callable[[tuple[tuple[str, int], ...] | None], str]
 
@@ -89,6 +89,42 @@ class GceBackend:
             return GcePool(settings, store, run_id, compute, render_script, on_event, say, quota)
 
         return Plan(spec, make_pool)
+
+    def resume(self, store: RunStore, record: RunRecord, running: list[AttemptStatus], say: InfoFn) -> Plan:
+        """The run's own image (the digest it pinned), quota and TASKS_PER_VM; the pool adopts the
+        run's live VMs by label and settles each attempt whose VM is gone (`GcePool.adopted`)."""
+        settings, spec = self.settings, record.spec
+        if spec.get("tasks_per_vm", self.config.tasks_per_vm) != self.config.tasks_per_vm:
+            raise ConfigError(
+                f"run {record.run_id} ran with TASKS_PER_VM={spec.get('tasks_per_vm')}, "
+                f"but TASKS_PER_VM is {self.config.tasks_per_vm} ({self.config.origin('TASKS_PER_VM')})",
+                hint=f"resume it with --set TASKS_PER_VM={spec.get('tasks_per_vm')}")
+        image = str(spec.get("image") or resolve_image(self.config, store))
+        render_script = script_for(settings, record.run_id, image)
+        compute = Compute(self.config)
+        quota = int(spec.get("workers", spec.get("quota", self.config.effective_quota())))  # what fit the quotas
+        tasks = {task.id: task for task in record.tasks}
+        adopted = tuple((tasks[status.task_id], status) for status in running if status.task_id in tasks)
+
+        def make_pool(on_event: OnEvent) -> GcePool:
+            return GcePool(settings, store, record.run_id, compute, render_script, on_event, say, quota,
+                           adopted=adopted)
+
+        return Plan(spec, make_pool)
+
+    def reap(self, older_than_s: float, delete: bool) -> list[str]:
+        """One line per VM of the project that no run needs any more (backends/gce/reap.py),
+        each deleted when `delete`."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from parallel_engine.backends.gce.reap import doomed_vms
+
+        compute = Compute(self.config)
+        doomed = doomed_vms(compute, self.open_store(), older_than_s, 3 * self.config.heartbeat)
+        if delete:
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                list(pool.map(lambda vm: compute.delete(vm.zone, vm.name), doomed))
+        return [f"{vm.zone}/{vm.name} (run {vm.run_id}): {vm.why}" for vm in doomed]
 
     def build(self, context: Path, on_line: InfoFn) -> Built:
         """Cloud Build from CONTEXT and the cloudbuild.yaml beside it; the digest is recorded for `run`."""

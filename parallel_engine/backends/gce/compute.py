@@ -134,6 +134,19 @@ class Compute:
             found += [(zone, vm.name) for vm in listed.instances]
         return found
 
+    def list_labelled(self) -> list[tuple[str, str, str, str, str]]:
+        """(zone, name, run id, status, creationTimestamp) of every VM of any run in the project
+        (labelled parallel-engine-run), in every zone: one aggregatedList, for `reap`."""
+        from google.cloud import compute_v1
+
+        request = compute_v1.AggregatedListInstancesRequest(project=self.project, filter=f"labels.{LABEL_RUN}:*")
+        found = []
+        for scope, listed in call_google(self.instances.aggregated_list, request=request):
+            zone = scope.rsplit("/", 1)[-1]
+            found += [(zone, vm.name, vm.labels.get(LABEL_RUN, ""), vm.status, vm.creation_timestamp)
+                      for vm in listed.instances]
+        return found
+
     def preempted(self, zone: str) -> set[str]:
         """Names of VMs in `zone` that Google recorded as preempted."""
         from google.cloud import compute_v1

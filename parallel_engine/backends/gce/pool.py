@@ -29,6 +29,7 @@ from parallel_engine.backends.gce.vm import (
     task_vm_name,
 )
 from parallel_engine.config import Config
+from parallel_engine.crash import crash_point
 from parallel_engine.errors import AccessError, BackendError, ParallelEngineError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.names import label_value
@@ -121,6 +122,9 @@ class GcePool:
     on_event: OnEvent
     info: InfoFn
     quota: int
+    #: resume: the attempts a dead orchestrator's VMs claimed and never recorded, with their
+    #: tasks. Adopted when the pool starts: watched as if this pool had started them.
+    adopted: tuple[tuple[Task, AttemptStatus], ...] = ()
     _open: dict[tuple[str, int], Task] = field(default_factory=dict)
     _pending: deque[tuple[str, int]] = field(default_factory=deque)  # one-VM-per-task attempts without a VM
     _vms: dict[str, Vm] = field(default_factory=dict)  # every VM listed, created or asked for, until settled
@@ -162,8 +166,42 @@ class GcePool:
 
     # -- the scheduler's Pool -----------------------------------------------------------
     def start(self) -> None:
+        if self.adopted:
+            self._adopt()
         self._thread = threading.Thread(target=self._loop, name="gce-monitor", daemon=True)
         self._thread.start()
+
+    def _adopt(self) -> None:
+        """Take over a run's VMs (resume): list them by label in every zone, so they count
+        against the quota and are watched; a one-task VM is matched to its attempt by name (the
+        running ones, and the open ones whose VM was booting). Each adopted attempt whose VM is
+        gone ends now: with the record it wrote meanwhile, or as `lost`."""
+        with self._lock:
+            for task, status in self.adopted:
+                self._open[(status.task_id, status.attempt)] = task
+        items = [*((s.task_id, s.attempt) for _, s in self.adopted), *self.store.opened(self.run_id)]
+        named = {task_vm_name(self.run_id, *item): item for item in items}
+        alive: set[str] = set()
+        for zone in self.settings.zones:
+            for name, state in self.compute.list_run(zone, self.run_id).items():
+                self._listed_zones.add(zone)
+                vm = self._vm(name)
+                vm.zone = zone
+                if self.per_task:
+                    vm.attempt = named.get(name)
+                if state in ALIVE:
+                    alive.add(name)
+        watched = sum(1 for _, status in self.adopted if status.worker in alive)
+        self.info(f"adopted {len(alive)} live VM(s) of the run, running {watched} of its attempts")
+        for _, status in self.adopted:
+            if status.worker in alive:
+                continue
+            finished = self.store.read_status(self.run_id, status.task_id, status.attempt)
+            if finished is None:
+                finished = AttemptStatus(status.task_id, status.attempt, AttemptState.LOST, None, None, time.time(),
+                                         status.worker, f"its VM {status.worker} was gone when the run was resumed")
+                self.store.record_end(self.run_id, finished)
+            self._finished(finished)
 
     def submit(self, task: Task, attempt: int) -> None:
         """Make an attempt claimable. Its objects are written in the background, many at once
@@ -306,6 +344,7 @@ class GcePool:
             for vm in self._vms.values():
                 if vm.attempt == key:
                     vm.done_at = time.monotonic()
+        crash_point("poll")  # an end seen, not yet taken in
         self.store.close_attempt(self.run_id, status.task_id, status.attempt)
         self.on_event(Finished(status))
 
@@ -455,7 +494,9 @@ class GcePool:
         self._batch += 1
         properties = instance_properties(self.config, zone, self.script_for(None), self.run_id, "reuse")
         pattern = batch_name_pattern(self.run_id, self._batch)
+        crash_point("vm-create")
         self.compute.bulk_insert(zone, bulk_body(properties, pattern, wanted))
+        crash_point("vm-created")
         self.info(f"started {wanted} worker VM(s) in {zone}")
         return wanted
 
@@ -476,8 +517,10 @@ class GcePool:
 
     def _insert_one(self, zone: str, name: str, item: tuple[str, int]) -> None:
         properties = instance_properties(self.config, zone, self.script_for((item,)), self.run_id, label_value(item[0]))
+        crash_point("vm-create")
         try:
             self.compute.insert(zone, instance_body(properties, name, zone))
+            crash_point("vm-created")
         except CapacityRefused as exc:
             with self._lock:
                 vm = self._vms.get(name)
@@ -509,6 +552,7 @@ class GcePool:
             self._torn_down = True
         self._writer.shutdown(wait=True, cancel_futures=True)
         self._inserter.shutdown(wait=True, cancel_futures=True)  # no insert lands after the teardown
+        crash_point("teardown")
         try:
             deleted = delete_run_vms(self.compute, self.run_id)
         except AccessError as exc:  # e.g. the login was revoked mid-run: say what is left, and how to end it

@@ -8,6 +8,7 @@ naming the API and the command that enables it, any other 403 → PermissionDeni
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -137,7 +138,7 @@ class Preflight:
             repository, _, reference = rest.partition("@")
         else:
             repository, _, reference = rest.rpartition(":") if ":" in rest else (rest, "", "latest")
-        scheme = "http" if host.split(":")[0] in ("127.0.0.1", "localhost") else "https"
+        scheme = "http" if _plain_http_registry(host) else "https"
         accept = ", ".join(("application/vnd.docker.distribution.manifest.v2+json",
                             "application/vnd.docker.distribution.manifest.list.v2+json",
                             "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json"))
@@ -147,6 +148,18 @@ class Preflight:
         except OSError as exc:
             raise BackendError(f"the registry {host} does not answer: {exc}") from None
         return int(answer.status_code)
+
+
+def _plain_http_registry(host: str) -> bool:
+    """Docker's own rule, so doctor asks the registry the way `docker pull` will: a registry on a
+    loopback address is insecure by default (dockerd's 127.0.0.0/8), reached over plain HTTP."""
+    name = host.rsplit(":", 1)[0].strip("[]") if host.count(":") <= 1 or host.startswith("[") else host
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def refusal(status: int, text: str, what: str, project: str) -> AccessError | BackendError:

@@ -10,17 +10,17 @@ import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from parallel_engine.backends.base import Built, InfoFn, OnEvent, Plan
 from parallel_engine.backends.local.pool import LocalPool
 from parallel_engine.config import Config
 from parallel_engine.doctor import Check, run_checks
 from parallel_engine.errors import BackendError, ConfigError, ParallelEngineError, StoreError
-from parallel_engine.model import Task
+from parallel_engine.model import AttemptStatus, Task
 from parallel_engine.runtimes.base import Runtime
 from parallel_engine.runtimes.select import select_runtime
-from parallel_engine.store import RunStore, local_store
+from parallel_engine.store import RunRecord, RunStore, local_store
 
 _PYTHON = re.compile(r"python[0-9.]*")
 
@@ -91,13 +91,31 @@ class LocalBackend:
             "command": config.command_argv() if runtime.name == "process" else None,
             "image": config.image if runtime.name == "docker" else None,
         }
+        return _plan(spec, store, run_id, runtime, quota, config.task_timeout, ())
 
-        def make_pool(on_event: OnEvent) -> LocalPool:
-            return LocalPool(store, run_id, runtime, quota, config.task_timeout, on_event)
+    def resume(self, store: RunStore, record: RunRecord, running: list[AttemptStatus], say: InfoFn) -> Plan:
+        """The run's own runtime, command or image, quota and timeout. What its dead orchestrator
+        left running here is stopped first (containers by label, processes by PE_RUN_ID, as
+        `down` does): nobody can read those attempts' exit statuses any more, so the pool records
+        each as `lost` and the scheduler retries it within PREEMPTION_RETRIES."""
+        from parallel_engine.runtimes.process import kill_run_processes
 
-        if runtime.name != "docker":
-            return Plan(spec, make_pool)
-        return Plan(spec, make_pool, lambda: _sweep_containers(run_id))
+        config, spec = self.config, record.spec
+        runtime, reason = select_runtime(
+            str(spec.get("runtime", "process")), spec.get("image"), network=config.docker_network, cpus=config.cpus,
+            memory=config.memory, command=spec.get("command") or config.command_argv(), labels=config.labels,
+        )
+        say(f"runtime: {reason}")
+        if spec.get("runtime") == "docker":
+            _sweep_containers(record.run_id)
+        stopped = kill_run_processes(record.run_id)
+        if stopped or running:
+            say(f"stopped {stopped} process(es) left by the run's last orchestrator; "
+                f"{len(running)} attempt(s) it ran are recorded lost")
+        quota = int(spec.get("quota", self.default_quota()))
+        timeout = spec.get("task_timeout")
+        return _plan(spec, store, record.run_id, runtime, quota, None if timeout is None else float(timeout),
+                     tuple(running))
 
     def build(self, context: Path, on_line: InfoFn) -> Built:
         """Build CONTEXT (honouring .dockerignore) into IMAGE with the local Docker engine."""
@@ -143,11 +161,26 @@ class LocalBackend:
         processes = kill_run_processes(run_id)
         return f"removed {containers} container(s) and {processes} process(es)"
 
+    def reap(self, older_than_s: float, delete: bool) -> list[str]:
+        raise ParallelEngineError(
+            "reap deletes leaked gce VMs, but BACKEND is local",
+            hint="locally, `parallel-engine down RUN` (or `cancel RUN`) removes what a killed run left")
+
     def render(self, run_id: str, task: tuple[str, int] | None, vm_request: bool, say: InfoFn) -> str:
         raise ParallelEngineError(
             "render shows what a gce VM runs, but BACKEND is local",
             hint="set BACKEND: gce (with PROJECT_ID, ZONE, BUCKET, IMAGE), or pass --set BACKEND=gce ...",
         )
+
+
+def _plan(spec: dict[str, Any], store: RunStore, run_id: str, runtime: Runtime, quota: int,
+          timeout: float | None, leftovers: tuple[AttemptStatus, ...]) -> Plan:
+    def make_pool(on_event: OnEvent) -> LocalPool:
+        return LocalPool(store, run_id, runtime, quota, timeout, on_event, leftovers)
+
+    if runtime.name != "docker":
+        return Plan(spec, make_pool)
+    return Plan(spec, make_pool, lambda: _sweep_containers(run_id))
 
 
 def _sweep_containers(run_id: str) -> None:

@@ -12,7 +12,7 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from parallel_engine.backends.base import Finished, OnEvent, PoolFailed, Started
@@ -40,6 +40,9 @@ class LocalPool:
     quota: int
     timeout_s: float | None
     on_event: OnEvent
+    #: resume: attempts a dead orchestrator's workers claimed and never recorded (their
+    #: processes are already stopped): each is recorded `lost` when the pool starts.
+    leftovers: tuple[AttemptStatus, ...] = ()
     _pending: "queue.SimpleQueue[tuple[Task, int] | None]" = field(default_factory=queue.SimpleQueue)
     _live: dict[tuple[str, int], _Live] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -60,6 +63,9 @@ class LocalPool:
         if self._run_identity is None:
             raise StoreError(f"the run's folder {self._run_folder} does not exist",
                              hint="a run's folders are made when the run is created (RunStore.save_run)")
+        for status in self.leftovers:
+            self._finish(replace(status), AttemptState.LOST, None, "its orchestrator died while it ran; "
+                         "the process was stopped when the run was resumed")
         host = socket.gethostname()
         for index in range(self.quota):
             worker = f"local-{host}-{os.getpid()}-{index}"
