@@ -378,7 +378,11 @@ def debug(
     cfg = _config(config, _flags(set_, IMAGE=image, RUNTIME=runtime))
     say = (lambda line: err.print(line, markup=False, soft_wrap=True))
     tty = sys.stdin.isatty() and sys.stdout.isatty()
-    command = api.debug_command(source, task, config=cfg, outputs=outputs, shell=shell, tty=tty, info=say)
+    with _terminate_as_interrupt():
+        try:
+            command = api.debug_command(source, task, config=cfg, outputs=outputs, shell=shell, tty=tty, info=say)
+        except KeyboardInterrupt:  # reading the tasks, asking the engine, pulling: nothing runs yet
+            raise Interrupted(f"debug of task {task} interrupted before it started: nothing ran") from None
     if print_only:
         out.print(command.printable(), markup=False, highlight=False, soft_wrap=True)
         return

@@ -674,7 +674,12 @@ def _resolve_file(path: str | Path | None, environ: Mapping[str, str], cwd: Path
         chosen, how = Path(environ[CONFIG_ENV].strip()).expanduser(), f"named by {CONFIG_ENV}"
     else:
         default = cwd / CONFIG_FILE_NAME
-        return default.resolve() if default.is_file() else None
+        if default.is_file():
+            return default.resolve()
+        if os.path.lexists(default):  # a folder or a link to nothing: ignoring it would run on every default
+            raise ConfigError(f"config file {default} is not a file (a folder, or a link to nothing)",
+                              hint=f"make {CONFIG_FILE_NAME} a file of KEY: value lines, or remove it")
+        return None
     chosen = (cwd / chosen).resolve()
     if not chosen.exists():
         raise ConfigError(f"config file {chosen} ({how}) does not exist", hint="check the path")

@@ -15,8 +15,13 @@ import os
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,8 @@ SHOWN_IDS = 10
 CONTAINER_SHELL = "/bin/sh"
 #: How long a stopped debug waits for its program before killing it.
 STOP_GRACE_S = 5.0
+#: How often a stopped debug removes its container again while `docker run` has not ended.
+REMOVE_EVERY_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class DebugCommand:
     env: dict[str, str]
     outputs: Path
     run_id: str
+    image_user: str = ""  # the image's USER: as root, the outputs folder is opened to it as a worker's is
 
     def printable(self) -> str:
         """The command as one line a shell runs unchanged (environment first, as `env` takes it)."""
@@ -101,7 +109,8 @@ def prepare(config: Config, runtime: Runtime, task: Task, outputs: Path | None,
 
         assert isinstance(runtime, DockerRuntime)
         kwargs = runtime.container_kwargs(spec)  # the one spec the docker runtime creates
-        return DebugCommand("docker", docker_run_argv(kwargs, tty=tty, shell=shell), {}, folder, run_id)
+        return DebugCommand("docker", docker_run_argv(kwargs, tty=tty, shell=shell), {}, folder, run_id,
+                            runtime.image_user())
     argv = [os.environ.get("SHELL") or "/bin/sh"] if shell else process_argv(config, spec)
     return DebugCommand("process", argv, dict(spec.env), folder, run_id)
 
@@ -162,39 +171,83 @@ def docker_run_argv(kwargs: dict[str, Any], tty: bool = False, shell: bool = Fal
 def execute(command: DebugCommand) -> int:
     """Run it on this terminal and return its exit code (128+N for a signal, as a shell says).
     Ctrl-C stops it; a container of this debug run is removed whatever happened."""
-    command.outputs.mkdir(parents=True, exist_ok=True)
     if command.runtime == "docker" and shutil.which("docker") is None:
         raise BackendError("debug runs the container with the `docker` command, which is not on PATH",
                            hint="install the Docker CLI, or run the line `parallel-engine debug --print` shows elsewhere")
+    made = _first_missing(command.outputs)  # removed again when the program cannot start
+    try:
+        command.outputs.mkdir(parents=True, exist_ok=True)
+        if command.runtime == "docker":
+            from parallel_engine.runtimes.docker import open_outputs_to
+
+            open_outputs_to(command.outputs, command.image_user)  # as the docker runtime does for a worker
+    except OSError as exc:
+        raise ParallelEngineError(f"cannot make the outputs folder {command.outputs}: {exc.strerror or exc}",
+                                  hint="choose another folder with --outputs") from None
     env = {**os.environ, **command.env}
     try:
         child = subprocess.Popen(command.argv, env=env)
     except OSError as exc:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)  # only folders made just now, which nothing wrote to
         raise BackendError(f"cannot start {command.argv[0]!r}: {exc.strerror or exc}",
                            hint="check COMMAND (or the task's command) and that the program exists") from exc
     try:
         code = child.wait()
     except KeyboardInterrupt:
-        _stop(command, child)
+        with _no_more_interrupts():  # a second Ctrl-C must not cut the clean-up short
+            _stop(command, child)
         raise
     finally:
         if command.runtime == "docker":
-            _remove_container(command.run_id)
+            with _no_more_interrupts():
+                _remove_container(command.run_id)
     return 128 - code if code < 0 else code
 
 
-def _stop(command: DebugCommand, child: subprocess.Popen[bytes]) -> None:
-    """Ctrl-C (or SIGTERM) reached us: the container is removed at once, which ends `docker run`;
-    a process gets SIGTERM and a moment before SIGKILL."""
-    if command.runtime == "docker":
-        _remove_container(command.run_id)
-    else:
-        child.terminate()
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost of `folder` and its parents that does not exist yet (None: it exists)."""
+    missing = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        missing = path
+    return missing
+
+
+@contextmanager
+def _no_more_interrupts() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored for the block (the clean-up), then as they were. Only the main
+    thread can set handlers: elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        child.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop(command: DebugCommand, child: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C (or SIGTERM) reached us: a process gets SIGTERM and a moment before SIGKILL; the
+    container is removed, which ends `docker run` -- again until it ends, as `docker run` may
+    not have created it yet. Past the grace the client is killed (the caller removes once more)."""
+    deadline = time.monotonic() + STOP_GRACE_S
+    if command.runtime != "docker":
+        child.terminate()
+    while True:
+        if command.runtime == "docker":
+            _remove_container(command.run_id)
+        try:
+            child.wait(timeout=max(0.0, min(REMOVE_EVERY_S, deadline - time.monotonic())))
+            return
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                child.kill()
+                child.wait()
+                return
 
 
 def _remove_container(run_id: str) -> None:

@@ -1,36 +1,38 @@
 """A small table of what a VM-hour costs, for `run --dry-run`'s estimate; PRICE_PER_VM_HOUR overrides it.
 
-On-demand list prices in us-central1 (USD per hour, vCPUs and memory included, boot disk not),
-from PRICES_SOURCE on PRICES_DATE. Other regions cost up to ~40% more; Spot VMs cost 60-91%
-less, but their prices change daily, so the table gives the on-demand price for them too: an
-upper bound, said so in the estimate.
+Prices in us-central1 (USD per hour, vCPUs and memory included, boot disk not), on demand and
+Spot, as Google's Cloud Billing Catalog gave them on PRICES_DATE (read from the mirror named in
+PRICES_SOURCE, which regenerates them from the catalog; the on-demand figures are also the ones
+on Google's VM instance pricing page). Other regions cost up to ~40% more. Spot prices move over
+time (Google quotes 60-91% below on demand): the estimate calls them approximate.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-PRICES_SOURCE = "https://cloud.google.com/compute/vm-instance-pricing (us-central1, on-demand)"
-PRICES_DATE = "2024-06-01"
+PRICES_SOURCE = ("Cloud Billing Catalog, us-central1, via github.com/Cyclenerd/google-cloud-pricing-cost-calculator "
+                 "(pricing.yml); cf. https://cloud.google.com/compute/vm-instance-pricing")
+PRICES_DATE = "2026-07-30"
 
-#: machine type → USD per VM-hour.
-PRICES: dict[str, float] = {
-    "e2-micro": 0.008376,
-    "e2-small": 0.016751,
-    "e2-medium": 0.033503,
-    "e2-standard-2": 0.067006,
-    "e2-standard-4": 0.134012,
-    "e2-standard-8": 0.268024,
-    "e2-standard-16": 0.536048,
-    "n1-standard-1": 0.0475,
-    "n1-standard-2": 0.0950,
-    "n1-standard-4": 0.1900,
-    "n1-standard-8": 0.3800,
-    "n1-standard-16": 0.7600,
-    "n2-standard-2": 0.097118,
-    "n2-standard-4": 0.194236,
-    "n2-standard-8": 0.388472,
-    "n2-standard-16": 0.776944,
+#: machine type → (on-demand, Spot) USD per VM-hour.
+PRICES: dict[str, tuple[float, float]] = {
+    "e2-micro": (0.008376, 0.005027),
+    "e2-small": (0.016753, 0.010053),
+    "e2-medium": (0.033506, 0.020106),
+    "e2-standard-2": (0.067011, 0.040212),
+    "e2-standard-4": (0.134023, 0.080424),
+    "e2-standard-8": (0.268046, 0.160848),
+    "e2-standard-16": (0.536091, 0.321696),
+    "n1-standard-1": (0.0475, 0.016753),
+    "n1-standard-2": (0.0950, 0.033505),
+    "n1-standard-4": (0.1900, 0.06701),
+    "n1-standard-8": (0.3800, 0.13402),
+    "n1-standard-16": (0.7600, 0.26804),
+    "n2-standard-2": (0.097118, 0.04606),
+    "n2-standard-4": (0.194236, 0.09212),
+    "n2-standard-8": (0.388472, 0.18424),
+    "n2-standard-16": (0.776944, 0.36848),
 }
 
 
@@ -43,11 +45,15 @@ class Price:
 
 
 def vm_hour_price(machine_type: str, spot: bool, override: float | None) -> Price:
-    """The price of one VM-hour of `machine_type`: PRICE_PER_VM_HOUR when set, else the table's."""
+    """The price of one VM-hour of `machine_type`: PRICE_PER_VM_HOUR when set, else the table's
+    (its Spot column for Spot VMs)."""
     if override is not None:
         return Price(override, "PRICE_PER_VM_HOUR")
     listed = PRICES.get(machine_type)
     if listed is None:
         return Price(None, f"{machine_type} is not in the built-in price table: set PRICE_PER_VM_HOUR")
-    spot_note = "; Spot costs 60-91% less, so this is an upper bound" if spot else ""
-    return Price(listed, f"{machine_type} list price of {PRICES_DATE}, {PRICES_SOURCE}{spot_note}")
+    on_demand, spot_price = listed
+    if spot:
+        return Price(spot_price, f"{machine_type} Spot price, approximate (Spot prices move), as of {PRICES_DATE}, "
+                                 f"{PRICES_SOURCE}")
+    return Price(on_demand, f"{machine_type} on-demand price as of {PRICES_DATE}, {PRICES_SOURCE}")

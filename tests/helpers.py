@@ -80,6 +80,16 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float
     )
 
 
+def build_with_user(base_image: str, user: str, context: Path, tag: str) -> str:
+    """`tag`: the base image with a Dockerfile `USER user` (built in `context`, cached after once)."""
+    from parallel_engine.backends.local.build import build_local
+
+    context.mkdir(exist_ok=True)
+    (context / "Dockerfile").write_text(f"FROM {base_image}\nUSER {user}\n")
+    build_local(context, tag, lambda line: None)
+    return tag
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 

@@ -4,6 +4,7 @@ as debug's own, the `--print` line that does the same when pasted, and no contai
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import yaml
 
 from parallel_engine.errors import BackendError
 from parallel_engine.protocol import LABEL_RUN
-from tests.helpers import BASE_IMAGE, cli, cli_env, wait_for
+from tests.helpers import BASE_IMAGE, build_with_user, cli, cli_env, wait_for
 from tests.hostile import ARGV
 
 #: Writes its argv, PE_* variables and memory limit to $PE_OUTPUT_DIR/seen.json, prints a line on
@@ -32,8 +33,20 @@ DUMP = (
 )
 
 
+def label_of(root: Path) -> str:
+    """The label of the containers a test starts from `root`, which no other test's carry."""
+    return f"petest={hashlib.sha256(str(root).encode()).hexdigest()[:12]}"
+
+
+def own_labels(root: Path) -> None:
+    """A .config.yaml in `root` giving its containers `label_of(root)`: debug runs of other tests (or
+    other checkouts) on the same engine never count as ours."""
+    (root / ".config.yaml").write_text(f"LABELS: {label_of(root)}\n")
+
+
 def project(tmp_path: Path, python: str) -> Path:
     """A task file: `hostile` (every hostile argv item), `exits-5` (exits 5), `sleeps` (a long sleep)."""
+    own_labels(tmp_path)
     (tmp_path / "dump.py").write_text(DUMP)
     script = "/work/dump.py" if python == "python" else str(tmp_path / "dump.py")
     (tmp_path / "tasks.yaml").write_text(yaml.safe_dump({"tasks": [
@@ -82,6 +95,24 @@ def test_an_unknown_task_id_is_an_error_naming_the_file_and_some_ids(tmp_path: P
     assert not (tmp_path / "debug").exists()
 
 
+@pytest.mark.parametrize("outputs", ["a-file", "a-file/below"])
+def test_an_outputs_folder_that_cannot_be_made_is_one_error_naming_it(tmp_path: Path, outputs: str) -> None:
+    project(tmp_path, sys.executable)
+    (tmp_path / "a-file").write_text("not a folder")
+    done = cli("debug", "tasks.yaml", "--task", "exits-5", "--runtime", "process", "--outputs", outputs, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot make the outputs folder {tmp_path / outputs}" in done.stderr and "--outputs" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "debug").exists()
+
+
+def test_a_program_that_cannot_start_leaves_no_outputs_folder_behind(tmp_path: Path) -> None:
+    (tmp_path / "tasks.yaml").write_text(yaml.safe_dump({"tasks": [{"id": "gone", "command": ["/nonexistent/prog"]}]}))
+    done = cli("debug", "tasks.yaml", "--task", "gone", "--runtime", "process", cwd=tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert "cannot start '/nonexistent/prog'" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "debug").exists()
+
+
 def test_a_create_argument_debug_cannot_say_as_docker_run_is_refused_not_dropped() -> None:
     from parallel_engine.debug import docker_run_argv
 
@@ -117,9 +148,9 @@ def test_process_print_line_pasted_into_a_shell_does_the_same(tmp_path: Path) ->
 
 
 # -- containers ------------------------------------------------------------------------------------
-def debug_containers(client: Any) -> list[Any]:
-    """Containers of any debug run (their run label starts with `debug-`)."""
-    found = client.containers.list(all=True, filters={"label": LABEL_RUN}, ignore_removed=True)
+def debug_containers(client: Any, root: Path) -> list[Any]:
+    """Containers of the debug runs started from `root` (its own label, and a run label `debug-...`)."""
+    found = client.containers.list(all=True, filters={"label": [LABEL_RUN, label_of(root)]}, ignore_removed=True)
     return [c for c in found if c.labels.get(LABEL_RUN, "").startswith("debug-")]
 
 
@@ -136,7 +167,7 @@ def test_docker_passes_hostile_argv_byte_exact_with_limits_and_leaves_no_contain
     assert got["argv"] == ARGV
     assert got["env"]["PE_OUTPUT_DIR"] == "/pe/output" and got["env"]["PE_TASK_ID"] == "hostile"
     assert got["memory"] == [str(64 * 1024 * 1024)]
-    assert debug_containers(docker_engine) == []
+    assert debug_containers(docker_engine, root) == []
 
 
 @pytest.mark.docker
@@ -146,7 +177,7 @@ def test_docker_returns_the_programs_exit_code(tmp_path: Path, base_image: str, 
     done = cli("debug", "tasks.yaml", "--task", "exits-5", "--image", image, "--runtime", "docker", cwd=root, timeout=180)
     assert done.returncode == 5, done.stderr
     assert seen(root / "debug" / "exits-5")["argv"] == ["5"]
-    assert debug_containers(docker_engine) == []
+    assert debug_containers(docker_engine, root) == []
 
 
 @pytest.mark.docker
@@ -159,7 +190,7 @@ def test_docker_print_line_pasted_into_a_shell_runs_the_same_container(
     pasted = paste(root, line)
     assert pasted.returncode == 0, pasted.stderr
     assert seen(root / "debug" / "hostile")["argv"] == ARGV
-    assert debug_containers(docker_engine) == []
+    assert debug_containers(docker_engine, root) == []
 
 
 @pytest.mark.docker
@@ -172,7 +203,7 @@ def test_docker_shell_opens_a_shell_in_the_tasks_container(tmp_path: Path, base_
     assert done.returncode == 3, done.stderr
     assert "task=exits-5 out=/pe/output" in done.stdout
     assert (root / "debug" / "exits-5" / "made").exists()
-    assert debug_containers(docker_engine) == []
+    assert debug_containers(docker_engine, root) == []
 
 
 @pytest.mark.docker
@@ -181,7 +212,7 @@ def test_ctrl_c_stops_debug_with_130_and_removes_its_container(tmp_path: Path, b
     proc = subprocess.Popen(
         in_container("sleeps", base_image), cwd=root, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: any(c.status == "running" for c in debug_containers(docker_engine)), 120, "the container to run")
+        wait_for(lambda: any(c.status == "running" for c in debug_containers(docker_engine, root)), 120, "the container to run")
         proc.send_signal(signal.SIGINT)  # to debug alone: the container must not depend on docker's own relay
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -190,7 +221,7 @@ def test_ctrl_c_stops_debug_with_130_and_removes_its_container(tmp_path: Path, b
             proc.communicate()
     assert proc.returncode == 130, stderr
     assert "interrupted; its container was removed" in stderr
-    assert debug_containers(docker_engine) == []
+    assert debug_containers(docker_engine, root) == []
 
 
 def build_with_script(client: Any, root: Path) -> str:
@@ -210,6 +241,7 @@ def build_with_script(client: Any, root: Path) -> str:
 def test_on_a_terminal_the_program_gets_a_tty(tmp_path: Path, base_image: str, docker_engine: Any) -> None:
     import os
 
+    own_labels(tmp_path)
     (tmp_path / "tty.yaml").write_text(yaml.safe_dump({"tasks": [
         {"id": "tty", "command": ["python", "-c", "import sys; print('isatty', sys.stdin.isatty(), sys.stdout.isatty())"]},
     ]}))
@@ -232,7 +264,7 @@ def test_on_a_terminal_the_program_gets_a_tty(tmp_path: Path, base_image: str, d
     finally:
         os.close(controller)
     assert b"isatty True True" in output
-    assert debug_containers(docker_engine) == []
+    assert debug_containers(docker_engine, tmp_path) == []
 
 
 def test_process_shell_opens_a_shell_with_the_tasks_pe_variables(tmp_path: Path) -> None:
@@ -243,3 +275,27 @@ def test_process_shell_opens_a_shell_with_the_tasks_pe_variables(tmp_path: Path)
         cwd=tmp_path, env={**cli_env(), "SHELL": "/bin/sh"}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 4, done.stderr
     assert f"task=exits-5 out={tmp_path / 'debug' / 'exits-5'}" in done.stdout
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("user", ["1234:1234", "nobody"])
+def test_as_root_an_image_with_a_non_root_user_can_write_its_debug_outputs(
+        tmp_path: Path, base_image: str, docker_engine: Any, user: str) -> None:
+    # A worker's container gets its outputs folder opened to the image's USER (the docker
+    # runtime does it); debug runs the same container, so the folder must be opened the same way.
+    import os
+
+    if os.getuid() != 0:
+        pytest.skip("as a non-root caller the container runs as the caller, who owns the folder")
+    tag = build_with_user(base_image, user, tmp_path / "ctx", f"parallel-engine-debug-user:{user.replace(':', '-')}")
+    own_labels(tmp_path)
+    (tmp_path / "tasks.yaml").write_text(yaml.safe_dump({"tasks": [{"id": "writes", "command": [
+        "python", "-c", "import os; open(os.environ['PE_OUTPUT_DIR'] + '/who', 'w').write(str(os.getuid()))"]}]}))
+    try:
+        done = cli("debug", "tasks.yaml", "--task", "writes", "--image", tag, "--runtime", "docker",
+                   cwd=tmp_path, timeout=180)
+    finally:
+        docker_engine.images.remove(tag, force=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "debug" / "writes" / "who").read_text() != "0"
+    assert debug_containers(docker_engine, tmp_path) == []

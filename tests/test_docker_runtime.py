@@ -23,7 +23,7 @@ from parallel_engine.runtimes.docker import (
     image_exists,
     remove_containers,
 )
-from tests.helpers import BASE_IMAGE, containers_of, wait_for
+from tests.helpers import BASE_IMAGE, build_with_user, containers_of, wait_for
 from tests.hostile import ARGV
 
 pytestmark = pytest.mark.docker
@@ -509,13 +509,7 @@ def test_as_root_an_image_with_a_non_root_user_can_write_its_outputs(
 ) -> None:
     if os.getuid() != 0:
         pytest.skip("as a non-root caller the container runs as the caller, who owns the folder")
-    from parallel_engine.backends.local.build import build_local
-
-    context = tmp_path / "ctx"
-    context.mkdir()
-    (context / "Dockerfile").write_text(f"FROM {base_image}\nUSER 1234:1234\n")
-    tag = f"parallel-engine-test-user:{run_id}"
-    build_local(context, tag, lambda line: None)
+    tag = build_with_user(base_image, "1234:1234", tmp_path / "ctx", f"parallel-engine-test-user:{run_id}")
     try:
         runtime = DockerRuntime(tag)
         code = "import os; open('/pe/output/who', 'w').write(str(os.getuid()))"

@@ -38,6 +38,17 @@ def test_a_missing_command_script_fails_with_where_to_run_from(tmp_path: Path) -
     assert "no such file" in done.stdout and "run from the folder" in done.stdout
 
 
+@pytest.mark.parametrize("program", ["no-such-program-pe", "/nonexistent/prog", "./here/prog"])
+def test_a_command_whose_program_does_not_exist_fails_doctor_and_the_dry_run(project: Path, program: str) -> None:
+    # Every task would fail alike ("cannot start"): say so before, naming COMMAND.
+    for command in (["doctor"], ["run", "code/params.csv", "--dry-run"]):
+        done = cli(*command, "--set", "RUNTIME=process", "--set", f"COMMAND={program} x", cwd=project)
+        assert done.returncode == 2, done.stdout + done.stderr
+        said = done.stdout + done.stderr
+        assert f"COMMAND (--set COMMAND: {program} x) runs {program}, which" in said and "Traceback" not in said
+    assert sorted(p.name for p in project.iterdir()) == ["code"]
+
+
 def test_no_docker_engine_fails_when_runtime_is_docker(project: Path) -> None:
     done = cli("doctor", "--set", "RUNTIME=docker", "--set", "IMAGE=x:1", cwd=project,
                env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})

@@ -53,10 +53,27 @@ def test_dry_run_refuses_bad_input_as_run_does(project: Path) -> None:
     assert sorted(p.name for p in project.iterdir()) == ["code"]
 
 
+@pytest.mark.parametrize("kind", ["folder", "dangling symlink"])
+@pytest.mark.parametrize("command", [["run", "code/params.csv", "--dry-run"], ["doctor"]])
+def test_a_config_yaml_that_is_not_a_readable_file_is_an_error_not_defaults(
+        project: Path, kind: str, command: list[str]) -> None:
+    # Ignoring it would run (or check) with every default: BACKEND local, not the gce the user wrote.
+    config = project / ".config.yaml"
+    if kind == "folder":
+        config.mkdir()
+    else:
+        config.symlink_to(project / "gone.yaml")
+    done = cli(*command, cwd=project)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"config file {config} is not a file" in done.stderr and "Traceback" not in done.stderr
+    assert not done.stdout.strip() and sorted(p.name for p in project.iterdir()) == [".config.yaml", "code"]
+
+
 def test_price_comes_from_price_per_vm_hour_else_the_dated_table() -> None:
     assert vm_hour_price("n1-standard-1", False, 0.5).per_hour == 0.5
     listed = vm_hour_price("n1-standard-4", False, None)
     assert listed.per_hour == 0.19 and PRICES_DATE in listed.basis and "cloud.google.com" in listed.basis
-    assert "upper bound" in vm_hour_price("n1-standard-4", True, None).basis
+    spot = vm_hour_price("n1-standard-4", True, None)  # Spot VMs are priced as Spot, not as on demand
+    assert spot.per_hour == 0.06701 and "Spot price, approximate" in spot.basis and PRICES_DATE in spot.basis
     unknown = vm_hour_price("x9-huge-1", False, None)
     assert unknown.per_hour is None and "PRICE_PER_VM_HOUR" in unknown.basis

@@ -154,9 +154,9 @@ def test_no_more_than_quota_tasks_run_at_once(workdir: Path) -> None:
 
 
 def test_program_that_cannot_start_is_an_infra_attempt(workdir: Path) -> None:
-    (workdir / "params.csv").write_text("x\n1\n")
-    handle = pe.run(workdir / "params.csv", command="/nonexistent/program", store=str(workdir / "s"),
-                    preemption_retries=1)
+    # A task's own command (a COMMAND whose program is missing is refused before the run starts)
+    (workdir / "tasks.yaml").write_text('tasks:\n- id: "1"\n  command: [/nonexistent/program]\n')
+    handle = pe.run(workdir / "tasks.yaml", store=str(workdir / "s"), preemption_retries=1)
     view = handle.status().tasks[0]
     assert str(view.state) == "failed"
     assert [str(a.state) for a in view.attempts] == ["infra", "infra"]

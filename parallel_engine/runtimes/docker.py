@@ -166,6 +166,21 @@ def _as_root() -> bool:
     return not hasattr(os, "getuid") or os.getuid() == 0
 
 
+def open_outputs_to(output_dir: Path, image_user: str) -> None:
+    """As root, the container runs as the image's USER, which could not write to the
+    root-owned outputs folder: a numeric USER (uid[:gid]) is given the folder; a named one
+    cannot be resolved on this machine, so that one folder (only) is opened to everyone."""
+    if not _as_root():
+        return  # the container runs as the caller's uid:gid, the folder's owner
+    user, _, group = image_user.partition(":")
+    if user in ("", "0", "root"):
+        return
+    if user.isdigit() and (not group or group.isdigit()):
+        os.chown(output_dir, int(user), int(group) if group else -1)
+    else:
+        os.chmod(output_dir, 0o777)
+
+
 def container_name(run_id: str, task_id: str, attempt: int) -> str:
     """`pe-<run>-<task>-<attempt>`, made a valid Docker name; a hash suffix where it had to change."""
     raw = f"pe-{run_id}-{task_id}-{attempt}"
@@ -433,18 +448,7 @@ class DockerRuntime:
         return self._image_user
 
     def _open_outputs_to_image_user(self, output_dir: Path) -> None:
-        """As root, the container runs as the image's USER, which could not write to the
-        root-owned outputs folder: a numeric USER (uid[:gid]) is given the folder; a named one
-        cannot be resolved on this machine, so that one folder (only) is opened to everyone."""
-        if not _as_root():
-            return  # the container runs as the caller's uid:gid, the folder's owner
-        user, _, group = self.image_user().partition(":")
-        if user in ("", "0", "root"):
-            return
-        if user.isdigit() and (not group or group.isdigit()):
-            os.chown(output_dir, int(user), int(group) if group else -1)
-        else:
-            os.chmod(output_dir, 0o777)
+        open_outputs_to(output_dir, self.image_user())
 
     def start(self, spec: AttemptSpec) -> DockerAttempt:
         docker = _docker()

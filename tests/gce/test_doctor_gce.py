@@ -3,6 +3,8 @@ up as a run needs it, and the control API makes each one fail, each ✗ carrying
 
 from __future__ import annotations
 
+import http.server
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +169,40 @@ def test_spot_vms_are_checked_against_preemptible_cpus_when_the_region_grants_it
     check = doctor(values)["quota CPUS"]
     assert not check.ok and check.detail.startswith("PREEMPTIBLE_CPUS: VM_QUOTAS 4 × 2 vCPUs")
     assert check.fix.startswith("lower VM_QUOTAS to 2 ")
+
+
+def test_a_server_error_or_an_unknown_zone_still_fails_with_a_fix(cloud: Emulator) -> None:
+    values = ready(cloud)
+    cloud.control.fail_next(3, 503, path="machineTypes")  # the quota checks' first read, each time
+    quota = doctor(values)["quota CPUS"]
+    assert not quota.ok and "(HTTP 503)" in quota.detail and "again" in quota.fix
+    zone = doctor({**values, "ZONE": "us-central1-z"})["quota CPUS"]
+    assert not zone.ok and "Unknown zone" in zone.detail and zone.fix == "choose one of `gcloud compute zones list`"
+
+
+def test_an_answer_that_is_not_json_fails_its_check_not_doctor(cloud: Emulator) -> None:
+    # A proxy or a wrong *_ENDPOINT answering 200 with a web page: a ✗ naming the endpoint, no traceback.
+    class WebPage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>sign in to the proxy</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), WebPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        values = ready(cloud, IAM_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}")
+        check = doctor(values)["VMs' service account"]
+    finally:
+        server.shutdown()
+    assert not check.ok and "is not JSON" in check.detail and f"127.0.0.1:{server.server_address[1]}" in check.detail
+    assert "IAM_ENDPOINT" in check.fix or "proxy" in check.fix
 
 
 def test_doctor_exits_2_when_a_check_fails(cloud: Emulator, tmp_path: Path) -> None:

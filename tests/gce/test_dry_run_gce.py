@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from parallel_engine.emulator import Emulator
@@ -70,3 +71,24 @@ def test_quotas_that_cannot_be_read_leave_vm_quotas_as_set_and_say_so(cloud: Emu
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"note: could not read the quotas of {cloud.region}" in done.stderr and "VM_QUOTAS 6 as set" in done.stderr
     assert "backend: gce, 6 worker(s) at once" in done.stdout
+
+
+@pytest.mark.parametrize("key, value, error, hint", [
+    ("MACHINE_TYPE", "zz-huge-7", "MACHINE_TYPE zz-huge-7 (file {config}) does not exist in {zone}",
+     "gcloud compute machine-types list --zones {zone}"),
+    ("ZONE", "us-central1-z", "ZONE us-central1-z (file {config}) is not a zone of Compute Engine",
+     "gcloud compute zones list"),
+])
+def test_a_machine_type_or_zone_google_does_not_have_is_one_error_naming_the_key_and_nothing_is_written(
+        cloud: Emulator, tmp_path: Path, key: str, value: str, error: str, hint: str) -> None:
+    shutil.copytree(ROOT / "code", tmp_path / "code")
+    image = "europe-west1-docker.pkg.dev/p/repo/app:1"
+    (tmp_path / ".config.yaml").write_text(yaml.safe_dump(settings(cloud, image, **{key: value})))
+    where = {"config": tmp_path / ".config.yaml", "zone": cloud.zone}
+    for args in (["--dry-run"], []):  # `run` itself refuses it before it creates anything
+        done = cli("run", "code/params.csv", *args, cwd=tmp_path, timeout=180)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert error.format(**where) in done.stderr and hint.format(**where) in done.stderr
+        assert "Traceback" not in done.stderr and "dry run:" not in done.stdout
+    assert open_store(config_for(cloud, image)).run_ids() == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".config.yaml", "code"]

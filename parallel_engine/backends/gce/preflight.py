@@ -68,7 +68,12 @@ class Preflight:
         if answer.status_code == 404 and missing_ok:
             return None
         if answer.status_code < 300:
-            body: dict[str, Any] = answer.json() if answer.content else {}
+            try:
+                body: dict[str, Any] = answer.json() if answer.content else {}
+            except ValueError:  # a web page: a proxy's, or a *_ENDPOINT that is not the API
+                raise BackendError(f"{what}: the answer of {url.split('/')[2]} is not JSON: "
+                                   f"{answer.text.strip()[:100]!r}",
+                                   hint="check the *_ENDPOINT keys and any proxy between you and Google") from None
             return body
         raise refusal(answer.status_code, answer.text, what, self.project)
 
@@ -116,6 +121,10 @@ class Preflight:
         found = self.get(f"{self.compute}/zones/{zone}/machineTypes/{machine_type}", "Compute (machineTypes.get)",
                          missing_ok=True)
         return None if found is None else int(found["guestCpus"])
+
+    def zone_exists(self, zone: str) -> bool:
+        """False when Compute Engine has no such zone (zones.get: 404; zonal calls answer 400)."""
+        return self.get(f"{self.compute}/zones/{zone}", "Compute (zones.get)", missing_ok=True) is not None
 
     def region_quotas(self, region: str) -> dict[str, Quota]:
         found = self.must(self.get(f"{self.compute}/regions/{region}", "Compute (regions.get)"))
@@ -167,6 +176,11 @@ def refusal(status: int, text: str, what: str, project: str) -> AccessError | Ba
     if status == 403:
         return PermissionDenied(f"{what} was refused (403): {short}",
                                 hint="ask the project's owner for a role that grants it")
+    if status == 429 or status >= 500:
+        return BackendError(f"{what} failed (HTTP {status}): {short}",
+                            hint="Google failed or was busy, which passes: try again in a minute")
+    if status == 400 and "Unknown zone" in short:  # how zonal calls refuse a zone Google does not have
+        return BackendError(f"{what} failed (HTTP {status}): {short}", hint="choose one of `gcloud compute zones list`")
     return BackendError(f"{what} failed (HTTP {status}): {short}")
 
 

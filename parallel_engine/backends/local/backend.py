@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,14 +191,27 @@ def _sweep_containers(run_id: str) -> None:
     remove_containers({LABEL_RUN: run_id})
 
 
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
 def check_script(config: Config, tasks: tuple[Task, ...], cwd: Path) -> None:
-    """Refuse a run whose COMMAND is `python <script>.py` with no such script: otherwise every
-    task fails alike with "can't open file" (e.g. the default code/main.py, run from elsewhere)."""
+    """Refuse a run whose COMMAND's program does not exist, or is `python <script>.py` with no such
+    script: otherwise every task fails alike ("cannot start", "can't open file": e.g. the default
+    code/main.py, run from elsewhere)."""
     argv = config.command_argv()
+    if not argv or all(task.command is not None for task in tasks):
+        return  # no task runs COMMAND
+    program = argv[0]
+    if not (_executable(cwd / program) if "/" in program else shutil.which(program)):
+        raise ConfigError(
+            f"COMMAND ({config.origin('COMMAND')}: {shlex.join(argv)}) runs {program}, which "
+            + ("is not an executable file" if "/" in program else "is not on PATH"),
+            hint="install it, or set COMMAND with the program's full path (--command, or COMMAND in .config.yaml)")
     if len(argv) < 2 or not _PYTHON.fullmatch(Path(argv[0]).name) or not argv[1].endswith(".py"):
         return
-    if all(task.command is not None for task in tasks) or (cwd / argv[1]).is_file():
-        return  # no task runs COMMAND, or the script is there
+    if (cwd / argv[1]).is_file():
+        return  # the script is there
     where = "" if Path(argv[1]).is_absolute() else f" in the working directory {cwd}"
     raise ConfigError(
         f"COMMAND ({config.origin('COMMAND')}: {shlex.join(argv)}) runs {argv[1]}, "

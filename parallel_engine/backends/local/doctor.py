@@ -1,4 +1,4 @@
-"""doctor's checks for the local backend: the Docker engine, IMAGE, the COMMAND's script."""
+"""doctor's checks for the local backend: the Docker engine, IMAGE, the COMMAND's program and script."""
 
 from __future__ import annotations
 
