@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,38 @@ from parallel_engine.protocol import claim_key
 from tests.emulator.emulator_helpers import wait_for
 
 
+WORKER_NAME = "parallel-engine-worker"
+
+
+@dataclass
+class PinnedWorker:
+    """The worker image the gce tests' runs pin (set once per session by tests/gce/conftest.py):
+    under REGISTRY `registry`, by `digest`."""
+
+    registry: str = ""
+    digest: str = ""
+
+    def record(self) -> dict[str, str]:
+        """The worker's part of the build record `parallel-engine build` leaves."""
+        from parallel_engine.worker.image import tag
+
+        return {"worker_image": f"{self.registry}/{WORKER_NAME}:{tag()}", "worker_digest": self.digest}
+
+
+PINNED = PinnedWorker()
+
+
+def save_build(cloud: Emulator, record: dict[str, Any]) -> None:
+    """Record a build in the emulated bucket as `build` does: `record` plus the pinned worker."""
+    from parallel_engine.api import open_store
+
+    open_store(config_for(cloud, "x")).save_build({**PINNED.record(), **record})
+
+
 def settings(cloud: Emulator, image: str, **extra: Any) -> dict[str, Any]:
+    """A gce config on the emulator; REGISTRY is where the pinned worker image is (PINNED)."""
     return {
-        "BACKEND": "gce", "PROJECT_ID": cloud.project, "ZONE": cloud.zone, "BUCKET": cloud.bucket,
+        "BACKEND": "gce", "REGISTRY": PINNED.registry, "PROJECT_ID": cloud.project, "ZONE": cloud.zone, "BUCKET": cloud.bucket,
         "COMPUTE_ENDPOINT": cloud.compute_endpoint, "STORAGE_ENDPOINT": cloud.storage_endpoint,
         "CREDENTIALS_FILE": str(cloud.credentials_file), "TOKEN_URI": cloud.token_uri,
         "IMAGE": image, "PULL_POLICY": "if-missing", "HEARTBEAT": 0.5, "POLL_INTERVAL": 0.2, **extra,

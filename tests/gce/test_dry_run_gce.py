@@ -13,7 +13,7 @@ import yaml
 
 from parallel_engine.emulator import Emulator
 from parallel_engine.api import open_store
-from tests.gce.gce_helpers import config_for, settings
+from tests.gce.gce_helpers import config_for, save_build, settings
 from tests.helpers import ROOT, cli
 
 #: Method names of calls that change something (Storage, Compute, Cloud Build).
@@ -29,7 +29,7 @@ def test_gce_dry_run_prints_the_plan_and_estimate_and_creates_nothing(cloud: Emu
                       PRICE_PER_VM_HOUR=0.5, FALLBACK_ZONES=["us-central1-b"])
     (tmp_path / ".config.yaml").write_text(yaml.safe_dump(values))
     store = open_store(config_for(cloud, image))
-    store.save_build({"image": image, "digest": DIGEST})  # what `build` records: `run` pins IMAGE to it
+    save_build(cloud, {"image": image, "digest": DIGEST})  # what `build` records: `run` pins IMAGE to it
     cloud.control.reset_calls()
     done = cli("run", "code/params.csv", "--dry-run", cwd=tmp_path, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
