@@ -19,7 +19,7 @@ every VM, as a user's run does. Prints:
 
 A minute or two on a 2-core machine; figures in README.md ("Benchmarks").
 
-    python bench/makespan.py [--worker python|bash|both] [--tasks 64] [--vms 8] [--seconds 2] [--time-scale 0.1]
+    python bench/makespan.py [--tasks 64] [--vms 8] [--seconds 2] [--time-scale 0.1]
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 import parallel_engine as pe
-from parallel_engine.api import open_store
 from parallel_engine.config import load_config
 from parallel_engine.emulator import Emulator
 from parallel_engine.emulator.clock import Durations
@@ -110,14 +109,10 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0, help="each task's own time")
     parser.add_argument("--time-scale", type=float, default=0.1)
-    parser.add_argument("--worker", choices=("python", "bash", "both"), default="both",
-                        help="which VM worker runs the tasks (both: one run each, side by side)")
-    args = parser.parse_args()
-    for worker in ("python", "bash") if args.worker == "both" else (args.worker,):
-        bench(args, worker)
+    bench(parser.parse_args())
 
 
-def bench(args: argparse.Namespace, worker: str) -> None:
+def bench(args: argparse.Namespace) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="pe-makespan-"))
     try:
@@ -137,11 +132,6 @@ def bench(args: argparse.Namespace, worker: str) -> None:
             boot_s = Durations().boot_seconds * args.time_scale
             (work / "tasks.csv").write_text("seconds\n" + f"{args.seconds:g}\n" * args.tasks)
             config = load_config(work / ".config.yaml", environ={})
-            if worker == "bash":  # without a recorded worker image, `run` gives VMs the bash worker
-                store = open_store(config)
-                record = store.last_build() or {}
-                store.save_build({k: v for k, v in record.items() if not k.startswith("worker_")})
-
             watch = FirstSeen(cloud)
             watch.start()
             start = time.perf_counter()
@@ -172,8 +162,7 @@ def bench(args: argparse.Namespace, worker: str) -> None:
                 if attempt.started_at != firsts[attempt.worker]:
                     later.append(attempt.duration_s - (ended - began))
             ideal = boot_s + pull_s + math.ceil(args.tasks / args.vms) * args.seconds
-            label = f" [{worker} worker]"
-            print(f"makespan{label}: {args.tasks} tasks x {args.seconds:g} s on {args.vms} VMs, "
+            print(f"makespan: {args.tasks} tasks x {args.seconds:g} s on {args.vms} VMs, "
                   f"time scale {args.time_scale:g}")
             print(f"  makespan              {makespan:6.1f} s")
             print(f"  ideal                 {ideal:6.1f} s  (boot {boot_s:.2f} + pull {pull_s:.2f} + "

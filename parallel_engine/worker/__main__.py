@@ -31,8 +31,6 @@ def load_settings(text: str) -> WorkerSettings:
         raise ValueError(f"unknown worker settings: {', '.join(unknown)}")
     if data.get("tasks") is not None:
         data["tasks"] = tuple((str(task), int(attempt)) for task, attempt in data["tasks"])
-    if "docker_args" in data:
-        data["docker_args"] = tuple(data["docker_args"])
     return WorkerSettings(**data)
 
 

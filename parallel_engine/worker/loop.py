@@ -371,7 +371,7 @@ class _End:
 
 
 def _message(exc: BaseException) -> str:
-    """A Storage failure as the bash worker words it: `(HTTP CODE): Storage's message`."""
+    """A Storage failure as docs/worker-protocol.md words it: `(HTTP CODE): Storage's message`."""
     code = getattr(exc, "code", None)
     text = str(getattr(exc, "message", None) or exc or type(exc).__name__)
     found = _STORAGE_MESSAGE.search(text)

@@ -289,9 +289,8 @@ def test_a_one_task_vm_whose_prelude_dies_is_an_infra_attempt_and_retried(
 
     real = gce_run.script_for
 
-    def dying_first(config: Config, run_id: str, image: str, self_delete: bool = True,
-                    worker_image: str | None = None) -> Any:
-        render = real(config, run_id, image, self_delete, worker_image)
+    def dying_first(config: Config, run_id: str, image: str, worker_image: str, self_delete: bool = True) -> Any:
+        render = real(config, run_id, image, worker_image, self_delete)
         # Attempt 1's VM gets a script that dies at once (as a prelude would): no claim, no record.
         return lambda tasks: "#!/bin/bash\nexit 3\n" if tasks and tasks[0][1] == 1 else render(tasks)
 
@@ -524,7 +523,7 @@ def poll_cost(cloud: Emulator, tasks: int, per_task: bool) -> tuple[int, int, in
     store = open_store(config)
     run_id = f"poll-{tasks}-{int(per_task)}"
     events: list[tuple[str, Any]] = []
-    pool = GcePool(GceSettings.of(config), store, run_id, Compute(config), script_for(GceSettings.of(config), run_id, "img"),
+    pool = GcePool(GceSettings.of(config), store, run_id, Compute(config), script_for(GceSettings.of(config), run_id, "img", "worker-img"),
                    lambda event: events.append(kind_and_status(event)), lambda m: None, quota=1)
     pool._create_workers = lambda alive: None  # type: ignore[method-assign]  # monitoring cost only
     for index in range(tasks):
@@ -577,7 +576,7 @@ def test_a_vm_gone_after_its_attempt_finished_costs_no_preemption_listing(cloud:
     store = open_store(config)
     run_id = f"done-{int(per_task)}"
     events: list[tuple[str, Any]] = []
-    pool = GcePool(GceSettings.of(config), store, run_id, Compute(config), script_for(GceSettings.of(config), run_id, "img"),
+    pool = GcePool(GceSettings.of(config), store, run_id, Compute(config), script_for(GceSettings.of(config), run_id, "img", "worker-img"),
                    lambda event: events.append(kind_and_status(event)), lambda m: None, quota=1)
     pool._create_workers = lambda alive: None  # type: ignore[method-assign]  # monitoring only
     pool.submit(Task("t", ()), 1)
@@ -608,7 +607,7 @@ def cancel_cost(cloud: Emulator, tasks: int) -> int:
     store = open_store(config)
     run_id = f"cancel-{tasks}"
     events: list[tuple[str, Any]] = []
-    pool = GcePool(GceSettings.of(config), store, run_id, Compute(config), script_for(GceSettings.of(config), run_id, "img"),
+    pool = GcePool(GceSettings.of(config), store, run_id, Compute(config), script_for(GceSettings.of(config), run_id, "img", "worker-img"),
                    lambda event: events.append(kind_and_status(event)), lambda m: None, quota=1)
     for index in range(tasks):
         pool.submit(Task(str(index), ("--i", str(index))), 1)
@@ -720,11 +719,24 @@ def test_a_bad_worker_setting_is_one_clear_error_before_any_vm(cloud: Emulator, 
     assert cloud.control.calls()["compute"]["byMethod"].get("compute.instances.bulkInsert") is None
 
 
+def test_a_run_whose_build_recorded_no_worker_image_is_refused_before_anything_is_written(
+        cloud: Emulator, workdir: Path) -> None:
+    # A build record from before the Python worker: IMAGE's digest, no worker image.
+    open_store(config_for(cloud, "img")).save_build({"image": "img", "digest": "sha256:" + "a" * 64})
+    (workdir / ".config.yaml").write_text(yaml.safe_dump(settings(cloud, "img")))
+    done = cli("run", "code/params.csv", cwd=workdir)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "it names no worker image" in done.stderr and "run `parallel-engine build`" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert open_store(config_for(cloud, "img")).run_ids() == []  # nothing written
+    assert not cloud.control.calls()["compute"]["byMethod"]  # no VM asked for, no quota read
+
+
 def test_an_event_that_lands_after_a_newer_one_is_still_seen(cloud: Emulator) -> None:
     config = config_for(cloud, "img")
     store = open_store(config)
     events: list[AttemptStatus] = []
-    pool = GcePool(GceSettings.of(config), store, "late-event", Compute(config), script_for(GceSettings.of(config), "late-event", "img"),
+    pool = GcePool(GceSettings.of(config), store, "late-event", Compute(config), script_for(GceSettings.of(config), "late-event", "img", "worker-img"),
                    lambda event: events.append(kind_and_status(event)[1]), lambda m: None, quota=1)
     pool._create_workers = lambda alive: None  # type: ignore[method-assign]
     for task_id in ("early", "late"):

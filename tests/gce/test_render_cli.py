@@ -1,5 +1,6 @@
 """`parallel-engine render` prints exactly what the gce backend gives its VMs (the image pinned to
-the digest `build` recorded, read from the bucket as `run` reads it: so an emulated bucket here)."""
+the digests `build` recorded for it and for the worker image, read from the bucket as `run` reads
+them: so an emulated bucket here)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ from tests.helpers import cli
 
 pytestmark = pytest.mark.emulator
 
-IMAGE = "europe-west1-docker.pkg.dev/proj/repo/app:1"
+REPOSITORY = "europe-west1-docker.pkg.dev/proj/repo"
+IMAGE = f"{REPOSITORY}/app:1"
+WORKER_DIGEST = "sha256:" + "d" * 64
+PINNED_WORKER = f"{REPOSITORY}/parallel-engine-worker@{WORKER_DIGEST}"
 
 
 @pytest.fixture(scope="module")
@@ -41,53 +45,58 @@ def config(cloud: Emulator) -> Config:
     return load_config(None, flags=flags(cloud), environ={})
 
 
+def worker_record() -> dict[str, str]:
+    """The worker's part of the build record `build` leaves for IMAGE's repository."""
+    from parallel_engine.worker.image import tag
+
+    return {"worker_image": f"{REPOSITORY}/parallel-engine-worker:{tag()}", "worker_digest": WORKER_DIGEST}
+
+
+def render(cloud: Emulator, tmp_path: Path, *args: str, record: dict[str, str] | None = None) -> Any:
+    """`parallel-engine render ARGS` while the bucket holds `record` (default: the worker's part
+    only) as the last build; the finished process."""
+    from parallel_engine.api import open_store
+
+    store = open_store(config(cloud))
+    store.blobs.write("builds/latest.json", json.dumps(worker_record() if record is None else record).encode())
+    try:
+        return cli("render", *args, *sets(cloud), cwd=tmp_path)
+    finally:
+        store.blobs.delete("builds/latest.json")
+
+
 def test_worker_script_is_the_backends_own_rendering(cloud: Emulator, tmp_path: Path) -> None:
-    done = cli("render", "--worker", "--run-id", "run-1", *sets(cloud), cwd=tmp_path)
+    done = render(cloud, tmp_path, "--worker", "--run-id", "run-1")
     assert done.returncode == 0, done.stderr
-    assert done.stdout == script_for(GceSettings.of(config(cloud)), "run-1", IMAGE)(None) + "\n"
+    assert done.stdout == script_for(GceSettings.of(config(cloud)), "run-1", IMAGE, PINNED_WORKER)(None) + "\n"
 
 
 def test_task_script_renders_that_task_in(cloud: Emulator, tmp_path: Path) -> None:
     (tmp_path / "params.csv").write_text("task_id,x\nalpha,1\n")
-    done = cli("render", "params.csv", "--task", "alpha", "--run-id", "run-1", *sets(cloud), cwd=tmp_path)
+    done = render(cloud, tmp_path, "params.csv", "--task", "alpha", "--run-id", "run-1")
     assert done.returncode == 0, done.stderr
-    assert done.stdout == script_for(GceSettings.of(config(cloud)), "run-1", IMAGE)((("alpha", 1),)) + "\n"
+    assert done.stdout == script_for(GceSettings.of(config(cloud)), "run-1", IMAGE, PINNED_WORKER)((("alpha", 1),)) + "\n"
 
 
-def render_with_build_record(cloud: Emulator, tmp_path: Path, record: dict[str, str]) -> str:
-    """`render --worker` while the bucket holds `record` as the last build; its output."""
-    from parallel_engine.api import open_store
-
-    store = open_store(config(cloud))
-    store.blobs.write("builds/latest.json", json.dumps(record).encode())
-    try:
-        done = cli("render", "--worker", "--run-id", "run-1", *sets(cloud), cwd=tmp_path)
-    finally:
-        store.blobs.delete("builds/latest.json")
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def test_render_pins_the_image_to_the_digest_build_recorded(cloud: Emulator, tmp_path: Path) -> None:
+def test_render_pins_both_images_to_the_digests_build_recorded(cloud: Emulator, tmp_path: Path) -> None:
     digest = "sha256:" + "c" * 64
-    shown = render_with_build_record(cloud, tmp_path, {"image": IMAGE, "digest": digest})
-    assert f"PE_IMAGE=europe-west1-docker.pkg.dev/proj/repo/app@{digest}\n" in shown
-    assert shown == script_for(GceSettings.of(config(cloud)), "run-1", f"europe-west1-docker.pkg.dev/proj/repo/app@{digest}")(None) + "\n"
+    done = render(cloud, tmp_path, "--worker", "--run-id", "run-1", record={"image": IMAGE, "digest": digest, **worker_record()})
+    assert done.returncode == 0, done.stderr
+    assert f"PE_IMAGE={REPOSITORY}/app@{digest}\n" in done.stdout
+    assert f"PE_WORKER_IMAGE={PINNED_WORKER}\n" in done.stdout
+    assert done.stdout == script_for(GceSettings.of(config(cloud)), "run-1", f"{REPOSITORY}/app@{digest}", PINNED_WORKER)(None) + "\n"
 
 
-def test_render_shows_both_images_pinned_when_build_recorded_a_worker_image(cloud: Emulator, tmp_path: Path) -> None:
-    from parallel_engine.worker.image import tag
-
-    digest, worker_digest = "sha256:" + "c" * 64, "sha256:" + "d" * 64
-    worker = f"europe-west1-docker.pkg.dev/proj/repo/parallel-engine-worker:{tag()}"
-    shown = render_with_build_record(
-        cloud, tmp_path, {"image": IMAGE, "digest": digest, "worker_image": worker, "worker_digest": worker_digest})
-    assert f"PE_IMAGE=europe-west1-docker.pkg.dev/proj/repo/app@{digest}\n" in shown
-    assert f"PE_WORKER_IMAGE=europe-west1-docker.pkg.dev/proj/repo/parallel-engine-worker@{worker_digest}\n" in shown
+def test_render_is_refused_when_build_recorded_no_worker_image(cloud: Emulator, tmp_path: Path) -> None:
+    # A build record from before the Python worker: the image's digest, no worker image.
+    done = render(cloud, tmp_path, "--worker", "--run-id", "run-1", record={"image": IMAGE, "digest": "sha256:" + "c" * 64})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "no worker image" in done.stderr and "run `parallel-engine build`" in done.stderr
+    assert done.stdout == "" and "Traceback" not in done.stderr
 
 
 def test_vm_request_carries_script_labels_and_the_delete_net(cloud: Emulator, tmp_path: Path) -> None:
-    done = cli("render", "--vm-request", "--run-id", "run-1", *sets(cloud), "--set", "SPOT=true", cwd=tmp_path)
+    done = render(cloud, tmp_path, "--vm-request", "--run-id", "run-1", "--set", "SPOT=true")
     body = json.loads(done.stdout)
     props = body["instanceProperties"]
     assert body["namePattern"].endswith("-###")

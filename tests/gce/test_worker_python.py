@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.emulator, pytest.mark.docker]
 
 RUN = "20250101-000000-pywrk"
 IMAGE = "python:3.11-slim"
+WORKER_IMAGE = "parallel-engine-worker:test"  # the image this worker would run in (not used in-process)
 
 # A task: prints to both streams, writes out.txt (and what `--write=NAME` names), sleeps, exits.
 TASK = r"""
@@ -72,7 +73,7 @@ class Side:
 
     def worker(self, name: str = "w1", signals: Signals | None = None, **overrides: Any) -> Worker:
         values: dict[str, Any] = dict(
-            run_id=RUN, bucket=self.clients.cloud.bucket, image=IMAGE, pull_policy="never",
+            run_id=RUN, bucket=self.clients.cloud.bucket, image=IMAGE, worker_image=WORKER_IMAGE, pull_policy="never",
             storage_endpoint=self.clients.cloud.storage_endpoint, heartbeat_s=0.2, log_interval_s=0.2,
             poll_s=0.1, idle_s=0.3, stop_grace_s=1, http_tries=3, retry_base_s=0.05, retry_max_s=0.4,
         )
@@ -224,7 +225,7 @@ def test_an_output_whose_name_storage_refuses_fails_the_attempt_naming_the_file(
 def test_an_output_whose_upload_keeps_failing_fails_the_attempt_naming_the_file(side: Side) -> None:
     # The emulator can fail a call by its URL only, and an upload of a small file names its object in
     # the body: here that one file's upload fails as google-cloud-storage raises it once its retries
-    # are spent (the bash worker's test injects the 503s into the emulator itself).
+    # are spent.
     from google.api_core.exceptions import ServiceUnavailable
 
     side.publish("unlucky", "--write=keep.txt")
@@ -274,8 +275,10 @@ def test_file_names_are_shown_as_one_printable_token() -> None:
 
 
 def test_settings_arrive_as_json_and_unknown_keys_are_refused() -> None:
-    settings = load_settings(json.dumps({"run_id": RUN, "bucket": "pe-bucket", "image": IMAGE, "tasks": [["t", 2]]}))
+    settings = load_settings(json.dumps({"run_id": RUN, "bucket": "pe-bucket", "image": IMAGE, "worker_image": WORKER_IMAGE,
+                                       "tasks": [["t", 2]]}))
     assert settings.tasks == (("t", 2),)
     with pytest.raises(ValueError, match="unknown worker settings: nope"):
-        load_settings(json.dumps({"run_id": RUN, "bucket": "pe-bucket", "image": IMAGE, "nope": 1}))
+        load_settings(json.dumps({"run_id": RUN, "bucket": "pe-bucket", "image": IMAGE, "worker_image": WORKER_IMAGE,
+                                       "nope": 1}))
     assert argv_key(RUN, "t")  # the protocol's keys, never retyped here

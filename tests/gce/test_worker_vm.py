@@ -1,5 +1,5 @@
-"""The VM workers booted by emulated VMs, end to end: the bash worker (templates/startup-script.sh.j2)
-and the Python worker in its image, started by the short script (templates/worker-start.sh.j2).
+"""The VM worker booted by emulated VMs, end to end: the Python worker in its image, started by
+the start-up script (templates/worker-start.sh.j2).
 
 Each test plays the orchestrator's part of docs/worker-protocol.md with the real Google clients
 (google-cloud-storage writes argv/, command/ and open/; google-cloud-compute creates the VMs),
@@ -125,26 +125,10 @@ def probe_image(docker_engine: Any, tmp_path_factory: pytest.TempPathFactory) ->
     return PROBE_IMAGE
 
 
-@pytest.fixture(scope="module")
-def worker_image(docker_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The Python worker's image, built offline from this checkout (tagged by its content hash)."""
-    from parallel_engine.worker import image
-
-    tag = f"parallel-engine-worker:{image.tag()}"
-    if subprocess.run(["docker", "image", "inspect", tag], capture_output=True, check=False).returncode == 0:
-        return tag
-    context = image.make_context(tmp_path_factory.mktemp("worker-image") / "context")
-    built = subprocess.run(["docker", "build", "-q", "--network", "none", "-t", tag, str(context)],
-                           capture_output=True, text=True, timeout=600, check=False)
-    if built.returncode != 0:
-        pytest.fail(f"building the worker image failed:\n{built.stderr}")
-    return tag
-
-
 class Run:
     """The orchestrator's side of the protocol for one run, through the real Google clients."""
 
-    def __init__(self, clients: Clients, image: str, work_dir: Path, worker_image: str | None = None) -> None:
+    def __init__(self, clients: Clients, image: str, work_dir: Path, worker_image: str) -> None:
         self.clients = clients
         self.cloud = clients.cloud
         self.bucket = clients.storage.bucket(clients.cloud.bucket)
@@ -163,12 +147,10 @@ class Run:
             idle_s=0.4,
             stop_grace_s=1,
             pull_tries=2,
-            curl_retries=0,
             retry_base_s=0.05,
             retry_max_s=0.4,
             worker_image=worker_image,
         )
-        self.python = worker_image is not None
 
     # -- writing what the orchestrator writes ------------------------------------------------
     def publish(self, task_id: str, argv: list[str], attempt: int = 1, command: list[str] | None = None) -> None:
@@ -256,24 +238,11 @@ class Run:
         return counts.get("compute.instances.delete", {}).get("vm", 0)
 
 
-@pytest.fixture(params=["bash", "python"], ids=["bash-worker", "python-worker"])
-def run(request: pytest.FixtureRequest, clients: Clients, probe_image: str, tmp_path: Path) -> Iterator[Run]:
-    worker = request.getfixturevalue("worker_image") if request.param == "python" else None
-    started = Run(clients, probe_image, tmp_path / "vm-work", worker)
+@pytest.fixture
+def run(clients: Clients, probe_image: str, worker_image: str, tmp_path: Path) -> Iterator[Run]:
+    started = Run(clients, probe_image, tmp_path / "vm-work", worker_image)
     yield started
     for name in started.vms:  # a failing test must not leave a worker running
-        try:
-            clients.instances.delete(project=clients.project, zone=clients.zone, instance=name)
-        except NotFound:
-            pass
-
-
-@pytest.fixture
-def bash_run(clients: Clients, probe_image: str, tmp_path: Path) -> Iterator[Run]:
-    """A run whose VMs boot the bash worker only."""
-    started = Run(clients, probe_image, tmp_path / "vm-work")
-    yield started
-    for name in started.vms:
         try:
             clients.instances.delete(project=clients.project, zone=clients.zone, instance=name)
         except NotFound:
@@ -374,8 +343,7 @@ def test_rendered_tasks_one_vm_per_task_and_a_duplicate_worker_runs_nothing_twic
 
 def test_a_failing_task_is_recorded_failed_with_its_exit_code(run: Run) -> None:
     run.publish("bad", ["--exit=3"])
-    # Not root: the outputs stay writable (docker_args are the bash worker's only).
-    run.start_vms("pe-failing", **({} if run.python else {"docker_args": ("--user", "65534:65534")}))
+    run.start_vms("pe-failing")
     run.wait_all_gone()
     status = run.status("bad")
     assert status is not None
@@ -416,23 +384,6 @@ def test_an_output_whose_name_storage_refuses_fails_the_attempt_naming_the_file(
     assert run.events() == [("refused.1", "failed")]
 
 
-def test_an_output_whose_upload_keeps_failing_fails_the_attempt_naming_the_file(bash_run: Run) -> None:
-    # The bash worker only: the emulator fails a call by its URL, and google-cloud-storage names a
-    # small file's object in the body (tests/gce/test_worker_python.py pins it for the Python worker).
-    run = bash_run
-    run.publish("unlucky", ["--write=keep.txt"])
-    # Every try of that one upload answers 503 (http_tries of them): the file is not in the bucket.
-    run.cloud.control.fail_next(3, status=503, method="POST", path=r"keep\.txt", service="storage", caller="vm")
-    run.start_vms("pe-unlucky", http_tries=3)
-    run.wait_all_gone()
-    status = run.status("unlucky")
-    assert status is not None, run.console("pe-unlucky")
-    assert (status.state, status.exit_code) == (AttemptState.FAILED, 0), status
-    assert status.reason.startswith("output keep.txt could not be stored (HTTP 503) after 3 tries"), status.reason
-    assert "keep.txt" not in run.outputs("unlucky") and "argv.json" in run.outputs("unlucky")
-    assert run.cloud.control.pending_faults()["storage"] == 0
-
-
 def test_a_task_over_its_timeout_is_killed_and_recorded_timeout(run: Run) -> None:
     run.publish("slow", ["--sleep=60"])
     run.start_vms("pe-timeout", task_timeout_s=1.0)
@@ -449,13 +400,12 @@ def test_a_task_over_its_timeout_is_killed_and_recorded_timeout(run: Run) -> Non
 def test_transient_storage_errors_during_upload_are_retried(run: Run) -> None:
     run.publish("flaky-store", ["--print=survived"])
     control = run.cloud.control
-    # 3 failures: curl's own retry takes the first two, the script's backoff loop the third. The
-    # Python worker's uploads name their object in the body: any of its uploads gets them.
-    status_json, stderr_log = (r"uploadType=multipart",) * 2 if run.python else (r"status\.json", r"stderr\.log")
-    control.fail_next(3, status=503, method="POST", path=status_json, service="storage", caller="vm")
-    # A token refused once (401): the script fetches a token again and retries.
-    control.fail_next(1, status=401, method="POST", path=stderr_log, service="storage", caller="vm")
-    run.start_vms("pe-flaky", curl_retries=1)
+    # 3 failures, each retried with backoff. The worker's uploads name their object in the body:
+    # any of its uploads gets them.
+    control.fail_next(3, status=503, method="POST", path=r"uploadType=multipart", service="storage", caller="vm")
+    # A token refused once (401): the worker fetches a token again and retries.
+    control.fail_next(1, status=401, method="POST", path=r"uploadType=multipart", service="storage", caller="vm")
+    run.start_vms("pe-flaky")
     run.wait_all_gone()
     status = run.status("flaky-store")
     assert status is not None

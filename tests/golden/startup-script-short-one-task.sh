@@ -1,8 +1,8 @@
 #!/bin/bash
 # parallel-engine VM start-up: pull the worker image and the task image, run the worker container.
 #
-# Rendered by parallel_engine.backends.gce.startup.render_startup_script when a worker image is
-# set. The worker (`python -m parallel_engine.worker`, in that image) speaks
+# Rendered by parallel_engine.backends.gce.startup.render_startup_script (the worker image is
+# pinned by digest). The worker (`python -m parallel_engine.worker`, in that image) speaks
 # docs/worker-protocol.md; this script only starts it and, if it cannot start or dies without
 # finishing, deletes its own VM so none idles until maxRunDuration. No Storage call here.
 # This VM runs task task-b.2.
@@ -16,7 +16,7 @@ PE_COMPUTE=https://compute.googleapis.com
 PE_SELF_DELETE=0
 PE_WORK_BASE=/var/lib/parallel-engine-worker
 PE_RUN_ID=20250101-120000-abcde
-PE_SETTINGS='{"bucket": "my-bucket", "compute_endpoint": "https://compute.googleapis.com", "curl_retries": 3, "docker_args": [], "docker_network": "host", "heartbeat_s": 30.0, "http_tries": 8, "idle_s": 60.0, "image": "us-docker.pkg.dev/my-project/pe/job@sha256:abababababababababababababababababababababababababababababababab", "list_page_size": 1000, "log_interval_s": 30.0, "poll_s": 10.0, "prefix": "", "pull_policy": "always", "pull_tries": 5, "registry": "us-docker.pkg.dev", "retry_base_s": 1.0, "retry_max_s": 30.0, "run_id": "20250101-120000-abcde", "self_delete": false, "stop_grace_s": 10, "storage_endpoint": "https://storage.googleapis.com", "task_timeout_s": 3600.0, "tasks": [["task-b", 2]], "work_dir": "/var/lib/parallel-engine-worker", "worker_image": "us-docker.pkg.dev/my-project/pe/parallel-engine-worker@sha256:cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"}'
+PE_SETTINGS='{"bucket": "my-bucket", "compute_endpoint": "https://compute.googleapis.com", "docker_network": "host", "heartbeat_s": 30.0, "http_tries": 8, "idle_s": 60.0, "image": "us-docker.pkg.dev/my-project/pe/job@sha256:abababababababababababababababababababababababababababababababab", "list_page_size": 1000, "log_interval_s": 30.0, "poll_s": 10.0, "prefix": "", "pull_policy": "always", "pull_tries": 5, "registry": "us-docker.pkg.dev", "retry_base_s": 1.0, "retry_max_s": 30.0, "run_id": "20250101-120000-abcde", "self_delete": false, "stop_grace_s": 10, "storage_endpoint": "https://storage.googleapis.com", "task_timeout_s": 3600.0, "tasks": [["task-b", 2]], "work_dir": "/var/lib/parallel-engine-worker", "worker_image": "us-docker.pkg.dev/my-project/pe/parallel-engine-worker@sha256:cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"}'
 
 MD="http://${GCE_METADATA_HOST:-metadata.google.internal}/computeMetadata/v1"
 WORKER=""

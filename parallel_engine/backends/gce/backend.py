@@ -23,7 +23,7 @@ from parallel_engine.backends.gce.vm import (
     instance_properties,
     task_vm_name,
 )
-from parallel_engine.backends.gce.worker_image import pinned_worker
+from parallel_engine.backends.gce.worker_image import expected_name, pinned_worker
 from parallel_engine.config import GCE_DEFAULT_QUOTA, Config
 from parallel_engine.doctor import Check, run_checks
 from parallel_engine.errors import ConfigError, CredentialsError
@@ -67,13 +67,15 @@ class GceBackend:
         return self.open_store()  # a bucket that does not exist answers so on the first read
 
     def plan(self, store: RunStore, run_id: str, quota: int, tasks: tuple[Task, ...], say: InfoFn) -> Plan:
-        """The image pinned by digest, the worker's script rendered once (a bad setting is one
-        clear error now), and the VM pool (which deletes its VMs when it closes)."""
+        """The images pinned by digest (no worker image recorded by `build` is one clear error
+        now), the worker's script rendered once (a bad setting too), and the VM pool (which
+        deletes its VMs when it closes)."""
         settings = self.settings
         image = resolve_image(self.config, store)
+        # A bad setting first (with the worker image by its tag), then the pinned worker image.
+        check_rendering(settings, script_for(settings, run_id, image, expected_name(_image(self.config), self.config.registry)))
         worker = pinned_worker(settings, store, _image(self.config))
         render_script = script_for(settings, run_id, image, worker_image=worker)
-        check_rendering(settings, render_script)
         compute = Compute(self.config)
         quota = vms_that_fit(settings, compute.project, quota, say)
         spec = {
@@ -103,8 +105,10 @@ class GceBackend:
                 f"but TASKS_PER_VM is {self.config.tasks_per_vm} ({self.config.origin('TASKS_PER_VM')})",
                 hint=f"resume it with --set TASKS_PER_VM={spec.get('tasks_per_vm')}")
         image = str(spec.get("image") or resolve_image(self.config, store))
-        worker = spec.get("worker_image")  # the worker the run pinned (None: the bash worker)
-        render_script = script_for(settings, record.run_id, image, worker_image=str(worker) if worker else None)
+        # The worker image the run pinned; a run from before the Python worker pinned none: its
+        # new VMs get the one `build` recorded (the protocol is the same).
+        worker = str(spec.get("worker_image") or pinned_worker(settings, store, _image(self.config)))
+        render_script = script_for(settings, record.run_id, image, worker_image=worker)
         compute = Compute(self.config)
         quota = int(spec.get("workers", spec.get("quota", self.config.effective_quota())))  # what fit the quotas
         tasks = {task.id: task for task in record.tasks}
@@ -160,7 +164,7 @@ class GceBackend:
         with IMAGE pinned to the digest `build` recorded (read from the bucket, as `run` does)."""
         settings = self.settings
         image = self._render_image(say)
-        script = script_for(settings, run_id, image, worker_image=self._render_worker())((task,) if task else None)
+        script = script_for(settings, run_id, image, worker_image=self._render_worker(say))((task,) if task else None)
         if not vm_request:
             return script
         worker = label_value(task[0]) if task else "reuse"
@@ -203,13 +207,16 @@ class GceBackend:
             return image
 
 
-    def _render_worker(self) -> str | None:
-        """The worker image `run` would pin (the bash worker's script when none is recorded or
-        the bucket cannot be read)."""
+    def _render_worker(self, say: InfoFn) -> str:
+        """The worker image `run` would pin (none recorded is `run`'s own error); without
+        credentials, this version's worker image by its tag, and `say` tells what `run` would do."""
         try:
             return pinned_worker(self.settings, self.open_store(), _image(self.config))
-        except CredentialsError:
-            return None
+        except CredentialsError as exc:
+            name = expected_name(_image(self.config), self.config.registry)
+            say(f"note: the worker image is rendered as {name}: `run` pins the digest `parallel-engine build` "
+                f"recorded, which it reads from the bucket with Google credentials ({exc.message})")
+            return name
 
 
 def _image(config: Config) -> str:
@@ -242,10 +249,10 @@ def without_tag(image: str) -> str:
     return f"{head}/{name}" if head else name
 
 
-def script_for(settings: GceSettings, run_id: str, image: str, self_delete: bool = True,
-               worker_image: str | None = None) -> ScriptFor:
+def script_for(settings: GceSettings, run_id: str, image: str, worker_image: str,
+               self_delete: bool = True) -> ScriptFor:
     """A renderer of the startup script of this run's VMs: all its attempts' (reuse), or one's;
-    the short one that runs the Python worker when a worker image is given."""
+    it runs the Python worker in `worker_image`."""
     config = settings.config
 
     def render(tasks: tuple[tuple[str, int], ...] | None) -> str:

@@ -1,11 +1,11 @@
 """The VM worker's startup script: what a Container-Optimized OS VM boots with, and its settings.
 
-One template (`templates/startup-script.sh.j2` beside this module) serves both worker modes:
-attempts rendered into the script (`--tasks-per-vm 1`: claim exactly these, run them) or
-claim-by-listing (reuse: claim what `runs/<run>/open/` offers until nothing is left). The
-protocol between the orchestrator and the script is docs/worker-protocol.md; the store's keys,
-labels, record fields, event stamp and task-id pattern come from parallel_engine/protocol.py
-through the rendering context (`p`, `f`), so the script retypes none of them.
+The script (`templates/worker-start.sh.j2` beside this module) is short: it pulls the worker
+image and the task image and starts the Python worker (parallel_engine/worker/) in its own
+container, handing it these settings as JSON. The settings serve both worker modes: attempts
+rendered into them (`--tasks-per-vm 1`: claim exactly these, run them) or claim-by-listing
+(reuse: claim what `runs/<run>/open/` offers until nothing is left). The protocol between the
+orchestrator and the worker is docs/worker-protocol.md.
 
 Every value that lands in the script goes through `shlex.quote` (the `q` filter), and the
 template is rendered with `StrictUndefined`, so a setting missing from the context is an error,
@@ -18,21 +18,19 @@ import json
 import math
 import re
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from parallel_engine import protocol
 from parallel_engine.backends.gce.settings import DEFAULT_COMPUTE, DEFAULT_STORAGE
 from parallel_engine.config import BUCKET_RE
 from parallel_engine.errors import ConfigError
-from parallel_engine.protocol import STATUS_FIELDS, TASK_ID_RE
+from parallel_engine.protocol import TASK_ID_RE
 
-TEMPLATE_NAME = "startup-script.sh.j2"
-SHORT_TEMPLATE_NAME = "worker-start.sh.j2"  # starts the Python worker in its own container
+TEMPLATE_NAME = "worker-start.sh.j2"  # starts the Python worker in its own container
 #: COS: /var is writable (noexec, which the worker never needs); HOME and / are read-only.
 DEFAULT_WORK_DIR = "/var/lib/parallel-engine-worker"
 PULL_POLICIES = ("always", "if-missing", "never")
@@ -61,6 +59,9 @@ class WorkerSettings:
     run_id: str
     bucket: str
     image: str
+    # The worker image (parallel_engine/worker/image.py) the VM runs the Python worker in, pinned
+    # by digest (the one `parallel-engine build` recorded).
+    worker_image: str
     prefix: str = ""  # store root inside the bucket: keys are <prefix>/runs/<run_id>/...
     # REGISTRY: a host or a repository under it ("us-docker.pkg.dev/p/repo"). docker-credential-gcr
     # is configured for its host and for the image's own registry host (see `credential_hosts`).
@@ -79,15 +80,10 @@ class WorkerSettings:
     idle_s: float = 60.0  # claim mode: how long nothing claimable is tolerated before leaving
     stop_grace_s: int = 10  # `docker stop -t` on preemption (Google gives ~30 s in all)
     pull_tries: int = 5
-    http_tries: int = 8  # the script's own tries per Storage/Compute call (429, 5xx, network)
-    curl_retries: int = 3  # curl --retry inside each of those tries
+    http_tries: int = 8  # the worker's tries per Storage/Compute call (429, 5xx, network)
     retry_base_s: float = 1.0  # backoff: base * 2^n with 50-100 % jitter, capped at retry_max_s
     retry_max_s: float = 30.0
-    docker_args: tuple[str, ...] = field(default=())  # extra `docker run` options (--gpus all, ...)
     list_page_size: int = 1000  # claim mode: maxResults per open/ listing page (Storage's maximum)
-    # The worker image (parallel_engine/worker/image.py): set, the VM runs the short start-up
-    # script (worker-start.sh.j2) and the Python worker in that image; None, the bash worker.
-    worker_image: str | None = None
 
     def __post_init__(self) -> None:
         _check(self)
@@ -122,14 +118,14 @@ def _check(s: WorkerSettings) -> None:
         _fail(f"bucket {s.bucket!r} is not a valid bucket name", hint="give the name only, without gs://")
     root = store_root(s.prefix)
     if root and (not _PREFIX_RE.fullmatch(root) or len(root) > 512):
-        # The worker finds names in a listing with grep: only characters JSON never escapes.
+        # Only characters that no object name, URL or JSON string escapes.
         _fail(f"prefix {s.prefix!r} must be folder names of A-Z a-z 0-9 . _ ~ - joined by '/' (at most 512)")
     if any(part in (".", "..") for part in root.split("/")[:-1]):
         _fail(f"prefix {s.prefix!r} has a '.' or '..' segment")
     if not s.image or s.image.startswith("-") or any(ch.isspace() for ch in s.image) or _CONTROL_RE.search(s.image):
         _fail(f"image {s.image!r} is not an image reference")
-    if s.worker_image is not None and (not s.worker_image or s.worker_image.startswith("-")
-                                       or any(ch.isspace() for ch in s.worker_image) or _CONTROL_RE.search(s.worker_image)):
+    if not s.worker_image or s.worker_image.startswith("-") or any(ch.isspace() for ch in s.worker_image) \
+            or _CONTROL_RE.search(s.worker_image):
         _fail(f"worker_image {s.worker_image!r} is not an image reference")
     if s.registry is not None and not _REGISTRY_RE.fullmatch(s.registry):
         _fail(f"registry {s.registry!r} is not a registry host or repository "
@@ -145,9 +141,9 @@ def _check(s: WorkerSettings) -> None:
     _check_seconds("task_timeout_s", s.task_timeout_s, optional=True)
     if not isinstance(s.list_page_size, int) or isinstance(s.list_page_size, bool) or not 1 <= s.list_page_size <= 1000:
         _fail(f"list_page_size must be an integer from 1 to 1000, got {s.list_page_size!r}")
-    for name in ("stop_grace_s", "pull_tries", "http_tries", "curl_retries"):
+    for name in ("stop_grace_s", "pull_tries", "http_tries"):
         value = getattr(s, name)
-        low = 0 if name in ("stop_grace_s", "curl_retries") else 1
+        low = 0 if name == "stop_grace_s" else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             _fail(f"{name} must be an integer >= {low}, got {value!r}")
     if s.tasks is not None:
@@ -165,13 +161,6 @@ def _check(s: WorkerSettings) -> None:
         _fail(f"docker_network {s.docker_network!r} is not a network name")
     if s.work_dir and (not s.work_dir.startswith("/") or ":" in s.work_dir or _CONTROL_RE.search(s.work_dir)):
         _fail(f"work_dir {s.work_dir!r} must be an absolute path without ':' (docker -v splits on it)")
-    if not isinstance(s.docker_args, tuple) or not all(isinstance(a, str) for a in s.docker_args):
-        _fail("docker_args must be a tuple of strings")
-    if s.docker_args and s.worker_image is not None:
-        _fail("docker_args are not supported by the Python worker (worker_image): the docker SDK takes no "
-              "`docker run` options")
-    if any("\x00" in a for a in s.docker_args):
-        _fail("docker_args cannot hold a NUL byte")
 
 
 def registry_host(image: str) -> str | None:
@@ -200,23 +189,13 @@ def template_dir() -> Path:
     return here
 
 
-def _seconds_text(value: Any) -> str:
-    """A duration for `sleep`: plain decimal, no exponent ("0.05", "30")."""
-    text = f"{float(value):.6f}".rstrip("0").rstrip(".")
-    return text or "0"
-
-
-def _microseconds(value: Any) -> int:
-    return round(float(value) * 1_000_000)
-
-
 def _quote(value: Any) -> str:
     return shlex.quote(str(value))
 
 
 @lru_cache(maxsize=4)
 def environment(folder: str | None = None) -> jinja2.Environment:
-    """The Jinja2 environment for worker templates.
+    """The Jinja2 environment for the worker's start-up template.
 
     Comments use `{## ##}` because bash itself writes `{#` (`${#array[@]}`).
     """
@@ -231,20 +210,14 @@ def environment(folder: str | None = None) -> jinja2.Environment:
         comment_end_string="##}",
     )
     env.filters["q"] = _quote
-    env.filters["us"] = _microseconds
-    env.filters["secs"] = _seconds_text
     return env
 
 
 def template_context(settings: WorkerSettings) -> dict[str, Any]:
-    """What the template sees: the settings, the few values derived from them, and the protocol
-    (`p`: the store's keys, labels, variables, event stamp; `f`: status.json's field names)."""
-    tick = min(settings.heartbeat_s, settings.log_interval_s, 1.0)
-    if settings.task_timeout_s is not None:
-        tick = min(tick, max(settings.task_timeout_s / 4, 0.05))
+    """What the template sees: the settings, the registries docker-credential-gcr serves, and the
+    settings as JSON (what the worker reads)."""
     registries = ",".join(credential_hosts(settings.image, settings.registry))
-    return {"s": settings, "root": settings.root, "tick": max(tick, 0.02), "registries": registries,
-            "p": protocol, "f": {name: name for name in STATUS_FIELDS}}
+    return {"s": settings, "registries": registries, "settings_json": json.dumps(asdict(settings), sort_keys=True)}
 
 
 def render_template(context: dict[str, Any], name: str = TEMPLATE_NAME) -> str:
@@ -252,13 +225,9 @@ def render_template(context: dict[str, Any], name: str = TEMPLATE_NAME) -> str:
 
 
 def render_startup_script(settings: WorkerSettings) -> str:
-    """The startup script for one worker VM (what `parallel-engine render` prints): the short one
-    that starts the Python worker's container when a worker image is set, else the bash worker."""
-    if settings.worker_image is not None:
-        context = {**template_context(settings), "settings_json": json.dumps(asdict(settings), sort_keys=True)}
-        script = render_template(context, SHORT_TEMPLATE_NAME)
-    else:
-        script = render_template(template_context(settings))
+    """The startup script for one worker VM (what `parallel-engine render` prints): it starts the
+    Python worker's container with these settings."""
+    script = render_template(template_context(settings))
     size = len(script.encode())
     if size > 256 * 1024:
         raise ConfigError(

@@ -10,6 +10,7 @@ from typing import Any
 
 from parallel_engine.backends.base import InfoFn
 from parallel_engine.backends.gce.settings import GceSettings
+from parallel_engine.errors import ConfigError
 from parallel_engine.store import RunStore
 from parallel_engine.worker import image as worker_image
 
@@ -55,11 +56,15 @@ def ensure_built(settings: GceSettings, store: RunStore, user_image: str, say: I
     return {"worker_image": name, "worker_digest": digest}
 
 
-def pinned_worker(settings: GceSettings, store: RunStore, user_image: str) -> str | None:
+def pinned_worker(settings: GceSettings, store: RunStore, user_image: str) -> str:
     """The worker image `run` gives its VMs, pinned by digest: the one `build` recorded for this
-    version, else None (the VMs then run the bash worker)."""
+    version. None recorded (a build from before the Python worker, or none at all) is a
+    ConfigError: the VMs have no other worker to run."""
     recorded: dict[str, Any] = store.last_build() or {}
     name = expected_name(user_image, settings.config.registry)
     if recorded.get("worker_image") != name or not recorded.get("worker_digest"):
-        return None
+        found = f"it names {recorded['worker_image']}" if recorded.get("worker_image") else "it names no worker image"
+        raise ConfigError(
+            f"no worker image {name} is recorded by `parallel-engine build` in {settings.where} ({found})",
+            hint="run `parallel-engine build`: it builds and pushes the worker image the VMs run, beside IMAGE")
     return f"{name.rsplit(':', 1)[0]}@{recorded['worker_digest']}"
