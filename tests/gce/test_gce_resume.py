@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from parallel_engine.api import open_store
 from parallel_engine.backends.gce.compute import Compute
 from parallel_engine.emulator import Emulator
 from parallel_engine.model import AttemptState
-from tests.gce.gce_helpers import config_for, settings
+from parallel_engine.store import RunStore
+from tests.gce.gce_helpers import PINNED, config_for, settings
 from tests.emulator.emulator_helpers import wait_for
 from tests.helpers import cli, cli_env
 
@@ -37,6 +39,7 @@ TASK_IDS = ("t1", "t2", "t3", "t4")
 
 
 def killed_then_resumed(cloud: Emulator, image: str, folder: Path, crash_at: str, hold: bool,
+                        before_resume: Callable[[RunStore, str], None] | None = None,
                         **extra: Any) -> dict[str, list[str]]:
     (folder / ".config.yaml").write_text(yaml.safe_dump(settings(cloud, image, VM_QUOTAS=2, RETRIES=1, **extra)))
     (folder / "tasks.yaml").write_text(yaml.safe_dump({"tasks": [
@@ -49,6 +52,8 @@ def killed_then_resumed(cloud: Emulator, image: str, folder: Path, crash_at: str
     (run_id,) = store.run_ids()
     status = cli("status", run_id, "--json", cwd=folder)
     assert json.loads(status.stdout)["state"] == "interrupted", status.stdout + status.stderr
+    if before_resume is not None:
+        before_resume(store, run_id)
     done = cli("resume", run_id, cwd=folder, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     if hold:  # t3's first attempt was still running on its VM: watched, not redone
@@ -82,6 +87,20 @@ def test_a_gce_run_killed_at_each_point_is_finished_by_resume(
     assert histories["t2"][0] == "failed"  # its first attempt failed on purpose, and was retried
     if hold:
         assert histories["t3"] == ["succeeded"]
+
+
+def test_a_run_that_pinned_no_worker_image_is_resumed_with_the_recorded_one(
+    cloud: Emulator, example_image: str, tmp_path: Path
+) -> None:
+    def as_before_the_worker_image(store: RunStore, run_id: str) -> None:
+        key = f"runs/{run_id}/run.json"
+        record = json.loads(store.blobs.read(key) or b"{}")
+        record["spec"].pop("worker_image")  # a run.json written before `build` made a worker image
+        store.blobs.write(key, json.dumps(record).encode())
+
+    killed_then_resumed(cloud, example_image, tmp_path, "run-json", False, before_resume=as_before_the_worker_image)
+    consoles = "".join(p.read_text(errors="replace") for p in cloud.workdir.glob("vms/*/console.log"))
+    assert f"starting the worker ({PINNED.registry}/parallel-engine-worker@{PINNED.digest})" in consoles
 
 
 def test_cancel_of_a_killed_gce_run_deletes_its_vms_and_records_the_running_attempts_cancelled(
