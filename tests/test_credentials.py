@@ -23,6 +23,7 @@ from parallel_engine.backends.gce.credentials import (
 )
 from parallel_engine.config import load_config
 from parallel_engine.errors import ConfigError, CredentialsError
+from parallel_engine.worker.image import tag as worker_tag
 from tests.helpers import ROOT, cli, no_credentials_env, service_account_key
 
 IMAGE = "europe-west1-docker.pkg.dev/proj/repo/app:1"
@@ -90,7 +91,11 @@ def test_the_python_api_raises_the_same_credentials_error(gce_dir: Path, monkeyp
 def test_render_of_a_pinned_image_needs_no_credentials(gce_dir: Path) -> None:
     done = run_cli(gce_dir, "render", "--worker", "--run-id", "run-1", "--set", f"IMAGE={PINNED}")
     assert done.returncode == 0, done.stderr
-    assert f"PE_IMAGE={PINNED}\n" in done.stdout and "note:" not in done.stderr
+    assert f"PE_IMAGE={PINNED}\n" in done.stdout and "is rendered as given" not in done.stderr
+    # The worker image's digest is in the bucket: shown by its tag, with what `run` would pin.
+    worker = f"{PINNED.split('/app@')[0]}/parallel-engine-worker:{worker_tag()}"
+    assert f"PE_WORKER_IMAGE={worker}\n" in done.stdout
+    assert f"note: the worker image is rendered as {worker}: `run` pins the digest" in done.stderr
 
 
 def test_render_of_an_unpinned_image_without_credentials_renders_it_as_given_and_says_so(gce_dir: Path) -> None:
@@ -98,6 +103,7 @@ def test_render_of_an_unpinned_image_without_credentials_renders_it_as_given_and
     assert done.returncode == 0, done.stderr
     assert f"PE_IMAGE={IMAGE}\n" in done.stdout
     assert "`run` would pin it to the digest of the last `parallel-engine build`" in done.stderr
+    assert "note: the worker image is rendered as " in done.stderr
     assert "no Google credentials found" in done.stderr
 
 
