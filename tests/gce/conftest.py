@@ -60,8 +60,10 @@ def pinned_worker(worker_image: str, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(autouse=True)
 def worker_build_recorded(request: pytest.FixtureRequest, pinned_worker: gce_helpers.PinnedWorker) -> None:
-    """The build record `build` leaves in a test's emulated bucket: its worker image."""
+    """The build record `build` leaves in a test's emulated bucket: its worker image. The calls
+    that wrote it are forgotten: a test counts its own calls (and token grants) from zero."""
     if "cloud" in request.fixturenames:
         cloud = request.getfixturevalue("cloud")
         gce_helpers.save_build(cloud, {})
+        cloud.control.reset_calls()
 
