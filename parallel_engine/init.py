@@ -310,7 +310,8 @@ def _make_folder(path: Path) -> None:
     except FileExistsError:
         raise ParallelEngineError(f"{path} exists and is not a folder", hint="pick another DIR, or move it away") from None
     except OSError as exc:
-        raise ParallelEngineError(f"cannot create the folder {path}: {exc.strerror or exc}") from None
+        raise ParallelEngineError(f"cannot create the folder {path}: {exc.strerror or exc}",
+                                  hint="pick a DIR you can write, or fix its permissions") from None
 
 
 def _create(target: Path, data: bytes) -> bool:

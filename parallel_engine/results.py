@@ -161,24 +161,20 @@ def budgets_of(record: RunRecord) -> Budgets:
     )
 
 
-def _run_state(store: RunStore, record: RunRecord) -> str:
+def run_state(store: RunStore, record: RunRecord) -> str:
+    """How the run stands (running, finished, cancelled, failed, interrupted) without reading its attempts."""
     ended = store.read_end(record.run_id)
     if ended is not None:
         return ended
     lease = store.read_lease(record.run_id)
     if lease is not None:  # who holds the run now (a resume may have taken it from run.json's orchestrator)
-        return "running" if holder_alive(lease[1]) else "interrupted"
-    owner = record.spec.get("orchestrator", {})
-    if owner.get("host") == socket.gethostname() and not orchestrator_alive(owner):
-        # Its pid is gone, a zombie, or another process's now. It may have written end.json and
-        # exited since the read above: read it again, or a run that just ended reads interrupted.
-        return store.read_end(record.run_id) or "interrupted"
-    return "running"
-
-
-def run_state(store: RunStore, record: RunRecord) -> str:
-    """How the run stands (running, finished, cancelled, failed, interrupted) without reading its attempts."""
-    return _run_state(store, record)
+        alive = holder_alive(lease[1])
+    else:
+        owner = record.spec.get("orchestrator", {})
+        alive = owner.get("host") != socket.gethostname() or orchestrator_alive(owner)
+    # A holder found gone (or its lease released) may have written end.json and exited since the
+    # first read: read it again, or a run that just ended reads interrupted.
+    return "running" if alive else store.read_end(record.run_id) or "interrupted"
 
 
 def _lost(history: list[AttemptStatus], record: RunRecord, run_state: str) -> list[AttemptStatus]:
@@ -194,10 +190,10 @@ def _lost(history: list[AttemptStatus], record: RunRecord, run_state: str) -> li
 
 def run_status(store: RunStore, run_id: str) -> RunStatus:
     record = store.load_run(run_id)
-    run_state = _run_state(store, record)
-    waiting = store.read_capacity(run_id) if run_state == "running" else ""
-    status = status_of(record, run_state, store.attempts(run_id), waiting)
-    if run_state == "interrupted":
+    state = run_state(store, record)
+    waiting = store.read_capacity(run_id) if state == "running" else ""
+    status = status_of(record, state, store.attempts(run_id), waiting)
+    if state == "interrupted":
         lease = store.read_lease(run_id)
         status = replace(status, last_seen=float(lease[1].get("at", 0)) or None if lease else None)
     return status

@@ -389,3 +389,21 @@ def gated(tmp_path: Path, codes: list[int]) -> Iterator[tuple[subprocess.Popen[s
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=60)
+
+
+def racing_claims(store: RunStore, claimants: int) -> list[str]:
+    """The names that won when `claimants` threads claim attempt 1 of task t1 of run r1 at once."""
+    winners: list[str] = []
+    barrier = threading.Barrier(claimants)
+
+    def claim(name: str) -> None:
+        barrier.wait()
+        if store.claim("r1", "t1", 1, name):
+            winners.append(name)
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(claimants)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return winners

@@ -74,31 +74,39 @@ def read_all(fd: int, into: queue.Queue[bytes]) -> None:
             return
 
 
+class Terminal:
+    """A command on a pseudo-terminal (150 columns), everything it draws gathered as it comes."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        self.primary, secondary = pty.openpty()
+        self.process = subprocess.Popen([sys.executable, "-m", "parallel_engine", *args], cwd=cwd,
+                                        env={**cli_env(), "COLUMNS": "150", "TERM": "xterm"},
+                                        stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary)
+        os.close(secondary)
+        self.chunks: queue.Queue[bytes] = queue.Queue()
+        threading.Thread(target=read_all, args=(self.primary, self.chunks), daemon=True).start()
+        self.seen = b""
+
+    def saw(self, text: bytes) -> bool:
+        while not self.chunks.empty():
+            self.seen += self.chunks.get()
+        return text in self.seen
+
+    def close(self) -> None:
+        os.close(self.primary)
+
+
 def test_status_watch_redraws_on_a_terminal_until_the_run_ends(tmp_path: Path) -> None:
     with gated(tmp_path, [0, 1]) as (run, run_id, go):
-        primary, secondary = pty.openpty()
-        watch = subprocess.Popen([sys.executable, "-m", "parallel_engine", "status", run_id, "--watch"],
-                                 cwd=tmp_path, env={**cli_env(), "COLUMNS": "150", "TERM": "xterm"},
-                                 stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary)
-        os.close(secondary)
-        chunks: queue.Queue[bytes] = queue.Queue()
-        threading.Thread(target=read_all, args=(primary, chunks), daemon=True).start()
-        seen = b""
-
-        def saw(text: bytes) -> bool:
-            nonlocal seen
-            while not chunks.empty():
-                seen += chunks.get()
-            return text in seen
-
-        wait_for(lambda: saw(f"run {run_id} (running)".encode()), 60, "the running run drawn")
-        assert watch.poll() is None  # still watching
+        watch = Terminal(tmp_path, "status", run_id, "--watch")
+        wait_for(lambda: watch.saw(f"run {run_id} (running)".encode()), 60, "the running run drawn")
+        assert watch.process.poll() is None  # still watching
         go.touch()
-        assert watch.wait(timeout=60) == 0
-        wait_for(lambda: saw(f"run {run_id} (finished)".encode()), 10, "the finished run drawn")
+        assert watch.process.wait(timeout=60) == 0
+        wait_for(lambda: watch.saw(f"run {run_id} (finished)".encode()), 10, "the finished run drawn")
         assert run.wait(timeout=60) == 1
-        os.close(primary)
-    assert b"1 failed, 1 succeeded" in seen
+        watch.close()
+    assert b"1 failed, 1 succeeded" in watch.seen
 
 
 def test_status_watch_off_a_terminal_prints_the_ended_run_once(tmp_path: Path) -> None:
@@ -160,30 +168,16 @@ def test_logs_follow_of_a_queued_task_waits_for_its_first_attempt(tmp_path: Path
 
 def test_ctrl_c_stops_wait_with_130_and_the_run_goes_on(tmp_path: Path) -> None:
     with gated(tmp_path, [0, 1]) as (run, run_id, go):
-        primary, secondary = pty.openpty()
-        waiting = subprocess.Popen([sys.executable, "-m", "parallel_engine", "wait", run_id], cwd=tmp_path,
-                                   env={**cli_env(), "COLUMNS": "150", "TERM": "xterm"},
-                                   stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary)
-        os.close(secondary)
-        chunks: queue.Queue[bytes] = queue.Queue()
-        threading.Thread(target=read_all, args=(primary, chunks), daemon=True).start()
-        seen = b""
-
-        def saw(text: bytes) -> bool:
-            nonlocal seen
-            while not chunks.empty():
-                seen += chunks.get()
-            return text in seen
-
-        wait_for(lambda: saw(b"tasks"), 60, "wait's progress bar")  # it is following
-        waiting.send_signal(signal.SIGINT)
-        assert waiting.wait(timeout=60) == 130
-        wait_for(lambda: saw(b"the run itself goes on"), 10, "what wait says")
+        waiting = Terminal(tmp_path, "wait", run_id)
+        wait_for(lambda: waiting.saw(b"tasks"), 60, "wait's progress bar")  # it is following
+        waiting.process.send_signal(signal.SIGINT)
+        assert waiting.process.wait(timeout=60) == 130
+        wait_for(lambda: waiting.saw(b"the run itself goes on"), 10, "what wait says")
         assert run.poll() is None  # untouched
         go.touch()
         assert run.wait(timeout=60) == 1
-        os.close(primary)
-    assert b"Traceback" not in seen and b"Aborted" not in seen
+        waiting.close()
+    assert b"Traceback" not in waiting.seen and b"Aborted" not in waiting.seen
 
 
 def test_status_json_gives_each_tasks_worker(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,24 +14,13 @@ from parallel_engine.errors import StoreError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.protocol import parse_attempt
 from parallel_engine.store import LocalBlobs, RunRecord, local_store
+from tests.helpers import racing_claims
 
 
 def test_claim_is_granted_to_exactly_one_of_many_racing_workers(tmp_path: Path) -> None:
     store = local_store(tmp_path)
     store.add_run_folders("r1")
-    winners: list[str] = []
-    barrier = threading.Barrier(16)
-
-    def worker(name: str) -> None:
-        barrier.wait()
-        if store.claim("r1", "t1", 1, name):
-            winners.append(name)
-
-    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    winners = racing_claims(store, 16)
     assert len(winners) == 1
     assert (tmp_path / "runs/r1/claims/t1.1").read_text() == winners[0]
 

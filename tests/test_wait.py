@@ -14,6 +14,7 @@ import pytest
 import parallel_engine as pe
 from parallel_engine import results
 from parallel_engine.follow import exit_code, follow
+from parallel_engine.lease import take as take_lease
 from parallel_engine.processes import this_orchestrator
 from parallel_engine.results import run_status
 from parallel_engine.store import LocalBlobs, RunStore, local_store
@@ -90,6 +91,23 @@ def test_a_run_that_records_its_end_as_its_orchestrator_exits_is_not_read_as_int
     monkeypatch.setattr(results, "orchestrator_alive", ends_then_exits)
     assert run_status(store, RUN).run_state == "finished"
 
+
+
+def test_a_run_whose_lease_holder_records_the_end_and_releases_is_not_read_as_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race where the run holds a lease (every run does): the orchestrator writes
+    end.json, then releases its lease, between the follower's read of end.json and of the lease."""
+    store = local_store(tmp_path)
+    record_run(store, RUN, {"a": [SUCCEEDED]}, ended=None)
+    take_lease(store, RUN, "run")
+
+    def ends_then_releases(holder: dict) -> bool:
+        store.write_end(RUN, "finished", 30.0)
+        return False
+
+    monkeypatch.setattr(results, "holder_alive", ends_then_releases)
+    assert run_status(store, RUN).run_state == "finished"
 
 # -- a run another process orchestrates, followed from its start to its end ----------------------
 @pytest.fixture()

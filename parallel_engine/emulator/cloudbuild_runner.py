@@ -687,4 +687,26 @@ def _unpack(data: bytes, target: Path) -> None:
             archive.extractall(target)
         return
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
-        archive.extractall(target, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            archive.extractall(target, filter="data")
+        else:  # Python before 3.11.4 (Debian 12's 3.11.2) has no extraction filters
+            _refuse_unsafe_members(archive, target)
+            archive.extractall(target)
+
+
+def _refuse_unsafe_members(archive: tarfile.TarFile, target: Path) -> None:
+    """What the "data" filter refuses, for a Python without it: members or links that leave
+    `target`, and anything but files, folders and links."""
+    root = target.resolve()
+
+    def inside(path: Path) -> bool:
+        return path == root or root in path.parents
+
+    for member in archive.getmembers():
+        destination = (target / member.name).resolve()
+        if not inside(destination) or not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+            raise ValueError(f"archive member {member.name!r} is not a file or folder inside the workspace")
+        if member.issym() and not inside((destination.parent / member.linkname).resolve()):
+            raise ValueError(f"archive member {member.name!r} links outside the workspace")
+        if member.islnk() and not inside((target / member.linkname).resolve()):
+            raise ValueError(f"archive member {member.name!r} links outside the workspace")

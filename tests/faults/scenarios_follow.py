@@ -4,7 +4,7 @@ and exits at a random moment: the follower must read the end it recorded, never 
 The orchestrator here is a small process that writes end.json through the store after a drawn
 delay and exits at once; the follower polls without pause, so its reads land all over the short
 window between reading end.json and finding its orchestrator gone (5 of 300 tries read
-"interrupted" before results._run_state read end.json again).
+"interrupted" before results.run_state read end.json again).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from parallel_engine.config import Config, load_config
 from parallel_engine.emulator import Emulator
 from parallel_engine.errors import BackendError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
+from parallel_engine.store import RunStore
 from parallel_engine.worker.image import tag as worker_image_tag
 from tests.emulator.emulator_helpers import wait_for
 from tests.gce.gce_helpers import (
@@ -523,8 +524,7 @@ def poll_cost(cloud: Emulator, tasks: int, per_task: bool) -> tuple[int, int, in
     store = open_store(config)
     run_id = f"poll-{tasks}-{int(per_task)}"
     events: list[tuple[str, Any]] = []
-    pool = GcePool(GceSettings.of(config), store, run_id, Compute(config), script_for(GceSettings.of(config), run_id, "img", "worker-img"),
-                   lambda event: events.append(kind_and_status(event)), lambda m: None, quota=1)
+    pool = one_vm_pool(config, store, run_id, events)
     pool._create_workers = lambda alive: None  # type: ignore[method-assign]  # monitoring cost only
     for index in range(tasks):
         pool.submit(Task(str(index), ("--i", str(index))), 1)
@@ -576,8 +576,7 @@ def test_a_vm_gone_after_its_attempt_finished_costs_no_preemption_listing(cloud:
     store = open_store(config)
     run_id = f"done-{int(per_task)}"
     events: list[tuple[str, Any]] = []
-    pool = GcePool(GceSettings.of(config), store, run_id, Compute(config), script_for(GceSettings.of(config), run_id, "img", "worker-img"),
-                   lambda event: events.append(kind_and_status(event)), lambda m: None, quota=1)
+    pool = one_vm_pool(config, store, run_id, events)
     pool._create_workers = lambda alive: None  # type: ignore[method-assign]  # monitoring only
     pool.submit(Task("t", ()), 1)
     pool.wait_published()
@@ -600,6 +599,13 @@ def test_a_vm_gone_after_its_attempt_finished_costs_no_preemption_listing(cloud:
     assert compute.get("compute.zoneOperations.list", {}).get("orchestrator", 0) == 0, compute
 
 
+def one_vm_pool(config: Config, store: RunStore, run_id: str, events: list[tuple[str, Any]]) -> GcePool:
+    """A gce pool of at most one VM for image "img", its events gathered in `events`."""
+    settings = GceSettings.of(config)
+    return GcePool(settings, store, run_id, Compute(config), script_for(settings, run_id, "img", "worker-img"),
+                   lambda event: events.append(kind_and_status(event)), lambda m: None, quota=1)
+
+
 def cancel_cost(cloud: Emulator, tasks: int) -> int:
     """Storage object calls of cancelling a pool with `tasks` open attempts, two of them claimed:
     one still running (it gets `cancelled`), one finished with its event not seen yet."""
@@ -607,8 +613,7 @@ def cancel_cost(cloud: Emulator, tasks: int) -> int:
     store = open_store(config)
     run_id = f"cancel-{tasks}"
     events: list[tuple[str, Any]] = []
-    pool = GcePool(GceSettings.of(config), store, run_id, Compute(config), script_for(GceSettings.of(config), run_id, "img", "worker-img"),
-                   lambda event: events.append(kind_and_status(event)), lambda m: None, quota=1)
+    pool = one_vm_pool(config, store, run_id, events)
     for index in range(tasks):
         pool.submit(Task(str(index), ("--i", str(index))), 1)
     pool.wait_published()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 from google.cloud import storage
@@ -13,6 +12,7 @@ from parallel_engine.errors import BackendError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.store import RunRecord, RunStore
 from tests.emulator.emulator_helpers import user_credentials
+from tests.helpers import racing_claims
 
 
 def bucket_store(cloud: Emulator, prefix: str = "pe") -> RunStore:
@@ -23,20 +23,7 @@ def bucket_store(cloud: Emulator, prefix: str = "pe") -> RunStore:
 
 def test_only_one_of_racing_claimants_gets_a_bucket_claim(cloud: Emulator) -> None:
     store = bucket_store(cloud)
-    winners: list[str] = []
-    barrier = threading.Barrier(6)
-
-    def claim(name: str) -> None:
-        barrier.wait()
-        if store.claim("r1", "t1", 1, name):
-            winners.append(name)
-
-    threads = [threading.Thread(target=claim, args=(f"vm-{i}",)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(winners) == 1
+    assert len(racing_claims(store, 6)) == 1
 
 
 def test_bucket_store_keeps_the_local_layout_and_reads_back(cloud: Emulator) -> None:

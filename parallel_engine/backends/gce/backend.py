@@ -6,14 +6,14 @@ any machine."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
 from parallel_engine.backends.base import Built, InfoFn, OnEvent, Plan
 from parallel_engine.backends.gce.capacity import vms_that_fit
 from parallel_engine.backends.gce.compute import Compute, delete_run_vms
-from parallel_engine.backends.gce.pool import GcePool, cancel_running
+from parallel_engine.backends.gce.pool import GcePool, ScriptFor, cancel_running
 from parallel_engine.backends.gce.settings import GceSettings
 from parallel_engine.backends.gce.startup import WorkerSettings, render_startup_script
 from parallel_engine.backends.gce.vm import (
@@ -31,8 +31,6 @@ from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.runtimes.base import Runtime
 from parallel_engine.names import label_value
 from parallel_engine.store import RunRecord, RunStore
-
-ScriptFor = Callable[[tuple[tuple[str, int], ...] | None], str]
 
 
 class GceBackend:
