@@ -480,6 +480,8 @@ class Config:
     tasks_per_vm: int | None = key(_POSITIVE, None, "tasks a VM runs before it goes; 1 = one VM per task",
                                    default_doc="unset: workers take task after task")
     heartbeat: float = key(Duration(), 30.0, "how often a running attempt refreshes its heartbeat in the store")
+    boot_timeout: float = key(Duration(), 300.0, "how long a RUNNING VM may take until its worker first reports (boot, "
+                              "worker image pull, container start); then it is deleted, its attempt `infra`")
     max_run_duration: float = key(Duration(30, 120 * 86400), 86400.0, "a VM deletes itself after this long, whatever happens")
     fallback_zones: list[str] = key(StrList(Zone(), "zones like europe-west1-b"), [], "zones to try when ZONE has no capacity")
     price_per_vm_hour: float | None = key(PositiveFloat(), None, "USD per VM-hour in `run --dry-run`'s cost estimate",

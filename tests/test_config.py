@@ -51,6 +51,7 @@ def test_no_file_means_local_defaults_with_one_worker_per_cpu(tmp_path: Path) ->
     assert config.store == ".parallel-engine"
     assert config.retries == 0 and config.preemption_retries == 3
     assert config.heartbeat == 30.0 and config.max_run_duration == 86400.0 and config.poll_interval == 2.0
+    assert config.boot_timeout == 300.0  # COS boot, worker image pull, container start: not the heartbeat's
     assert config.labels == {} and config.fallback_zones == []
     assert config.effective_quota() == max(1, os.cpu_count() or 1)
     assert set(config.origins) == set(KEYS)

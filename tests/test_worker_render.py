@@ -281,3 +281,45 @@ def test_the_worker_image_installs_exactly_the_worker_extra() -> None:
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert sorted(extras["worker"]) == sorted(REQUIREMENTS)
     assert not any(name.startswith(("google-cloud-compute", "grpc")) for name in REQUIREMENTS)
+
+
+FAKE_DOCKER = r"""#!/bin/bash
+# A docker CLI that logs each call; pulling the task image takes until $RELEASE exists.
+echo "$*" >>"$CALLS"
+case $1 in
+  pull)
+    if [[ $3 == "$TASK_IMAGE" ]]; then
+      for ((i = 0; i < 600; i++)); do [[ -e $RELEASE ]] && break; sleep 0.05; done
+      echo "pulled $3" >>"$CALLS"
+    fi ;;
+  image) exit 1 ;;  # image inspect: nothing is on this host yet
+  run) echo worker-container ;;
+  inspect) echo '[{"State": {"Status": "exited", "ExitCode": 0}}]' ;;
+esac
+exit 0
+"""
+
+
+def test_the_worker_starts_while_the_task_image_is_still_pulling(tmp_path: Path) -> None:
+    """A multi-GB task image must not hold the worker back: BOOT_TIMEOUT counts until the worker
+    first reports, and the worker pulls the image itself (heartbeating) if it is not there yet."""
+    from tests.helpers import wait_for
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "docker").write_text(FAKE_DOCKER)
+    (fake / "docker").chmod(0o755)
+    calls, release = tmp_path / "calls", tmp_path / "release"
+    settings = replace(ONE_TASK, work_dir=str(tmp_path / "work"), pull_policy="always")
+    env = {"PATH": f"{fake}:{os.environ['PATH']}", "CALLS": str(calls), "RELEASE": str(release),
+           "TASK_IMAGE": IMAGE, "HOME": str(tmp_path)}
+    script = subprocess.Popen(["bash", "-c", render_startup_script(settings)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: calls.exists() and "\nrun -d " in f"\n{calls.read_text()}", 20, "the worker's docker run")
+        assert f"pulled {IMAGE}" not in calls.read_text()  # the task image is still pulling
+    finally:
+        release.touch()
+        assert script.wait(timeout=30) == 0
+    lines = calls.read_text().splitlines()
+    assert lines.index(f"pull -q {WORKER_IMAGE}") < next(i for i, line in enumerate(lines) if line.startswith("run -d "))

@@ -51,7 +51,10 @@ def settings(cloud: Emulator, image: str, **extra: Any) -> dict[str, Any]:
         "BACKEND": "gce", "REGISTRY": PINNED.registry, "PROJECT_ID": cloud.project, "ZONE": cloud.zone, "BUCKET": cloud.bucket,
         "COMPUTE_ENDPOINT": cloud.compute_endpoint, "STORAGE_ENDPOINT": cloud.storage_endpoint,
         "CREDENTIALS_FILE": str(cloud.credentials_file), "TOKEN_URI": cloud.token_uri,
-        "IMAGE": image, "PULL_POLICY": "if-missing", "HEARTBEAT": 0.5, "POLL_INTERVAL": 0.2, **extra,
+        "IMAGE": image, "PULL_POLICY": "if-missing", "HEARTBEAT": 0.5, "POLL_INTERVAL": 0.2,
+        # Generous: VMs starting worker containers at once on a loaded 2-core machine are slow to
+        # report. The tests of the "never reported" path set it short themselves.
+        "BOOT_TIMEOUT": 60, **extra,
     }
 
 

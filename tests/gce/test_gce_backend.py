@@ -271,14 +271,14 @@ def test_a_worker_that_cannot_write_the_bucket_stops_the_run_early_as_infra(
     """Read-only Storage scope: every claim is refused (403) and the VM cannot delete itself;
     without heartbeats read, its VM stayed RUNNING and the run waited for maxRunDuration."""
     (workdir / "two.csv").write_text("dataset\na\nb\n")
-    config = config_for(cloud, example_image, VM_QUOTAS=1, INFRA_FAILURE_LIMIT=2,
+    config = config_for(cloud, example_image, VM_QUOTAS=1, INFRA_FAILURE_LIMIT=2, BOOT_TIMEOUT=3,
                         SCOPES=["https://www.googleapis.com/auth/devstorage.read_only"])
     with VmWatch(cloud) as watch:
         run, error = run_in_thread(workdir / "two.csv", config)
     assert run is None and isinstance(error, BackendError), error
     # Reuse VMs carry no attempt until they claim one: the VMs are counted, and said to be.
     assert "stopping early: 2 VMs failed the same way before running any attempt: " in error.message
-    assert "never reported" in error.message
+    assert "never reported within BOOT_TIMEOUT (3 s)" in error.message and "raise BOOT_TIMEOUT" in error.hint
     assert len(watch.names) == 2  # one VM, then one replacement, then the limit
     assert not [vm for vm in cloud.control.vms() if vm["name"] in watch.names]
 
@@ -297,12 +297,36 @@ def test_a_one_task_vm_whose_prelude_dies_is_an_infra_attempt_and_retried(
 
     monkeypatch.setattr(gce_run, "script_for", dying_first)
     (workdir / "one.csv").write_text("dataset\na\n")
-    run, error = run_in_thread(workdir / "one.csv", config_for(cloud, example_image, TASKS_PER_VM=1))
+    run, error = run_in_thread(workdir / "one.csv", config_for(cloud, example_image, TASKS_PER_VM=1, BOOT_TIMEOUT=3))
     assert error is None, error
     (view,) = run.status().tasks
     assert [str(a.state) for a in view.attempts] == ["infra", "succeeded"], view.attempts
-    assert "never reported" in view.attempts[0].reason
+    assert "never reported within BOOT_TIMEOUT (3 s) of boot" in view.attempts[0].reason
     assert view.attempts[0].worker.startswith("pe-")  # the VM that never reported
+    assert run_vms(cloud, run.run_id) == []
+
+
+def test_a_vm_whose_worker_is_slow_to_start_is_kept_until_boot_timeout(
+    cloud: Emulator, example_image: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The boot limit is BOOT_TIMEOUT (boot, worker image pull, container start), not a multiple
+    of HEARTBEAT: a worker that reports only after 6 s (with HEARTBEAT 0.5 s and POLL_INTERVAL
+    0.2 s, once a 4.5 s limit) runs its attempt on the VM it was given."""
+    import parallel_engine.backends.gce.backend as gce_run
+
+    real = gce_run.script_for
+
+    def slow_start(config: Config, run_id: str, image: str, worker_image: str, self_delete: bool = True) -> Any:
+        render = real(config, run_id, image, worker_image, self_delete)
+        return lambda tasks: render(tasks).replace("#!/bin/bash\n", "#!/bin/bash\nsleep 6\n", 1)
+
+    monkeypatch.setattr(gce_run, "script_for", slow_start)
+    (workdir / "one.csv").write_text("dataset\na\n")
+    config = config_for(cloud, example_image, TASKS_PER_VM=1, HEARTBEAT=0.5, POLL_INTERVAL=0.2, BOOT_TIMEOUT=60)
+    run, error = run_in_thread(workdir / "one.csv", config)
+    assert error is None, error
+    (view,) = run.status().tasks
+    assert [str(a.state) for a in view.attempts] == ["succeeded"], view.attempts
     assert run_vms(cloud, run.run_id) == []
 
 

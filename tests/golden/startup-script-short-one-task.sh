@@ -74,16 +74,16 @@ if [[ -n $PE_REGISTRIES ]]; then
   docker-credential-gcr configure-docker --registries="$PE_REGISTRIES" >/dev/null 2>&1 || log "docker-credential-gcr configure-docker failed"
 fi
 
-# Both images at once. The task image's own failure is the worker's to record (it pulls again,
-# with its tries, and writes `infra` with the registry's message).
+# Both images at once, and the worker starts as soon as its own image is there: the task image
+# (maybe many GB) goes on pulling meanwhile, so BOOT_TIMEOUT never waits for it. The worker
+# writes its record first and heartbeats while it pulls the task image itself (docker joins two
+# pulls of one digest); a failed pull is the worker's to record (`infra`, the registry's message).
 pull "$PE_IMAGE" "$PE_PULL_POLICY" &
-task_pull=$!
 if ! pull "$PE_WORKER_IMAGE" if-missing 3; then
   log "cannot pull the worker image $PE_WORKER_IMAGE"
   self_delete
   exit 1
 fi
-wait "$task_pull" || log "no $PE_IMAGE yet: the worker pulls it (and says why it cannot)"
 
 printf '%s' "$PE_SETTINGS" >"$WORK/settings.json"
 socket=/var/run/docker.sock

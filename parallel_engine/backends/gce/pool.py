@@ -45,7 +45,8 @@ ORCHESTRATOR = "orchestrator"
 EVENT_LOOKBACK_S = 60.0
 PUBLISHERS = 16  # concurrent uploads of argv and open markers
 INSERTERS = 32  # concurrent one-VM-per-task inserts (each waits for its zone operation)
-NEVER_REPORTED_FIX = "fix the VM settings (service account, SCOPES, network), then run again"
+NEVER_REPORTED_FIX = ("fix the VM settings (service account, SCOPES, network), then run again; "
+                      "if its worker is only slow to start (a slow registry), raise BOOT_TIMEOUT")
 
 
 def running_among(store: RunStore, run_id: str, candidates: Iterable[tuple[str, int]]) -> list[AttemptStatus]:
@@ -104,10 +105,6 @@ def stale_after(config: Config) -> float:
     return 3 * config.heartbeat
 
 
-def boot_timeout(config: Config) -> float:
-    """A RUNNING VM with no record after this long never got its worker going (the prelude died,
-    or the VM cannot write the bucket): an `infra` failure."""
-    return 5 * config.heartbeat + 10 * config.poll_interval
 
 
 @dataclass
@@ -417,14 +414,14 @@ class GcePool:
             if vm.running_since is None:
                 vm.running_since = now
             if vm.record is None:
-                if now - vm.running_since > boot_timeout(self.config):
+                if now - vm.running_since > self.config.boot_timeout:
                     self._never_reported(name)
             elif now - vm.record.changed_at > stale_after(self.config):
                 self.info(f"deleting {name}: its worker's heartbeat stopped")
                 self._doom(name, f"the worker on VM {name} stopped its heartbeat for {stale_after(self.config):g} s")
 
     def _never_reported(self, name: str) -> None:
-        reason = (f"the VM's worker never reported within {boot_timeout(self.config):g} s of boot "
+        reason = (f"the VM's worker never reported within BOOT_TIMEOUT ({self.config.boot_timeout:g} s) of boot "
                   "(its startup script failed, or the VM cannot write the bucket: see its serial console)")
         item = self._held_by(name)  # reuse: None, the VM has no record
         if item is not None:
