@@ -98,6 +98,21 @@ def test_render_of_a_pinned_image_needs_no_credentials(gce_dir: Path) -> None:
     assert f"note: the worker image is rendered as {worker}: `run` pins the digest" in done.stderr
 
 
+@pytest.mark.parametrize("command", [["render", "--worker", "--run-id", "run-1"], ["build"]])
+def test_a_docker_hub_image_without_registry_is_refused_naming_registry(gce_dir: Path, command: list[str]) -> None:
+    """The worker image goes beside IMAGE: a Docker Hub IMAGE has no repository the VMs could pull
+    it from (it was rendered as "/parallel-engine-worker:..."), so REGISTRY must say where."""
+    done = run_cli(gce_dir, *command, "--set", "IMAGE=python:3.11-slim")
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = error_lines(done.stderr)
+    assert "IMAGE python:3.11-slim is a Docker Hub image, and REGISTRY is not set" in line
+    assert "set REGISTRY to a repository the VMs can pull from" in done.stderr and "Traceback" not in done.stderr
+    with_registry = run_cli(gce_dir, "render", "--worker", "--run-id", "run-1", "--set", "IMAGE=python:3.11-slim",
+                            "--set", "REGISTRY=europe-west1-docker.pkg.dev/proj/repo")
+    assert with_registry.returncode == 0, with_registry.stderr
+    assert f"PE_WORKER_IMAGE=europe-west1-docker.pkg.dev/proj/repo/parallel-engine-worker:{worker_tag()}\n" in with_registry.stdout
+
+
 def test_render_of_an_unpinned_image_without_credentials_renders_it_as_given_and_says_so(gce_dir: Path) -> None:
     done = run_cli(gce_dir, "render", "--worker", "--run-id", "run-1")
     assert done.returncode == 0, done.stderr

@@ -140,6 +140,7 @@ class GceBackend:
         from parallel_engine.backends.gce.worker_image import ensure_built
 
         cloudbuild = context.resolve().parent / "cloudbuild.yaml"
+        expected_name(_image(self.config), self.config.registry)  # a worker image with nowhere to go: before any build
         store = self.open_store()
         digest = build_gce(self.settings, store, context, cloudbuild, on_line)
         worker = ensure_built(self.settings, store, _image(self.config), on_line)

@@ -10,6 +10,7 @@ from typing import Any
 
 from parallel_engine.backends.base import InfoFn
 from parallel_engine.backends.gce.settings import GceSettings
+from parallel_engine.backends.gce.startup import registry_host
 from parallel_engine.errors import ConfigError
 from parallel_engine.store import RunStore
 from parallel_engine.worker import image as worker_image
@@ -25,11 +26,20 @@ images:
 
 def worker_repository(user_image: str, registry: str | None) -> str:
     """Where the worker image goes: REGISTRY when it names a repository (host/...), else the
-    user image's own repository."""
+    user image's own repository, else REGISTRY's host. A Docker Hub IMAGE with no REGISTRY has
+    none the VMs could pull a pushed worker image from: a ConfigError naming REGISTRY."""
     if registry and "/" in registry.strip("/"):
         return registry.strip("/")
     head, _, _ = user_image.rpartition("/")
-    return head
+    if registry_host(user_image) is not None:
+        return head
+    if registry and registry.strip("/"):
+        return registry.strip("/")
+    raise ConfigError(
+        f"IMAGE {user_image} is a Docker Hub image, and REGISTRY is not set: the worker image the VMs "
+        "run has nowhere to go beside it",
+        hint="set REGISTRY to a repository the VMs can pull from (e.g. europe-west1-docker.pkg.dev/PROJECT/REPO), "
+             "then run `parallel-engine build`")
 
 
 def expected_name(user_image: str, registry: str | None) -> str:
