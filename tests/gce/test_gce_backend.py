@@ -24,6 +24,7 @@ from parallel_engine.backends.gce.backend import script_for
 from parallel_engine.backends.gce.compute import Compute
 from parallel_engine.backends.gce.pool import GcePool
 from parallel_engine.backends.gce.settings import GceSettings
+from parallel_engine.backends.gce.vm import task_vm_name
 from parallel_engine.config import Config, load_config
 from parallel_engine.emulator import Emulator
 from parallel_engine.errors import BackendError
@@ -414,8 +415,12 @@ def test_one_vm_per_task_inserts_go_out_concurrently(cloud: Emulator, example_im
     with VmWatch(cloud) as watch:
         run = pe.run(workdir / "six.csv", config=config_for(cloud, example_image, VM_QUOTAS=6, TASKS_PER_VM=1))
     assert run.status().counts == {"succeeded": 6}
-    seen = sorted(watch.first_seen.values())
-    assert len(seen) == 6 and seen[-1] - seen[0] < 2.5, seen  # a generous margin: not a benchmark
+    # The six first attempts' VMs (a retry's VM, after a heartbeat missed on a loaded machine, is
+    # another insert, later by design).
+    firsts = [task_vm_name(run.run_id, str(i), 1) for i in range(1, 7)]
+    assert set(firsts) <= set(watch.first_seen), (firsts, watch.in_order())
+    seen = sorted(watch.first_seen[name] for name in firsts)
+    assert seen[-1] - seen[0] < 2.5, seen  # a generous margin: not a benchmark
 
 
 def test_infra_failure_limit_stops_a_run_whose_image_is_missing(cloud: Emulator, workdir: Path) -> None:
