@@ -19,7 +19,12 @@ every VM, as a user's run does. Prints:
 
 A minute or two on a 2-core machine; figures in README.md ("Benchmarks").
 
-    python bench/makespan.py [--tasks 64] [--vms 8] [--seconds 2] [--time-scale 0.1]
+    python bench/makespan.py [--tasks 64] [--vms 8] [--seconds 2] [--time-scale 0.1] [--baseline REV]
+
+`--baseline REV` first runs the same benchmark on the code of git revision REV (a temporary
+`git worktree`, removed at the end; its own bench/makespan.py, with `--worker bash` where REV
+still had the bash worker), then this code's, and prints the two blocks side by side: "before
+and after, in the same session" in one command.
 """
 
 from __future__ import annotations
@@ -109,7 +114,51 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0, help="each task's own time")
     parser.add_argument("--time-scale", type=float, default=0.1)
-    bench(parser.parse_args())
+    parser.add_argument("--baseline", metavar="REV", help="also run the benchmark of git revision REV, side by side")
+    args = parser.parse_args()
+    if args.baseline is None:
+        bench(args)
+        return
+    shared = [f"--tasks={args.tasks}", f"--vms={args.vms}", f"--seconds={args.seconds:g}", f"--time-scale={args.time_scale:g}"]
+    before = baseline(args.baseline, shared)
+    print("this code ...", flush=True)
+    after = run_block(ROOT, shared)
+    side_by_side(f"{args.baseline}", before, "this code", after)
+
+
+def run_block(tree: Path, args: list[str]) -> list[str]:
+    """The output lines of the benchmark of the code in `tree` (its own script and package)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, str(tree / "bench" / "makespan.py"), *args], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=1800, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the benchmark in {tree} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout.splitlines()
+
+
+def baseline(rev: str, args: list[str]) -> list[str]:
+    """The benchmark's output at git revision `rev`, from a temporary worktree removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="pe-makespan-baseline-")) / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), rev],
+                   check=True, capture_output=True, text=True)
+    try:
+        script = (folder / "bench" / "makespan.py").read_text()
+        if '"--worker"' in script and '"bash"' in script:  # before the switch: its bash worker alone
+            args = [*args, "--worker", "bash"]
+        print(f"{rev} ({' '.join(args)}) ...", flush=True)
+        return run_block(folder, args)
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], check=False,
+                       capture_output=True)
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+def side_by_side(left_title: str, left: list[str], right_title: str, right: list[str]) -> None:
+    """Two blocks of lines as two columns, line by line (the same benchmark prints the same lines)."""
+    width = max(len(line) for line in [left_title, *left]) + 3
+    print(f"{left_title:<{width}}{right_title}")
+    for index in range(max(len(left), len(right))):
+        print(f"{(left[index] if index < len(left) else ''):<{width}}{right[index] if index < len(right) else ''}")
 
 
 def bench(args: argparse.Namespace) -> None:
