@@ -130,7 +130,7 @@ def test_failing_task_is_failed_with_its_exit_code_and_logs(cloud: Emulator, exa
     views = {v.task_id: v for v in run.status().tasks}
     assert str(views["good"].state) == "succeeded"
     assert str(views["bad"].state) == "failed" and views["bad"].exit_code == 1
-    assert [str(a.state) for a in views["bad"].attempts] == ["failed", "failed"]
+    assert [str(a.state) for a in views["bad"].attempts] == ["failed", "failed"], views["bad"].attempts
     assert "failing on purpose" in run.logs("bad", stderr=True)
     assert run_vms(cloud, run.run_id) == []
 
