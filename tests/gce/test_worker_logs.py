@@ -1,0 +1,176 @@
+"""Live logs sent by appends (parallel_engine/worker/logs.py), in-process against the emulator's
+Storage (fake-gcs-server behind its proxy): the file grows, `sync` runs at each "interval", and
+the object must always be a byte-exact prefix of the file and, after `final`, the file itself.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from parallel_engine.protocol import attempt_prefix, tail_key
+from parallel_engine.worker.bucket import WorkerBucket
+from parallel_engine.worker.logs import LiveLog
+from tests.emulator.emulator_helpers import Clients
+
+pytestmark = [pytest.mark.emulator]
+
+RUN = "20250101-000000-logs1"
+KEY = attempt_prefix(RUN, "t1", 1) + "stdout.log"
+TAIL = tail_key(RUN, "t1", 1, "stdout")
+
+
+class Side:
+    def __init__(self, clients: Clients, tmp_path: Path) -> None:
+        self.clients = clients
+        self.path = tmp_path / "stdout.log"
+        self.bucket = WorkerBucket(clients.storage, clients.cloud.bucket, "", tries=2,
+                                   retry_base_s=0.02, retry_max_s=0.1)
+        self.lines: list[str] = []
+
+    def live(self, whole_below: int = 1) -> LiveLog:
+        return LiveLog(self.bucket, KEY, TAIL, self.path, self.lines.append, whole_below=whole_below)
+
+    def grow(self, data: bytes) -> None:
+        with open(self.path, "ab") as f:
+            f.write(data)
+
+    def stored(self) -> bytes:
+        return bytes(self.bucket.bucket.blob(KEY).download_as_bytes())
+
+    def tails(self) -> list[str]:
+        return [b.name for b in self.clients.storage.list_blobs(self.bucket.bucket, prefix=f"runs/{RUN}/tails/")]
+
+    def overwrite(self, data: bytes) -> None:
+        """Something else writes the log object (a new generation)."""
+        self.bucket.bucket.blob(KEY).upload_from_string(data)
+
+
+@pytest.fixture
+def side(clients: Clients, tmp_path: Path) -> Side:
+    return Side(clients, tmp_path)
+
+
+def binary_chunk(rng: random.Random, size: int) -> bytes:
+    """Bytes that are not UTF-8: NULs, 0xff, lone continuation bytes, CRs."""
+    return bytes(rng.choice(b"\x00\xff\x80\r\nab\xc3") for _ in range(size))
+
+
+def test_a_growing_log_is_sent_once_by_appends_and_the_object_is_the_file_at_every_interval(side: Side) -> None:
+    rng = random.Random(13)
+    live = side.live()
+    side.grow(b"first line\n")
+    live.sync()
+    for interval in range(12):
+        side.grow(binary_chunk(rng, rng.randrange(1, 40_000)))
+        live.sync()
+        assert side.stored() == side.path.read_bytes(), f"interval {interval}"
+    assert side.tails() == [TAIL]  # one tail per log, overwritten by each append
+    live.sync()  # nothing new: nothing sent
+    live.final()
+    whole = side.path.read_bytes()
+    assert side.stored() == whole
+    assert live.bytes_sent == len(whole), "every byte went over the wire exactly once"
+    assert side.tails() == []
+    assert side.lines == []
+
+
+def test_a_log_far_larger_than_one_append_reaches_the_object_byte_exact(side: Side, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("parallel_engine.worker.logs.TAIL_MAX", 4096)
+    rng = random.Random(7)
+    live = side.live()
+    side.grow(b"x")
+    live.sync()
+    side.grow(binary_chunk(rng, 50_000))  # one interval's growth: 13 appends of at most 4 KiB
+    live.final()
+    assert side.stored() == side.path.read_bytes()
+    assert live.bytes_sent == side.path.stat().st_size
+    assert side.tails() == []
+
+
+def test_an_object_written_by_something_else_is_replaced_by_a_whole_upload_of_the_file(side: Side) -> None:
+    live = side.live()
+    side.grow(b"mine 1\n")
+    live.sync()
+    side.overwrite(b"someone else's bytes\n")
+    side.grow(b"mine 2\n")
+    live.sync()
+    assert side.stored() == b"mine 1\nmine 2\n"
+    assert any("uploading it whole" in line for line in side.lines), side.lines
+    live.final()
+    assert side.tails() == []
+
+
+def test_final_uploads_the_file_whole_when_the_object_differs_even_without_growth(side: Side) -> None:
+    live = side.live()
+    side.grow(b"all of it\n")
+    live.sync()
+    side.overwrite(b"all of it\n but changed")
+    live.final()
+    assert side.stored() == b"all of it\n"
+    assert any("differs from the file" in line for line in side.lines), side.lines
+
+
+def test_a_failing_compose_falls_back_to_a_whole_upload_and_final_leaves_no_tail(side: Side, clients: Clients) -> None:
+    live = side.live()
+    side.grow(b"before\n")
+    live.sync()
+    clients.cloud.control.fail_next(10, status=503, method="POST", path=r"/compose", service="storage")
+    side.grow(b"\xff\xfe during the outage\n")
+    live.sync()
+    clients.cloud.control.clear_faults("storage")
+    assert side.stored() == b"before\n\xff\xfe during the outage\n"
+    assert any("append failed" in line for line in side.lines), side.lines
+    live.final()
+    assert side.tails() == []
+
+
+def test_a_compose_whose_answer_was_lost_and_that_landed_twice_is_repaired(side: Side, clients: Clients) -> None:
+    live = side.live()
+    side.grow(b"head\n")
+    live.sync()
+    # The compose is carried out but answered 503: the client retries it. On Google the retry
+    # fails its generation precondition; fake-gcs-server keeps the generation and appends twice.
+    # Either way the object is not the file's bytes until the worker uploads it whole.
+    clients.cloud.control.fail_next(1, status=503, method="POST", path=r"/compose", service="storage", after=True)
+    side.grow(b"tail\n")
+    live.sync()
+    assert side.stored() == b"head\ntail\n"
+    assert any("uploading it whole" in line for line in side.lines), side.lines
+    side.grow(b"more\n")
+    live.final()
+    assert side.stored() == b"head\ntail\nmore\n"
+    assert side.tails() == []
+
+
+def test_a_tail_that_cannot_be_deleted_is_reported_and_stays_out_of_the_attempts_folder(side: Side, clients: Clients) -> None:
+    live = side.live()
+    side.grow(b"a\n")
+    live.sync()
+    side.grow(b"b\n")
+    live.sync()
+    clients.cloud.control.fail_next(10, status=503, method="DELETE", path=r"tails", service="storage")
+    live.final()
+    clients.cloud.control.clear_faults("storage")
+    assert side.stored() == b"a\nb\n"
+    assert side.tails() == [TAIL]
+    assert not TAIL.startswith(attempt_prefix(RUN, "t1", 1).rsplit("/tasks/", 1)[0] + "/tasks/")
+    assert any("could not delete the temporary" in line for line in side.lines), side.lines
+
+
+def test_a_small_log_goes_up_whole_in_one_call_per_interval_and_makes_no_tail(side: Side) -> None:
+    live = side.live(whole_below=1024 * 1024)
+    for n in range(3):
+        side.grow(f"line {n}\n".encode())
+        live.sync()
+        assert side.stored() == side.path.read_bytes()
+    assert live.calls == 3
+    assert live.appends == 0 and side.tails() == []  # no append, so no tail was ever made
+
+
+def test_a_log_the_container_never_wrote_is_an_empty_object(side: Side) -> None:
+    live = side.live()
+    live.final()
+    assert side.stored() == b""
