@@ -5,9 +5,11 @@ costs O(n²) bytes over an attempt; instead the new bytes go up as the log's tem
 (`runs/<run>/tails/<task>.<attempt>.<log>`, overwritten by each append, deleted by the final
 sync) and are composed onto the log (`[log, tail] -> log`, with the log's generation as
 precondition). Each compose answers the composite's size and crc32c: when they are not those of
-the bytes we sent (something else wrote the object, a retried compose landed twice), or a call
-fails, the file is uploaded whole again: the local file is the truth. A log that did not grow
-since its last write is checked against Storage at the end and uploaded whole if it differs.
+the bytes we sent (a retried compose landed twice: the emulator's fake-gcs-server keeps the
+generation on compose, so the precondition does not stop it there), or a call fails (412:
+something else wrote the object), the file is uploaded whole again: the local file is the
+truth. A log that did not grow since its last write is checked against Storage at the end and
+uploaded whole if it differs.
 A log below `WHOLE_BELOW` is uploaded whole: one call is cheaper than two (bench/log_append.py).
 """
 
