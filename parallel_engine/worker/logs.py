@@ -43,13 +43,13 @@ class LiveLog:
     object equal to the file unless Storage keeps failing (then it logs why)."""
 
     def __init__(self, bucket: WorkerBucket, key: str, tail: str, path: Path,
-                 log: Callable[[str], None] = print, whole_below: int = WHOLE_BELOW) -> None:
+                 log: Callable[[str], None] = print, whole_below: int | None = None) -> None:
         self.bucket = bucket
         self.key = key
         self.tail = tail  # the key of this log's temporary tail object
         self.path = path
         self.log = log
-        self.whole_below = whole_below
+        self.whole_below = WHOLE_BELOW if whole_below is None else whole_below
         self.sent = 0  # bytes of the file the object is known to hold
         self.crc = 0  # their crc32c
         self.generation: int | None = None  # the object's, as we last wrote it (None: not yet)

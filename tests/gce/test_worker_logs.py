@@ -23,10 +23,10 @@ TAIL = tail_key(RUN, "t1", 1, "stdout")
 
 
 class Side:
-    def __init__(self, clients: Clients, tmp_path: Path) -> None:
+    def __init__(self, clients: Clients, tmp_path: Path, prefix: str = "") -> None:
         self.clients = clients
         self.path = tmp_path / "stdout.log"
-        self.bucket = WorkerBucket(clients.storage, clients.cloud.bucket, "", tries=2,
+        self.bucket = WorkerBucket(clients.storage, clients.cloud.bucket, prefix, tries=2,
                                    retry_base_s=0.02, retry_max_s=0.1)
         self.lines: list[str] = []
 
@@ -38,7 +38,7 @@ class Side:
             f.write(data)
 
     def stored(self) -> bytes:
-        return bytes(self.bucket.bucket.blob(KEY).download_as_bytes())
+        return bytes(self.bucket.bucket.blob(self.bucket.root + KEY).download_as_bytes())
 
     def tails(self) -> list[str]:
         return [b.name for b in self.clients.storage.list_blobs(self.bucket.bucket, prefix=f"runs/{RUN}/tails/")]
@@ -174,3 +174,76 @@ def test_a_log_the_container_never_wrote_is_an_empty_object(side: Side) -> None:
     live = side.live()
     live.final()
     assert side.stored() == b""
+
+
+# A task printing 64 blocks of every byte value (not UTF-8) to stdout, a little at a time.
+BINARY_TASK = r"""
+import sys, time
+block = bytes(range(256)) * 256
+for i in range(64):
+    sys.stdout.buffer.write(b"%d:" % i + block)
+    sys.stdout.buffer.flush()
+    sys.stderr.buffer.write(b"\xff%d\n" % i)
+    sys.stderr.buffer.flush()
+    time.sleep(0.02)
+"""
+
+
+@pytest.mark.docker
+def test_a_worker_attempt_printing_binary_over_many_intervals_leaves_exactly_those_bytes(
+        clients: Clients, docker_engine: object, base_image: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.gce.test_worker_python import RUN as WORKER_RUN
+    from tests.gce.test_worker_python import Side as WorkerSide
+
+    monkeypatch.setattr("parallel_engine.worker.logs.WHOLE_BELOW", 1)  # append from the second sync on
+    side = WorkerSide(clients, tmp_path)
+    bucket = side.bucket
+    bucket.blob(f"runs/{WORKER_RUN}/command/bin").upload_from_string(
+        b"".join(item.encode() + b"\0" for item in ("python", "-c", BINARY_TASK)))
+    bucket.blob(f"runs/{WORKER_RUN}/open/bin.1").upload_from_string(b"")
+    clients.cloud.control.reset_calls()
+    side.worker(log_interval_s=0.1).run()
+    block = bytes(range(256)) * 256
+    assert side.read(f"runs/{WORKER_RUN}/tasks/bin/1/stdout.log") == b"".join(b"%d:" % i + block for i in range(64)), side.lines
+    assert side.read(f"runs/{WORKER_RUN}/tasks/bin/1/stderr.log") == b"".join(b"\xff%d\n" % i for i in range(64))
+    composes = clients.cloud.control.calls()["storage"]["byMethod"].get("storage.objects.compose", {})
+    assert sum(composes.values()) >= 1, "the log was appended, not only uploaded whole"
+    assert side.names("tails/") == []
+    assert not [line for line in side.lines if "upload" in line and "whole" in line], side.lines
+
+
+def test_logs_follow_on_a_bucket_shows_every_appended_byte_once(clients: Clients, tmp_path: Path) -> None:
+    import dataclasses
+    import threading
+
+    from parallel_engine.api import open_store
+    from parallel_engine.follow import tail_log
+    from parallel_engine.model import AttemptState, AttemptStatus
+    from parallel_engine.processes import this_orchestrator
+    from tests.emulator.emulator_helpers import wait_for
+    from tests.gce.gce_helpers import config_for
+    from tests.helpers import record_run
+
+    store = open_store(config_for(clients.cloud, "unused"))
+    record = record_run(store, RUN, {"t1": [None]}, ended=None)
+    store.save_run(dataclasses.replace(record, spec={**record.spec, "orchestrator": this_orchestrator()}))
+    written: list[bytes] = []
+    follower = threading.Thread(target=tail_log, args=(store, RUN, "t1", 1, "stdout", written.append, 0.01))
+    follower.start()
+    side = Side(clients, tmp_path, prefix=store.blobs.prefix)  # type: ignore[attr-defined]
+    live = side.live()
+    rng = random.Random(3)
+    try:
+        for _ in range(15):
+            side.grow(binary_chunk(rng, rng.randrange(1, 20_000)))
+            live.sync()
+            seen = len(b"".join(written))
+            wait_for(lambda: len(b"".join(written)) > seen, 10, "the follower to print what was appended")
+        live.final()
+    finally:
+        store.record_end(RUN, AttemptStatus("t1", 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, "worker-t1"))
+        follower.join(timeout=20)
+    assert not follower.is_alive()
+    assert b"".join(written) == side.path.read_bytes()
+    assert live.appends >= 14
