@@ -229,6 +229,14 @@ def test_logs_follow_on_a_bucket_shows_every_appended_byte_once(clients: Clients
     record = record_run(store, RUN, {"t1": [None]}, ended=None)
     store.save_run(dataclasses.replace(record, spec={**record.spec, "orchestrator": this_orchestrator()}))
     written: list[bytes] = []
+    starts: list[int] = []
+    read_from = store.blobs.read_from
+
+    def recorded(key: str, start: int) -> bytes | None:
+        starts.append(start)
+        return read_from(key, start)
+
+    store.blobs.read_from = recorded  # type: ignore[method-assign]
     follower = threading.Thread(target=tail_log, args=(store, RUN, "t1", 1, "stdout", written.append, 0.01))
     follower.start()
     side = Side(clients, tmp_path, prefix=store.blobs.prefix)  # type: ignore[attr-defined]
@@ -247,3 +255,17 @@ def test_logs_follow_on_a_bucket_shows_every_appended_byte_once(clients: Clients
     assert not follower.is_alive()
     assert b"".join(written) == side.path.read_bytes()
     assert live.appends >= 14
+    assert starts == sorted(starts) and starts[-1] == side.path.stat().st_size  # only what is new was read
+
+
+def test_a_bucket_log_is_read_from_an_offset(clients: Clients) -> None:
+    from parallel_engine.api import open_store
+    from tests.gce.gce_helpers import config_for
+
+    blobs = open_store(config_for(clients.cloud, "unused")).blobs
+    blobs.write("runs/r/tasks/t/1/stdout.log", b"0123\xff56789")
+    assert blobs.read_from("runs/r/tasks/t/1/stdout.log", 0) == b"0123\xff56789"
+    assert blobs.read_from("runs/r/tasks/t/1/stdout.log", 4) == b"\xff56789"
+    assert blobs.read_from("runs/r/tasks/t/1/stdout.log", 10) == b""  # nothing new: Storage says 416
+    assert blobs.read_from("runs/r/tasks/t/1/stdout.log", 11) == b""
+    assert blobs.read_from("runs/r/tasks/t/1/stderr.log", 3) is None
