@@ -30,6 +30,8 @@ from parallel_engine.worker.bucket import RESUMABLE_FROM, WorkerBucket
 WHOLE_BELOW = 4 * 1024 * 1024
 #: The most one append reads into memory; a sync sends a longer growth as several appends.
 TAIL_MAX = 64 * 1024 * 1024
+#: After this many appends in a row fail (a bucket that refuses composes), the log goes up whole.
+APPEND_FAILURES_MAX = 3
 CONTENT_TYPE = "text/plain; charset=utf-8"
 
 
@@ -57,6 +59,7 @@ class LiveLog:
         self.bytes_sent = 0  # payload bytes that went over the wire (for bench/log_append.py)
         self.calls = 0
         self.tail_made = False  # the tail object may exist: `final` deletes it
+        self.failures = 0  # appends that failed in a row
 
     def _blob(self, key: str) -> Any:
         return self.bucket.bucket.blob(self.bucket.root + key)
@@ -138,9 +141,15 @@ class LiveLog:
             self._whole()
             return True
         while self.sent < size:
-            if not self._append(size):
-                self._whole()
-                break
+            if self._append(size):
+                self.failures = 0
+                continue
+            self.failures += 1
+            if self.failures == APPEND_FAILURES_MAX:
+                self.whole_below = 1 << 62
+                self.log(f"{self.path.name}: {self.failures} appends in a row failed: uploading it whole from now on")
+            self._whole()
+            break
         return True
 
     def final(self) -> None:

@@ -127,6 +127,20 @@ def test_a_failing_compose_falls_back_to_a_whole_upload_and_final_leaves_no_tail
     assert side.tails() == []
 
 
+def test_a_bucket_that_keeps_refusing_composes_gets_whole_uploads_without_trying_again(side: Side, clients: Clients) -> None:
+    live = side.live()
+    side.grow(b"0\n")
+    live.sync()
+    clients.cloud.control.fail_next(100, status=403, method="POST", path=r"/compose", service="storage")
+    for n in range(1, 6):
+        side.grow(b"%d\n" % n)
+        live.sync()
+        assert side.stored() == side.path.read_bytes()
+    clients.cloud.control.clear_faults("storage")
+    assert clients.cloud.control.calls()["storage"]["injected"] == {"storage.objects.compose": 3}
+    assert sum("3 appends in a row failed" in line for line in side.lines) == 1, side.lines
+
+
 def test_a_compose_whose_answer_was_lost_and_that_landed_twice_is_repaired(side: Side, clients: Clients) -> None:
     live = side.live()
     side.grow(b"head\n")
