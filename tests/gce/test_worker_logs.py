@@ -207,25 +207,30 @@ for i in range(64):
 def test_a_worker_attempt_printing_binary_over_many_intervals_leaves_exactly_those_bytes(
         clients: Clients, docker_engine: object, base_image: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.gce.test_worker_python import RUN as WORKER_RUN
-    from tests.gce.test_worker_python import Side as WorkerSide
+    from parallel_engine.backends.gce.startup import WorkerSettings
+    from parallel_engine.protocol import command_key, encode_argv, open_key
+    from parallel_engine.worker.loop import Worker
 
     monkeypatch.setattr("parallel_engine.worker.logs.WHOLE_BELOW", 1)  # append from the second sync on
-    side = WorkerSide(clients, tmp_path)
-    bucket = side.bucket
-    bucket.blob(f"runs/{WORKER_RUN}/command/bin").upload_from_string(
-        b"".join(item.encode() + b"\0" for item in ("python", "-c", BINARY_TASK)))
-    bucket.blob(f"runs/{WORKER_RUN}/open/bin.1").upload_from_string(b"")
+    bucket = clients.storage.bucket(clients.cloud.bucket)
+    bucket.blob(command_key(RUN, "bin")).upload_from_string(encode_argv(["python", "-c", BINARY_TASK]))
+    bucket.blob(open_key(RUN, "bin", 1)).upload_from_string(b"")
+    settings = WorkerSettings(
+        run_id=RUN, bucket=clients.cloud.bucket, image=base_image, pull_policy="never",
+        storage_endpoint=clients.cloud.storage_endpoint, heartbeat_s=0.2, log_interval_s=0.1,
+        poll_s=0.1, idle_s=0.3, stop_grace_s=1, http_tries=3, retry_base_s=0.05, retry_max_s=0.4)
+    lines: list[str] = []
     clients.cloud.control.reset_calls()
-    side.worker(log_interval_s=0.1).run()
+    Worker(settings, WorkerBucket(clients.storage, settings.bucket, "", 3, 0.05, 0.4), "w1", tmp_path / "w1",
+           log=lines.append).run()
+    logs = attempt_prefix(RUN, "bin", 1)
     block = bytes(range(256)) * 256
-    assert side.read(f"runs/{WORKER_RUN}/tasks/bin/1/stdout.log") == b"".join(b"%d:" % i + block for i in range(64)), side.lines
-    assert side.read(f"runs/{WORKER_RUN}/tasks/bin/1/stderr.log") == b"".join(b"\xff%d\n" % i for i in range(64))
+    assert bucket.blob(logs + "stdout.log").download_as_bytes() == b"".join(b"%d:" % i + block for i in range(64)), lines
+    assert bucket.blob(logs + "stderr.log").download_as_bytes() == b"".join(b"\xff%d\n" % i for i in range(64))
     composes = clients.cloud.control.calls()["storage"]["byMethod"].get("storage.objects.compose", {})
     assert sum(composes.values()) >= 1, "the log was appended, not only uploaded whole"
-    assert side.names("tails/") == []
-    assert not [line for line in side.lines if "upload" in line and "whole" in line], side.lines
-
+    assert list(clients.storage.list_blobs(bucket, prefix=f"runs/{RUN}/tails/")) == []
+    assert not [line for line in lines if "upload" in line and "whole" in line], lines
 
 def test_logs_follow_on_a_bucket_shows_every_appended_byte_once(clients: Clients, tmp_path: Path) -> None:
     import dataclasses
