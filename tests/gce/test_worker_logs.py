@@ -216,7 +216,7 @@ def test_a_worker_attempt_printing_binary_over_many_intervals_leaves_exactly_tho
     bucket.blob(command_key(RUN, "bin")).upload_from_string(encode_argv(["python", "-c", BINARY_TASK]))
     bucket.blob(open_key(RUN, "bin", 1)).upload_from_string(b"")
     settings = WorkerSettings(
-        run_id=RUN, bucket=clients.cloud.bucket, image=base_image, pull_policy="never",
+        run_id=RUN, bucket=clients.cloud.bucket, image=base_image, worker_image="parallel-engine-worker:unused", pull_policy="never",
         storage_endpoint=clients.cloud.storage_endpoint, heartbeat_s=0.2, log_interval_s=0.1,
         poll_s=0.1, idle_s=0.3, stop_grace_s=1, http_tries=3, retry_base_s=0.05, retry_max_s=0.4)
     lines: list[str] = []
