@@ -13,7 +13,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,10 +151,19 @@ class Worker:
             self.signals.terminating.wait(self.s.poll_s)
 
     def _sweep(self, start: str, taken: set[str]) -> str | None:
-        """Claim and run the first claimable attempt from `start` on; its name, or None."""
+        """Claim and run the first claimable attempt from `start` on; its name, or None.
+
+        Names already in claims/ are skipped without a try: both listings come sorted, so one
+        walk beside the other finds them, and a worker behind the others does not pay a record
+        write and a refused claim for each attempt they hold."""
+        claimed = _Ahead(self.bucket.claimed_attempts(self.s.run_id, start, self.s.list_page_size))
         for name in self.bucket.open_attempts(self.s.run_id, start, self.s.list_page_size):
             parsed = parse_attempt(name)
             if parsed is None or name in taken:
+                continue
+            if claimed.holds(name):
+                taken.add(name)
+                self.taken += 1
                 continue
             self.write_record(name)  # before the claim: the orchestrator reads one claim per VM
             taken.add(name)
@@ -298,6 +307,19 @@ class Worker:
             end.finish(AttemptState.FAILED, code, running.exit_reason() or f"exit code {code}")
         if terminating or preempted:
             self.stop_all = True
+
+
+class _Ahead:
+    """A sorted stream of names, asked about names in increasing order (a merge walk)."""
+
+    def __init__(self, names: Iterator[str]) -> None:
+        self._names = names
+        self._head: str | None = next(names, None)
+
+    def holds(self, name: str) -> bool:
+        while self._head is not None and self._head < name:
+            self._head = next(self._names, None)
+        return self._head == name
 
 
 def _stop(running: DockerAttempt, grace: int) -> None:

@@ -140,6 +140,28 @@ def test_rendered_attempts_are_claimed_first_and_one_claimed_elsewhere_is_not_ru
     assert side.read(f"runs/{RUN}/workers/w1") == b"-"
 
 
+def test_attempts_already_claimed_elsewhere_are_skipped_without_a_claim_try(side: Side) -> None:
+    # A worker behind the others finds their claims in claims/ and tries only what is free: no
+    # record write and refused claim per attempt another VM holds.
+    for task in ("a", "b", "c", "d"):
+        side.publish(task)
+    for task in ("a", "c"):
+        side.bucket.blob(f"runs/{RUN}/claims/{task}.1").upload_from_string(b"someone-else")
+    worker = side.worker(list_page_size=1)  # both listings come one name per page
+    tried: list[str] = []
+    real_claim = worker.bucket.claim
+
+    def counted(run_id: str, task_id: str, attempt: int, name: str) -> bool:
+        tried.append(task_id)
+        return real_claim(run_id, task_id, attempt, name)
+
+    worker.bucket.claim = counted  # type: ignore[method-assign]
+    worker.run()
+    assert tried == ["b", "d"], side.lines
+    assert [side.status(task) is not None for task in ("a", "b", "c", "d")] == [False, True, False, True]
+    assert "claimed 2 attempt(s); 2 were taken by other workers first" in side.lines
+
+
 def test_a_claim_of_this_vms_name_from_before_is_not_taken_as_ours(side: Side) -> None:
     # A 412 on the first try is never ours, even holding our name (the VM booted again).
     side.publish("again", claimable=False)
