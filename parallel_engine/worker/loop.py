@@ -204,7 +204,10 @@ class Worker:
         if self.image_error is not None:
             return False
         client = self.runtime.client
-        if self.s.pull_policy == "if-missing" and image_exists(self.s.image, client):
+        # A digest names one content: a copy already here (the start-up script pulled it by that
+        # digest a moment ago) is what a pull would bring, so `always` does not ask the registry again.
+        pinned = "@sha256:" in self.s.image
+        if (self.s.pull_policy == "if-missing" or pinned) and image_exists(self.s.image, client):
             self.image_ready = True
             return True
         for tried in range(1, self.s.pull_tries + 1):

@@ -301,3 +301,29 @@ def test_settings_arrive_as_json_and_unknown_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown worker settings: nope"):
         load_settings(json.dumps({"run_id": RUN, "bucket": "pe-bucket", "image": IMAGE, "nope": 1}))
     assert argv_key(RUN, "t")  # the protocol's keys, never retyped here
+
+
+class _Images:
+    """A Docker engine's images that holds every image asked about and counts pulls."""
+
+    def __init__(self) -> None:
+        self.pulled: list[str] = []
+
+    def get(self, image: str) -> Any:
+        return type("Image", (), {"attrs": {"Config": {}}})()
+
+    def pull(self, image: str, **_: Any) -> None:
+        self.pulled.append(image)
+
+
+@pytest.mark.parametrize(("image", "pulls"), [
+    ("registry.example/p/app@sha256:" + "a" * 64, 0),  # pinned and present: that content is here
+    ("registry.example/p/app:latest", 1),  # a tag may have moved: `always` still asks the registry
+])
+def test_pull_always_skips_the_registry_only_for_a_digest_already_present(tmp_path: Path, image: str, pulls: int) -> None:
+    settings = WorkerSettings(run_id=RUN, bucket="pe-bucket", image=image, pull_policy="always")
+    worker = Worker(settings, Any, "w1", tmp_path)  # type: ignore[arg-type]  # no bucket call here
+    images = _Images()
+    worker.runtime._client = type("Client", (), {"images": images})()  # type: ignore[assignment]
+    assert worker.ensure_image()
+    assert images.pulled == [image] * pulls
