@@ -8,12 +8,14 @@ this module only adds what a VM needs around it (claims, heartbeat, preemption, 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import re
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from parallel_engine.protocol import (
     WORKERS,
     attempt_env,
     attempt_prefix,
+    claim_name,
     decode_argv,
     event_name,
     parse_attempt,
@@ -95,6 +98,8 @@ class Worker:
         self.won = self.taken = 0
         self._record_lock = threading.Lock()
         self._done = threading.Event()
+        self._lister = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lister")
+        self._next: _Listing | None = None  # the next sweep's listings, asked for as an attempt ends
 
     # -- the whole life of the worker ---------------------------------------------------------
     def run(self) -> None:
@@ -108,6 +113,7 @@ class Worker:
                 self._run_claiming()
         finally:
             self._done.set()
+            self._lister.shutdown(wait=False, cancel_futures=True)
             beater.join(5)
             self.runtime.close()
         self.log(f"claimed {self.won} attempt(s); {self.taken} were taken by other workers first")
@@ -156,8 +162,11 @@ class Worker:
         Names already in claims/ are skipped without a try: both listings come sorted, so one
         walk beside the other finds them, and a worker behind the others does not pay a record
         write and a refused claim for each attempt they hold."""
-        claimed = _Ahead(self.bucket.claimed_attempts(self.s.run_id, start, self.s.list_page_size))
-        for name in self.bucket.open_attempts(self.s.run_id, start, self.s.list_page_size):
+        listing, self._next = self._next, None
+        if listing is None or listing.start != start:
+            listing = self.listing(start)
+        claimed = _Ahead(listing.claimed())
+        for name in listing.open():
             parsed = parse_attempt(name)
             if parsed is None or name in taken:
                 continue
@@ -175,6 +184,15 @@ class Worker:
             if self._over():
                 return None
         return None
+
+    def listing(self, start: str) -> _Listing:
+        return _Listing(self._lister, self.bucket, self.s.run_id, start, self.s.list_page_size)
+
+    def list_ahead(self, start: str) -> None:
+        """Ask for the listings the next sweep (from `start`) reads, while this attempt's end is
+        written: reads only, so the record, claim, status and event keep their order."""
+        if self.s.tasks is None and not self._over():
+            self._next = self.listing(start)
 
     # -- record and heartbeat -----------------------------------------------------------------
     def write_record(self, text: str) -> None:
@@ -312,6 +330,30 @@ class Worker:
             self.stop_all = True
 
 
+class _Listing:
+    """open/ and claims/ from `start` on, their first pages fetched at once in two threads; the
+    later pages (a run of thousands) are fetched lazily by whoever walks them."""
+
+    def __init__(self, pool: ThreadPoolExecutor, bucket: WorkerBucket, run_id: str, start: str, page_size: int) -> None:
+        self.start = start
+        self._open = pool.submit(_fetched, lambda: bucket.open_attempts(run_id, start, page_size))
+        self._claimed = pool.submit(_fetched, lambda: bucket.claimed_attempts(run_id, start, page_size))
+
+    def open(self) -> Iterator[str]:
+        return self._open.result()
+
+    def claimed(self) -> Iterator[str]:
+        return self._claimed.result()
+
+
+def _fetched(names: Callable[[], Iterator[str]]) -> Iterator[str]:
+    """The listing with its first page already fetched (a failure raises here, in the caller's
+    future, and again where the result is read)."""
+    listed = names()
+    first = next(listed, None)
+    return iter(()) if first is None else itertools.chain((first,), listed)
+
+
 class _Ahead:
     """A sorted stream of names, asked about names in increasing order (a merge walk)."""
 
@@ -377,6 +419,7 @@ class _End:
         return lost
 
     def finish(self, state: AttemptState, code: int | None, reason: str) -> None:
+        self.w.list_ahead(claim_name(self.task_id, self.attempt))
         self.upload_logs(final=True)
         lost = self.upload_outputs()
         if lost and state == AttemptState.SUCCEEDED:
