@@ -15,7 +15,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +103,8 @@ class Worker:
 
     # -- the whole life of the worker ---------------------------------------------------------
     def run(self) -> None:
+        if self.s.tasks is None:
+            self._next = self.listing("")  # the first sweep's listings, asked beside the first record
         self.write_record("-")
         beater = threading.Thread(target=self._beat, name="beater", daemon=True)
         beater.start()
@@ -176,9 +178,10 @@ class Worker:
                 continue
             self.write_record(name)  # before the claim: the orchestrator reads one claim per VM
             taken.add(name)
+            command = self._lister.submit(self.command, parsed[0])  # a read: asked beside the claim
             if self.bucket.claim(self.s.run_id, *parsed, self.name):
                 self.won += 1
-                self.run_attempt(*parsed)
+                self.run_attempt(*parsed, command)
                 return name
             self.taken += 1
             if self._over():
@@ -241,14 +244,21 @@ class Worker:
                 self.bucket.backoff(tried)
         return False
 
-    def run_attempt(self, task_id: str, attempt: int) -> None:
+    def run_attempt(self, task_id: str, attempt: int, command: Future[tuple[bytes | None, bool]] | None = None) -> None:
+        """`command`: the task's command, when it was asked for beside the claim."""
         self.running = (task_id, attempt)
         try:
-            self._attempt(task_id, attempt)
+            self._attempt(task_id, attempt, command)
         finally:
             self.running = None
 
-    def _attempt(self, task_id: str, attempt: int) -> None:
+    def command(self, task_id: str) -> tuple[bytes | None, bool]:
+        """The task's command/ (full command, True) or argv/ (False); None when neither exists."""
+        prefix = run_prefix(self.s.run_id)
+        raw = self.bucket.get(prefix + COMMAND + task_id)
+        return (raw, True) if raw is not None else (self.bucket.get(prefix + ARGV + task_id), False)
+
+    def _attempt(self, task_id: str, attempt: int, command: Future[tuple[bytes | None, bool]] | None) -> None:
         started = time.time()
         folder = self.work / "attempts" / f"{task_id}.{attempt}"
         outputs = folder / "outputs"
@@ -267,10 +277,7 @@ class Worker:
             end.finish(AttemptState.INFRA, None, f"image pull failed: {self.image_error}")
             self.stop_all = True  # an image this VM cannot pull fails every attempt
             return
-        prefix = run_prefix(self.s.run_id)
-        raw, full = self.bucket.get(prefix + COMMAND + task_id), True
-        if raw is None:
-            raw, full = self.bucket.get(prefix + ARGV + task_id), False
+        raw, full = command.result() if command is not None else self.command(task_id)
         if raw is None:
             end.finish(AttemptState.INFRA, None, "cannot read the task's argv from the bucket")
             return
