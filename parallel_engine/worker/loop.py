@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import random
 import re
 import shutil
 import threading
@@ -37,7 +38,6 @@ from parallel_engine.protocol import (
     WORKERS,
     attempt_env,
     attempt_prefix,
-    claim_name,
     decode_argv,
     event_name,
     parse_attempt,
@@ -47,6 +47,7 @@ from parallel_engine.runtimes.base import AttemptSpec
 from parallel_engine.runtimes.docker import DockerAttempt, DockerRuntime, image_exists
 from parallel_engine.worker.bucket import WorkerBucket
 
+SPREAD = 8  # after a refused claim, the next try is drawn from this many free names
 TICK_S = 0.05  # how often a running attempt's deadline, preemption and logs are looked at
 REASON_MAX = 2000
 FORWARDED_ENV = ("GCE_METADATA_HOST", "GCE_METADATA_IP")  # tasks call Google as the VM's account
@@ -100,6 +101,8 @@ class Worker:
         self._done = threading.Event()
         self._lister = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lister")
         self._next: _Listing | None = None  # the next sweep's listings, asked for as an attempt ends
+        self._resume = ""  # where the next sweep starts
+        self.rng = random.Random()
 
     # -- the whole life of the worker ---------------------------------------------------------
     def run(self) -> None:
@@ -167,6 +170,33 @@ class Worker:
         listing, self._next = self._next, None
         if listing is None or listing.start != start:
             listing = self.listing(start)
+        free = self._free(listing, taken)
+        window: list[tuple[str, tuple[str, int]]] = []
+        first: str | None = None
+        refused = False
+        while True:
+            window += itertools.islice(free, SPREAD - len(window))
+            if not window:
+                return None
+            # In listing order; after a refused claim (workers that ended together are all after
+            # the same next name), one of the next free names drawn at random.
+            name, parsed = window.pop(self.rng.randrange(len(window)) if refused else 0)
+            first = first or name
+            self.write_record(name)  # before the claim: the orchestrator reads one claim per VM
+            taken.add(name)
+            command = self._lister.submit(self.command, parsed[0])  # a read: asked beside the claim
+            if self.bucket.claim(self.s.run_id, *parsed, self.name):
+                self.won += 1
+                self._resume = first  # the next sweep starts at the first name this one tried
+                self.run_attempt(*parsed, command)
+                return first
+            self.taken += 1
+            refused = True
+            if self._over():
+                return None
+
+    def _free(self, listing: _Listing, taken: set[str]) -> Iterator[tuple[str, tuple[str, int]]]:
+        """The listing's attempts (name, (task, attempt)) not tried yet by this worker nor in claims/."""
         claimed = _Ahead(listing.claimed())
         for name in listing.open():
             parsed = parse_attempt(name)
@@ -176,26 +206,16 @@ class Worker:
                 taken.add(name)
                 self.taken += 1
                 continue
-            self.write_record(name)  # before the claim: the orchestrator reads one claim per VM
-            taken.add(name)
-            command = self._lister.submit(self.command, parsed[0])  # a read: asked beside the claim
-            if self.bucket.claim(self.s.run_id, *parsed, self.name):
-                self.won += 1
-                self.run_attempt(*parsed, command)
-                return name
-            self.taken += 1
-            if self._over():
-                return None
-        return None
+            yield name, parsed
 
     def listing(self, start: str) -> _Listing:
         return _Listing(self._lister, self.bucket, self.s.run_id, start, self.s.list_page_size)
 
-    def list_ahead(self, start: str) -> None:
-        """Ask for the listings the next sweep (from `start`) reads, while this attempt's end is
-        written: reads only, so the record, claim, status and event keep their order."""
+    def list_ahead(self) -> None:
+        """Ask for the listings the next sweep reads, while this attempt's end is written: reads
+        only, so the record, claim, status and event keep their order."""
         if self.s.tasks is None and not self._over():
-            self._next = self.listing(start)
+            self._next = self.listing(self._resume)
 
     # -- record and heartbeat -----------------------------------------------------------------
     def write_record(self, text: str) -> None:
@@ -426,7 +446,7 @@ class _End:
         return lost
 
     def finish(self, state: AttemptState, code: int | None, reason: str) -> None:
-        self.w.list_ahead(claim_name(self.task_id, self.attempt))
+        self.w.list_ahead()
         self.upload_logs(final=True)
         lost = self.upload_outputs()
         if lost and state == AttemptState.SUCCEEDED:

@@ -9,6 +9,7 @@ command (`python -c ...`), so nothing is built.
 from __future__ import annotations
 
 import json
+import random
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,6 +83,31 @@ def test_attempts_already_claimed_elsewhere_are_skipped_without_a_claim_try(side
     assert tried == ["b", "d"], side.lines
     assert [side.status(task) is not None for task in ("a", "b", "c", "d")] == [False, True, False, True]
     assert "claimed 2 attempt(s); 2 were taken by other workers first" in side.lines
+
+
+def test_after_a_refused_claim_the_next_try_is_drawn_from_the_next_free_attempts(side: Side) -> None:
+    # Workers whose attempts ended together all go after the same next name: one wins, and the
+    # others, once refused, spread over the next free names instead of all trying the next one.
+    tasks = [f"t{n}" for n in range(6)]
+    for task in tasks:
+        side.publish(task)
+    worker = side.worker()
+    worker.rng = random.Random(3)  # its first draw among the 5 names left is not the first of them
+    assert random.Random(3).randrange(5) != 0
+    tried: list[str] = []
+    real_claim = worker.bucket.claim
+
+    def raced(run_id: str, task_id: str, attempt: int, name: str) -> bool:
+        tried.append(task_id)
+        if len(tried) == 1:  # another worker claims t0 between our listing and our claim
+            side.bucket.blob(f"runs/{RUN}/claims/{task_id}.1").upload_from_string(b"someone-else")
+        return real_claim(run_id, task_id, attempt, name)
+
+    worker.bucket.claim = raced  # type: ignore[method-assign]
+    worker.run()
+    assert tried[0] == "t0" and tried[1] != "t1", tried
+    assert sorted(tried) == tasks  # every attempt still tried once
+    assert [side.status(task) is not None for task in tasks] == [False] + [True] * 5
 
 
 def test_a_claim_of_this_vms_name_from_before_is_not_taken_as_ours(side: Side) -> None:
