@@ -99,7 +99,7 @@ class Worker:
         self.won = self.taken = 0
         self._record_lock = threading.Lock()
         self._done = threading.Event()
-        self._lister = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lister")
+        self._aside = ThreadPoolExecutor(max_workers=2, thread_name_prefix="aside")  # calls beside the main loop
         self._next: _Listing | None = None  # the next sweep's listings, asked for as an attempt ends
         self._resume = ""  # where the next sweep starts
         self.rng = random.Random()
@@ -118,7 +118,7 @@ class Worker:
                 self._run_claiming()
         finally:
             self._done.set()
-            self._lister.shutdown(wait=False, cancel_futures=True)
+            self._aside.shutdown(wait=False, cancel_futures=True)
             beater.join(5)
             self.runtime.close()
         self.log(f"claimed {self.won} attempt(s); {self.taken} were taken by other workers first")
@@ -184,7 +184,7 @@ class Worker:
             first = first or name
             self.write_record(name)  # before the claim: the orchestrator reads one claim per VM
             taken.add(name)
-            command = self._lister.submit(self.command, parsed[0])  # a read: asked beside the claim
+            command = self._aside.submit(self.command, parsed[0])  # a read: asked beside the claim
             if self.bucket.claim(self.s.run_id, *parsed, self.name):
                 self.won += 1
                 self._resume = first  # the next sweep starts at the first name this one tried
@@ -209,7 +209,7 @@ class Worker:
             yield name, parsed
 
     def listing(self, start: str) -> _Listing:
-        return _Listing(self._lister, self.bucket, self.s.run_id, start, self.s.list_page_size)
+        return _Listing(self._aside, self.bucket, self.s.run_id, start, self.s.list_page_size)
 
     def list_ahead(self) -> None:
         """Ask for the listings the next sweep reads, while this attempt's end is written: reads
@@ -233,6 +233,12 @@ class Worker:
                     self._heartbeat(*running)
             except Exception as exc:  # noqa: BLE001 - a missed beat is retried at the next one
                 self.log(f"heartbeat failed: {exc}")
+
+    def _first_beat(self, task_id: str, attempt: int) -> None:
+        try:
+            self._heartbeat(task_id, attempt)
+        except Exception as exc:  # noqa: BLE001 - the beater writes it again at the next beat
+            self.log(f"heartbeat failed: {exc}")
 
     def _heartbeat(self, task_id: str, attempt: int) -> None:
         key = attempt_prefix(self.s.run_id, task_id, attempt) + HEARTBEAT
@@ -285,7 +291,7 @@ class Worker:
         outputs.mkdir(parents=True, exist_ok=True)
         outputs.chmod(0o777)  # the image's user may not be root
         self.log(f"{task_id}.{attempt}: claimed")
-        self._heartbeat(task_id, attempt)
+        self._aside.submit(self._first_beat, task_id, attempt)  # beside the container's start
         end = _End(self, task_id, attempt, started, folder)
         if not self.ensure_image():
             if self.signals.terminating.is_set():

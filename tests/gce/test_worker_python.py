@@ -110,6 +110,26 @@ def test_after_a_refused_claim_the_next_try_is_drawn_from_the_next_free_attempts
     assert [side.status(task) is not None for task in tasks] == [False] + [True] * 5
 
 
+def test_a_heartbeat_that_cannot_be_written_as_an_attempt_starts_does_not_stop_it(side: Side) -> None:
+    # The first beat goes out beside the container's start; its failure is the beater's to retry.
+    from google.api_core.exceptions import ServiceUnavailable
+
+    side.publish("beat")
+    worker = side.worker(heartbeat_s=30)  # no beat from the beater during this short attempt
+    real_put = worker.bucket.put
+
+    def put(key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        if key.endswith("/heartbeat"):
+            raise ServiceUnavailable("Backend Error")
+        real_put(key, data, content_type)
+
+    worker.bucket.put = put  # type: ignore[method-assign]
+    worker.run()
+    status = side.status("beat")
+    assert status is not None and status.state == AttemptState.SUCCEEDED, side.lines
+    assert "heartbeat failed: 503 Backend Error" in side.lines
+
+
 def test_a_claim_of_this_vms_name_from_before_is_not_taken_as_ours(side: Side) -> None:
     # A 412 on the first try is never ours, even holding our name (the VM booted again).
     side.publish("again", claimable=False)
