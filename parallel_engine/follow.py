@@ -77,7 +77,8 @@ def tail_log(store: RunStore, run_id: str, task_id: str, attempt: int | None, st
     run has; returns the attempt's number.
 
     A gce worker uploads the logs every few seconds while the attempt runs: what is new shows
-    then. A log found shorter than what was written (replaced, not grown) is written again whole.
+    then. Logs only grow (docs/worker-protocol.md), so each read asks for the bytes past what
+    was written: a long log is not read again whole at every poll.
     """
     record = store.load_run(run_id)
     if attempt is None and any(task.id == task_id for task in record.tasks):
@@ -89,12 +90,10 @@ def tail_log(store: RunStore, run_id: str, task_id: str, attempt: int | None, st
     written = 0
     while True:
         ended = store.read_status(run_id, task_id, chosen) is not None or run_state(store, record) != "running"
-        data = store.read_log(run_id, task_id, chosen, stream) or b""
-        if len(data) < written:
-            written = 0
-        if len(data) > written:
-            write(data[written:])
-            written = len(data)
+        data = store.read_log_from(run_id, task_id, chosen, stream, written) or b""
+        if data:
+            write(data)
+            written += len(data)
         if ended:
             return chosen
         sleep(poll_s)

@@ -30,6 +30,7 @@ WORKERS = "workers/"  # worker (gce): <vm>, the attempt a VM claimed last, rewri
 BUILDS = "builds/"  # orchestrator (gce): the last build's image digest
 SOURCES = "sources/"  # orchestrator (gce): the build contexts uploaded for Cloud Build
 LEASES = "leases/"  # orchestrator: <generation>, who orchestrates the run (the highest one holds it)
+TAILS = "tails/"  # worker (gce): <task>.<attempt>.<log>, a log's new bytes until composed onto it
 #: The folders of a run that hold its keys: made when the run is created, never again.
 RUN_FOLDERS = (CLAIMS, EVENTS, TASKS, LEASES)
 
@@ -65,6 +66,12 @@ def parse_attempt(name: str) -> tuple[str, int] | None:
 
 def attempt_prefix(run_id: str, task_id: str, attempt: int) -> str:
     return f"{RUNS}{run_id}/{TASKS}{task_id}/{attempt}/"
+
+
+def tail_key(run_id: str, task_id: str, attempt: int, log: str) -> str:
+    """A log's temporary tail (the bytes a worker composes onto it): outside tasks/, so no
+    listing of a run's attempts (collect, status) sees one, even if its worker died holding it."""
+    return f"{RUNS}{run_id}/{TAILS}{claim_name(task_id, attempt)}.{log}"
 
 
 def claim_key(run_id: str, task_id: str, attempt: int) -> str:

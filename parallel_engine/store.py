@@ -74,6 +74,10 @@ class Blobs(Protocol):
 
     def read(self, key: str) -> bytes | None: ...
 
+    def read_from(self, key: str, start: int) -> bytes | None:
+        """The bytes from offset `start` on (b"" when the object holds no more); None if missing:
+        what a follower of a growing log reads each time."""
+
     def read_many(self, keys: list[str]) -> list[bytes | None]:
         """Each key's bytes (None where missing), in `keys`' order, as fast as the medium allows:
         what reading a whole run costs (`RunStore.attempts`)."""
@@ -165,6 +169,15 @@ class LocalBlobs:
         path = self._path(key)
         try:
             return _read_file(path)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise _disk_error("read", Path(path), exc) from None
+
+    def read_from(self, key: str, start: int) -> bytes | None:
+        path = self._path(key)
+        try:
+            return _read_file(path, start)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
         except OSError as exc:
@@ -263,11 +276,13 @@ class LocalBlobs:
                 raise _disk_error("write", Path(path), exc) from None
 
 
-def _read_file(path: str) -> bytes:
-    """A whole file with bare os calls: half the cost of open().read() for a small record, which
-    counts when `status` reads 50,000 of them."""
+def _read_file(path: str, start: int = 0) -> bytes:
+    """A whole file (from `start` on) with bare os calls: half the cost of open().read() for a
+    small record, which counts when `status` reads 50,000 of them."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        if start:
+            os.lseek(fd, start, os.SEEK_SET)
         chunks = []
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
@@ -606,6 +621,10 @@ class RunStore:
 
     def read_log(self, run_id: str, task_id: str, attempt: int, stream: str) -> bytes | None:
         return self.blobs.read(self.attempt_prefix(run_id, task_id, attempt) + f"{stream}.log")
+
+    def read_log_from(self, run_id: str, task_id: str, attempt: int, stream: str, start: int) -> bytes | None:
+        """A log's bytes from offset `start` on (logs only grow: a follower reads what is new)."""
+        return self.blobs.read_from(self.attempt_prefix(run_id, task_id, attempt) + f"{stream}.log", start)
 
     def read_attempt_file(self, run_id: str, task_id: str, attempt: int, name: str) -> bytes | None:
         """A file of an attempt's folder (its record, a log, the worker's list of skipped outputs)."""

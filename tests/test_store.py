@@ -147,3 +147,14 @@ def test_worker_records_show_a_rewrite_as_a_new_generation_and_new_bytes_as_a_ne
     assert claimed[1] != beat[1]  # a new claim: new bytes
     store.blobs.write("runs/r1/workers/vm-b", b"-")
     assert sorted(store.worker_records("r1")) == ["vm-a", "vm-b"] and store.worker_records("r2") == {}
+
+
+def test_a_local_log_is_read_from_an_offset(tmp_path: Path) -> None:
+    blobs = LocalBlobs(tmp_path)
+    (tmp_path / "runs/r/tasks/t/1").mkdir(parents=True)
+    blobs.write("runs/r/tasks/t/1/stdout.log", b"0123\xff56789")
+    assert blobs.read_from("runs/r/tasks/t/1/stdout.log", 0) == b"0123\xff56789"
+    assert blobs.read_from("runs/r/tasks/t/1/stdout.log", 4) == b"\xff56789"
+    assert blobs.read_from("runs/r/tasks/t/1/stdout.log", 10) == b""
+    assert blobs.read_from("runs/r/tasks/t/1/stdout.log", 11) == b""
+    assert blobs.read_from("runs/r/tasks/t/1/stderr.log", 3) is None

@@ -58,6 +58,7 @@ _PERMISSIONS = {
     "storage.objects.patch": "storage.objects.update", "storage.buckets.patch": "storage.buckets.update",
 }  # fmt: skip
 _OBJECT_PATH = re.compile(r"^/storage/v1/b/([^/]+)/o/([^/]+)$")
+_COMPOSE_PATH = re.compile(r"^/storage/v1/b/([^/]+)/o/([^/]+)/compose$")
 
 #: fake-gcs-server puts the HTTP status text where Google puts a reason code.
 _REASONS = {400: "invalid", 401: "required", 403: "forbidden", 404: "notFound", 409: "conflict",
@@ -104,15 +105,18 @@ def capped_list(target: str, page_size: int = LIST_PAGE) -> str:
 def precondition_target(method: str, target: str) -> tuple[str, str, str] | None:
     """(bucket, object, ifGenerationMatch) for the calls whose precondition fake-gcs-server ignores.
 
-    fake-gcs-server honours `ifGenerationMatch` on multipart uploads but not on media uploads or
-    deletes; Google honours it everywhere, so the proxy checks those two itself.
+    fake-gcs-server honours `ifGenerationMatch` on multipart uploads but not on media uploads,
+    deletes or composes (of the destination); Google honours it everywhere, so the proxy checks
+    those three itself. (A compose there also keeps the destination's generation where Google
+    mints a new one: not emulated.)
     """
     parts = urlsplit(target)
     query = parse_qs(parts.query)
     wanted = query.get("ifGenerationMatch", [None])[0]
     if wanted is None:
         return None
-    if method == "DELETE" and (m := _OBJECT_PATH.match(parts.path)):
+    if (method == "DELETE" and (m := _OBJECT_PATH.match(parts.path))) or (
+            method == "POST" and (m := _COMPOSE_PATH.match(parts.path))):
         return m.group(1), unquote(m.group(2)), wanted
     if method == "POST" and (m := UPLOAD_PATH.match(parts.path)) and query.get("uploadType") == ["media"]:
         name = query.get("name", [None])[0]

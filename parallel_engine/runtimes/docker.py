@@ -420,7 +420,9 @@ class DockerRuntime:
             "stdin_open": False,
             "tty": False,
             "auto_remove": False,  # the exit code must be read first
-            "log_config": {"type": "json-file", "config": {}},  # readable on any engine setup
+            # readable on any engine setup, and byte for byte: json-file turns bytes that are not
+            # UTF-8 into U+FFFD
+            "log_config": {"type": "local", "config": {}},
         }
         if spec.command_override:
             if not spec.argv:

@@ -19,6 +19,7 @@ from parallel_engine.errors import BuildError
 #: What `python -m parallel_engine.worker` imports beyond the standard library (the `worker` extra).
 REQUIREMENTS = (
     "google-cloud-storage>=2.16",
+    "google-crc32c>=1.5",  # parallel_engine.worker.logs: the crc32c of the bytes a log appended
     "google-auth>=2.20",
     "requests>=2.31",
     "docker>=7",

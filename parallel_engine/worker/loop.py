@@ -42,10 +42,12 @@ from parallel_engine.protocol import (
     event_name,
     parse_attempt,
     run_prefix,
+    tail_key,
 )
 from parallel_engine.runtimes.base import AttemptSpec
 from parallel_engine.runtimes.docker import DockerAttempt, DockerRuntime, image_exists
 from parallel_engine.worker.bucket import WorkerBucket
+from parallel_engine.worker.logs import LiveLog
 
 SPREAD = 8  # after a refused claim, the next try is drawn from this many free names
 TICK_S = 0.05  # how often a running attempt's deadline, preemption and logs are looked at
@@ -355,7 +357,7 @@ class Worker:
         elif preempted:
             end.finish(AttemptState.PREEMPTED, code, "the VM was preempted")
         elif terminating:
-            end.upload_logs()  # deleted or stopped: the orchestrator says lost or cancelled
+            end.upload_logs(final=True)  # deleted or stopped: the orchestrator says lost or cancelled
             self.log(f"{end.task_id}.{end.attempt}: the VM is shutting down: no status written")
         else:
             end.finish(AttemptState.FAILED, code, running.exit_reason() or f"exit code {code}")
@@ -416,21 +418,18 @@ class _End:
         self.started = started
         self.folder = folder
         self.key = attempt_prefix(worker.s.run_id, task_id, attempt)
-        self._sizes: tuple[int, int] | None = None
+        run_id = worker.s.run_id
+        self.logs = [LiveLog(worker.bucket, self.key + name, tail_key(run_id, task_id, attempt, name.split(".")[0]),
+                             folder / name, worker.log) for name in (STDOUT_LOG, STDERR_LOG)]
 
     def upload_logs(self, final: bool = False) -> None:
-        """Both logs, whole, when they grew since the last upload (always when `final`)."""
-        paths = [self.folder / STDOUT_LOG, self.folder / STDERR_LOG]
-        sizes = tuple(p.stat().st_size if p.exists() else 0 for p in paths)
-        if not final and sizes == self._sizes:
-            return
-        self._sizes = (sizes[0], sizes[1])
-        for path in paths:
-            data = path.read_bytes() if path.exists() else b""
-            try:
-                self.w.bucket.put(self.key + path.name, data, "text/plain; charset=utf-8")
-            except Exception as exc:  # noqa: BLE001 - logs are best effort; the record is not
-                self.w.log(f"upload of {path.name} failed: {exc}")
+        """What both logs gained since the last upload (parallel_engine/worker/logs.py); when
+        `final`, each object is left equal to its file."""
+        for log in self.logs:
+            if final:
+                log.final()
+            else:
+                log.sync()
 
     def upload_outputs(self) -> str:
         """Every regular file; links and special files listed in `skipped`. Returns "" or why an

@@ -75,6 +75,20 @@ def test_delete_honours_if_generation_match(clients: Clients) -> None:
     assert not blob.exists()
 
 
+def test_compose_honours_if_generation_match_of_its_destination(clients: Clients) -> None:
+    bucket = clients.storage.bucket(clients.cloud.bucket)
+    log, tail = bucket.blob("log"), bucket.blob("tail")
+    log.upload_from_string(b"a")
+    tail.upload_from_string(b"b")
+    stale = log.generation
+    log.upload_from_string(b"A")  # written by someone else: a new generation
+    with pytest.raises(gexc.PreconditionFailed):  # fake-gcs-server alone composes anyway
+        bucket.blob("log").compose([bucket.blob("log"), tail], if_generation_match=stale)
+    assert bucket.blob("log").download_as_bytes() == b"A"
+    bucket.blob("log").compose([bucket.blob("log"), tail], if_generation_match=log.generation)
+    assert bucket.blob("log").download_as_bytes() == b"Ab"
+
+
 def test_storage_503_is_injected_then_clears(clients: Clients) -> None:
     blob = clients.storage.bucket(clients.cloud.bucket).blob("data.txt")
     blob.upload_from_string("payload")

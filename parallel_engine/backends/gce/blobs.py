@@ -90,6 +90,19 @@ class GCSBlobs:
         except self._exceptions.NotFound:
             return None
 
+    @_translated
+    def read_from(self, key: str, start: int) -> bytes | None:
+        """One ranged read; Storage answers 416 when the object holds no byte past `start`."""
+        if start == 0:
+            return self.read(key)
+        try:
+            data: bytes = self.bucket.blob(self._name(key)).download_as_bytes(start=start, retry=self._retry)
+            return data
+        except self._exceptions.NotFound:
+            return None
+        except self._exceptions.RequestRangeNotSatisfiable:
+            return b""
+
     def read_many(self, keys: list[str]) -> list[bytes | None]:
         """Concurrent reads (threads: each is a round trip): 50,000 records one after the other
         would take minutes."""
