@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from parallel_engine.protocol import OPEN, claim_key, run_prefix
+from parallel_engine.protocol import CLAIMS, OPEN, claim_key, run_prefix
 
 if TYPE_CHECKING:
     from google.cloud import storage
@@ -118,7 +118,15 @@ class WorkerBucket:
 
     def open_attempts(self, run_id: str, start: str = "", page_size: int = 1000) -> Iterator[str]:
         """Names `<task>.<attempt>` under runs/<run>/open/, from `start` (inclusive) on, page by page."""
-        prefix = self.root + run_prefix(run_id) + OPEN
+        return self._names(run_id, OPEN, start, page_size)
+
+    def claimed_attempts(self, run_id: str, start: str = "", page_size: int = 1000) -> Iterator[str]:
+        """Names `<task>.<attempt>` under runs/<run>/claims/, from `start` (inclusive) on, page by page."""
+        return self._names(run_id, CLAIMS, start, page_size)
+
+    def _names(self, run_id: str, folder: str, start: str, page_size: int) -> Iterator[str]:
+        """Names under runs/<run>/<folder>, in Storage's (lexicographic) order, fetched lazily."""
+        prefix = self.root + run_prefix(run_id) + folder
         offset = {"start_offset": prefix + start} if start else {}
         for blob in self.client.list_blobs(self.bucket, prefix=prefix, page_size=page_size,
                                            fields="items(name),nextPageToken", retry=self.retry, **offset):

@@ -8,12 +8,15 @@ this module only adds what a VM needs around it (claims, heartbeat, preemption, 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import random
 import re
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +49,7 @@ from parallel_engine.runtimes.docker import DockerAttempt, DockerRuntime, image_
 from parallel_engine.worker.bucket import WorkerBucket
 from parallel_engine.worker.logs import LiveLog
 
+SPREAD = 8  # after a refused claim, the next try is drawn from this many free names
 TICK_S = 0.05  # how often a running attempt's deadline, preemption and logs are looked at
 REASON_MAX = 2000
 FORWARDED_ENV = ("GCE_METADATA_HOST", "GCE_METADATA_IP")  # tasks call Google as the VM's account
@@ -97,9 +101,15 @@ class Worker:
         self.won = self.taken = 0
         self._record_lock = threading.Lock()
         self._done = threading.Event()
+        self._aside = ThreadPoolExecutor(max_workers=2, thread_name_prefix="aside")  # calls beside the main loop
+        self._next: _Listing | None = None  # the next sweep's listings, asked for as an attempt ends
+        self._resume = ""  # where the next sweep starts
+        self.rng = random.Random()
 
     # -- the whole life of the worker ---------------------------------------------------------
     def run(self) -> None:
+        if self.s.tasks is None:
+            self._next = self.listing("")  # the first sweep's listings, asked beside the first record
         self.write_record("-")
         beater = threading.Thread(target=self._beat, name="beater", daemon=True)
         beater.start()
@@ -110,6 +120,7 @@ class Worker:
                 self._run_claiming()
         finally:
             self._done.set()
+            self._aside.shutdown(wait=False, cancel_futures=True)
             beater.join(5)
             self.runtime.close()
         self.log(f"claimed {self.won} attempt(s); {self.taken} were taken by other workers first")
@@ -153,21 +164,60 @@ class Worker:
             self.signals.terminating.wait(self.s.poll_s)
 
     def _sweep(self, start: str, taken: set[str]) -> str | None:
-        """Claim and run the first claimable attempt from `start` on; its name, or None."""
-        for name in self.bucket.open_attempts(self.s.run_id, start, self.s.list_page_size):
+        """Claim and run the first claimable attempt from `start` on; its name, or None.
+
+        Names already in claims/ are skipped without a try: both listings come sorted, so one
+        walk beside the other finds them, and a worker behind the others does not pay a record
+        write and a refused claim for each attempt they hold."""
+        listing, self._next = self._next, None
+        if listing is None or listing.start != start:
+            listing = self.listing(start)
+        free = self._free(listing, taken)
+        window: list[tuple[str, tuple[str, int]]] = []
+        first: str | None = None
+        refused = False
+        while True:
+            window += itertools.islice(free, SPREAD - len(window))
+            if not window:
+                return None
+            # In listing order; after a refused claim (workers that ended together are all after
+            # the same next name), one of the next free names drawn at random.
+            name, parsed = window.pop(self.rng.randrange(len(window)) if refused else 0)
+            first = first or name
+            self.write_record(name)  # before the claim: the orchestrator reads one claim per VM
+            taken.add(name)
+            command = self._aside.submit(self.command, parsed[0])  # a read: asked beside the claim
+            if self.bucket.claim(self.s.run_id, *parsed, self.name):
+                self.won += 1
+                self._resume = first  # the next sweep starts at the first name this one tried
+                self.run_attempt(*parsed, command)
+                return first
+            self.taken += 1
+            refused = True
+            if self._over():
+                return None
+
+    def _free(self, listing: _Listing, taken: set[str]) -> Iterator[tuple[str, tuple[str, int]]]:
+        """The listing's attempts (name, (task, attempt)) not tried yet by this worker nor in claims/."""
+        claimed = _Ahead(listing.claimed())
+        for name in listing.open():
             parsed = parse_attempt(name)
             if parsed is None or name in taken:
                 continue
-            self.write_record(name)  # before the claim: the orchestrator reads one claim per VM
-            taken.add(name)
-            if self.bucket.claim(self.s.run_id, *parsed, self.name):
-                self.won += 1
-                self.run_attempt(*parsed)
-                return name
-            self.taken += 1
-            if self._over():
-                return None
-        return None
+            if claimed.holds(name):
+                taken.add(name)
+                self.taken += 1
+                continue
+            yield name, parsed
+
+    def listing(self, start: str) -> _Listing:
+        return _Listing(self._aside, self.bucket, self.s.run_id, start, self.s.list_page_size)
+
+    def list_ahead(self) -> None:
+        """Ask for the listings the next sweep reads, while this attempt's end is written: reads
+        only, so the record, claim, status and event keep their order."""
+        if self.s.tasks is None and not self._over():
+            self._next = self.listing(self._resume)
 
     # -- record and heartbeat -----------------------------------------------------------------
     def write_record(self, text: str) -> None:
@@ -186,6 +236,12 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - a missed beat is retried at the next one
                 self.log(f"heartbeat failed: {exc}")
 
+    def _first_beat(self, task_id: str, attempt: int) -> None:
+        try:
+            self._heartbeat(task_id, attempt)
+        except Exception as exc:  # noqa: BLE001 - the beater writes it again at the next beat
+            self.log(f"heartbeat failed: {exc}")
+
     def _heartbeat(self, task_id: str, attempt: int) -> None:
         key = attempt_prefix(self.s.run_id, task_id, attempt) + HEARTBEAT
         self.bucket.put(key, f"{time.time():.6f}".encode(), "text/plain")
@@ -197,7 +253,10 @@ class Worker:
         if self.image_error is not None:
             return False
         client = self.runtime.client
-        if self.s.pull_policy == "if-missing" and image_exists(self.s.image, client):
+        # A digest names one content: a copy already here (the start-up script pulled it by that
+        # digest a moment ago) is what a pull would bring, so `always` does not ask the registry again.
+        pinned = "@sha256:" in self.s.image
+        if (self.s.pull_policy == "if-missing" or pinned) and image_exists(self.s.image, client):
             self.image_ready = True
             return True
         for tried in range(1, self.s.pull_tries + 1):
@@ -213,21 +272,28 @@ class Worker:
                 self.bucket.backoff(tried)
         return False
 
-    def run_attempt(self, task_id: str, attempt: int) -> None:
+    def run_attempt(self, task_id: str, attempt: int, command: Future[tuple[bytes | None, bool]] | None = None) -> None:
+        """`command`: the task's command, when it was asked for beside the claim."""
         self.running = (task_id, attempt)
         try:
-            self._attempt(task_id, attempt)
+            self._attempt(task_id, attempt, command)
         finally:
             self.running = None
 
-    def _attempt(self, task_id: str, attempt: int) -> None:
+    def command(self, task_id: str) -> tuple[bytes | None, bool]:
+        """The task's command/ (full command, True) or argv/ (False); None when neither exists."""
+        prefix = run_prefix(self.s.run_id)
+        raw = self.bucket.get(prefix + COMMAND + task_id)
+        return (raw, True) if raw is not None else (self.bucket.get(prefix + ARGV + task_id), False)
+
+    def _attempt(self, task_id: str, attempt: int, command: Future[tuple[bytes | None, bool]] | None) -> None:
         started = time.time()
         folder = self.work / "attempts" / f"{task_id}.{attempt}"
         outputs = folder / "outputs"
         outputs.mkdir(parents=True, exist_ok=True)
         outputs.chmod(0o777)  # the image's user may not be root
         self.log(f"{task_id}.{attempt}: claimed")
-        self._heartbeat(task_id, attempt)
+        self._aside.submit(self._first_beat, task_id, attempt)  # beside the container's start
         end = _End(self, task_id, attempt, started, folder)
         if not self.ensure_image():
             if self.signals.terminating.is_set():
@@ -239,10 +305,7 @@ class Worker:
             end.finish(AttemptState.INFRA, None, f"image pull failed: {self.image_error}")
             self.stop_all = True  # an image this VM cannot pull fails every attempt
             return
-        prefix = run_prefix(self.s.run_id)
-        raw, full = self.bucket.get(prefix + COMMAND + task_id), True
-        if raw is None:
-            raw, full = self.bucket.get(prefix + ARGV + task_id), False
+        raw, full = command.result() if command is not None else self.command(task_id)
         if raw is None:
             end.finish(AttemptState.INFRA, None, "cannot read the task's argv from the bucket")
             return
@@ -302,6 +365,43 @@ class Worker:
             self.stop_all = True
 
 
+class _Listing:
+    """open/ and claims/ from `start` on, their first pages fetched at once in two threads; the
+    later pages (a run of thousands) are fetched lazily by whoever walks them."""
+
+    def __init__(self, pool: ThreadPoolExecutor, bucket: WorkerBucket, run_id: str, start: str, page_size: int) -> None:
+        self.start = start
+        self._open = pool.submit(_fetched, lambda: bucket.open_attempts(run_id, start, page_size))
+        self._claimed = pool.submit(_fetched, lambda: bucket.claimed_attempts(run_id, start, page_size))
+
+    def open(self) -> Iterator[str]:
+        return self._open.result()
+
+    def claimed(self) -> Iterator[str]:
+        return self._claimed.result()
+
+
+def _fetched(names: Callable[[], Iterator[str]]) -> Iterator[str]:
+    """The listing with its first page already fetched (a failure raises here, in the caller's
+    future, and again where the result is read)."""
+    listed = names()
+    first = next(listed, None)
+    return iter(()) if first is None else itertools.chain((first,), listed)
+
+
+class _Ahead:
+    """A sorted stream of names, asked about names in increasing order (a merge walk)."""
+
+    def __init__(self, names: Iterator[str]) -> None:
+        self._names = names
+        self._head: str | None = next(names, None)
+
+    def holds(self, name: str) -> bool:
+        while self._head is not None and self._head < name:
+            self._head = next(self._names, None)
+        return self._head == name
+
+
 def _stop(running: DockerAttempt, grace: int) -> None:
     """`docker stop`: SIGTERM, then SIGKILL after `grace` seconds (the VM is going away)."""
     with contextlib.suppress(Exception):  # gone already: the waiter reports the exit
@@ -351,6 +451,7 @@ class _End:
         return lost
 
     def finish(self, state: AttemptState, code: int | None, reason: str) -> None:
+        self.w.list_ahead()
         self.upload_logs(final=True)
         lost = self.upload_outputs()
         if lost and state == AttemptState.SUCCEEDED:

@@ -9,101 +9,23 @@ command (`python -c ...`), so nothing is built.
 from __future__ import annotations
 
 import json
+import random
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from google.api_core.exceptions import NotFound
 
 from parallel_engine.backends.gce.startup import WorkerSettings
-from parallel_engine.model import AttemptState, AttemptStatus
-from parallel_engine.protocol import argv_key, command_key, encode_argv, heartbeat_key, open_key
+from parallel_engine.model import AttemptState
+from parallel_engine.protocol import argv_key, heartbeat_key
 from parallel_engine.worker.__main__ import load_settings
-from parallel_engine.worker.bucket import WorkerBucket
 from parallel_engine.worker.loop import Signals, Worker, shown
 from tests.emulator.emulator_helpers import Clients, wait_for
+from tests.gce.worker_side import IMAGE, RUN, WORKER_IMAGE, Side
 
 pytestmark = [pytest.mark.emulator, pytest.mark.docker]
-
-RUN = "20250101-000000-pywrk"
-IMAGE = "python:3.11-slim"
-WORKER_IMAGE = "parallel-engine-worker:test"  # the image this worker would run in (not used in-process)
-
-# A task: prints to both streams, writes out.txt (and what `--write=NAME` names), sleeps, exits.
-TASK = r"""
-import os, sys, time
-out = os.environ["PE_OUTPUT_DIR"]
-print("started", os.environ["PE_TASK_ID"], os.environ["PE_ATTEMPT"], flush=True)
-print("to stderr", file=sys.stderr, flush=True)
-open(os.path.join(out, "out.txt"), "w").write(os.environ["PE_TASK_ID"])
-for a in sys.argv[1:]:
-    if a.startswith("--write="):
-        open(os.path.join(out, a[len("--write="):]), "w").write("keep me")
-    elif a == "--link":
-        os.symlink("/etc/hostname", os.path.join(out, "host-link"))
-    elif a.startswith("--sleep="):
-        time.sleep(float(a[len("--sleep="):]))
-    elif a.startswith("--exit="):
-        sys.exit(int(a[len("--exit="):]))
-print("done", flush=True)
-"""
-
-
-@dataclass
-class Side:
-    """The orchestrator's side and the worker under test, over one emulator."""
-
-    clients: Clients
-    work: Path
-    lines: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-
-    @property
-    def bucket(self) -> Any:
-        return self.clients.storage.bucket(self.clients.cloud.bucket)
-
-    def publish(self, task_id: str, *args: str, attempt: int = 1, claimable: bool = True) -> None:
-        command = ["python", "-c", TASK, *args]
-        self.bucket.blob(command_key(RUN, task_id)).upload_from_string(encode_argv(command))
-        if claimable:
-            self.bucket.blob(open_key(RUN, task_id, attempt)).upload_from_string(b"")
-
-    def worker(self, name: str = "w1", signals: Signals | None = None, **overrides: Any) -> Worker:
-        values: dict[str, Any] = dict(
-            run_id=RUN, bucket=self.clients.cloud.bucket, image=IMAGE, worker_image=WORKER_IMAGE, pull_policy="never",
-            storage_endpoint=self.clients.cloud.storage_endpoint, heartbeat_s=0.2, log_interval_s=0.2,
-            poll_s=0.1, idle_s=0.3, stop_grace_s=1, http_tries=3, retry_base_s=0.05, retry_max_s=0.4,
-        )
-        values.update(overrides)
-        settings = WorkerSettings(**values)
-        bucket = WorkerBucket(self.clients.storage, settings.bucket, settings.prefix, settings.http_tries,
-                              settings.retry_base_s, settings.retry_max_s)
-        return Worker(settings, bucket, name, self.work / name, signals,
-                      delete_self=lambda: self.deleted.append(name), log=self.lines.append)
-
-    def read(self, key: str) -> bytes | None:
-        try:
-            return bytes(self.bucket.blob(key).download_as_bytes())
-        except NotFound:
-            return None
-
-    def status(self, task_id: str, attempt: int = 1) -> AttemptStatus | None:
-        raw = self.read(f"runs/{RUN}/tasks/{task_id}/{attempt}/status.json")
-        return None if raw is None else AttemptStatus.from_json(json.loads(raw))
-
-    def names(self, under: str) -> list[str]:
-        prefix = f"runs/{RUN}/{under}"
-        return sorted(b.name[len(prefix):] for b in self.clients.storage.list_blobs(self.bucket, prefix=prefix))
-
-    def outputs(self, task_id: str, attempt: int = 1) -> dict[str, bytes]:
-        prefix = f"tasks/{task_id}/{attempt}/outputs/"
-        return {name: self.read(f"runs/{RUN}/{prefix}{name}") or b"" for name in self.names(prefix)}
-
-    def log(self, task_id: str, stream: str = "stdout") -> str:
-        return (self.read(f"runs/{RUN}/tasks/{task_id}/1/{stream}.log") or b"").decode()
 
 
 @pytest.fixture
@@ -139,6 +61,73 @@ def test_rendered_attempts_are_claimed_first_and_one_claimed_elsewhere_is_not_ru
     assert side.status("mine") is not None and side.status("theirs") is None
     assert side.names("tasks/theirs/") == []
     assert side.read(f"runs/{RUN}/workers/w1") == b"-"
+
+
+def test_attempts_already_claimed_elsewhere_are_skipped_without_a_claim_try(side: Side) -> None:
+    # A worker behind the others finds their claims in claims/ and tries only what is free: no
+    # record write and refused claim per attempt another VM holds.
+    for task in ("a", "b", "c", "d"):
+        side.publish(task)
+    for task in ("a", "c"):
+        side.bucket.blob(f"runs/{RUN}/claims/{task}.1").upload_from_string(b"someone-else")
+    worker = side.worker(list_page_size=1)  # both listings come one name per page
+    tried: list[str] = []
+    real_claim = worker.bucket.claim
+
+    def counted(run_id: str, task_id: str, attempt: int, name: str) -> bool:
+        tried.append(task_id)
+        return real_claim(run_id, task_id, attempt, name)
+
+    worker.bucket.claim = counted  # type: ignore[method-assign]
+    worker.run()
+    assert tried == ["b", "d"], side.lines
+    assert [side.status(task) is not None for task in ("a", "b", "c", "d")] == [False, True, False, True]
+    assert "claimed 2 attempt(s); 2 were taken by other workers first" in side.lines
+
+
+def test_after_a_refused_claim_the_next_try_is_drawn_from_the_next_free_attempts(side: Side) -> None:
+    # Workers whose attempts ended together all go after the same next name: one wins, and the
+    # others, once refused, spread over the next free names instead of all trying the next one.
+    tasks = [f"t{n}" for n in range(6)]
+    for task in tasks:
+        side.publish(task)
+    worker = side.worker()
+    worker.rng = random.Random(3)  # its first draw among the 5 names left is not the first of them
+    assert random.Random(3).randrange(5) != 0
+    tried: list[str] = []
+    real_claim = worker.bucket.claim
+
+    def raced(run_id: str, task_id: str, attempt: int, name: str) -> bool:
+        tried.append(task_id)
+        if len(tried) == 1:  # another worker claims t0 between our listing and our claim
+            side.bucket.blob(f"runs/{RUN}/claims/{task_id}.1").upload_from_string(b"someone-else")
+        return real_claim(run_id, task_id, attempt, name)
+
+    worker.bucket.claim = raced  # type: ignore[method-assign]
+    worker.run()
+    assert tried[0] == "t0" and tried[1] != "t1", tried
+    assert sorted(tried) == tasks  # every attempt still tried once
+    assert [side.status(task) is not None for task in tasks] == [False] + [True] * 5
+
+
+def test_a_heartbeat_that_cannot_be_written_as_an_attempt_starts_does_not_stop_it(side: Side) -> None:
+    # The first beat goes out beside the container's start; its failure is the beater's to retry.
+    from google.api_core.exceptions import ServiceUnavailable
+
+    side.publish("beat")
+    worker = side.worker(heartbeat_s=30)  # no beat from the beater during this short attempt
+    real_put = worker.bucket.put
+
+    def put(key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        if key.endswith("/heartbeat"):
+            raise ServiceUnavailable("Backend Error")
+        real_put(key, data, content_type)
+
+    worker.bucket.put = put  # type: ignore[method-assign]
+    worker.run()
+    status = side.status("beat")
+    assert status is not None and status.state == AttemptState.SUCCEEDED, side.lines
+    assert "heartbeat failed: 503 Backend Error" in side.lines
 
 
 def test_a_claim_of_this_vms_name_from_before_is_not_taken_as_ours(side: Side) -> None:
@@ -282,3 +271,29 @@ def test_settings_arrive_as_json_and_unknown_keys_are_refused() -> None:
         load_settings(json.dumps({"run_id": RUN, "bucket": "pe-bucket", "image": IMAGE, "worker_image": WORKER_IMAGE,
                                        "nope": 1}))
     assert argv_key(RUN, "t")  # the protocol's keys, never retyped here
+
+
+class _Images:
+    """A Docker engine's images that holds every image asked about and counts pulls."""
+
+    def __init__(self) -> None:
+        self.pulled: list[str] = []
+
+    def get(self, image: str) -> Any:
+        return type("Image", (), {"attrs": {"Config": {}}})()
+
+    def pull(self, image: str, **_: Any) -> None:
+        self.pulled.append(image)
+
+
+@pytest.mark.parametrize(("image", "pulls"), [
+    ("registry.example/p/app@sha256:" + "a" * 64, 0),  # pinned and present: that content is here
+    ("registry.example/p/app:latest", 1),  # a tag may have moved: `always` still asks the registry
+])
+def test_pull_always_skips_the_registry_only_for_a_digest_already_present(tmp_path: Path, image: str, pulls: int) -> None:
+    settings = WorkerSettings(run_id=RUN, bucket="pe-bucket", image=image, worker_image=WORKER_IMAGE, pull_policy="always")
+    worker = Worker(settings, Any, "w1", tmp_path)  # type: ignore[arg-type]  # no bucket call here
+    images = _Images()
+    worker.runtime._client = type("Client", (), {"images": images})()  # type: ignore[assignment]
+    assert worker.ensure_image()
+    assert images.pulled == [image] * pulls
