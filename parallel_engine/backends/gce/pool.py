@@ -105,8 +105,6 @@ def stale_after(config: Config) -> float:
     return 3 * config.heartbeat
 
 
-
-
 @dataclass
 class GcePool:
     """Workers on Compute Engine for one run: the scheduler's `Pool` (backends/base.py)."""
