@@ -166,13 +166,7 @@ class LocalBlobs:
         return True
 
     def read(self, key: str) -> bytes | None:
-        path = self._path(key)
-        try:
-            return _read_file(path)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            raise _disk_error("read", Path(path), exc) from None
+        return self.read_from(key, 0)
 
     def read_from(self, key: str, start: int) -> bytes | None:
         path = self._path(key)
