@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -294,7 +295,7 @@ case $1 in
     fi ;;
   image) exit 1 ;;  # image inspect: nothing is on this host yet
   run) echo worker-container ;;
-  inspect) echo '[{"State": {"Status": "exited", "ExitCode": 0}}]' ;;
+  wait) echo 0 ;;
 esac
 exit 0
 """
@@ -323,3 +324,78 @@ def test_the_worker_starts_while_the_task_image_is_still_pulling(tmp_path: Path)
         assert script.wait(timeout=30) == 0
     lines = calls.read_text().splitlines()
     assert lines.index(f"pull -q {WORKER_IMAGE}") < next(i for i, line in enumerate(lines) if line.startswith("run -d "))
+
+
+WAITING_DOCKER = r"""#!/bin/bash
+# A docker CLI that logs each call; `wait` answers what $EXIT holds once it exists (an empty
+# file: `docker wait` failing, as when the engine drops the connection), `inspect` fails once
+# $GONE exists.
+echo "$*" >>"$CALLS"
+case $1 in
+  run) echo worker-container ;;
+  wait)
+    for ((i = 0; i < 600; i++)); do [[ -e $EXIT ]] && break; sleep 0.05; done
+    code=$(<"$EXIT"); rm -f "$EXIT"
+    [[ -n $code ]] || exit 1
+    echo "$code" ;;
+  inspect) [[ ! -e $GONE ]] || exit 1 ;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def waiting_script(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, dict[str, Path]]]:
+    """The one-task script on WAITING_DOCKER, past its `docker wait`; killed at the end if it still runs."""
+    from tests.helpers import wait_for
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "docker").write_text(WAITING_DOCKER)
+    (fake / "docker").chmod(0o755)
+    files = {name: tmp_path / name for name in ("calls", "exit", "gone")}
+    settings = replace(ONE_TASK, work_dir=str(tmp_path / "work"), pull_policy="never")
+    env = {"PATH": f"{fake}:{os.environ['PATH']}", "HOME": str(tmp_path),
+           **{name.upper(): str(path) for name, path in files.items()}}
+    script = subprocess.Popen(["bash", "-c", render_startup_script(settings)], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: files["calls"].exists() and "\nwait worker-container" in f"\n{files['calls'].read_text()}",
+                 20, "the script's docker wait")
+        yield script, files["calls"], files
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, 9)
+            script.communicate()
+
+
+def test_the_script_waits_for_the_worker_without_polling_the_engine(
+        waiting_script: tuple[subprocess.Popen[str], Path, dict[str, Path]]) -> None:
+    """One `docker wait` for the worker's whole life: a `docker inspect` every 0.2 s per VM took
+    a CPU core of a 2-core host running 8 emulated VMs (bench/makespan.py)."""
+    from tests.helpers import wait_for
+
+    script, calls, files = waiting_script
+    script.send_signal(15)  # the VM is being deleted: the worker is told at once, then waited for
+    wait_for(lambda: "kill -s TERM worker-container" in calls.read_text(), 20, "the TERM forwarded to the worker")
+    files["exit"].write_text("143\n")
+    _, stderr = script.communicate(timeout=30)
+    assert script.returncode == 0, stderr
+    lines = calls.read_text().splitlines()
+    assert [line for line in lines if line.startswith(("wait", "inspect"))] == ["wait worker-container"]
+    assert "stopped unexpectedly" not in stderr  # a stop we asked for
+    assert lines[-1] == "rm -f worker-container"
+
+
+def test_a_failed_docker_wait_is_tried_again_and_a_vanished_worker_is_reported(
+        waiting_script: tuple[subprocess.Popen[str], Path, dict[str, Path]]) -> None:
+    from tests.helpers import wait_for
+
+    script, calls, files = waiting_script
+    files["exit"].write_text("")  # the engine dropped the connection: the worker may still run
+    wait_for(lambda: calls.read_text().count("wait worker-container") == 2, 20, "a second docker wait")
+    files["gone"].touch()
+    files["exit"].write_text("")  # and now its container is gone
+    _, stderr = script.communicate(timeout=30)
+    assert script.returncode == 0, stderr
+    assert "the worker stopped unexpectedly (exit status unknown: its container is gone)" in stderr
