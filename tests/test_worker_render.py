@@ -328,8 +328,8 @@ def test_the_worker_starts_while_the_task_image_is_still_pulling(tmp_path: Path)
 
 WAITING_DOCKER = r"""#!/bin/bash
 # A docker CLI that logs each call; `wait` answers what $EXIT holds once it exists (an empty
-# file: `docker wait` failing, as when the engine drops the connection), `inspect` fails once
-# $GONE exists.
+# file: `docker wait` failing, as when the engine drops the connection); `inspect` prints the
+# state $STATE holds (running when absent), and fails once $GONE exists.
 echo "$*" >>"$CALLS"
 case $1 in
   run) echo worker-container ;;
@@ -338,7 +338,9 @@ case $1 in
     code=$(<"$EXIT"); rm -f "$EXIT"
     [[ -n $code ]] || exit 1
     echo "$code" ;;
-  inspect) [[ ! -e $GONE ]] || exit 1 ;;
+  inspect)
+    [[ ! -e $GONE ]] || exit 1
+    if [[ -e $STATE ]]; then cat "$STATE"; else echo '[{"State": {"Status": "running", "ExitCode": 0}}]'; fi ;;
 esac
 exit 0
 """
@@ -353,7 +355,7 @@ def waiting_script(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path
     fake.mkdir()
     (fake / "docker").write_text(WAITING_DOCKER)
     (fake / "docker").chmod(0o755)
-    files = {name: tmp_path / name for name in ("calls", "exit", "gone")}
+    files = {name: tmp_path / name for name in ("calls", "exit", "gone", "state")}
     settings = replace(ONE_TASK, work_dir=str(tmp_path / "work"), pull_policy="never")
     env = {"PATH": f"{fake}:{os.environ['PATH']}", "HOME": str(tmp_path),
            **{name.upper(): str(path) for name, path in files.items()}}
@@ -399,3 +401,16 @@ def test_a_failed_docker_wait_is_tried_again_and_a_vanished_worker_is_reported(
     _, stderr = script.communicate(timeout=30)
     assert script.returncode == 0, stderr
     assert "the worker stopped unexpectedly (exit status unknown: its container is gone)" in stderr
+
+
+def test_a_worker_that_exited_while_docker_wait_failed_is_judged_by_its_exit_code(
+        waiting_script: tuple[subprocess.Popen[str], Path, dict[str, Path]]) -> None:
+    """At shutdown the VM's processes get TERM, `docker wait` among them: the container's own
+    state gives the exit code, without waiting a second to ask again."""
+    script, calls, files = waiting_script
+    files["state"].write_text('[{"State": {"Status": "exited", "Running": false, "ExitCode": 3}}]')
+    files["exit"].write_text("")
+    _, stderr = script.communicate(timeout=30)
+    assert script.returncode == 0, stderr
+    assert "the worker stopped unexpectedly (exit status 3)" in stderr
+    assert calls.read_text().count("wait worker-container") == 1

@@ -106,7 +106,8 @@ WORKER=$(docker run -d --network host --pull never \
 }
 # One `docker wait` for the worker's exit code (a poll of `docker inspect` every 0.2 s cost a
 # CPU core on a 2-core host running 8 VMs). bash's own `wait` keeps TERM handled at once: a
-# trap interrupts it, not docker's; a failed `docker wait` (engine trouble) is tried again.
+# trap interrupts it, not docker's. A `docker wait` that failed (signalled at shutdown, or
+# the engine dropped it): the container's state says whether to wait again.
 rc=""
 while [[ -z $rc ]]; do
   docker wait "$WORKER" >"$WORK/worker.exit" 2>/dev/null &
@@ -114,8 +115,12 @@ while [[ -z $rc ]]; do
   until wait "$waiter"; do kill -0 "$waiter" 2>/dev/null || break; done
   rc=$(<"$WORK/worker.exit") || rc=""
   if [[ -z $rc ]]; then
-    sleep 1 & wait $! || true
-    docker inspect "$WORKER" >/dev/null 2>&1 || rc="unknown: its container is gone"
+    state=$(docker inspect "$WORKER" 2>/dev/null | grep -o '"Status": *"[a-z]*"\|"ExitCode": *[0-9]*' | tr -d '" ' | tr '\n' ' ') || state="gone"
+    case $state in
+      Status:exited* | Status:dead*) rc=${state##*ExitCode:} rc=${rc%% *} ;;
+      gone) rc="unknown: its container is gone" ;;
+      *) sleep 1 & wait $! || true ;;
+    esac
   fi
 done
 if [[ $rc != 0 ]] && ((!TERMINATING)); then
