@@ -504,7 +504,8 @@ class Config:
         default_doc="unset: Application Default Credentials (gcloud auth application-default login)")
     token_uri: str | None = key(Url(), None, "OAuth token endpoint (set by the emulator; unset: Google's)")
     registry: str | None = key(Str(), None, "image registry, e.g. europe-west1-docker.pkg.dev/PROJECT/REPO or 127.0.0.1:5000")
-    poll_interval: float = key(Duration(), 2.0, "how often the orchestrator looks at the store")
+    poll_interval: float = key(Duration(), 2.0,
+                              "how often the orchestrator lists the VMs and the workers' records (attempt ends: every 0.5 s)")
     pull_policy: str = key(Choice("always", "if-missing", "never"), "always",
                            "when a VM pulls IMAGE: always (by digest after `build`), if-missing (images already on the host), never")
     bucket_prefix: str = key(Str(), "parallel-engine", "folder inside BUCKET that holds the run store")

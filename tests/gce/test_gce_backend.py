@@ -787,6 +787,33 @@ def test_an_event_that_lands_after_a_newer_one_is_still_seen(cloud: Emulator) ->
     assert len(events) == 2  # nothing handled twice
 
 
+def test_an_attempts_end_is_taken_in_between_two_polls(cloud: Emulator) -> None:
+    """The events are read every EVENTS_EVERY_S between polls: with POLL_INTERVAL at a minute,
+    an end still reaches the scheduler within seconds (the run's last end too: its VMs are
+    deleted then), while the VMs are listed once."""
+    from parallel_engine.backends.gce.pool import EVENTS_EVERY_S
+    from tests.helpers import wait_for
+
+    config = config_for(cloud, "img", POLL_INTERVAL=60)
+    store = open_store(config)
+    events: list[tuple[str, Any]] = []
+    pool = one_vm_pool(config, store, "between-polls", events)
+    pool._create_workers = lambda alive: None  # type: ignore[method-assign]
+    pool.submit(Task("t", ()), 1)
+    pool.wait_published()
+    cloud.control.reset_calls()
+    pool.start()
+    try:
+        status = AttemptStatus("t", 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, "vm", "")
+        store.write_status(pool.run_id, status)
+        store.add_event(pool.run_id, status)
+        wait_for(lambda: events == [("finished", status)], 20 * EVENTS_EVERY_S, "the end, before the next poll")
+        listed = cloud.control.calls()["compute"]["byMethod"].get("compute.instances.list", {})
+        assert sum(listed.values()) == 1, listed
+    finally:
+        pool.close()
+
+
 def test_debug_from_a_gce_config_pulls_the_built_digest_with_the_users_credentials_and_runs_the_task(
         cloud: Emulator, docker_engine: Any, workdir: Path) -> None:
     from parallel_engine.emulator.serve import config_values, render_config

@@ -43,6 +43,9 @@ ScriptFor = Callable[[tuple[tuple[str, int], ...] | None], str]
 ALIVE = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING", "SUSPENDING", "REPAIRING")
 ORCHESTRATOR = "orchestrator"
 EVENT_LOOKBACK_S = 60.0
+#: Between two polls the events alone are read this often: an attempt's end (a retry to open,
+#: the run's last end) is taken in within this, not a whole POLL_INTERVAL (one cheap listing).
+EVENTS_EVERY_S = 0.5
 PUBLISHERS = 16  # concurrent uploads of argv and open markers
 INSERTERS = 32  # concurrent one-VM-per-task inserts (each waits for its zone operation)
 NEVER_REPORTED_FIX = ("fix the VM settings (service account, SCOPES, network), then run again; "
@@ -251,11 +254,20 @@ class GcePool:
         while not self._stop.is_set():
             try:
                 self._poll()
+                self._between_polls()
             except Exception as exc:  # noqa: BLE001 - handed to the scheduler, which stops the run
                 error = exc if isinstance(exc, ParallelEngineError) else BackendError(f"gce monitor: {exc!r}")
                 self.on_event(PoolFailed(error))
                 return
-            self._stop.wait(self.config.poll_interval)
+
+    def _between_polls(self) -> None:
+        """Until the next poll (POLL_INTERVAL), the events alone every EVENTS_EVERY_S: the VM
+        listing and the workers' records keep the poll's pace."""
+        next_poll = time.monotonic() + self.config.poll_interval
+        while not self._stop.wait(min(EVENTS_EVERY_S, max(0.0, next_poll - time.monotonic()))):
+            if time.monotonic() >= next_poll:
+                return
+            self._read_events()
 
     def _poll(self) -> None:
         """One look: the run's VMs, the events since the last look, the workers' records; then
