@@ -102,6 +102,7 @@ class Worker:
         self._record_lock = threading.Lock()
         self._done = threading.Event()
         self._aside = ThreadPoolExecutor(max_workers=2, thread_name_prefix="aside")  # calls beside the main loop
+        self.logs_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="logs")  # an attempt's two logs at once
         self._next: _Listing | None = None  # the next sweep's listings, asked for as an attempt ends
         self._resume = ""  # where the next sweep starts
         self.rng = random.Random()
@@ -121,6 +122,7 @@ class Worker:
         finally:
             self._done.set()
             self._aside.shutdown(wait=False, cancel_futures=True)
+            self.logs_pool.shutdown(wait=False, cancel_futures=True)
             beater.join(5)
             self.runtime.close()
         self.log(f"claimed {self.won} attempt(s); {self.taken} were taken by other workers first")
@@ -425,11 +427,12 @@ class _End:
     def upload_logs(self, final: bool = False) -> None:
         """What both logs gained since the last upload (parallel_engine/worker/logs.py); when
         `final`, each object is left equal to its file."""
-        for log in self.logs:
-            if final:
-                log.final()
-            else:
-                log.sync()
+        for sending in self._send_logs(final):
+            sending.result()
+
+    def _send_logs(self, final: bool) -> list[Future[None]]:
+        """Both logs' uploads, started at once (neither raises: logs.py logs its failures)."""
+        return [self.w.logs_pool.submit(log.final if final else log.sync) for log in self.logs]
 
     def upload_outputs(self) -> str:
         """Every regular file; links and special files listed in `skipped`. Returns "" or why an
@@ -452,8 +455,10 @@ class _End:
 
     def finish(self, state: AttemptState, code: int | None, reason: str) -> None:
         self.w.list_ahead()
-        self.upload_logs(final=True)
+        logs = self._send_logs(final=True)  # beside the outputs: the status waits for both
         lost = self.upload_outputs()
+        for sending in logs:
+            sending.result()
         if lost and state == AttemptState.SUCCEEDED:
             state, reason = AttemptState.FAILED, lost
         if len(reason) > REASON_MAX:
