@@ -196,17 +196,21 @@ class DockerAttempt:
 
     The waiter is the only caller of `wait` on the engine; it drains the logs and removes the
     container before publishing the exit code, so when `wait` returns a code the log files are
-    complete and the container is gone.
+    complete and the container is gone. With `remove_after_exit_code` it removes the container
+    just after publishing the code instead: the VM worker writes the attempt's end meanwhile
+    (each container has its own name, and the VM's removal takes any left behind).
     """
 
     def __init__(
-        self, client: docker.DockerClient, container: Container, spec: AttemptSpec, memory: str | None = None
+        self, client: docker.DockerClient, container: Container, spec: AttemptSpec, memory: str | None = None,
+        remove_after_exit_code: bool = False,
     ) -> None:
         self.client = client
         self.container = container
         self.name = container.name
         self.spec = spec
         self.memory = memory
+        self.remove_after_exit_code = remove_after_exit_code
         self._reason: str | None = None
         self._done = threading.Event()
         self._exited = threading.Event()  # the engine reported the exit: the logs are final
@@ -229,6 +233,10 @@ class DockerAttempt:
         if not self._done.wait(timeout):
             return None
         return self._code
+
+    def join(self, timeout: float | None) -> None:
+        """Until the waiter is done: the exit code published and the removal tried."""
+        self._waiter.join(timeout)
 
     def exit_reason(self) -> str | None:
         """Why the container ended, when the exit code alone would mislead (an OOM kill is 137)."""
@@ -322,8 +330,12 @@ class DockerAttempt:
             self._reason = self._oom_reason(code)
         for thread in self._log_threads:
             thread.join(LOG_DRAIN_S)
-        self._remove()
-        self._finish(code)
+        if self.remove_after_exit_code:
+            self._finish(code)
+            self._remove(note=False)  # the logs are final now: a failure only leaves a container behind
+        else:
+            self._remove()
+            self._finish(code)
 
     def _oom_reason(self, code: int) -> str | None:
         """The kernel's OOM killer shows only as 137: the engine's State.OOMKilled says which."""
@@ -344,17 +356,18 @@ class DockerAttempt:
                 self._code = code
                 self._done.set()
 
-    def _remove(self) -> None:
+    def _remove(self, note: bool = True) -> None:
         docker = _docker()
         try:
             self.container.remove(force=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
-            if not (exc.status_code == 409 and "already in progress" in str(exc)):
+            if note and not (exc.status_code == 409 and "already in progress" in str(exc)):
                 self._note(f"could not remove container {self.name}: {exc}")
         except _requests_errors() as exc:
-            self._note(f"could not remove container {self.name}: {exc}")
+            if note:
+                self._note(f"could not remove container {self.name}: {exc}")
 
     def _note(self, message: str) -> None:
         """Engine trouble goes where the user looks: the attempt's stderr log."""
@@ -377,7 +390,9 @@ class DockerRuntime:
         cpus: float | None = None,
         memory: str | None = None,
         labels: dict[str, str] | None = None,
+        remove_after_exit_code: bool = False,
     ) -> None:
+        """`remove_after_exit_code`: see DockerAttempt (the VM worker's choice)."""
         if network not in NETWORKS:
             raise ConfigError(
                 f"DOCKER_NETWORK {network!r} is not supported",
@@ -390,6 +405,7 @@ class DockerRuntime:
         self.cpus = cpus
         self.memory = memory
         self.labels = dict(labels or {})
+        self.remove_after_exit_code = remove_after_exit_code
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._image_user: str | None = None  # the image's USER, read once
@@ -489,7 +505,7 @@ class DockerRuntime:
                 f"task {spec.task_id}: the container did not start: {detail}",
                 hint="check the image's entrypoint and the task's command",
             ) from exc
-        return DockerAttempt(client, container, spec, self.memory)
+        return DockerAttempt(client, container, spec, self.memory, self.remove_after_exit_code)
 
     def close(self) -> None:
         with self._client_lock:

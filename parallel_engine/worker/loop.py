@@ -52,6 +52,7 @@ from parallel_engine.worker.logs import LiveLog
 SPREAD = 8  # after a refused claim, the next try is drawn from this many free names
 TICK_S = 0.05  # how often a running attempt's deadline, preemption and logs are looked at
 REASON_MAX = 2000
+REMOVAL_WAIT_S = 30.0  # at exit, for the last attempt's container removal
 FORWARDED_ENV = ("GCE_METADATA_HOST", "GCE_METADATA_IP")  # tasks call Google as the VM's account
 
 
@@ -92,7 +93,8 @@ class Worker:
         self.env = dict(env or {})
         self.log = log
         self.registry_auth = registry_auth  # what docker-credential-gcr would hand docker
-        self.runtime = DockerRuntime(settings.image, network=settings.docker_network)
+        # The container is removed while the attempt's end is written (its logs are final first).
+        self.runtime = DockerRuntime(settings.image, network=settings.docker_network, remove_after_exit_code=True)
         self.record = "-"
         self.running: tuple[str, int] | None = None
         self.stop_all = False
@@ -103,6 +105,7 @@ class Worker:
         self._done = threading.Event()
         self._aside = ThreadPoolExecutor(max_workers=2, thread_name_prefix="aside")  # calls beside the main loop
         self.logs_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="logs")  # an attempt's two logs at once
+        self._last: DockerAttempt | None = None  # its container may still be being removed
         self._next: _Listing | None = None  # the next sweep's listings, asked for as an attempt ends
         self._resume = ""  # where the next sweep starts
         self.rng = random.Random()
@@ -124,6 +127,8 @@ class Worker:
             self._aside.shutdown(wait=False, cancel_futures=True)
             self.logs_pool.shutdown(wait=False, cancel_futures=True)
             beater.join(5)
+            if self._last is not None:
+                self._last.join(REMOVAL_WAIT_S)  # no container of ours left behind on a VM that stays
             self.runtime.close()
         self.log(f"claimed {self.won} attempt(s); {self.taken} were taken by other workers first")
         if self.signals.terminating.is_set():
@@ -325,6 +330,7 @@ class Worker:
             state = AttemptState.FAILED if "did not start" in str(exc) or "command is empty" in str(exc) else AttemptState.INFRA
             end.finish(state, None, str(exc))
             return
+        self._last = running
         self._follow(running, end)
         shutil.rmtree(folder, ignore_errors=True)
 

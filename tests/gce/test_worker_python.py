@@ -15,11 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
 from parallel_engine.backends.gce.startup import WorkerSettings
 from parallel_engine.model import AttemptState
-from parallel_engine.protocol import argv_key, heartbeat_key
+from parallel_engine.protocol import LABEL_RUN, argv_key, heartbeat_key
 from parallel_engine.worker.__main__ import load_settings
 from parallel_engine.worker.loop import Signals, Worker, shown
 from tests.emulator.emulator_helpers import Clients, wait_for
@@ -51,6 +52,29 @@ def test_the_worker_claims_runs_and_records_every_open_attempt_then_deletes_its_
     assert sorted(name.split("-", 1)[1] for name in side.names("events/")) == ["a.1", "b.1", "c.1"]
     assert side.read(f"runs/{RUN}/workers/w1") == b"c.1"  # the attempt it claimed last
     assert side.deleted == ["w1"]
+
+
+def test_containers_are_removed_while_ends_are_written_and_none_is_left_at_exit(
+        side: Side, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exit code is published before the container's removal (the end is written meanwhile);
+    the worker still waits for the last removal before it exits, however slow the engine is."""
+    from parallel_engine.runtimes.docker import DockerAttempt
+
+    removing = DockerAttempt._remove
+    order: list[str] = []
+
+    def slow_remove(self: DockerAttempt, note: bool = True) -> None:
+        order.append(f"remove {self.spec.task_id} after its code: {self._done.is_set()}")
+        threading.Event().wait(1.0)  # an engine slow to remove: the worker must not exit first
+        removing(self, note)
+
+    monkeypatch.setattr(DockerAttempt, "_remove", slow_remove)
+    for task in ("a", "b"):
+        side.publish(task, "--link")
+    side.worker().run()
+    assert [side.status(task).state for task in ("a", "b")] == [AttemptState.SUCCEEDED] * 2  # type: ignore[union-attr]
+    assert order == ["remove a after its code: True", "remove b after its code: True"]
+    assert docker.from_env().containers.list(all=True, filters={"label": f"{LABEL_RUN}={RUN}"}) == []
 
 
 def test_rendered_attempts_are_claimed_first_and_one_claimed_elsewhere_is_not_run(side: Side) -> None:
