@@ -191,9 +191,9 @@ class Worker:
             # the same next name), one of the next free names drawn at random.
             name, parsed = window.pop(self.rng.randrange(len(window)) if refused else 0)
             first = first or name
+            command = self._aside.submit(self.command, parsed[0])  # a read: asked beside the record and claim
             self.write_record(name)  # before the claim: the orchestrator reads one claim per VM
             taken.add(name)
-            command = self._aside.submit(self.command, parsed[0])  # a read: asked beside the claim
             if self.bucket.claim(self.s.run_id, *parsed, self.name):
                 self.won += 1
                 self._resume = first  # the next sweep starts at the first name this one tried
