@@ -30,7 +30,7 @@ import yaml
 from parallel_engine.backends.base import BACKEND_NAMES, backend_class
 from parallel_engine.bounded_yaml import BoundedLoader, YamlRefused
 from parallel_engine.errors import ConfigError, brief, shown
-from parallel_engine.protocol import RESERVED_LABELS, VM_LABELS
+from parallel_engine.protocol import BUCKET_RE, RESERVED_LABELS, VM_LABELS
 
 __all__ = [
     "CONFIG_FILE_NAME",
@@ -332,8 +332,6 @@ class Memory(_Type):
         return value.strip().lower()
 
 
-#: A bucket's name, as Cloud Storage takes it (also what the startup script is rendered with).
-BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 
 
 class Bucket(_Type):

@@ -284,6 +284,17 @@ def test_the_worker_image_installs_exactly_the_worker_extra() -> None:
     assert not any(name.startswith(("google-cloud-compute", "grpc")) for name in REQUIREMENTS)
 
 
+def test_the_worker_starts_without_the_orchestrators_config_and_template_modules() -> None:
+    """Eight workers start at once on a VM-per-core machine: the YAML config loader and Jinja2
+    (rendering is the orchestrator's job) are ~50 ms of CPU each that a worker never uses."""
+    import sys
+
+    probe = ("import sys, parallel_engine.worker.__main__, parallel_engine.worker.loop; "
+             "print(sorted(m for m in ('jinja2', 'yaml', 'parallel_engine.config') if m in sys.modules))")
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
+    assert shown.stdout.strip() == "[]", shown.stdout
+
+
 FAKE_DOCKER = r"""#!/bin/bash
 # A docker CLI that logs each call; pulling the task image takes until $RELEASE exists.
 echo "$*" >>"$CALLS"

@@ -12,10 +12,7 @@ from dataclasses import dataclass
 
 from parallel_engine.config import Config
 from parallel_engine.errors import ConfigError
-
-#: Google's endpoints, where the config names none (the emulated cloud names its own).
-DEFAULT_STORAGE = "https://storage.googleapis.com"
-DEFAULT_COMPUTE = "https://compute.googleapis.com"
+from parallel_engine.protocol import DEFAULT_COMPUTE, DEFAULT_STORAGE
 #: What the gce backend cannot start without (a project too: PROJECT_ID, or the credentials'
 #: own, asked for once they are loaded: credentials.google_project).
 REQUIRED = ("ZONE", "BUCKET")

@@ -21,14 +21,13 @@ import shlex
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
-
-from parallel_engine.backends.gce.settings import DEFAULT_COMPUTE, DEFAULT_STORAGE
-from parallel_engine.config import BUCKET_RE
 from parallel_engine.errors import ConfigError
-from parallel_engine.protocol import TASK_ID_RE
+from parallel_engine.protocol import BUCKET_RE, DEFAULT_COMPUTE, DEFAULT_STORAGE, TASK_ID_RE
+
+if TYPE_CHECKING:  # the worker imports this module for its settings, and never renders
+    import jinja2
 
 TEMPLATE_NAME = "worker-start.sh.j2"  # starts the Python worker in its own container
 #: COS: /var is writable (noexec, which the worker never needs); HOME and / are read-only.
@@ -199,6 +198,8 @@ def environment(folder: str | None = None) -> jinja2.Environment:
 
     Comments use `{## ##}` because bash itself writes `{#` (`${#array[@]}`).
     """
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(folder or str(template_dir())),
         undefined=jinja2.StrictUndefined,
