@@ -67,8 +67,10 @@ class FirstSeen(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set() and self.at is None:
+            control = self.cloud.control
+            assert control is not None, "the emulator is started"
             try:
-                listed = self.cloud.control.vms()
+                listed = control.vms()
             except Exception:  # noqa: BLE001 - a VM went away while it was listed: look again
                 listed = []
             if listed:
@@ -89,7 +91,8 @@ def timed_pull(cloud: Emulator, image: str, work: Path) -> float:
     from google.auth.transport.requests import Request
     from google.oauth2.credentials import Credentials
 
-    creds = Credentials.from_authorized_user_file(str(cloud.credentials_file)).with_token_uri(cloud.token_uri)
+    creds = Credentials.from_authorized_user_file(  # type: ignore[no-untyped-call]
+        str(cloud.credentials_file)).with_token_uri(cloud.token_uri)
     creds.refresh(Request())
     env = {**os.environ, "DOCKER_CONFIG": str(work / "docker-config")}
     host = image.split("/", 1)[0]
