@@ -66,8 +66,10 @@ class LoopbackServer(ThreadingHTTPServer):
         return f"http://{LOOPBACK}:{self.port}"
 
     def start(self, name: str) -> None:
+        # `shutdown()` waits for the loop to look at its flag: at 0.1 s an emulator's servers
+        # took 0.44-0.54 s to stop (0.13-0.15 s at 0.02), paid by every test that makes one.
         self._thread = threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": 0.1}, name=name, daemon=True
+            target=self.serve_forever, kwargs={"poll_interval": 0.02}, name=name, daemon=True
         )
         self._thread.start()
 
