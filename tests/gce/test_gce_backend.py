@@ -111,10 +111,13 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("per_task", [False, True], ids=["reuse-workers", "one-vm-per-task"])
 def test_example_params_run_on_vms_and_collect_with_no_vm_left(
-    cloud: Emulator, example_image: str, workdir: Path, per_task: bool
+    cloud: Emulator, example_image: str, workdir: Path, per_task: bool, request: pytest.FixtureRequest
 ) -> None:
-    extra = {"TASKS_PER_VM": 1} if per_task else {}
-    run = pe.run(workdir / "code" / "params.csv", config=config_for(cloud, example_image, VM_QUOTAS=3, **extra))
+    if per_task:
+        run = pe.run(workdir / "code" / "params.csv", config=config_for(cloud, example_image, VM_QUOTAS=3, TASKS_PER_VM=1))
+    else:  # the run test_report_gce.py reads too (VM_QUOTAS 3, reuse VMs)
+        shared = request.getfixturevalue("example_run_on_reuse_vms")
+        cloud, run = shared.cloud, shared.run
     assert run.status().counts == {"succeeded": 12}
     results = run.collect(workdir / "results")
     rows = list(csv.DictReader(open(results, newline="")))
