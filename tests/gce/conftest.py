@@ -11,6 +11,7 @@ bucket gets the build record `build` would leave (the worker image and its diges
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.gce import gce_helpers
+from tests.helpers import ROOT
 
 
 def _docker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -67,3 +69,19 @@ def worker_build_recorded(request: pytest.FixtureRequest, pinned_worker: gce_hel
         gce_helpers.save_build(cloud, {})
         cloud.control.reset_calls()
 
+
+@pytest.fixture(scope="session")
+def example_run_on_reuse_vms(example_image: str, pinned_worker: gce_helpers.PinnedWorker,
+                             tmp_path_factory: pytest.TempPathFactory) -> Iterator[gce_helpers.ExampleRun]:
+    """One run (~10 s) for the tests that only read it back: collect (test_gce_backend.py) and
+    report (test_report_gce.py). Its emulator holds no other run; nothing writes to it after."""
+    import parallel_engine as pe
+    from parallel_engine.emulator import Emulator
+    from tests.emulator.emulator_helpers import TIME_SCALE
+
+    with Emulator(time_scale=TIME_SCALE) as cloud:
+        gce_helpers.save_build(cloud, {})
+        folder = tmp_path_factory.mktemp("example-run")
+        shutil.copytree(ROOT / "code", folder / "code")
+        config = gce_helpers.config_for(cloud, example_image, VM_QUOTAS=3)
+        yield gce_helpers.ExampleRun(cloud, example_image, pe.run(folder / "code" / "params.csv", config=config))

@@ -38,6 +38,16 @@ class PinnedWorker:
 PINNED = PinnedWorker()
 
 
+@dataclass
+class ExampleRun:
+    """The example's code/params.csv (12 tasks) run on 3 reuse VMs of its own emulator (the
+    session fixture example_run_on_reuse_vms of tests/gce/conftest.py)."""
+
+    cloud: Emulator
+    image: str
+    run: pe.Run
+
+
 def save_build(cloud: Emulator, record: dict[str, Any]) -> None:
     """Record a build in the emulated bucket as `build` does: `record` plus the pinned worker."""
     from parallel_engine.api import open_store

@@ -26,12 +26,16 @@ from tests.gce.gce_helpers import (
 from tests.helpers import ROOT, cli
 
 pytestmark = [pytest.mark.emulator, pytest.mark.docker]
+#: Three tasks that last long enough for a token to expire while the run goes on (three.yaml)...
 SLEEPERS = {"tasks": [{"id": f"t{i}", "command": ["python", "-c", "import time; time.sleep(1.5)"]} for i in range(3)]}
+#: ...and three that end at once, for runs that only count how they authenticated (quick.yaml).
+QUICK = {"tasks": [{"id": f"t{i}", "command": ["python", "-c", "pass"]} for i in range(3)]}
 
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     (tmp_path / "three.yaml").write_text(yaml.safe_dump(SLEEPERS))
+    (tmp_path / "quick.yaml").write_text(yaml.safe_dump(QUICK))
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "Dockerfile").write_text("FROM python:3.11-slim\n")
     shutil.copy(ROOT / "cloudbuild.yaml", tmp_path / "cloudbuild.yaml")
@@ -58,7 +62,7 @@ def orchestrator_refusals(cloud: Emulator) -> int:
 def test_a_run_fetches_its_tokens_at_the_token_endpoint_and_every_call_carries_one(
     cloud: Emulator, example_image: str, workdir: Path
 ) -> None:
-    run = pe.run(workdir / "three.yaml", config=config_for(cloud, example_image, VM_QUOTAS=2))
+    run = pe.run(workdir / "quick.yaml", config=config_for(cloud, example_image, VM_QUOTAS=2))
     assert run.status().counts == {"succeeded": 3}
     calls = cloud.control.calls()
     assert calls["oauth"]["byMethod"]["oauth2.token.refresh_token"]["orchestrator"] >= 1  # the ADC file's grant
@@ -127,7 +131,7 @@ def test_a_service_account_key_runs_the_gce_path_with_the_project_it_carries(
 ) -> None:
     config = config_for(cloud, example_image, PROJECT_ID=None, CREDENTIALS_FILE=str(cloud.service_account_file))
     assert config.project_id is None
-    run = pe.run(workdir / "three.yaml", config=config)
+    run = pe.run(workdir / "quick.yaml", config=config)
     assert run.status().counts == {"succeeded": 3}
     assert open_store(config).load_run(run.run_id).spec["project"] == cloud.project
     grants = cloud.control.calls()["oauth"]["byMethod"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import shutil
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +23,11 @@ import yaml
 import parallel_engine as pe
 from parallel_engine.api import open_store
 from parallel_engine.backends.base import Event
-from parallel_engine.backends.gce.backend import script_for
+from parallel_engine.backends.gce.backend import script_for, without_tag
 from parallel_engine.backends.gce.compute import Compute
 from parallel_engine.backends.gce.pool import GcePool
 from parallel_engine.backends.gce.settings import GceSettings
+from parallel_engine.backends.gce.startup import WorkerSettings
 from parallel_engine.backends.gce.vm import task_vm_name
 from parallel_engine.config import Config, load_config
 from parallel_engine.emulator import Emulator
@@ -31,7 +35,7 @@ from parallel_engine.errors import BackendError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.store import RunStore
 from parallel_engine.worker.image import tag as worker_image_tag
-from tests.emulator.emulator_helpers import wait_for
+from tests.emulator.emulator_helpers import TIME_SCALE, wait_for
 from tests.gce.gce_helpers import (
     BackgroundRun,
     config_for,
@@ -107,10 +111,13 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("per_task", [False, True], ids=["reuse-workers", "one-vm-per-task"])
 def test_example_params_run_on_vms_and_collect_with_no_vm_left(
-    cloud: Emulator, example_image: str, workdir: Path, per_task: bool
+    cloud: Emulator, example_image: str, workdir: Path, per_task: bool, request: pytest.FixtureRequest
 ) -> None:
-    extra = {"TASKS_PER_VM": 1} if per_task else {}
-    run = pe.run(workdir / "code" / "params.csv", config=config_for(cloud, example_image, VM_QUOTAS=3, **extra))
+    if per_task:
+        run = pe.run(workdir / "code" / "params.csv", config=config_for(cloud, example_image, VM_QUOTAS=3, TASKS_PER_VM=1))
+    else:  # the run test_report_gce.py reads too (VM_QUOTAS 3, reuse VMs)
+        shared = request.getfixturevalue("example_run_on_reuse_vms")
+        cloud, run = shared.cloud, shared.run
     assert run.status().counts == {"succeeded": 12}
     results = run.collect(workdir / "results")
     rows = list(csv.DictReader(open(results, newline="")))
@@ -423,8 +430,15 @@ def test_one_vm_per_task_inserts_go_out_concurrently(cloud: Emulator, example_im
     assert seen[-1] - seen[0] < 2.5, seen  # a generous margin: not a benchmark
 
 
-def test_infra_failure_limit_stops_a_run_whose_image_is_missing(cloud: Emulator, workdir: Path) -> None:
+def test_infra_failure_limit_stops_a_run_whose_image_is_missing(
+    cloud: Emulator, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import parallel_engine.backends.gce.backend as gce_run
+
     assert cloud.registry_host, "the emulated cloud has no registry (apt-get install docker-registry)"
+    # Each VM still tries its 5 pulls, with the backoff of tests/gce/test_worker_vm.py between them
+    # (0.05 s doubling, capped at 0.4 s) rather than Google's 1 s doubling: ~15 s less waiting per VM.
+    monkeypatch.setattr(gce_run, "WorkerSettings", functools.partial(WorkerSettings, retry_base_s=0.05, retry_max_s=0.4))
     missing = f"{cloud.registry_host}/{cloud.project}/parallel-engine/missing@sha256:{'2' * 64}"
     (workdir / "five.csv").write_text("dataset\n" + "".join(f"d{i}\n" for i in range(5)))
     config = config_for(cloud, missing, PULL_POLICY="always", VM_QUOTAS=1, INFRA_FAILURE_LIMIT=2)
@@ -688,20 +702,61 @@ def test_one_task_vm_that_does_not_delete_itself_is_deleted(
     assert run_vms(cloud, run.run_id) == []
 
 
-def test_the_emulators_own_config_builds_runs_and_collects(cloud: Emulator, docker_engine: Any, workdir: Path) -> None:
+def emulator_workdir(values: dict[str, Any], folder: Path) -> Path:
+    """`folder` with the config `parallel-engine emulator` writes (`values`), the example's code/
+    and cloudbuild.yaml: what `build`, `run` and `debug` read."""
+    from parallel_engine.emulator.serve import render_config
+
+    shutil.copytree(ROOT / "code", folder / "code")
+    shutil.copy(ROOT / "cloudbuild.yaml", folder / "cloudbuild.yaml")
+    (folder / ".config.yaml").write_text(render_config(values))
+    return folder
+
+
+@dataclass
+class BuiltCloud:
+    """An emulator on which `build` ran once with its own config (`values`)."""
+
+    cloud: Emulator
+    values: dict[str, Any]
+    built: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def built_cloud(docker_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltCloud]:
+    """One `build` (Cloud Build, both images pushed to the registry: ~13 s) for the tests that
+    start from it: the README's flow and `debug`. Each test works in its own folder and itself
+    removes the local names of the image it must pull, so either runs alone or in any order."""
+    from parallel_engine.emulator.serve import config_values
+
+    with Emulator(time_scale=TIME_SCALE) as cloud:
+        assert cloud.registry_host, "the emulated cloud has no registry (apt-get install docker-registry)"
+        values = config_values(cloud)
+        folder = emulator_workdir(values, tmp_path_factory.mktemp("built"))
+        yield BuiltCloud(cloud, values, cli("build", cwd=folder, timeout=600))
+
+
+def forget_locally(docker_engine: Any, *names: str) -> None:
+    """Remove these local names (a tag, a digest reference) of an image, so that what comes next
+    must pull it; never the image by id, which other names (the session's images) may share."""
+    import docker.errors
+
+    for name in names:
+        try:
+            docker_engine.images.remove(name, force=True)
+        except docker.errors.ImageNotFound:
+            pass
+
+
+def test_the_emulators_own_config_builds_runs_and_collects(built_cloud: BuiltCloud, docker_engine: Any, tmp_path: Path) -> None:
     """The README's flow with exactly the config `parallel-engine emulator` writes (REGISTRY with a
     path included; its CREDENTIALS_FILE and TOKEN_URI): build -> run -> collect -> status, logs,
     runs, down, the VMs pulling the image by digest from the registry (through its gate, with their
     metadata tokens)."""
-    from parallel_engine.emulator.serve import config_values, render_config
-
-    assert cloud.registry_host, "the emulated cloud has no registry (apt-get install docker-registry)"
-    values = config_values(cloud)
+    cloud, values, built = built_cloud.cloud, built_cloud.values, built_cloud.built
+    workdir = emulator_workdir(built_cloud.values, tmp_path)
     assert "/" in values["REGISTRY"]  # host/project/repo, as Artifact Registry names a repository
     image = values["IMAGE"]
-    shutil.copy(ROOT / "cloudbuild.yaml", workdir / "cloudbuild.yaml")
-    (workdir / ".config.yaml").write_text(render_config(values))
-    built = cli("build", cwd=workdir, timeout=600)
     assert built.returncode == 0, built.stdout + built.stderr
     assert f"built and pushed {image}@sha256:" in built.stdout
     assert "log: http://127.0.0.1" in built.stderr  # the build's log URL is shown
@@ -712,7 +767,7 @@ def test_the_emulators_own_config_builds_runs_and_collects(cloud: Emulator, dock
     again = cli("build", cwd=workdir, timeout=600)  # the worker's content is unchanged: not rebuilt
     assert again.returncode == 0 and f"worker image {worker} is up to date ({worker_digest})" in again.stderr, again.stderr
     digest = again.stdout.split("@", 1)[1].split(";")[0]
-    docker_engine.images.remove(image, force=True)  # the VMs must pull it from the registry
+    forget_locally(docker_engine, image, f"{without_tag(image)}@{digest}")  # the VMs must pull it from the registry
     done = cli("run", "code/params.csv", cwd=workdir, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     run_id = done.stdout.split()[1].rstrip(":")
@@ -815,19 +870,13 @@ def test_an_attempts_end_is_taken_in_between_two_polls(cloud: Emulator) -> None:
 
 
 def test_debug_from_a_gce_config_pulls_the_built_digest_with_the_users_credentials_and_runs_the_task(
-        cloud: Emulator, docker_engine: Any, workdir: Path) -> None:
-    from parallel_engine.emulator.serve import config_values, render_config
-
-    assert cloud.registry_host, "the emulated cloud has no registry (apt-get install docker-registry)"
-    values = config_values(cloud)
-    image = values["IMAGE"]
-    shutil.copy(ROOT / "cloudbuild.yaml", workdir / "cloudbuild.yaml")
-    (workdir / ".config.yaml").write_text(render_config(values))
-    built = cli("build", cwd=workdir, timeout=600)
-    assert built.returncode == 0, built.stdout + built.stderr
-    digest = built.stdout.split("@", 1)[1].split(";")[0]
-    pinned = image.rsplit(":", 1)[0] + "@" + digest
-    docker_engine.images.remove(image, force=True)  # debug must pull it from the registry
+        built_cloud: BuiltCloud, docker_engine: Any, tmp_path: Path) -> None:
+    workdir = emulator_workdir(built_cloud.values, tmp_path)
+    image = built_cloud.values["IMAGE"]
+    assert built_cloud.built.returncode == 0, built_cloud.built.stdout + built_cloud.built.stderr
+    digest = (open_store(load_config(workdir / ".config.yaml", environ={})).last_build() or {})["digest"]  # build's record
+    pinned = without_tag(image) + "@" + digest
+    forget_locally(docker_engine, image, pinned)  # debug must pull it from the registry
     printed = cli("debug", "code/params.csv", "--task", "3", "--print", cwd=workdir, timeout=300)
     assert printed.returncode == 0, printed.stderr
     assert f" {pinned} " in printed.stdout and "--network host" in printed.stdout

@@ -28,14 +28,46 @@ from tests.helpers import cli, cli_env
 pytestmark = [pytest.mark.emulator, pytest.mark.docker]
 
 # Writes "task <n>" three times to out.txt; "fail" fails its first attempt; "hold" makes its first
-# attempt last 25 s, so a VM still runs it when `resume` takes over (which must adopt it).
+# attempt wait (up to 120 s) for a file GO in its output folder, which the test creates once
+# `resume` said it adopted that running attempt: a VM still runs it when `resume` takes over.
+GO = "go"
 TASK = (
     "import os, sys, time\n"
+    "out = os.environ['PE_OUTPUT_DIR']\n"
     "if sys.argv[2] == 'fail' and os.environ['PE_ATTEMPT'] == '1': sys.exit(3)\n"
-    "if sys.argv[2] == 'hold' and os.environ['PE_ATTEMPT'] == '1': time.sleep(25)\n"
-    "open(os.path.join(os.environ['PE_OUTPUT_DIR'], 'out.txt'), 'w').write(f'task {sys.argv[1]}\\n' * 3)\n"
+    "if sys.argv[2] == 'hold' and os.environ['PE_ATTEMPT'] == '1':\n"
+    "    deadline = time.time() + 120\n"
+    f"    while not os.path.exists(os.path.join(out, {GO!r})):\n"
+    "        if time.time() > deadline: sys.exit(9)\n"
+    "        time.sleep(0.05)\n"
+    f"    os.remove(os.path.join(out, {GO!r}))\n"
+    "open(os.path.join(out, 'out.txt'), 'w').write(f'task {sys.argv[1]}\\n' * 3)\n"
 )
 TASK_IDS = ("t1", "t2", "t3", "t4")
+ADOPTED_ONE = "running 1 of its attempts"  # what `resume` says of the held attempt it adopted
+
+
+def resume_releasing_the_hold(cloud: Emulator, folder: Path, run_id: str) -> subprocess.CompletedProcess[str]:
+    """`resume RUN` as `cli` runs it; once it says it adopted the held attempt (t3.1, still running
+    on its VM), GO is created in that attempt's output folder on its VM so it ends."""
+    proc = subprocess.Popen([sys.executable, "-m", "parallel_engine", "resume", run_id], cwd=folder, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # ends when resume does: never past its own end
+            said.append(line)
+            if ADOPTED_ONE in line:
+                (outputs,) = wait_for(lambda: list(cloud.workdir.glob("vms/*/tmp/**/attempts/t3.1/outputs")), 60,
+                                      "the held attempt's output folder on its VM")
+                (outputs / GO).touch()
+                break
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "".join(said) + err)
 
 
 def killed_then_resumed(cloud: Emulator, image: str, folder: Path, crash_at: str, hold: bool,
@@ -54,10 +86,10 @@ def killed_then_resumed(cloud: Emulator, image: str, folder: Path, crash_at: str
     assert json.loads(status.stdout)["state"] == "interrupted", status.stdout + status.stderr
     if before_resume is not None:
         before_resume(store, run_id)
-    done = cli("resume", run_id, cwd=folder, timeout=300)
+    done = resume_releasing_the_hold(cloud, folder, run_id) if hold else cli("resume", run_id, cwd=folder, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     if hold:  # t3's first attempt was still running on its VM: watched, not redone
-        assert "running 1 of its attempts" in done.stderr, done.stderr
+        assert ADOPTED_ONE in done.stderr, done.stderr
     assert f"run {run_id}: 4 succeeded" in done.stdout
     assert store.read_end(run_id) == "finished"
     histories = {task: [str(a.state) for a in attempts] for task, attempts in store.attempts(run_id).items()}

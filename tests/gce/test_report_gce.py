@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-import parallel_engine as pe
 from parallel_engine.api import open_store
-from parallel_engine.emulator import Emulator
 from parallel_engine.names import GCE_PREFIX
 from parallel_engine.report import summary_rows, write_report
-from tests.gce.gce_helpers import config_for, settings
-from tests.helpers import ROOT, cli
+from tests.gce.gce_helpers import ExampleRun, config_for, settings
+from tests.helpers import cli
 
 pytestmark = [pytest.mark.emulator, pytest.mark.docker]
 
 
 def test_report_of_a_gce_run_reads_the_bucket_and_draws_one_lane_per_vm(
-    cloud: Emulator, example_image: str, tmp_path: Path
+    example_run_on_reuse_vms: ExampleRun, tmp_path: Path
 ) -> None:
-    shutil.copytree(ROOT / "code", tmp_path / "code")
+    # The example's 12 tasks on 3 reuse VMs, the run test_gce_backend.py collects too.
+    cloud, example_image, run = example_run_on_reuse_vms.cloud, example_run_on_reuse_vms.image, example_run_on_reuse_vms.run
     config = config_for(cloud, example_image, VM_QUOTAS=3)
-    run = pe.run(tmp_path / "code" / "params.csv", config=config)
     attempts = [attempt for view in run.status().tasks for attempt in view.attempts]
     assert len(attempts) == 12
 
