@@ -340,7 +340,8 @@ def test_the_worker_starts_while_the_task_image_is_still_pulling(tmp_path: Path)
 WAITING_DOCKER = r"""#!/bin/bash
 # A docker CLI that logs each call; `wait` answers what $EXIT holds once it exists (an empty
 # file: `docker wait` failing, as when the engine drops the connection); `inspect` prints the
-# state $STATE holds (running when absent), and fails once $GONE exists.
+# state $STATE holds (running when absent), fails as for a removed container once $GONE
+# exists, and as an engine that does not answer while $DOWN exists.
 echo "$*" >>"$CALLS"
 case $1 in
   run) echo worker-container ;;
@@ -350,7 +351,8 @@ case $1 in
     [[ -n $code ]] || exit 1
     echo "$code" ;;
   inspect)
-    [[ ! -e $GONE ]] || exit 1
+    [[ ! -e $GONE ]] || { echo "Error: No such object: $2" >&2; exit 1; }
+    [[ ! -e $DOWN ]] || { echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock" >&2; exit 1; }
     if [[ -e $STATE ]]; then cat "$STATE"; else echo '[{"State": {"Status": "running", "ExitCode": 0}}]'; fi ;;
 esac
 exit 0
@@ -366,7 +368,7 @@ def waiting_script(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path
     fake.mkdir()
     (fake / "docker").write_text(WAITING_DOCKER)
     (fake / "docker").chmod(0o755)
-    files = {name: tmp_path / name for name in ("calls", "exit", "gone", "state")}
+    files = {name: tmp_path / name for name in ("calls", "exit", "gone", "state", "down")}
     settings = replace(ONE_TASK, work_dir=str(tmp_path / "work"), pull_policy="never")
     env = {"PATH": f"{fake}:{os.environ['PATH']}", "HOME": str(tmp_path),
            **{name.upper(): str(path) for name, path in files.items()}}
@@ -391,11 +393,14 @@ def test_the_script_waits_for_the_worker_without_polling_the_engine(
     script, calls, files = waiting_script
     script.send_signal(15)  # the VM is being deleted: the worker is told at once, then waited for
     wait_for(lambda: "kill -s TERM worker-container" in calls.read_text(), 20, "the TERM forwarded to the worker")
+    files["state"].write_text('[{"State": {"Status": "exited", "Running": false, "ExitCode": 143}}]')
     files["exit"].write_text("143\n")
     _, stderr = script.communicate(timeout=30)
     assert script.returncode == 0, stderr
     lines = calls.read_text().splitlines()
-    assert [line for line in lines if line.startswith(("wait", "inspect"))] == ["wait worker-container"]
+    # one wait for its whole life; a code other than 0 is checked once against its state
+    assert [line for line in lines if line.startswith(("wait", "inspect"))] == ["wait worker-container",
+                                                                                 "inspect worker-container"]
     assert "stopped unexpectedly" not in stderr  # a stop we asked for
     assert lines[-1] == "rm -f worker-container"
 
@@ -425,3 +430,24 @@ def test_a_worker_that_exited_while_docker_wait_failed_is_judged_by_its_exit_cod
     assert script.returncode == 0, stderr
     assert "the worker stopped unexpectedly (exit status 3)" in stderr
     assert calls.read_text().count("wait worker-container") == 1
+
+
+def test_an_engine_that_does_not_answer_or_a_stray_code_never_ends_the_wait(
+        waiting_script: tuple[subprocess.Popen[str], Path, dict[str, Path]]) -> None:
+    """A `docker wait` that failed while the engine is away (a restart: the worker may live on),
+    or one that answered -1 for a worker still running, is not the worker's end: the script
+    waits again, and neither deletes the VM nor removes the worker."""
+    from tests.helpers import wait_for
+
+    script, calls, files = waiting_script
+    files["down"].touch()
+    files["exit"].write_text("")  # the engine dropped the wait, and does not answer inspect
+    wait_for(lambda: calls.read_text().count("wait worker-container") == 2, 20, "a wait after the engine came back")
+    files["down"].unlink()
+    files["exit"].write_text("-1\n")  # a stray code: the container is still running
+    wait_for(lambda: calls.read_text().count("wait worker-container") == 3, 20, "a wait after the stray code")
+    files["exit"].write_text("0\n")
+    _, stderr = script.communicate(timeout=30)
+    assert script.returncode == 0, stderr
+    assert "stopped unexpectedly" not in stderr and "deleting this VM" not in stderr
+    assert calls.read_text().splitlines()[-1] == "rm -f worker-container"  # only once it ended

@@ -106,21 +106,30 @@ WORKER=$(docker run -d --network host --pull never \
 }
 # One `docker wait` for the worker's exit code (a poll of `docker inspect` every 0.2 s cost a
 # CPU core on a 2-core host running 8 VMs). bash's own `wait` keeps TERM handled at once: a
-# trap interrupts it, not docker's. A `docker wait` that failed (signalled at shutdown, or
-# the engine dropped it): the container's state says whether to wait again.
+# trap interrupts it, not docker's. Anything but a 0 from `docker wait` (it was signalled at
+# shutdown, the engine dropped it or restarts) is checked against the container's state: exited
+# gives its code, "no such container" is reported; an engine that does not answer, or a worker
+# still running, is waited for again. An unknown never ends the wait.
 rc=""
 while [[ -z $rc ]]; do
   docker wait "$WORKER" >"$WORK/worker.exit" 2>/dev/null &
   waiter=$!
   until wait "$waiter"; do kill -0 "$waiter" 2>/dev/null || break; done
   rc=$(<"$WORK/worker.exit") || rc=""
-  if [[ -z $rc ]]; then
-    state=$(docker inspect "$WORKER" 2>/dev/null | grep -o '"Status": *"[a-z]*"\|"ExitCode": *[0-9]*' | tr -d '" ' | tr '\n' ' ') || state="gone"
+  if [[ $rc != 0 ]]; then
+    rc=""
+    if out=$(docker inspect "$WORKER" 2>&1); then
+      state=$(grep -o '"Status": *"[a-z]*"\|"ExitCode": *-\?[0-9]*' <<<"$out" | tr -d '" ' | tr '\n' ' ') || state=""
+    elif [[ $out == *"No such"* ]]; then
+      state="gone"
+    else
+      state=""
+    fi
     case $state in
-      Status:exited* | Status:dead*) rc=${state##*ExitCode:} rc=${rc%% *} ;;
+      Status:exited*ExitCode:[0-9-]* | Status:dead*ExitCode:[0-9-]*) rc=${state##*ExitCode:} rc=${rc%% *} ;;
       gone) rc="unknown: its container is gone" ;;
-      *) sleep 1 & wait $! || true ;;
     esac
+    if [[ -z $rc ]]; then sleep 1 & wait $! || true; fi
   fi
 done
 if [[ $rc != 0 ]] && ((!TERMINATING)); then
