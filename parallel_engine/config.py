@@ -332,8 +332,6 @@ class Memory(_Type):
         return value.strip().lower()
 
 
-
-
 class Bucket(_Type):
     """A bucket name. `gs://name` (and a trailing /) is accepted and stripped: users paste URLs."""
 

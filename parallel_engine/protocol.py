@@ -15,13 +15,13 @@ from collections.abc import Sequence
 
 from parallel_engine.errors import TaskSourceError
 
-# -- the store's layout (keys under the store root: a folder, or gs://BUCKET/PREFIX) ------------
 #: Google's endpoints, where the config names none (the emulated cloud names its own).
 DEFAULT_STORAGE = "https://storage.googleapis.com"
 DEFAULT_COMPUTE = "https://compute.googleapis.com"
 #: A bucket's name, as Cloud Storage takes it (also what the startup script is rendered with).
 BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 
+# -- the store's layout (keys under the store root: a folder, or gs://BUCKET/PREFIX) ------------
 RUNS = "runs/"
 RUN_JSON = "run.json"  # orchestrator: spec, task list, created, backend (never secrets)
 END_JSON = "end.json"  # orchestrator: how the run ended (finished, cancelled, failed)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from parallel_engine.config import Config
 from parallel_engine.errors import ConfigError
 from parallel_engine.protocol import DEFAULT_COMPUTE, DEFAULT_STORAGE
+
 #: What the gce backend cannot start without (a project too: PROJECT_ID, or the credentials'
 #: own, asked for once they are loaded: credentials.google_project).
 REQUIRED = ("ZONE", "BUCKET")
