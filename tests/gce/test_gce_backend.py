@@ -31,7 +31,7 @@ from parallel_engine.backends.gce.startup import WorkerSettings
 from parallel_engine.backends.gce.vm import task_vm_name
 from parallel_engine.config import Config, load_config
 from parallel_engine.emulator import Emulator
-from parallel_engine.errors import BackendError
+from parallel_engine.errors import BackendError, StoreError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.store import RunStore
 from parallel_engine.worker.image import tag as worker_image_tag
@@ -868,6 +868,58 @@ def test_an_attempts_end_is_taken_in_between_two_polls(cloud: Emulator) -> None:
     finally:
         pool.close()
 
+
+
+@pytest.mark.parametrize("failing", ["events_after", "read_status"])
+def test_a_storage_failure_between_polls_neither_stops_the_run_nor_loses_the_end(
+        cloud: Emulator, failing: str) -> None:
+    """A read between polls that fails (after the client's own retries) is left to the next look:
+    no PoolFailed, and the end whose status could not be read is taken in later, not skipped."""
+    from parallel_engine.backends.gce.pool import EVENTS_EVERY_S
+    from tests.helpers import wait_for
+
+    config = config_for(cloud, "img", POLL_INTERVAL=60)
+    store = open_store(config)
+    events: list[tuple[str, Any]] = []
+    infos: list[str] = []
+    pool = one_vm_pool(config, store, f"between-polls-{failing.replace('_', '-')}", events)
+    pool.info = infos.append
+    pool._create_workers = lambda alive: None  # type: ignore[method-assign]
+    pool.submit(Task("t", ()), 1)
+    pool.wait_published()
+    listings: list[int] = []
+    failures: list[int] = []
+    armed = threading.Event()
+    real_listing, real_failing = store.events_after, getattr(store, failing)
+
+    def listing(*args: Any) -> Any:
+        if failing == "events_after" and armed.is_set() and len(failures) < 2:
+            failures.append(1)
+            raise StoreError("events_after: storage unavailable")
+        found = real_listing(*args)
+        listings.append(1)
+        return found
+
+    def flaky_status(*args: Any) -> Any:
+        if armed.is_set() and len(failures) < 2:
+            failures.append(1)
+            raise StoreError("read_status: storage unavailable")
+        return real_failing(*args)
+
+    store.events_after = listing  # type: ignore[method-assign]
+    if failing == "read_status":
+        store.read_status = flaky_status  # type: ignore[method-assign]
+    pool.start()
+    try:
+        wait_for(lambda: bool(listings), 10.0, "the first poll's listing of the events")  # the end comes after it
+        armed.set()
+        status = AttemptStatus("t", 1, AttemptState.SUCCEEDED, 0, 1.0, 2.0, "vm", "")
+        store.write_status(pool.run_id, status)
+        store.add_event(pool.run_id, status)
+        wait_for(lambda: events == [("finished", status)], 40 * EVENTS_EVERY_S, "the end, after the failed reads")
+        assert len(failures) == 2 and len([i for i in infos if "the next poll reads them again" in i]) == 2, infos
+    finally:
+        pool.close()
 
 def test_debug_from_a_gce_config_pulls_the_built_digest_with_the_users_credentials_and_runs_the_task(
         built_cloud: BuiltCloud, docker_engine: Any, tmp_path: Path) -> None:

@@ -267,7 +267,13 @@ class GcePool:
         while not self._stop.wait(min(EVENTS_EVERY_S, max(0.0, next_poll - time.monotonic()))):
             if time.monotonic() >= next_poll:
                 return
-            self._read_events()
+            try:
+                ends = self._new_ends()
+            except Exception as exc:  # noqa: BLE001 - nothing was taken in; the poll reads again, and fails the run if it fails too
+                self.info(f"reading the run's events failed ({exc!r}); the next poll reads them again")
+                continue
+            for status in ends:
+                self._finished(status)
 
     def _poll(self) -> None:
         """One look: the run's VMs, the events since the last look, the workers' records; then
@@ -309,25 +315,36 @@ class GcePool:
                 vm.done_at = None
 
     def _read_events(self) -> None:
-        """Events since the last look. Workers stamp events with their own clocks and upload them
-        at their own pace, so one stamped earlier can land after one we already read: each look
-        starts EVENT_LOOKBACK_S before the newest stamp seen and skips the keys already handled."""
+        for status in self._new_ends():
+            self._finished(status)
+
+    def _new_ends(self) -> list[AttemptStatus]:
+        """The ends of the events since the last look. Workers stamp events with their own clocks
+        and upload them at their own pace, so one stamped earlier can land after one we already
+        read: each look starts EVENT_LOOKBACK_S before the newest stamp seen and skips the keys
+        already handled. Only reads: the keys count as handled once all of them were read, so a
+        read that fails leaves every one of them to the next look."""
         prefix = self.store.events_prefix(self.run_id)
         start = f"{prefix}{EVENT_STAMP % max(0.0, self._newest_stamp - EVENT_LOOKBACK_S)}" if self._newest_stamp else ""
+        read: list[str] = []
+        ends: list[AttemptStatus] = []
+        newest = self._newest_stamp
         for key in self.store.events_after(self.run_id, start):
             if key in self._handled_events:
                 continue
-            self._handled_events.add(key)
+            read.append(key)
             parsed = parse_event(key[len(prefix):])
             if parsed is None:
                 continue
             stamp, task_id, attempt = parsed
-            self._newest_stamp = max(self._newest_stamp, stamp)
+            newest = max(newest, stamp)
             status = self.store.read_status(self.run_id, task_id, attempt)
             if status is not None:
-                self._finished(status)
-        horizon = f"{prefix}{EVENT_STAMP % max(0.0, self._newest_stamp - EVENT_LOOKBACK_S)}"
-        self._handled_events = {key for key in self._handled_events if key >= horizon}
+                ends.append(status)
+        self._newest_stamp = newest
+        horizon = f"{prefix}{EVENT_STAMP % max(0.0, newest - EVENT_LOOKBACK_S)}"
+        self._handled_events = {key for key in (*self._handled_events, *read) if key >= horizon}
+        return ends
 
     def _read_workers(self) -> None:
         """The workers' records in one listing: a new generation is a heartbeat; a new md5 is a
