@@ -19,12 +19,18 @@ every VM, as a user's run does. Prints:
 
 A minute or two on a 2-core machine; figures in README.md ("Benchmarks").
 
-    python bench/makespan.py [--tasks 64] [--vms 8] [--seconds 2] [--time-scale 0.1] [--baseline REV]
+    python bench/makespan.py [--tasks 64] [--vms 8] [--seconds 2] [--time-scale 0.1]
+                             [--storage-latency-ms 0] [--baseline REV]
+
+`--storage-latency-ms MS` adds MS to every Storage call of the run (the emulator's latency rule,
+set after the build) to stand for a real bucket's round trip; the emulator itself answers in ~2 ms.
 
 `--baseline REV` first runs the same benchmark on the code of git revision REV (a temporary
 `git worktree`, removed at the end; its own bench/makespan.py, with `--worker bash` where REV
 still had the bash worker), then this code's, and prints the two blocks side by side: "before
-and after, in the same session" in one command.
+and after, in the same session" in one command. A REV whose emulator still stalled each answer
+40 ms (before TCP_NODELAY, see bench/emulator_latency.py) runs with its servers' Nagle turned off
+too (a sitecustomize on its PYTHONPATH), so both blocks run against the same emulator.
 """
 
 from __future__ import annotations
@@ -117,21 +123,30 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0, help="each task's own time")
     parser.add_argument("--time-scale", type=float, default=0.1)
+    parser.add_argument("--storage-latency-ms", type=float, default=0.0, help="added to every Storage call of the run")
     parser.add_argument("--baseline", metavar="REV", help="also run the benchmark of git revision REV, side by side")
     args = parser.parse_args()
     if args.baseline is None:
         bench(args)
         return
     shared = [f"--tasks={args.tasks}", f"--vms={args.vms}", f"--seconds={args.seconds:g}", f"--time-scale={args.time_scale:g}"]
+    if args.storage_latency_ms:
+        shared.append(f"--storage-latency-ms={args.storage_latency_ms:g}")
     before = baseline(args.baseline, shared)
     print("this code ...", flush=True)
     after = run_block(ROOT, shared)
     side_by_side(f"{args.baseline}", before, "this code", after)
 
 
-def run_block(tree: Path, args: list[str]) -> list[str]:
+NODELAY_SHIM = """import socketserver
+socketserver.StreamRequestHandler.disable_nagle_algorithm = True  # as the emulator's servers do now
+"""
+
+
+def run_block(tree: Path, args: list[str], shim: Path | None = None) -> list[str]:
     """The output lines of the benchmark of the code in `tree` (its own script and package)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))}
+    paths = [str(tree), str(shim) if shim else None, os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     done = subprocess.run([sys.executable, str(tree / "bench" / "makespan.py"), *args], cwd=tree, env=env,
                           capture_output=True, text=True, timeout=1800, check=False)
     if done.returncode != 0:
@@ -148,8 +163,15 @@ def baseline(rev: str, args: list[str]) -> list[str]:
         script = (folder / "bench" / "makespan.py").read_text()
         if '"--worker"' in script and '"bash"' in script:  # before the switch: its bash worker alone
             args = [*args, "--worker", "bash"]
-        print(f"{rev} ({' '.join(args)}) ...", flush=True)
-        return run_block(folder, args)
+        if "--storage-latency-ms" not in script and any(a.startswith("--storage-latency-ms") for a in args):
+            raise SystemExit(f"{rev}'s bench/makespan.py has no --storage-latency-ms: compare without it")
+        shim = None
+        if "disable_nagle_algorithm" not in (folder / "parallel_engine" / "emulator" / "httpbase.py").read_text():
+            shim = folder.parent / "shim"
+            shim.mkdir()
+            (shim / "sitecustomize.py").write_text(NODELAY_SHIM)
+        print(f"{rev} ({' '.join(args)}{', emulator without the 40 ms stall' if shim else ''}) ...", flush=True)
+        return run_block(folder, args, shim)
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)], check=False,
                        capture_output=True)
@@ -184,6 +206,9 @@ def bench(args: argparse.Namespace) -> None:
             boot_s = Durations().boot_seconds * args.time_scale
             (work / "tasks.csv").write_text("seconds\n" + f"{args.seconds:g}\n" * args.tasks)
             config = load_config(work / ".config.yaml", environ={})
+            if args.storage_latency_ms:
+                assert cloud.control is not None, "the emulator is started"
+                cloud.control.set_latency(args.storage_latency_ms / 1000, service="storage")
             watch = FirstSeen(cloud)
             watch.start()
             start = time.perf_counter()
@@ -215,7 +240,7 @@ def bench(args: argparse.Namespace) -> None:
                     later.append(attempt.duration_s - (ended - began))
             ideal = boot_s + pull_s + math.ceil(args.tasks / args.vms) * args.seconds
             print(f"makespan: {args.tasks} tasks x {args.seconds:g} s on {args.vms} VMs, "
-                  f"time scale {args.time_scale:g}")
+                  f"time scale {args.time_scale:g}, Storage calls +{args.storage_latency_ms:g} ms")
             print(f"  makespan              {makespan:6.1f} s")
             print(f"  ideal                 {ideal:6.1f} s  (boot {boot_s:.2f} + pull {pull_s:.2f} + "
                   f"{math.ceil(args.tasks / args.vms)} x {args.seconds:g})")
