@@ -921,6 +921,31 @@ def test_a_storage_failure_between_polls_neither_stops_the_run_nor_loses_the_end
     finally:
         pool.close()
 
+
+@pytest.mark.parametrize("how", ["the run's end", "down"])
+def test_log_tails_a_dead_worker_left_are_deleted_once_no_vm_is_left(cloud: Emulator, how: str) -> None:
+    """A worker that died between an append's upload and its final sync leaves its log's tail
+    object under tails/: deleted when the run's VMs are gone (its teardown, or `down`)."""
+    from parallel_engine.backends.gce.backend import GceBackend
+    from parallel_engine.protocol import tail_key
+
+    config = config_for(cloud, "img")
+    store = open_store(config)
+    run_id = f"tails-{'down' if how == 'down' else 'end'}"
+    left = [tail_key(run_id, "t", 1, "stdout"), tail_key(run_id, "t", 2, "stderr")]
+    for key in left:
+        store.blobs.write(key, b"the last bytes before the worker died")
+    kept = f"runs/{run_id}/tasks/t/1/stdout.log"
+    store.blobs.write(kept, b"the log itself")
+    if how == "down":
+        assert GceBackend(config).down(run_id) == "deleted 0 VM(s); none left"
+    else:
+        pool = one_vm_pool(config, store, run_id, [])
+        pool.close()
+    assert [store.blobs.read(key) for key in left] == [None, None]
+    assert store.blobs.read(kept) == b"the log itself"
+
+
 def test_debug_from_a_gce_config_pulls_the_built_digest_with_the_users_credentials_and_runs_the_task(
         built_cloud: BuiltCloud, docker_engine: Any, tmp_path: Path) -> None:
     workdir = emulator_workdir(built_cloud.values, tmp_path)

@@ -156,6 +156,7 @@ class GceBackend:
         # attempts() read every claim and record once: what it calls running is recorded as it is.
         running = [a for attempts in store.attempts(run_id).values() for a in attempts if a.state is AttemptState.RUNNING]
         cancel_running(store, run_id, running)
+        store.delete_tails(run_id)  # no VM is left to append to a log
         return f"deleted {deleted} VM(s); none left"
 
     def render(self, run_id: str, task: tuple[str, int] | None, vm_request: bool, say: InfoFn) -> str:

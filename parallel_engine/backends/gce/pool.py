@@ -587,3 +587,7 @@ class GcePool:
             ) from exc
         if deleted:
             self.info(f"deleted {deleted} VM(s) of run {self.run_id}")
+        try:  # every VM is gone: no worker appends to a log any more
+            self.store.delete_tails(self.run_id)
+        except ParallelEngineError as exc:  # only temporary objects; the run's end must still be recorded
+            self.info(f"could not delete the log tails of run {self.run_id} (runs/{self.run_id}/tails/): {exc}")
