@@ -13,18 +13,12 @@ speaks HTTP, as Google does.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 from parallel_engine.emulator.clock import Durations
 from parallel_engine.emulator.cloud import Emulator
 from parallel_engine.emulator.control import ControlClient, ControlError
 
+# Imported, not wrapped: importing the submodule `serve` rebinds the package's `serve` to that
+# module, so a lazy wrapper was replaced by the module as soon as anything imported it.
+from parallel_engine.emulator.serve import serve
+
 __all__ = ["ControlClient", "ControlError", "Durations", "Emulator", "serve"]
-
-
-def serve(config_path: Path | None = None, time_scale: float = 1.0, **options: Any) -> int:
-    """Run the emulated cloud until Ctrl-C, SIGTERM or SIGHUP (what `parallel-engine emulator` calls)."""
-    from parallel_engine.emulator.serve import serve as _serve
-
-    return _serve(config_path, time_scale, **options)

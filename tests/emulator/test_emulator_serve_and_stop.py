@@ -68,6 +68,18 @@ def _serve_in_thread(tmp_path: Path) -> tuple[threading.Thread, threading.Event,
     return thread, stop, out, result
 
 
+
+def test_the_packages_serve_stays_the_function_once_its_module_was_imported() -> None:
+    """`from parallel_engine.emulator import serve` is what `parallel-engine emulator` calls; the
+    submodule of the same name, once imported (bench/makespan.py, the CLI), must not replace it."""
+    import importlib
+
+    import parallel_engine.emulator as package
+
+    module = importlib.import_module("parallel_engine.emulator.serve")  # the module, whatever the package holds
+    assert package.serve is module.serve and callable(package.serve)
+
+
 def test_serve_writes_a_config_pointing_every_client_at_the_emulator(tmp_path: Path) -> None:
     thread, stop, out, result = _serve_in_thread(tmp_path)
     config = tmp_path / ".config.yaml"
