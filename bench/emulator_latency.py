@@ -19,20 +19,20 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from google.auth.credentials import AnonymousCredentials  # noqa: E402
-from google.cloud import storage  # noqa: E402
+from google.cloud import storage  # type: ignore[attr-defined]  # noqa: E402 - google-cloud-storage ships no stubs
 
 from parallel_engine.emulator import Emulator  # noqa: E402
 from tests.emulator.emulator_helpers import user_credentials  # noqa: E402
 
 
-def timed(calls: int, call: object) -> list[float]:
-    assert callable(call)
+def timed(calls: int, call: Callable[[int], object]) -> list[float]:
     spent = []
     for index in range(calls):
         start = time.perf_counter()
@@ -51,11 +51,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100)
     args = parser.parse_args()
     with Emulator() as cloud:
+        assert cloud._gcs is not None, "the emulator is started"
         gcs_url = cloud._gcs.url  # the emulator's own fake-gcs-server, behind the proxy
         ways = {
             "through the proxy": storage.Client(project=cloud.project, credentials=user_credentials(cloud),
                                                 client_options={"api_endpoint": cloud.storage_endpoint}),
-            "fake-gcs-server": storage.Client(project=cloud.project, credentials=AnonymousCredentials(),
+            "fake-gcs-server": storage.Client(project=cloud.project, credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
                                               client_options={"api_endpoint": gcs_url}),
         }
         print(f"{'way':<20}{'create (ms)':>28}{'read (ms)':>28}")
