@@ -614,13 +614,11 @@ class RunStore:
     def events_prefix(self, run_id: str) -> str:
         return run_prefix(run_id) + EVENTS
 
-    def delete_tails(self, run_id: str) -> int:
+    def delete_tails(self, run_id: str) -> None:
         """Delete the log tails a worker left behind (it died between an append's upload and its
-        final sync); only once no worker of the run is left. How many there were."""
-        leftover = self.blobs.list(run_prefix(run_id) + TAILS)
-        for key in leftover:
+        final sync); only once no worker of the run is left."""
+        for key in self.blobs.list(run_prefix(run_id) + TAILS):
             self.blobs.delete(key)
-        return len(leftover)
 
     def read_log(self, run_id: str, task_id: str, attempt: int, stream: str) -> bytes | None:
         return self.blobs.read(self.attempt_prefix(run_id, task_id, attempt) + f"{stream}.log")
