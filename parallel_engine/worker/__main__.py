@@ -60,8 +60,7 @@ def log(message: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from google.cloud import storage
-
+    from parallel_engine.gcs_client import storage_client
     from parallel_engine.worker import metadata
     from parallel_engine.worker.bucket import WorkerBucket
     from parallel_engine.worker.loop import Signals, Worker
@@ -74,7 +73,7 @@ def main(argv: list[str]) -> int:
     creds = metadata.credentials(log)
     stop_watch = threading.Event()
     threading.Thread(target=metadata.watch_preemption, args=(signals.preempted, stop_watch), daemon=True).start()
-    client = storage.Client(project="-", credentials=creds, client_options={"api_endpoint": settings.storage_endpoint})
+    client = storage_client(project="-", credentials=creds, client_options={"api_endpoint": settings.storage_endpoint})
     bucket = WorkerBucket(client, settings.bucket, settings.prefix, settings.http_tries,
                           settings.retry_base_s, settings.retry_max_s)
     base = os.environ.get("TMPDIR") or settings.work_dir or None

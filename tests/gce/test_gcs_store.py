@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 
+import threading
+
 import pytest
 from google.cloud import storage
 
+from parallel_engine import gcs_client
+from parallel_engine.backends.gce.clients import storage_client
 from parallel_engine.backends.gce.blobs import GCSBlobs
 from parallel_engine.emulator import Emulator
 from parallel_engine.errors import BackendError
 from parallel_engine.model import AttemptState, AttemptStatus, Task
 from parallel_engine.store import RunRecord, RunStore
 from tests.emulator.emulator_helpers import user_credentials
+from tests.gce.gce_helpers import config_for
 from tests.helpers import racing_claims
 
 
@@ -19,6 +24,23 @@ def bucket_store(cloud: Emulator, prefix: str = "pe") -> RunStore:
     client = storage.Client(project=cloud.project, credentials=user_credentials(cloud),
                             client_options={"api_endpoint": cloud.storage_endpoint})
     return RunStore(GCSBlobs(client, cloud.bucket, prefix), f"gs://{cloud.bucket}/{prefix}")
+
+
+def test_our_storage_clients_never_probe_the_bucket_in_the_background(cloud: Emulator,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """google-cloud-storage 3.11+ calls buckets.get from a thread on a bucket's first use and after
+    a 404: calls we never asked for, refused to object-only accounts, timing-dependent."""
+    monkeypatch.delenv(gcs_client.NO_BUCKET_PROBES, raising=False)
+    before = set(threading.enumerate())
+    store = RunStore(GCSBlobs(storage_client(config_for(cloud, "img")), cloud.bucket, "probe"), "")
+    cloud.control.reset_calls()
+    store.blobs.write("a", b"1")
+    assert store.blobs.read("never-written") is None  # a 404
+    assert store.blobs.read("a") == b"1"
+    for thread in set(threading.enumerate()) - before:  # a probe runs in a thread of its own
+        if "process_request_thread" not in thread.name:  # not the emulator serving a connection
+            thread.join(timeout=30)
+    assert "storage.buckets.get" not in cloud.control.calls()["storage"]["byMethod"]
 
 
 def test_only_one_of_racing_claimants_gets_a_bucket_claim(cloud: Emulator) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from parallel_engine import gcs_client
 from parallel_engine.backends.gce.credentials import access_error, credentials, google_project
 from parallel_engine.errors import BackendError
 
@@ -28,9 +29,7 @@ def _options(endpoint: str | None) -> dict[str, str] | None:
 
 
 def storage_client(config: Config) -> storage.Client:
-    from google.cloud import storage
-
-    return storage.Client(
+    return gcs_client.storage_client(
         project=google_project(config),
         credentials=credentials(config),
         client_options=_options(config.storage_endpoint),
