@@ -639,6 +639,7 @@ def collect(
         try:
             done = collect_run(handle.store, run_id, dest, replace=replace, excel_safe=excel_safe,
                                include_failed=include_failed, fmt=fmt)
+            _on_signals(signal.SIG_IGN)  # collected: a late signal must not report it interrupted
         except KeyboardInterrupt:
             raise Interrupted(f"collect interrupted: {dest} holds what it held before, or all of this "
                               "collection if it was already being moved in") from None
@@ -661,7 +662,8 @@ def _terminate_as_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGTERM) is handler:  # not when the block ignored signals from then on
+            signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -796,7 +798,13 @@ def main() -> None:
     gc.freeze()
     warnings.showwarning = _show_warning
     keep_child_statuses()  # an ignored SIGCHLD (inherited) would hide every child's exit status
-    app()
+    try:
+        app()
+    finally:
+        # The command has ended and said how: a late Ctrl-C or SIGTERM must not change that. While
+        # Python shuts down it puts the default handlers back, and a signal landing then killed
+        # the process with no word after it had finished (a collect that said "collected": -2).
+        _on_signals(signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -126,3 +126,52 @@ def test_a_second_signal_while_the_first_is_being_handled_does_not_deadlock() ->
     worker.join(10)
     assert not worker.is_alive(), "the nested handler waits for the lock its own signal's handler holds"
     assert cancel.is_set()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_as_the_process_exits_after_a_finished_command_changes_nothing(tmp_path: Path,
+                                                                                sig: signal.Signals) -> None:
+    """A collect that said "collected" exits 0 even when Ctrl-C lands as Python shuts down (the
+    fault loop's exit -2: Python had put the default handler back, which killed it without a word).
+    The signal is sent by an atexit callback: the last Python code the process runs."""
+    from parallel_engine.model import AttemptState
+    from parallel_engine.store import local_store
+    from tests.collect_helpers import RUN_ID, finished_run, outputs_dir
+
+    store_root = tmp_path / "store"
+    finished_run(local_store(store_root), {"a": AttemptState.SUCCEEDED})
+    (outputs_dir(store_root, RUN_ID, "a") / "a.txt").write_bytes(b"a")
+    script = ("import atexit, os, signal, sys\n"
+              f"atexit.register(lambda: os.kill(os.getpid(), signal.{sig.name}))\n"
+              "from parallel_engine.cli import main\n"
+              f"sys.argv = ['parallel-engine', 'collect', {RUN_ID!r}, '--dest', 'dest', '--store', {str(store_root)!r}]\n"
+              "main()\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert "collected 1 task outputs" in done.stdout
+    assert (tmp_path / "dest" / "a" / "a.txt").read_bytes() == b"a"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_after_collect_finished_copying_does_not_report_it_interrupted(tmp_path: Path,
+                                                                               sig: signal.Signals) -> None:
+    """The collection is whole once collect_run returned: a signal while the command prints its
+    summary is ignored (exit 0, "collected"), not "Aborted!" (exit 1) over a finished collection."""
+    from parallel_engine.model import AttemptState
+    from parallel_engine.store import local_store
+    from tests.collect_helpers import RUN_ID, finished_run, outputs_dir
+
+    store_root = tmp_path / "store"
+    finished_run(local_store(store_root), {"a": AttemptState.SUCCEEDED})
+    (outputs_dir(store_root, RUN_ID, "a") / "a.txt").write_bytes(b"a")
+    script = ("import os, signal, sys\n"
+              "from parallel_engine.collect import Collected\n"
+              "warnings = Collected.warnings\n"
+              f"def signalled(self, dest):\n    os.kill(os.getpid(), signal.{sig.name})\n    return warnings(self, dest)\n"
+              "Collected.warnings = signalled\n"
+              "from parallel_engine.cli import main\n"
+              f"sys.argv = ['parallel-engine', 'collect', {RUN_ID!r}, '--dest', 'dest', '--store', {str(store_root)!r}]\n"
+              "main()\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert "collected 1 task outputs" in done.stdout
