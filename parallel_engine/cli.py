@@ -70,6 +70,12 @@ def friendly(func: F) -> F:
             if exc.hint:
                 err.print(f"hint: {exc.hint}", markup=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            # A command with no Ctrl-C handling of its own (status, down, build, ...): exit 130 and
+            # one line, whatever typer does (0.28: a silent 130; older ones: "Aborted!" and exit 1).
+            err.print(f"interrupted: `parallel-engine {func.__name__}` "
+                      "stopped before it finished", markup=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature; mypy sees a plain callable
 

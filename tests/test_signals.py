@@ -156,7 +156,7 @@ def test_a_signal_as_the_process_exits_after_a_finished_command_changes_nothing(
 def test_a_signal_after_collect_finished_copying_does_not_report_it_interrupted(tmp_path: Path,
                                                                                sig: signal.Signals) -> None:
     """The collection is whole once collect_run returned: a signal while the command prints its
-    summary is ignored (exit 0, "collected"), not "Aborted!" (exit 1) over a finished collection."""
+    summary is ignored (exit 0, "collected"), not an interrupt over a finished collection."""
     from parallel_engine.model import AttemptState
     from parallel_engine.store import local_store
     from tests.collect_helpers import RUN_ID, finished_run, outputs_dir
@@ -175,3 +175,18 @@ def test_a_signal_after_collect_finished_copying_does_not_report_it_interrupted(
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
     assert "collected 1 task outputs" in done.stdout
+
+
+def test_ctrl_c_in_a_command_without_its_own_handling_exits_130_with_one_line(tmp_path: Path) -> None:
+    """`down` (like status, build, ...) interrupted: exit 130 as README's table says, and a line
+    saying so, whichever typer is installed (older ones print "Aborted!" and exit 1)."""
+    script = ("import os, signal, sys\n"
+              "from parallel_engine import api\n"
+              "def down(*args, **kwargs):\n    os.kill(os.getpid(), signal.SIGINT)\n    return []\n"
+              "api.down = down\n"
+              "from parallel_engine.cli import main\n"
+              "sys.argv = ['parallel-engine', 'down', 'some-run']\n"
+              "main()\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert done.stderr == "interrupted: `parallel-engine down` stopped before it finished\n"
