@@ -128,12 +128,14 @@ def test_a_second_signal_while_the_first_is_being_handled_does_not_deadlock() ->
     assert cancel.is_set()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_as_the_process_exits_after_a_finished_command_changes_nothing(tmp_path: Path,
-                                                                                sig: signal.Signals) -> None:
-    """A collect that said "collected" exits 0 even when Ctrl-C lands as Python shuts down (the
-    fault loop's exit -2: Python had put the default handler back, which killed it without a word).
-    The signal is sent by an atexit callback: the last Python code the process runs."""
+def _cli_with(tmp_path: Path, prelude: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`parallel-engine ARGV` in a new Python process that first runs `prelude` (a fault's hook)."""
+    script = f"import os, signal, sys\n{prelude}\nfrom parallel_engine.cli import main\nsys.argv = {['parallel-engine', *argv]!r}\nmain()\n"
+    return subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+
+def _collect_with(tmp_path: Path, prelude: str) -> subprocess.CompletedProcess[str]:
+    """`collect` of a finished run of one task (its output a.txt) into tmp_path/dest."""
     from parallel_engine.model import AttemptState
     from parallel_engine.store import local_store
     from tests.collect_helpers import RUN_ID, finished_run, outputs_dir
@@ -141,12 +143,16 @@ def test_a_signal_as_the_process_exits_after_a_finished_command_changes_nothing(
     store_root = tmp_path / "store"
     finished_run(local_store(store_root), {"a": AttemptState.SUCCEEDED})
     (outputs_dir(store_root, RUN_ID, "a") / "a.txt").write_bytes(b"a")
-    script = ("import atexit, os, signal, sys\n"
-              f"atexit.register(lambda: os.kill(os.getpid(), signal.{sig.name}))\n"
-              "from parallel_engine.cli import main\n"
-              f"sys.argv = ['parallel-engine', 'collect', {RUN_ID!r}, '--dest', 'dest', '--store', {str(store_root)!r}]\n"
-              "main()\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    return _cli_with(tmp_path, prelude, "collect", RUN_ID, "--dest", "dest", "--store", str(store_root))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_as_the_process_exits_after_a_finished_command_changes_nothing(tmp_path: Path,
+                                                                                sig: signal.Signals) -> None:
+    """A collect that said "collected" exits 0 even when Ctrl-C lands as Python shuts down (the
+    fault loop's exit -2: Python had put the default handler back, which killed it without a word).
+    The signal is sent by an atexit callback: the last Python code the process runs."""
+    done = _collect_with(tmp_path, f"import atexit\natexit.register(lambda: os.kill(os.getpid(), signal.{sig.name}))")
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
     assert "collected 1 task outputs" in done.stdout
     assert (tmp_path / "dest" / "a" / "a.txt").read_bytes() == b"a"
@@ -157,22 +163,11 @@ def test_a_signal_after_collect_finished_copying_does_not_report_it_interrupted(
                                                                                sig: signal.Signals) -> None:
     """The collection is whole once collect_run returned: a signal while the command prints its
     summary is ignored (exit 0, "collected"), not an interrupt over a finished collection."""
-    from parallel_engine.model import AttemptState
-    from parallel_engine.store import local_store
-    from tests.collect_helpers import RUN_ID, finished_run, outputs_dir
-
-    store_root = tmp_path / "store"
-    finished_run(local_store(store_root), {"a": AttemptState.SUCCEEDED})
-    (outputs_dir(store_root, RUN_ID, "a") / "a.txt").write_bytes(b"a")
-    script = ("import os, signal, sys\n"
-              "from parallel_engine.collect import Collected\n"
-              "warnings = Collected.warnings\n"
-              f"def signalled(self, dest):\n    os.kill(os.getpid(), signal.{sig.name})\n    return warnings(self, dest)\n"
-              "Collected.warnings = signalled\n"
-              "from parallel_engine.cli import main\n"
-              f"sys.argv = ['parallel-engine', 'collect', {RUN_ID!r}, '--dest', 'dest', '--store', {str(store_root)!r}]\n"
-              "main()\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    done = _collect_with(tmp_path, "from parallel_engine.collect import Collected\n"
+                                   "warnings = Collected.warnings\n"
+                                   f"def signalled(self, dest):\n    os.kill(os.getpid(), signal.{sig.name})\n"
+                                   "    return warnings(self, dest)\n"
+                                   "Collected.warnings = signalled")
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
     assert "collected 1 task outputs" in done.stdout
 
@@ -180,13 +175,8 @@ def test_a_signal_after_collect_finished_copying_does_not_report_it_interrupted(
 def test_ctrl_c_in_a_command_without_its_own_handling_exits_130_with_one_line(tmp_path: Path) -> None:
     """`down` (like status, build, ...) interrupted: exit 130 as README's table says, and a line
     saying so, whichever typer is installed (older ones print "Aborted!" and exit 1)."""
-    script = ("import os, signal, sys\n"
-              "from parallel_engine import api\n"
-              "def down(*args, **kwargs):\n    os.kill(os.getpid(), signal.SIGINT)\n    return []\n"
-              "api.down = down\n"
-              "from parallel_engine.cli import main\n"
-              "sys.argv = ['parallel-engine', 'down', 'some-run']\n"
-              "main()\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    done = _cli_with(tmp_path, "from parallel_engine import api\n"
+                               "def down(*args, **kwargs):\n    os.kill(os.getpid(), signal.SIGINT)\n    return []\n"
+                               "api.down = down", "down", "some-run")
     assert done.returncode == 130, done.stdout + done.stderr
     assert done.stderr == "interrupted: `parallel-engine down` stopped before it finished\n"
