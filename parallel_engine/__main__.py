@@ -1,5 +1,5 @@
 """`python -m parallel_engine` is the `parallel-engine` command."""
 
-from parallel_engine.cli import main
+from parallel_engine.entry import main
 
 main()

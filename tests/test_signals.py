@@ -130,7 +130,8 @@ def test_a_second_signal_while_the_first_is_being_handled_does_not_deadlock() ->
 
 def _cli_with(tmp_path: Path, prelude: str, *argv: str) -> subprocess.CompletedProcess[str]:
     """`parallel-engine ARGV` in a new Python process that first runs `prelude` (a fault's hook)."""
-    script = f"import os, signal, sys\n{prelude}\nfrom parallel_engine.cli import main\nsys.argv = {['parallel-engine', *argv]!r}\nmain()\n"
+    script = f"import os, signal, sys\n{prelude}\nsys.argv = {['parallel-engine', *argv]!r}\n" \
+             "import runpy\nrunpy.run_module('parallel_engine', run_name='__main__')\n"  # as `python -m parallel_engine`
     return subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
 
 
@@ -172,11 +173,29 @@ def test_a_signal_after_collect_finished_copying_does_not_report_it_interrupted(
     assert "collected 1 task outputs" in done.stdout
 
 
-def test_ctrl_c_in_a_command_without_its_own_handling_exits_130_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_in_a_command_without_its_own_handling_exits_130_with_one_line(tmp_path: Path,
+                                                                                sig: signal.Signals) -> None:
     """`down` (like status, build, ...) interrupted: exit 130 as README's table says, and a line
-    saying so, whichever typer is installed (older ones print "Aborted!" and exit 1)."""
+    saying so, whichever typer is installed (older ones print "Aborted!" and exit 1); SIGTERM
+    too (it killed the process: -15)."""
     done = _cli_with(tmp_path, "from parallel_engine import api\n"
-                               "def down(*args, **kwargs):\n    os.kill(os.getpid(), signal.SIGINT)\n    return []\n"
+                               f"def down(*args, **kwargs):\n    os.kill(os.getpid(), signal.{sig.name})\n    return []\n"
                                "api.down = down", "down", "some-run")
     assert done.returncode == 130, done.stdout + done.stderr
     assert done.stderr == "interrupted: `parallel-engine down` stopped before it finished\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_command_loads_ends_it_with_one_line_and_exit_130(tmp_path: Path,
+                                                                             sig: signal.Signals) -> None:
+    """In the ~0.3 s Python takes to load typer and rich (the seeded gce signal test, 2 of 80
+    tries): not a KeyboardInterrupt traceback (exit -2) or a silent kill (-15). The signal is
+    sent as typer is imported."""
+    done = _cli_with(tmp_path, "import importlib.abc\n"
+                               "class Typer(importlib.abc.MetaPathFinder):\n"
+                               "    def find_spec(self, name, path, target=None):\n"
+                               f"        if name == 'typer': os.kill(os.getpid(), signal.{sig.name})\n"
+                               "sys.meta_path.insert(0, Typer())", "status", "some-run")
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert done.stderr == "interrupted: parallel-engine stopped as it started; nothing was done\n"

@@ -26,13 +26,13 @@ from parallel_engine.emulator import Emulator
 from parallel_engine.model import AttemptState
 from tests.emulator.emulator_helpers import wait_for
 from tests.gce.gce_helpers import config_for, settings
-from tests.helpers import cli_env, containers_of
+from tests.helpers import cli, cli_env, containers_of
 
 pytestmark = [pytest.mark.emulator, pytest.mark.docker]
 TRIES = int(os.environ.get("PE_FAULT_TRIES", "2"))
 SEEDS = [int(os.environ["PE_FAULT_SEED"])] if "PE_FAULT_SEED" in os.environ else \
     [random.SystemRandom().randrange(2**32) for _ in range(TRIES)]
-RUN_S = 8.0  # about how long the whole run takes here (4 tasks of 1 s on 2 VMs, boots included)
+RUN_S = 6.0  # a little longer than the whole run takes here (4 short tasks on 2 VMs, boots included: ~5 s)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -76,3 +76,48 @@ def test_a_signal_at_a_random_moment_of_a_gce_run_leaves_no_vm_and_true_records(
         assert len(store.events_after(run_id)) == len(attempts), f"an attempt without its event {said}"
         assert store.read_end(run_id) in ("finished", "cancelled"), said
     assert [vm for vm in cloud.control.vms() if vm.get("status") != "TERMINATED"] == [], f"VMs left {said}"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_gce_run_killed_at_a_random_moment_is_finished_by_resume(
+        cloud: Emulator, example_image: str, tmp_path: Path, seed: int) -> None:
+    """SIGKILL (no handler runs: VMs, claims and attempts are left as they were), then `resume`:
+    every task succeeded once (t2's first attempt fails on purpose), outputs whole, no VM left."""
+    from tests.gce.test_gce_resume import TASK, TASK_IDS
+
+    rng = random.Random(seed)
+    moment = rng.uniform(0.0, RUN_S)
+    said = f"(replay: PE_FAULT_SEED={seed}) SIGKILL at {moment:.2f} s"
+    (tmp_path / ".config.yaml").write_text(yaml.safe_dump(settings(cloud, example_image, VM_QUOTAS=2, RETRIES=1)))
+    (tmp_path / "tasks.yaml").write_text(yaml.safe_dump({"tasks": [
+        {"id": task_id, "command": ["python", "-c", TASK, task_id, "fail" if task_id == "t2" else "ok"]}
+        for task_id in TASK_IDS]}))
+    proc = subprocess.Popen([sys.executable, "-m", "parallel_engine", "run", "tasks.yaml", "-q"], cwd=tmp_path,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.wait(timeout=moment)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode in (0, -signal.SIGKILL), f"{said}: exit {proc.returncode}\n{stdout}{stderr}"
+    config = config_for(cloud, example_image)
+    store = open_store(config)
+    run_ids = store.run_ids()
+    if not run_ids:  # killed before run.json: nothing may have been created
+        assert cloud.control.vms() == [], said
+        return
+    (run_id,) = run_ids
+    if proc.returncode == -signal.SIGKILL and store.read_end(run_id) is None:
+        done = cli("resume", run_id, cwd=tmp_path, timeout=300)
+        print(f"{said}: resumed")  # what a loop of tries covered (pytest -s)
+        assert done.returncode == 0, f"{said}: resume exit {done.returncode}\n{done.stdout}{done.stderr}"
+    assert store.read_end(run_id) == "finished", said
+    histories = {task: [str(a.state) for a in attempts] for task, attempts in store.attempts(run_id).items()}
+    assert sorted(histories) == list(TASK_IDS), f"{said}: {histories}"
+    for states in histories.values():
+        assert states.count(str(AttemptState.SUCCEEDED)) == 1 and "running" not in states, f"{said}: {histories}"
+    collected = cli("collect", run_id, "--dest", "results", cwd=tmp_path)
+    assert collected.returncode == 0, f"{said}: {collected.stderr}"
+    for task_id in TASK_IDS:
+        assert (tmp_path / "results" / task_id / "out.txt").read_bytes() == f"task {task_id}\n".encode() * 3, said
+    assert Compute(config).list_run_everywhere(run_id) == [], f"VMs left {said}"
