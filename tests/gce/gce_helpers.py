@@ -17,6 +17,25 @@ from parallel_engine.protocol import claim_key
 from tests.emulator.emulator_helpers import wait_for
 
 
+# The task of the resume tests (test_gce_resume.py, test_gce_signal_at_random.py). Writes
+# "task <n>" three times to out.txt; "fail" fails its first attempt; "hold" makes its first
+# attempt wait (up to 120 s) for a file GO in its output folder, which the test creates once
+# `resume` said it adopted that running attempt: a VM still runs it when `resume` takes over.
+GO = "go"
+TASK = (
+    "import os, sys, time\n"
+    "out = os.environ['PE_OUTPUT_DIR']\n"
+    "if sys.argv[2] == 'fail' and os.environ['PE_ATTEMPT'] == '1': sys.exit(3)\n"
+    "if sys.argv[2] == 'hold' and os.environ['PE_ATTEMPT'] == '1':\n"
+    "    deadline = time.time() + 120\n"
+    f"    while not os.path.exists(os.path.join(out, {GO!r})):\n"
+    "        if time.time() > deadline: sys.exit(9)\n"
+    "        time.sleep(0.05)\n"
+    f"    os.remove(os.path.join(out, {GO!r}))\n"
+    "open(os.path.join(out, 'out.txt'), 'w').write(f'task {sys.argv[1]}\\n' * 3)\n"
+)
+TASK_IDS = ("t1", "t2", "t3", "t4")
+
 WORKER_NAME = "parallel-engine-worker"
 
 

@@ -21,29 +21,12 @@ from parallel_engine.backends.gce.compute import Compute
 from parallel_engine.emulator import Emulator
 from parallel_engine.model import AttemptState
 from parallel_engine.store import RunStore
-from tests.gce.gce_helpers import PINNED, config_for, settings
+from tests.gce.gce_helpers import GO, PINNED, TASK, TASK_IDS, config_for, settings
 from tests.emulator.emulator_helpers import wait_for
 from tests.helpers import cli, cli_env
 
 pytestmark = [pytest.mark.emulator, pytest.mark.docker]
 
-# Writes "task <n>" three times to out.txt; "fail" fails its first attempt; "hold" makes its first
-# attempt wait (up to 120 s) for a file GO in its output folder, which the test creates once
-# `resume` said it adopted that running attempt: a VM still runs it when `resume` takes over.
-GO = "go"
-TASK = (
-    "import os, sys, time\n"
-    "out = os.environ['PE_OUTPUT_DIR']\n"
-    "if sys.argv[2] == 'fail' and os.environ['PE_ATTEMPT'] == '1': sys.exit(3)\n"
-    "if sys.argv[2] == 'hold' and os.environ['PE_ATTEMPT'] == '1':\n"
-    "    deadline = time.time() + 120\n"
-    f"    while not os.path.exists(os.path.join(out, {GO!r})):\n"
-    "        if time.time() > deadline: sys.exit(9)\n"
-    "        time.sleep(0.05)\n"
-    f"    os.remove(os.path.join(out, {GO!r}))\n"
-    "open(os.path.join(out, 'out.txt'), 'w').write(f'task {sys.argv[1]}\\n' * 3)\n"
-)
-TASK_IDS = ("t1", "t2", "t3", "t4")
 ADOPTED_ONE = "running 1 of its attempts"  # what `resume` says of the held attempt it adopted
 
 

@@ -25,7 +25,7 @@ from parallel_engine.backends.gce.compute import Compute
 from parallel_engine.emulator import Emulator
 from parallel_engine.model import AttemptState
 from tests.emulator.emulator_helpers import wait_for
-from tests.gce.gce_helpers import config_for, settings
+from tests.gce.gce_helpers import TASK, TASK_IDS, config_for, settings
 from tests.helpers import cli, cli_env, containers_of
 
 pytestmark = [pytest.mark.emulator, pytest.mark.docker]
@@ -83,8 +83,6 @@ def test_a_gce_run_killed_at_a_random_moment_is_finished_by_resume(
         cloud: Emulator, example_image: str, tmp_path: Path, seed: int) -> None:
     """SIGKILL (no handler runs: VMs, claims and attempts are left as they were), then `resume`:
     every task succeeded once (t2's first attempt fails on purpose), outputs whole, no VM left."""
-    from tests.gce.test_gce_resume import TASK, TASK_IDS
-
     rng = random.Random(seed)
     moment = rng.uniform(0.0, RUN_S)
     said = f"(replay: PE_FAULT_SEED={seed}) SIGKILL at {moment:.2f} s"
