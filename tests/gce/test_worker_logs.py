@@ -263,9 +263,11 @@ def test_logs_follow_on_a_bucket_shows_every_appended_byte_once(clients: Clients
     rng = random.Random(3)
     try:
         for _ in range(15):
+            # Counted before the sync: the follower (every 10 ms) may print the new bytes before
+            # sync() returns (CI's red run: counted after, it waited for bytes that never came).
+            seen = len(b"".join(written))
             side.grow(binary_chunk(rng, rng.randrange(1, 20_000)))
             live.sync()
-            seen = len(b"".join(written))
             wait_for(lambda: len(b"".join(written)) > seen, 10, "the follower to print what was appended")
         live.final()
     finally:
