@@ -24,6 +24,7 @@ from rich.text import Text
 
 from parallel_engine import api
 from parallel_engine.config import load_config
+from parallel_engine.entry import interrupt
 from parallel_engine.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
@@ -661,14 +662,11 @@ def collect(
 def _terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM unwinds like Ctrl-C (so `finally` cleans up) instead of ending the process on the spot."""
 
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
     finally:
-        if signal.getsignal(signal.SIGTERM) is handler:  # not when the block ignored signals from then on
+        if signal.getsignal(signal.SIGTERM) is interrupt:  # not when the block ignored signals from then on
             signal.signal(signal.SIGTERM, previous)
 
 

@@ -16,12 +16,13 @@ from typing import NoReturn
 from parallel_engine.errors import EXIT_INTERRUPTED  # light: the package's __init__ imports it anyway
 
 
-def _interrupt(signum: int, frame: object) -> NoReturn:
+def interrupt(signum: int, frame: object) -> NoReturn:
+    """SIGTERM's handler: unwind like Ctrl-C, so `finally` blocks clean up (also cli.py's)."""
     raise KeyboardInterrupt
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         from parallel_engine.cli import main as cli_main
     except KeyboardInterrupt:
